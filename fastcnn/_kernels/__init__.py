@@ -1,0 +1,1 @@
+"""The compiled kernel set, built from ``csrc/`` (see ``fastcnn._backend``)."""

@@ -1,0 +1,355 @@
+"""Stateless CNN operations with the semantics of ``torch.nn.functional``.
+
+Every function validates its arguments once (:mod:`fastcnn._validation`),
+allocates its result and hands the loops to the active kernel set
+(:mod:`fastcnn._backend`). Convolutions are im2col + a batched GEMM through
+NumPy's BLAS. Arrays are NCHW, float32 or float64; `kernel_size`, `stride`,
+`padding` and `dilation` take an int or an ``(h, w)`` pair.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _validation as v
+from ._backend import kernel
+
+__all__ = [
+    "im2col",
+    "col2im",
+    "conv2d",
+    "conv2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+]
+
+
+def _unfold(x: np.ndarray, win: v.Window) -> np.ndarray:
+    n, c = x.shape[:2]
+    out = np.empty((n, c * win.kh * win.kw, win.oh * win.ow), dtype=x.dtype)
+    return kernel("im2col")(x, *win, out)
+
+
+def _fold(cols: np.ndarray, shape, win: v.Window) -> np.ndarray:
+    out = np.empty(shape, dtype=cols.dtype)
+    return kernel("col2im")(cols, *win, out)
+
+
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1) -> np.ndarray:
+    """Copy every sliding window of `x` into a column, as ``F.unfold``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W), float32 or float64
+    kernel_size, stride, dilation : int or (int, int)
+    padding : int or (int, int)
+        Zero padding on each side.
+
+    Returns
+    -------
+    cols : ndarray, shape (N, C*kh*kw, oh*ow), dtype of `x`
+        Row ``c*kh*kw + i*kw + j`` holds kernel offset (i, j) of channel c;
+        columns run row-major over the output positions, with
+        ``oh = (H + 2*ph - dh*(kh-1) - 1) // sh + 1`` (likewise ``ow``).
+
+    See Also
+    --------
+    col2im : its adjoint (not its inverse).
+    """
+    x = v.as_float_array(x, "x")
+    v.check_nchw(x, "x")
+    return _unfold(x, v.conv_window(x.shape, kernel_size, stride, padding, dilation))
+
+
+def col2im(cols, output_size, kernel_size, stride=1, padding=0, dilation=1) -> np.ndarray:
+    """Sum columns back into images, as ``F.fold``: the adjoint of :func:`im2col`.
+
+    Where windows overlap, their entries ADD UP, so ``col2im(im2col(x))``
+    is `x` times the number of windows covering each pixel, not `x`.
+
+    Parameters
+    ----------
+    cols : array_like, shape (N, C*kh*kw, L), float32 or float64
+        L must be the number of windows that fit in `output_size`.
+    output_size : int or (int, int)
+        ``(H, W)`` of the images.
+    kernel_size, stride, padding, dilation : int or (int, int)
+        As for :func:`im2col`.
+
+    Returns
+    -------
+    x : ndarray, shape (N, C, H, W), dtype of `cols`
+    """
+    cols = v.as_float_array(cols, "cols")
+    c, h, w, win = v.col2im_window(cols.shape, output_size, kernel_size, stride, padding, dilation)
+    return _fold(cols, (cols.shape[0], c, h, w), win)
+
+
+def _conv_operands(x, weight, groups, weight_name="weight"):
+    """Validate x, weight and groups; return them with ``(F, C/groups)``."""
+    x = v.as_float_array(x, "x")
+    v.check_nchw(x, "x")
+    weight = v.as_float_array(weight, weight_name)
+    if weight.ndim != 4 or min(weight.shape) == 0:
+        raise ValueError(
+            f"{weight_name} must be a non-empty 4-D array (F, C/groups, kh, kw), "
+            f"got shape {weight.shape}"
+        )
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    groups = int(groups)
+    n_in, n_out = x.shape[1], weight.shape[0]
+    if n_in % groups or n_out % groups:
+        raise ValueError(
+            f"groups={groups} must divide both in_channels={n_in} and out_channels={n_out}"
+        )
+    if weight.shape[1] != n_in // groups:
+        raise ValueError(
+            f"{weight_name}.shape[1] must be in_channels/groups = {n_in}/{groups} = "
+            f"{n_in // groups}, got {weight_name} of shape {weight.shape}"
+        )
+    return x, weight, groups
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> np.ndarray:
+    """2-D cross-correlation, as ``F.conv2d``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W), float32 or float64
+    weight : array_like, shape (F, C/groups, kh, kw), dtype of `x`
+    bias : array_like, shape (F,), dtype of `x`, optional
+    stride, dilation : int or (int, int)
+    padding : int, (int, int), "valid" or "same"
+        "same" (stride 1 only) pads so the output has the input's size; an
+        odd total puts the extra row/column at the bottom/right.
+    groups : int
+        Channels are split into `groups` independent convolutions
+        (``groups == C == F`` is depthwise).
+
+    Returns
+    -------
+    out : ndarray, shape (N, F, oh, ow), dtype of `x`
+    """
+    x, weight, groups = _conv_operands(x, weight, groups)
+    if bias is not None:
+        bias = v.as_float_array(bias, "bias")
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    v.check_same_dtype(x=x, weight=weight, bias=bias)
+    win = v.conv_window(x.shape, weight.shape[2:], stride, padding, dilation)
+    n, f = x.shape[0], weight.shape[0]
+    cols = _unfold(x, win).reshape(n, groups, -1, win.oh * win.ow)
+    w = weight.reshape(groups, f // groups, -1)
+    out = np.matmul(w, cols).reshape(n, f, win.oh, win.ow)
+    if bias is not None:
+        out += bias[:, None, None]
+    return out
+
+
+def conv2d_backward(dout, x, weight, stride=1, padding=0, dilation=1, groups=1):
+    """Gradients of :func:`conv2d` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    dout : array_like, shape (N, F, oh, ow), dtype of `x`
+        Gradient of the loss with respect to the conv2d output.
+    x, weight, stride, padding, dilation, groups
+        The arguments of the forward call.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C, H, W)
+    dweight : ndarray, shape (F, C/groups, kh, kw)
+    dbias : ndarray, shape (F,)
+        Returned whether or not the forward call had a bias.
+    """
+    x, weight, groups = _conv_operands(x, weight, groups)
+    dout = v.as_float_array(dout, "dout")
+    v.check_same_dtype(x=x, weight=weight, dout=dout)
+    win = v.conv_window(x.shape, weight.shape[2:], stride, padding, dilation)
+    n, f = x.shape[0], weight.shape[0]
+    expected = (n, f, win.oh, win.ow)
+    if dout.shape != expected:
+        raise ValueError(f"dout must have the conv2d output shape {expected}, got {dout.shape}")
+    g = dout.reshape(n, groups, f // groups, win.oh * win.ow)
+    cols = _unfold(x, win).reshape(n, groups, -1, win.oh * win.ow)
+    w = weight.reshape(groups, f // groups, -1)
+    dweight = np.matmul(g, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(weight.shape)
+    dcols = np.matmul(w.transpose(0, 2, 1), g).reshape(n, -1, win.oh * win.ow)
+    dx = _fold(dcols, x.shape, win)
+    dbias = dout.sum(axis=(0, 2, 3))
+    return dx, dweight, dbias
+
+
+def max_pool2d(
+    x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):
+    """2-D max pooling, as ``F.max_pool2d``.
+
+    Each window is scanned row by row: ties go to the FIRST maximum, NaN
+    propagates (its index is the last NaN seen) and padding never wins.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W), float32 or float64
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to `kernel_size`.
+    padding : int or (int, int)
+        Implicit -inf padding, at most half the kernel.
+    dilation : int or (int, int)
+    ceil_mode : bool
+        Round the output size up (a last, partial window is kept if it starts
+        inside the input or the left padding).
+    return_indices : bool
+        Also return the argmax of every window.
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, oh, ow), dtype of `x`
+    indices : ndarray of int64, shape (N, C, oh, ow)
+        Only if `return_indices`: flat ``ih * W + iw`` inside each plane, for
+        :func:`max_pool2d_backward`.
+    """
+    x = v.as_float_array(x, "x")
+    v.check_nchw(x, "x")
+    win = v.pool_window(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    shape = x.shape[:2] + (win.oh, win.ow)
+    out = np.empty(shape, dtype=x.dtype)
+    indices = np.empty(shape, dtype=np.int64)
+    kernel("max_pool2d")(x, *win.params, out, indices)
+    return (out, indices) if return_indices else out
+
+
+def max_pool2d_backward(dout, indices, input_shape) -> np.ndarray:
+    """Gradient of :func:`max_pool2d`: each output's gradient goes to its argmax.
+
+    Parameters
+    ----------
+    dout : array_like, shape (N, C, oh, ow), float32 or float64
+    indices : array_like of any integer dtype, shape (N, C, oh, ow)
+        As returned by ``max_pool2d(..., return_indices=True)``; each in
+        ``[0, H*W)``.
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)`` of the forward input.
+
+    Returns
+    -------
+    dx : ndarray, shape `input_shape`, dtype of `dout`
+        Exactly one input per output receives its gradient; where windows
+        overlap and chose the same input, the gradients add up.
+    """
+    dout = v.as_float_array(dout, "dout")
+    v.check_nchw(dout, "dout")
+    indices = v.as_indices(indices)
+    shape = v.input_shape_4d(input_shape)
+    if indices.shape != dout.shape:
+        raise ValueError(
+            f"indices and dout must have the same shape, got {indices.shape} and {dout.shape}"
+        )
+    if dout.shape[:2] != shape[:2]:
+        raise ValueError(
+            f"dout's (N, C)={dout.shape[:2]} must match input_shape's (N, C)={shape[:2]}"
+        )
+    plane = shape[2] * shape[3]
+    if indices.size and (indices.min() < 0 or indices.max() >= plane):
+        raise ValueError(
+            f"indices must lie in [0, H*W) = [0, {plane}) for input_shape={shape}, "
+            f"got values in [{indices.min()}, {indices.max()}]"
+        )
+    out = np.empty(shape, dtype=dout.dtype)
+    return kernel("max_pool2d_backward")(dout, indices, out)
+
+
+def _avg_window(shape, kernel_size, stride, padding, ceil_mode, divisor_override):
+    if divisor_override is not None and (
+        isinstance(divisor_override, bool)
+        or not isinstance(divisor_override, numbers.Integral)
+        or divisor_override < 1
+    ):
+        raise ValueError(f"divisor_override must be None or a positive int, got {divisor_override!r}")
+    return v.pool_window(shape, kernel_size, stride, padding, 1, ceil_mode)
+
+
+def avg_pool2d(
+    x,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+) -> np.ndarray:
+    """2-D average pooling, as ``F.avg_pool2d``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W), float32 or float64
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to `kernel_size`.
+    padding : int or (int, int)
+        Zero padding, at most half the kernel.
+    ceil_mode : bool
+        Round the output size up, as in :func:`max_pool2d`.
+    count_include_pad : bool
+        Divide by the window clipped to the padded input (True), or by the
+        number of real input cells in the window (False).
+    divisor_override : int, optional
+        Divide every window sum by this instead.
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, oh, ow), dtype of `x`
+    """
+    x = v.as_float_array(x, "x")
+    v.check_nchw(x, "x")
+    win = _avg_window(x.shape, kernel_size, stride, padding, ceil_mode, divisor_override)
+    out = np.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
+    return kernel("avg_pool2d")(
+        x, win.kh, win.kw, win.sh, win.sw, win.ph, win.pw,
+        bool(count_include_pad), divisor_override or 0, out,
+    )  # fmt: skip
+
+
+def avg_pool2d_backward(
+    dout,
+    input_shape,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+) -> np.ndarray:
+    """Gradient of :func:`avg_pool2d` with respect to its input.
+
+    Parameters
+    ----------
+    dout : array_like, shape (N, C, oh, ow), float32 or float64
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)`` of the forward input.
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        The arguments of the forward call.
+
+    Returns
+    -------
+    dx : ndarray, shape `input_shape`, dtype of `dout`
+    """
+    dout = v.as_float_array(dout, "dout")
+    v.check_nchw(dout, "dout")
+    shape = v.input_shape_4d(input_shape)
+    win = _avg_window(shape, kernel_size, stride, padding, ceil_mode, divisor_override)
+    expected = shape[:2] + (win.oh, win.ow)
+    if dout.shape != expected:
+        raise ValueError(f"dout must have the avg_pool2d output shape {expected}, got {dout.shape}")
+    out = np.empty(shape, dtype=dout.dtype)
+    return kernel("avg_pool2d_backward")(
+        dout, win.kh, win.kw, win.sh, win.sw, win.ph, win.pw,
+        bool(count_include_pad), divisor_override or 0, out,
+    )  # fmt: skip

@@ -1,0 +1,99 @@
+"""Build the compiled kernel set (``fastcnn._kernels``) from ``csrc/``.
+
+Environment switches:
+
+* ``FASTCNN_DEBUG=1``: Cython bounds and wraparound checks on, ``-O0 -g``.
+* ``FASTCNN_SANITIZE=address,undefined``: also build with those sanitizers
+  (load the runtime with ``LD_PRELOAD`` when running; see the README).
+* ``FASTCNN_OPENMP=0``: build without OpenMP even if the compiler has it.
+
+OpenMP is detected by compiling and linking a tiny program; without it the
+kernels build serially and the build says so.
+"""
+
+import os
+import sys
+import tempfile
+import textwrap
+import warnings
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+KERNELS = ("unfold", "pool", "openmp")
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _openmp_flags(compiler):
+    """Return the OpenMP compile/link flag that works with `compiler`, or None."""
+    if os.environ.get("FASTCNN_OPENMP", "1").strip() == "0":
+        return None
+    flag = "/openmp" if compiler.compiler_type == "msvc" else "-fopenmp"
+    source = textwrap.dedent(
+        """
+        #include <omp.h>
+        int main(void) {
+            int n = 0;
+            #pragma omp parallel reduction(+:n)
+            n += 1;
+            return n > 0 ? 0 : 1;
+        }
+        """
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "check_openmp.c")
+        with open(path, "w") as f:
+            f.write(source)
+        try:
+            objects = compiler.compile([path], output_dir=tmp, extra_postargs=[flag])
+            compiler.link_executable(objects, "check_openmp", output_dir=tmp, extra_postargs=[flag])
+        except Exception:  # any compiler or linker failure means "no OpenMP"
+            return None
+    return flag
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        flag = _openmp_flags(self.compiler)
+        if flag is None:
+            warnings.warn("fastcnn: the C compiler has no OpenMP; kernels will run on one thread")
+        debug = _flag("FASTCNN_DEBUG")
+        sanitize = os.environ.get("FASTCNN_SANITIZE", "").strip()
+        for ext in self.extensions:
+            if flag:
+                ext.extra_compile_args.append(flag)
+                ext.extra_link_args.append(flag)
+            if self.compiler.compiler_type != "msvc":
+                ext.extra_compile_args.append("-O0" if debug else "-O3")
+                if debug or sanitize:
+                    ext.extra_compile_args += ["-g", "-fno-omit-frame-pointer"]
+                if sanitize:
+                    ext.extra_compile_args.append(f"-fsanitize={sanitize}")
+                    ext.extra_link_args.append(f"-fsanitize={sanitize}")
+        super().build_extensions()
+
+
+debug = _flag("FASTCNN_DEBUG") or bool(os.environ.get("FASTCNN_SANITIZE", "").strip())
+extensions = [
+    Extension(f"fastcnn._kernels.{name}", [os.path.join("csrc", f"{name}.pyx")])
+    for name in KERNELS
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        include_path=["csrc"],
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": debug,
+            "wraparound": debug,
+            "initializedcheck": debug,
+            "cdivision": True,
+        },
+    ),
+    cmdclass={"build_ext": BuildExt},
+)

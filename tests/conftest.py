@@ -1,0 +1,26 @@
+"""Session-wide guards for the fastcnn test suite."""
+
+import os
+
+import pytest
+
+import fastcnn
+
+
+def pytest_report_header(config):
+    return (
+        f"fastcnn {fastcnn.__version__} from {os.path.dirname(fastcnn.__file__)}: "
+        f"backend={fastcnn.get_backend()}, threads={fastcnn.get_num_threads()}"
+    )
+
+
+def pytest_sessionstart(session):
+    # A broken build must not pass by silently testing the NumPy twin against itself.
+    asked_for_numpy = os.environ.get("FASTCNN_BACKEND", "").strip().lower() == "numpy"
+    if fastcnn.get_backend() != "cython" and not asked_for_numpy:
+        pytest.exit(
+            "the compiled backend is not active (fastcnn imported from "
+            f"{os.path.dirname(fastcnn.__file__)}); build it with `pip install .` or run "
+            "the suite on purpose with FASTCNN_BACKEND=numpy",
+            returncode=1,
+        )
