@@ -3,8 +3,17 @@
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 import fastcnn
+
+# HYPOTHESIS_PROFILE picks one: "dev" (default), "ci" (derandomized, so a CI
+# run is reproducible) or "long" (on demand: many more examples per test).
+_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=60, **_common)
+settings.register_profile("ci", max_examples=60, derandomize=True, database=None, **_common)
+settings.register_profile("long", max_examples=2000, **_common)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 def pytest_report_header(config):
