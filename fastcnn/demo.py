@@ -1,0 +1,269 @@
+"""``fastcnn demo``: train a small CNN on a real image data set, with a progress bar.
+
+By default the data are scikit-learn's bundled handwritten digits (1797
+images of 8x8 pixels, no download), split 80/20 stratified by ``--seed``.
+``--data file.npz`` trains on your own arrays instead. Needs the ``demo``
+extra (scikit-learn, tqdm, matplotlib): ``pip install "fastcnn[demo]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import sys
+import time
+
+import numpy as np
+
+from ._backend import BACKENDS, get_backend, get_num_threads, set_num_threads, use_backend
+from .layers import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from .losses import softmax_cross_entropy
+from .model import Sequential
+from .optim import Adam
+
+__all__ = ["add_arguments", "run", "build_model"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the demo's options to `parser` (called by ``fastcnn demo``)."""
+    parser.add_argument(
+        "--data",
+        metavar="FILE.npz",
+        help="train on x_train (N,C,H,W) or (N,H,W) float/uint8, y_train int, x_test, y_test "
+        "instead of scikit-learn's digits",
+    )
+    parser.add_argument("--epochs", type=int, default=12, help="passes over the training set")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, init and shuffling")
+    parser.add_argument("--backend", choices=BACKENDS, help="kernel set (default: the active one)")
+    parser.add_argument("--threads", type=int, help="OpenMP threads of the compiled kernels")
+    parser.add_argument("--plot", metavar="FILE.png", help="save loss/accuracy curves (matplotlib)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, only the result")
+
+
+class _DemoError(Exception):
+    """A problem to report in one line, without a traceback."""
+
+
+_DISTRIBUTIONS = {"sklearn": "scikit-learn"}
+
+
+def _require(module: str, purpose: str):
+    """Import an optional dependency, or explain how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        raise _DemoError(
+            f"{purpose} needs {_DISTRIBUTIONS.get(top, top)}, which is not installed: "
+            'pip install "fastcnn[demo]"'
+        ) from exc
+
+
+def _as_images(x, name: str) -> np.ndarray:
+    """``(N, C, H, W)`` float32 from float or uint8 (scaled to [0, 1]) ``(N, [C,] H, W)``."""
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or min(x.shape[:2]) < 1 or min(x.shape[2:]) < 4:
+        raise _DemoError(
+            f"{name} must be (N, C, H, W) or (N, H, W) with N, C >= 1 and H, W >= 4, got {x.shape}"
+        )
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255
+    if x.dtype.kind != "f":
+        raise _DemoError(f"{name} must be float or uint8, got dtype {x.dtype}")
+    return x.astype(np.float32)
+
+
+def _as_labels(y, n: int, name: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.dtype.kind not in "iu" or y.shape != (n,) or y.min() < 0:
+        raise _DemoError(f"{name} must be {n} non-negative integer labels, got {y.dtype} {y.shape}")
+    return y.astype(np.int64)
+
+
+def _load_data(args):
+    """``(x_train, y_train, x_test, y_test)`` from ``--data`` or the digits."""
+    if args.data:
+        try:
+            archive = np.load(args.data, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise _DemoError(f"cannot read --data {args.data!r}: {exc}") from exc
+        keys = ("x_train", "y_train", "x_test", "y_test")
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise _DemoError(f"--data must be an .npz archive with {', '.join(keys)}")
+        with archive:
+            missing = [k for k in keys if k not in archive.files]
+            if missing:
+                raise _DemoError(f"--data {args.data!r} lacks {', '.join(missing)}")
+            x_train = _as_images(archive["x_train"], "x_train")
+            x_test = _as_images(archive["x_test"], "x_test")
+            y_train = _as_labels(archive["y_train"], len(x_train), "y_train")
+            y_test = _as_labels(archive["y_test"], len(x_test), "y_test")
+        if x_train.shape[1:] != x_test.shape[1:]:
+            raise _DemoError(
+                f"x_train and x_test images differ: {x_train.shape} and {x_test.shape}"
+            )
+        return x_train, y_train, x_test, y_test
+    datasets = _require("sklearn.datasets", "the digits data set")
+    model_selection = _require("sklearn.model_selection", "the digits data set")
+    digits = datasets.load_digits()
+    # Pixels are 0..16.
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    x_train, x_test, y_train, y_test = model_selection.train_test_split(
+        x, digits.target, test_size=0.2, stratify=digits.target, random_state=args.seed
+    )
+    return x_train, y_train, x_test, y_test
+
+
+def build_model(in_channels: int, image_size: tuple[int, int], n_classes: int, rng) -> Sequential:
+    """The demo's CNN: (Conv 3x3 - BatchNorm - ReLU - MaxPool 2) x 2, then Dense.
+
+    Parameters
+    ----------
+    in_channels : int
+    image_size : (int, int)
+        ``(H, W)`` of the input, at least 4x4.
+    n_classes : int
+    rng : numpy.random.Generator or int
+        Source of the initial weights.
+
+    Returns
+    -------
+    Sequential
+        Maps ``(N, in_channels, H, W)`` float32 to ``(N, n_classes)`` logits.
+    """
+    rng = np.random.default_rng(rng)
+    features = [
+        Conv2D(in_channels, 16, 3, padding=1, rng=rng),
+        BatchNorm2D(16),
+        ReLU(),
+        MaxPool2D(2),
+        Conv2D(16, 32, 3, padding=1, rng=rng),
+        BatchNorm2D(32),
+        ReLU(),
+        MaxPool2D(2),
+        Flatten(),
+    ]
+    shape = (1, in_channels, *image_size)
+    for layer in features:
+        shape = layer.output_shape(shape)
+    return Sequential([*features, Dense(shape[1], n_classes, rng=rng)])
+
+
+def _accuracy(model: Sequential, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        logits = model.forward(x[start : start + batch_size], training=False)
+        correct += int(np.sum(logits.argmax(axis=1) == y[start : start + batch_size]))
+    return correct / len(x)
+
+
+def _train(model, data, args, tqdm) -> dict:
+    """Train with Adam; return per-epoch history (loss, train/test accuracy, seconds)."""
+    x_train, y_train, x_test, y_test = data
+    optimizer = Adam(model, lr=args.lr)
+    rng = np.random.default_rng(args.seed)
+    history = {"loss": [], "train_acc": [], "test_acc": [], "seconds": []}
+    for epoch in range(args.epochs):
+        order = rng.permutation(len(x_train))
+        bar = tqdm(
+            total=len(x_train),
+            desc=f"epoch {epoch + 1}/{args.epochs}",
+            unit="img",
+            disable=args.quiet,
+            file=sys.stderr,
+        )
+        total_loss = correct = seen = 0
+        start = time.perf_counter()
+        for begin in range(0, len(order), args.batch_size):
+            batch = order[begin : begin + args.batch_size]
+            logits = model.forward(x_train[batch])
+            loss, dlogits = softmax_cross_entropy(logits, y_train[batch])
+            model.backward(dlogits)
+            optimizer.step()
+            total_loss += loss * len(batch)
+            correct += int(np.sum(logits.argmax(axis=1) == y_train[batch]))
+            seen += len(batch)
+            bar.update(len(batch))
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.2%}")
+        history["seconds"].append(time.perf_counter() - start)
+        history["loss"].append(total_loss / seen)
+        history["train_acc"].append(correct / seen)
+        history["test_acc"].append(_accuracy(model, x_test, y_test, 256))
+        bar.set_postfix(
+            loss=f"{history['loss'][-1]:.4f}",
+            acc=f"{history['train_acc'][-1]:.2%}",
+            test_acc=f"{history['test_acc'][-1]:.2%}",
+        )
+        bar.close()
+    return history
+
+
+def _plot(history: dict, path: str) -> None:
+    figure_module = _require("matplotlib.figure", "--plot")
+    fig = figure_module.Figure(figsize=(9, 3.5), layout="constrained")
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss.plot(epochs, history["loss"], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="Loss")
+    ax_acc.plot(epochs, history["train_acc"], marker="o", label="train")
+    ax_acc.plot(epochs, history["test_acc"], marker="o", label="test")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+    ax_acc.legend()
+    fig.savefig(path, dpi=120)
+
+
+def run(args) -> int:
+    """Train and evaluate the demo CNN as `args` (from :func:`add_arguments`) asks.
+
+    Returns
+    -------
+    int
+        0 on success, 2 if a dependency is missing or the arguments or data
+        are invalid (the reason is printed to stderr).
+    """
+    try:
+        for name, value, low in (("epochs", args.epochs, 1), ("batch-size", args.batch_size, 1)):
+            if value < low:
+                raise _DemoError(f"--{name} must be >= {low}, got {value}")
+        if args.lr <= 0:
+            raise _DemoError(f"--lr must be positive, got {args.lr}")
+        tqdm = _require("tqdm", "the progress bar").tqdm
+        data = _load_data(args)
+        if args.threads is not None:
+            try:
+                set_num_threads(args.threads)
+            except ValueError as exc:
+                raise _DemoError(f"--threads: {exc}") from exc
+        with contextlib.ExitStack() as stack:
+            if args.backend:
+                try:
+                    stack.enter_context(use_backend(args.backend))
+                except ImportError as exc:
+                    raise _DemoError(f"--backend {args.backend}: {exc}") from exc
+            x_train, y_train, x_test, y_test = data
+            n_classes = int(max(y_train.max(), y_test.max())) + 1
+            model = build_model(x_train.shape[1], x_train.shape[2:], n_classes, args.seed)
+            history = _train(model, data, args, tqdm)
+            backend_name, threads = get_backend(), get_num_threads()
+        if args.plot:
+            _plot(history, args.plot)
+    except _DemoError as exc:
+        print(f"fastcnn demo: error: {exc}", file=sys.stderr)
+        return 2
+    test_acc = history["test_acc"][-1]
+    n_right = round(test_acc * len(y_test))
+    per_epoch = float(np.mean(history["seconds"]))
+    print(
+        f"test accuracy: {test_acc:.2%} ({n_right}/{len(y_test)}) after {args.epochs} "
+        f"epoch{'s' if args.epochs != 1 else ''}; "
+        f"{per_epoch:.2f} s per epoch on {len(x_train)} images "
+        f"(backend {backend_name}, {threads} thread{'s' if threads != 1 else ''})"
+    )
+    if args.plot:
+        print(f"curves saved to {args.plot}")
+    return 0

@@ -1,0 +1,318 @@
+"""Optimizers with the update rules, defaults and checks of ``torch.optim``.
+
+Each optimizer walks the parameters of a :class:`fastcnn.Sequential`, a
+layer or a list of layers, reads the gradients the last ``backward`` wrote
+into ``layer.grads`` and updates ``layer.params`` in place. Per-parameter
+state (``optimizer.state["0.weight"]``) uses PyTorch's names
+(``momentum_buffer``, ``exp_avg``, ...). Every step follows the
+single-tensor (``foreach=False``) code path of the installed PyTorch
+line by line, so results agree with it to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .layers import _flag, _real
+from .model import named_layers
+
+__all__ = ["Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam"]
+
+
+class Optimizer:
+    """Base class: collects the parameters and applies the common gradient terms.
+
+    Parameters
+    ----------
+    model : Sequential, Layer or list of layers
+    lr : float
+        Learning rate, ``>= 0``; may be changed between steps (``opt.lr = ...``).
+    weight_decay : float
+        L2 penalty added to the gradient (``grad + weight_decay * param``).
+    maximize : bool
+        Ascend instead of descend (the gradient is negated first).
+
+    Attributes
+    ----------
+    state : dict of str to dict
+        Per-parameter state keyed like ``"0.weight"``, filled by :meth:`step`.
+    """
+
+    def __init__(self, model, lr, weight_decay=0, maximize=False) -> None:
+        self.lr = _real(lr, "lr", low=0)
+        self.weight_decay = _real(weight_decay, "weight_decay", low=0)
+        self.maximize = _flag(maximize, "maximize")
+        self._params = [
+            (prefix + name, layer.params[name], layer.grads[name])
+            for prefix, layer in named_layers(model)
+            for name in layer.params
+        ]
+        if not self._params:
+            raise ValueError("model has no parameters to optimize")
+        self.state: dict[str, dict] = {key: {} for key, _, _ in self._params}
+
+    def zero_grad(self) -> None:
+        """Set every gradient to zero (in place)."""
+        for _, _, grad in self._params:
+            grad.fill(0)
+
+    def step(self) -> None:
+        """Update every parameter in place from its current gradient."""
+        for key, param, grad in self._params:
+            if self.maximize:
+                grad = -grad
+            if self.weight_decay != 0:
+                grad = grad + self.weight_decay * param
+            self._update(param, grad, self.state[key])
+
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict) -> None:
+        """Apply one step to `param` in place; `grad` must not be modified."""
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum, as ``torch.optim.SGD``.
+
+    Parameters
+    ----------
+    model : Sequential, Layer or list of layers
+    lr : float
+        Learning rate, ``>= 0``.
+    momentum : float, default 0
+    dampening : float, default 0
+        The new gradient enters the momentum buffer with weight ``1 - dampening``
+        (from the second step on; the first step copies the gradient).
+    nesterov : bool, default False
+        Needs ``momentum > 0`` and ``dampening == 0``.
+    weight_decay : float, default 0
+    maximize : bool, default False
+    """
+
+    def __init__(
+        self, model, lr, momentum=0, dampening=0, nesterov=False, weight_decay=0, maximize=False
+    ) -> None:
+        super().__init__(model, lr, weight_decay, maximize)
+        self.momentum = _real(momentum, "momentum", low=0)
+        self.dampening = _real(dampening, "dampening")
+        self.nesterov = _flag(nesterov, "nesterov")
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError(
+                "nesterov=True requires momentum > 0 and dampening = 0, got "
+                f"momentum={self.momentum} and dampening={self.dampening}"
+            )
+
+    def _update(self, param, grad, state):
+        if self.momentum != 0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = grad.copy()
+            else:
+                buf *= self.momentum
+                buf += (1 - self.dampening) * grad
+            grad = grad + self.momentum * buf if self.nesterov else buf
+        param -= self.lr * grad
+
+
+class Adagrad(Optimizer):
+    """Adagrad, as ``torch.optim.Adagrad``.
+
+    Parameters
+    ----------
+    model : Sequential, Layer or list of layers
+    lr : float, default 1e-2
+    lr_decay : float, default 0
+        Step k uses ``lr / (1 + (k - 1) * lr_decay)``.
+    weight_decay : float, default 0
+    initial_accumulator_value : float, default 0
+        Starting value of the sum of squared gradients.
+    eps : float, default 1e-10
+        Added to the square root of the sum.
+    maximize : bool, default False
+    """
+
+    def __init__(
+        self,
+        model,
+        lr=1e-2,
+        lr_decay=0,
+        weight_decay=0,
+        initial_accumulator_value=0,
+        eps=1e-10,
+        maximize=False,
+    ) -> None:
+        super().__init__(model, lr, weight_decay, maximize)
+        self.lr_decay = _real(lr_decay, "lr_decay", low=0)
+        self.initial_accumulator_value = _real(
+            initial_accumulator_value, "initial_accumulator_value", low=0
+        )
+        self.eps = _real(eps, "eps", low=0)
+        # PyTorch creates the accumulator at construction, not at the first step.
+        for key, param, _ in self._params:
+            self.state[key].update(step=0, sum=np.full_like(param, self.initial_accumulator_value))
+
+    def _update(self, param, grad, state):
+        state["step"] += 1
+        clr = self.lr / (1 + (state["step"] - 1) * self.lr_decay)
+        state["sum"] += grad * grad
+        std = np.sqrt(state["sum"]) + self.eps
+        param -= clr * (grad / std)
+
+
+class Adadelta(Optimizer):
+    """Adadelta, as ``torch.optim.Adadelta``.
+
+    Parameters
+    ----------
+    model : Sequential, Layer or list of layers
+    lr : float, default 1.0
+        Scales the delta before it is applied.
+    rho : float, default 0.9
+        Decay of both running averages, in ``[0, 1]``.
+    eps : float, default 1e-6
+    weight_decay : float, default 0
+    maximize : bool, default False
+    """
+
+    def __init__(self, model, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, maximize=False) -> None:
+        super().__init__(model, lr, weight_decay, maximize)
+        self.rho = _real(rho, "rho", low=0, high=1)
+        self.eps = _real(eps, "eps", low=0)
+
+    def _update(self, param, grad, state):
+        if not state:
+            state.update(step=0, square_avg=np.zeros_like(param), acc_delta=np.zeros_like(param))
+        state["step"] += 1
+        rho, square_avg, acc_delta = self.rho, state["square_avg"], state["acc_delta"]
+        square_avg *= rho
+        square_avg += (1 - rho) * grad * grad
+        std = np.sqrt(square_avg + self.eps)
+        delta = np.sqrt(acc_delta + self.eps) / std * grad
+        acc_delta *= rho
+        acc_delta += (1 - rho) * delta * delta
+        param -= self.lr * delta
+
+
+class RMSprop(Optimizer):
+    """RMSprop, as ``torch.optim.RMSprop``.
+
+    Parameters
+    ----------
+    model : Sequential, Layer or list of layers
+    lr : float, default 1e-2
+    alpha : float, default 0.99
+        Decay of the running average of squared gradients.
+    eps : float, default 1e-8
+        Added to the square root (outside it, as PyTorch).
+    weight_decay : float, default 0
+    momentum : float, default 0
+    centered : bool, default False
+        Normalise by an estimate of the gradient's variance instead of its
+        second moment.
+    maximize : bool, default False
+    """
+
+    def __init__(
+        self,
+        model,
+        lr=1e-2,
+        alpha=0.99,
+        eps=1e-8,
+        weight_decay=0,
+        momentum=0,
+        centered=False,
+        maximize=False,
+    ) -> None:
+        super().__init__(model, lr, weight_decay, maximize)
+        self.alpha = _real(alpha, "alpha", low=0)
+        self.eps = _real(eps, "eps", low=0)
+        self.momentum = _real(momentum, "momentum", low=0)
+        self.centered = _flag(centered, "centered")
+
+    def _update(self, param, grad, state):
+        if not state:
+            state.update(step=0, square_avg=np.zeros_like(param))
+            if self.momentum > 0:
+                state["momentum_buffer"] = np.zeros_like(param)
+            if self.centered:
+                state["grad_avg"] = np.zeros_like(param)
+        state["step"] += 1
+        alpha, square_avg = self.alpha, state["square_avg"]
+        square_avg *= alpha
+        square_avg += (1 - alpha) * grad * grad
+        if self.centered:
+            grad_avg = state["grad_avg"]
+            grad_avg += (1 - alpha) * (grad - grad_avg)
+            avg = np.sqrt(square_avg - grad_avg * grad_avg)
+        else:
+            avg = np.sqrt(square_avg)
+        avg += self.eps
+        if self.momentum > 0:
+            buf = state["momentum_buffer"]
+            buf *= self.momentum
+            buf += grad / avg
+            param -= self.lr * buf
+        else:
+            param -= self.lr * (grad / avg)
+
+
+class Adam(Optimizer):
+    """Adam (and AMSGrad), as ``torch.optim.Adam``.
+
+    Parameters
+    ----------
+    model : Sequential, Layer or list of layers
+    lr : float, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+        Decay rates of the first and second moment estimates, each in ``[0, 1)``.
+    eps : float, default 1e-8
+        Added to the bias-corrected square root of the second moment.
+    weight_decay : float, default 0
+        L2 penalty added to the gradient (not decoupled: that is AdamW).
+    amsgrad : bool, default False
+        Normalise by the maximum of all second moment estimates so far.
+    maximize : bool, default False
+    """
+
+    def __init__(
+        self,
+        model,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0,
+        amsgrad=False,
+        maximize=False,
+    ) -> None:
+        super().__init__(model, lr, weight_decay, maximize)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair of floats, got {betas!r}")
+        self.betas = (
+            _real(betas[0], "betas[0]", low=0, high=1, high_open=True),
+            _real(betas[1], "betas[1]", low=0, high=1, high_open=True),
+        )
+        self.eps = _real(eps, "eps", low=0)
+        self.amsgrad = _flag(amsgrad, "amsgrad")
+
+    def _update(self, param, grad, state):
+        if not state:
+            state.update(step=0, exp_avg=np.zeros_like(param), exp_avg_sq=np.zeros_like(param))
+            if self.amsgrad:
+                state["max_exp_avg_sq"] = np.zeros_like(param)
+        state["step"] += 1
+        beta1, beta2 = self.betas
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg += (1 - beta1) * (grad - exp_avg)
+        exp_avg_sq *= beta2
+        exp_avg_sq += (1 - beta2) * grad * grad
+        step = state["step"]
+        step_size = self.lr / (1 - beta1**step)
+        bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+        if self.amsgrad:
+            np.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
+            second_moment = state["max_exp_avg_sq"]
+        else:
+            second_moment = exp_avg_sq
+        denom = np.sqrt(second_moment) / bias_correction2_sqrt + self.eps
+        param -= step_size * (exp_avg / denom)
