@@ -12,12 +12,17 @@ Two levels:
   byte-swapped): every layout and both backends give one result.
 
 Exactness (established by running these tests, see the comments of each
-test): every kernel is BITWISE equal between the two sets, including the
+test): every kernel is BITWISE equal between the two sets (checked as equal
+values plus the same sign of every zero), including the
 floating-point sums (col2im, avg-pool forward/backward, max-pool backward),
 because the twin adds in the compiled kernel's order. conv2d and
 conv2d_backward are exact too: their GEMM is NumPy's on identical im2col
 output. ``np.testing.assert_array_equal`` is therefore used throughout (it
 treats NaN as equal to NaN).
+
+A last section checks extreme but valid geometry values (strides near 2**63,
+a kernel far larger than the input): same answer as the equivalent small
+geometry on both backends, no integer overflow.
 """
 
 from __future__ import annotations
@@ -59,9 +64,14 @@ def _garbage(shape, dtype, value):
 
 
 def _assert_same(got, expected):
+    """Equal dtype, shape and values (NaN == NaN), and the same sign of zero."""
     assert got.dtype == expected.dtype
     assert got.shape == expected.shape
     np.testing.assert_array_equal(got, expected, strict=True)
+    if got.dtype.kind == "f":
+        numbers = ~np.isnan(expected)
+        np.testing.assert_array_equal(np.signbit(got[numbers]), np.signbit(expected[numbers]),
+                                      err_msg="the sign of a zero differs")
 
 
 # ---------------------------------------------------------------------------
@@ -69,10 +79,13 @@ def _assert_same(got, expected):
 
 
 @hsettings(200)
-@given(g=conv_geometries(), dtype=dtypes, kind=st.sampled_from(["normal", "ties", "special"]),
-       seed=seeds, nt=threads)
-@example(g=Geometry(1, 1, 3, 3, 3, 3, 1, 1, 1, 1), dtype=np.float64, kind="normal", seed=0, nt=1)
+@given(g=conv_geometries(), dtype=dtypes,
+       kind=st.sampled_from(["normal", "ties", "special", "zeros"]), seed=seeds, nt=threads)
+@example(g=Geometry(2, 3, 4, 5, 4, 5, 1, 1, 0, 0), dtype=np.float64, kind="normal", seed=0, nt=2)
+@example(g=Geometry(1, 2, 3, 3, 5, 5, 1, 1, 1, 1), dtype=np.float32, kind="normal", seed=0, nt=1)
 @example(g=Geometry(2, 2, 5, 7, 1, 1, 3, 2, 0, 0), dtype=np.float32, kind="ties", seed=1, nt=2)
+@example(g=Geometry(2, 2, 9, 8, 2, 3, 2, 1, 3, 2, 3, 2), dtype=np.float64, kind="special", seed=2,
+         nt=3)
 def test_kernel_im2col(g, dtype, kind, seed, nt):
     # im2col only copies: exact.
     compiled, reference = _pair("im2col")
@@ -88,7 +101,9 @@ def test_kernel_im2col(g, dtype, kind, seed, nt):
 @hsettings(200)
 @given(g=conv_geometries(), dtype=dtypes, kind=st.sampled_from(["normal", "ties", "special"]),
        seed=seeds, nt=threads)
-@example(g=Geometry(1, 1, 3, 3, 3, 3, 1, 1, 1, 1), dtype=np.float64, kind="ties", seed=0, nt=1)
+@example(g=Geometry(2, 3, 4, 5, 4, 5, 1, 1, 0, 0), dtype=np.float64, kind="normal", seed=0, nt=2)
+@example(g=Geometry(1, 2, 3, 3, 5, 5, 1, 1, 1, 1), dtype=np.float32, kind="ties", seed=0, nt=1)
+@example(g=Geometry(2, 2, 5, 7, 1, 1, 3, 2, 0, 0), dtype=np.float32, kind="ties", seed=1, nt=2)
 def test_kernel_col2im(g, dtype, kind, seed, nt):
     # col2im adds the taps of each pixel in (i, j) order in both sets: exact.
     # ("special" values make inf - inf = NaN: silence NumPy's warning in the twin.)
@@ -105,9 +120,13 @@ def test_kernel_col2im(g, dtype, kind, seed, nt):
 
 @hsettings(200)
 @given(g=pool_geometries(), dtype=dtypes,
-       kind=st.sampled_from(["normal", "ties", "special", "neg_inf"]), seed=seeds, nt=threads)
+       kind=st.sampled_from(["normal", "ties", "special", "neg_inf", "zeros"]), seed=seeds,
+       nt=threads)
 @example(g=Geometry(1, 1, 4, 4, 3, 3, 1, 1, 1, 1, 2, 2, True), dtype=np.float32, kind="neg_inf",
          seed=3, nt=1)
+@example(g=Geometry(2, 2, 5, 6, 4, 4, 3, 3, 2, 2, 1, 1, True), dtype=np.float64, kind="special",
+         seed=4, nt=2)  # padding at its limit k // 2, partial last windows
+@example(g=Geometry(2, 3, 4, 5, 4, 5, 1, 1, 0, 0), dtype=np.float32, kind="ties", seed=5, nt=2)
 def test_kernel_max_pool2d(g, dtype, kind, seed, nt):
     # Values and int64 argmax: exact (first max on ties, last NaN, -inf windows).
     compiled, reference = _pair("max_pool2d")
@@ -146,7 +165,7 @@ def test_kernel_max_pool2d_backward(g, dtype, kind, seed, nt, from_forward):
 
 @hsettings(200)
 @given(g=pool_geometries(dilation=False), dtype=dtypes,
-       kind=st.sampled_from(["normal", "ties", "special"]), seed=seeds, nt=threads,
+       kind=st.sampled_from(["normal", "ties", "special", "zeros"]), seed=seeds, nt=threads,
        count_include_pad=st.booleans(), divisor_override=st.sampled_from([0, 0, 1, 3, 7]))
 def test_kernel_avg_pool2d(g, dtype, kind, seed, nt, count_include_pad, divisor_override):
     # The compiled kernel sums the real cells of a window row by row; the twin
@@ -194,3 +213,228 @@ def test_registry_pairs_every_kernel():
             assert callable(compiled)
     with pytest.raises(ValueError, match="conv2d"):
         _backend.pair_of("conv2d")
+
+
+# ---------------------------------------------------------------------------
+# Public level: fastcnn.functional under both backends and odd layouts.
+
+BACKENDS = ("cython", "numpy") if _backend.compiled_available() else ("numpy",)
+layouts = st.sampled_from(LAYOUTS)
+
+
+def _flatten(result):
+    return list(result) if isinstance(result, tuple) else [result]
+
+
+def _all_ways(op, arrays, layout, **kwargs):
+    """`op(*arrays, **kwargs)` on every backend, with C-contiguous inputs and with
+    the same inputs stored as `layout`. Asserts that all results are equal and
+    that no input was modified; returns the first result."""
+    pristine = [a.copy() for a in arrays]
+    results = []
+    for backend in BACKENDS:
+        with fastcnn.use_backend(backend):
+            results.append(_flatten(op(*arrays, **kwargs)))
+            odd = [with_layout(a, layout) for a in arrays]
+            odd_copies = [a.copy() for a in odd]
+            results.append(_flatten(op(*odd, **kwargs)))
+            for a, b in zip(odd, odd_copies):
+                np.testing.assert_array_equal(a, b, strict=True)
+    for a, b in zip(arrays, pristine):
+        np.testing.assert_array_equal(a, b, strict=True)
+    first = results[0]
+    for other in results[1:]:
+        assert len(other) == len(first)
+        for got, expected in zip(other, first):
+            assert isinstance(got, np.ndarray) and got.flags.c_contiguous
+            _assert_same(got, expected)
+    return first if len(first) > 1 else first[0]
+
+
+@hsettings(100)
+@given(g=conv_geometries(), dtype=dtypes, kind=st.sampled_from(["normal", "ties", "special"]),
+       seed=seeds, layout=layouts)
+def test_public_im2col(g, dtype, kind, seed, layout):
+    x = make_values(np.random.default_rng(seed), g.shape, dtype, kind)
+    cols = _all_ways(F.im2col, [x], layout, **g.conv_kwargs())
+    assert cols.shape == g.cols_shape and cols.dtype == dtype
+
+
+@hsettings(100)
+@given(g=conv_geometries(), dtype=dtypes, kind=st.sampled_from(["normal", "ties"]), seed=seeds,
+       layout=layouts)
+def test_public_col2im(g, dtype, kind, seed, layout):
+    cols = make_values(np.random.default_rng(seed), g.cols_shape, dtype, kind)
+    x = _all_ways(F.col2im, [cols], layout, output_size=(g.h, g.w), **g.conv_kwargs())
+    assert x.shape == g.shape and x.dtype == dtype
+
+
+@st.composite
+def conv_problems(draw):
+    """(geometry with C = groups * C/groups, F, groups, padding argument, stride)."""
+    g = draw(conv_geometries(max_c=2, max_k=3, max_d=2))
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    f = groups * draw(st.integers(1, 2))
+    padding = draw(st.sampled_from(["pair", "pair", "same", "valid"]))
+    g = Geometry(g.n, g.c * groups, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw)
+    kwargs = g.conv_kwargs()
+    del kwargs["kernel_size"]
+    if padding == "same":
+        kwargs.update(padding="same", stride=1)
+    elif padding == "valid":
+        kwargs["padding"] = "valid"
+        reach_h, reach_w = g.dh * (g.kh - 1) + 1, g.dw * (g.kw - 1) + 1
+        g = Geometry(g.n, g.c, max(g.h, reach_h), max(g.w, reach_w), g.kh, g.kw, g.sh, g.sw,
+                     0, 0, g.dh, g.dw)
+    return g, f, groups, kwargs
+
+
+@hsettings(80)
+@given(problem=conv_problems(), dtype=dtypes, kind=st.sampled_from(["normal", "ties"]),
+       seed=seeds, layout=layouts, with_bias=st.booleans())
+def test_public_conv2d_and_backward(problem, dtype, kind, seed, layout, with_bias):
+    # Both backends feed identical im2col output to the same NumPy GEMM, and
+    # dx comes from col2im: forward and backward are exact.
+    g, f, groups, kwargs = problem
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, g.shape, dtype, kind)
+    w = make_values(rng, (f, g.c // groups, g.kh, g.kw), dtype, kind)
+    b = make_values(rng, (f,), dtype, kind)
+    arrays = [x, w, b] if with_bias else [x, w]
+    out = _all_ways(F.conv2d, arrays, layout, groups=groups, **kwargs)
+    assert out.dtype == dtype and out.shape[:2] == (g.n, f)
+    dout = make_values(rng, out.shape, dtype, kind)
+    dx, dw, db = _all_ways(
+        lambda d, x_, w_: F.conv2d_backward(d, x_, w_, groups=groups, **kwargs),
+        [dout, x, w], layout)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (f,)
+
+
+@hsettings(100)
+@given(g=pool_geometries(), dtype=dtypes,
+       kind=st.sampled_from(["normal", "ties", "special", "neg_inf", "zeros"]), seed=seeds,
+       layout=layouts)
+def test_public_max_pool2d(g, dtype, kind, seed, layout):
+    x = make_values(np.random.default_rng(seed), g.shape, dtype, kind)
+    out, idx = _all_ways(F.max_pool2d, [x], layout, return_indices=True, **g.max_pool_kwargs())
+    assert out.shape == g.pool_shape and out.dtype == dtype
+    assert idx.shape == g.pool_shape and idx.dtype == np.int64
+    only = _all_ways(F.max_pool2d, [x], "C", **g.max_pool_kwargs())
+    _assert_same(only, out)
+
+
+index_dtypes = st.sampled_from([np.int64, np.int32, np.uint32, np.int16, np.uint64, np.intp])
+
+
+@hsettings(100)
+@given(g=pool_geometries(), dtype=dtypes, seed=seeds, layout=layouts, index_dtype=index_dtypes)
+def test_public_max_pool2d_backward(g, dtype, seed, layout, index_dtype):
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, g.shape, dtype, "ties")
+    with fastcnn.use_backend("numpy"):
+        _, idx = F.max_pool2d(x, return_indices=True, **g.max_pool_kwargs())
+    dout = make_values(rng, g.pool_shape, dtype, "normal")
+    dx = _all_ways(F.max_pool2d_backward, [dout, idx.astype(index_dtype)], layout,
+                   input_shape=g.shape)
+    assert dx.shape == g.shape and dx.dtype == dtype
+
+
+@hsettings(100)
+@given(g=pool_geometries(dilation=False), dtype=dtypes,
+       kind=st.sampled_from(["normal", "ties", "special"]), seed=seeds, layout=layouts,
+       count_include_pad=st.booleans(), divisor_override=st.sampled_from([None, None, 1, 5]))
+def test_public_avg_pool2d_and_backward(g, dtype, kind, seed, layout, count_include_pad,
+                                        divisor_override):
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, g.shape, dtype, kind)
+    kwargs = dict(g.avg_pool_kwargs(), count_include_pad=count_include_pad,
+                  divisor_override=divisor_override)
+    with np.errstate(invalid="ignore"):
+        out = _all_ways(F.avg_pool2d, [x], layout, **kwargs)
+    assert out.shape == g.pool_shape and out.dtype == dtype
+    dout = make_values(rng, g.pool_shape, dtype, "normal")
+    dx = _all_ways(F.avg_pool2d_backward, [dout], layout, input_shape=g.shape, **kwargs)
+    assert dx.shape == g.shape and dx.dtype == dtype
+
+
+# ---------------------------------------------------------------------------
+# Extreme geometry values: either the right answer (that of the equivalent
+# small geometry) or a ValueError naming the argument, the same on both
+# backends. Never a silently wrong result, an OverflowError or a MemoryError.
+
+BIG = 2**63 - 1
+
+
+def _global(x):
+    return x.reshape(x.shape[:2] + (1, -1))
+
+
+def _right_or_clear_error(call, expected, names):
+    """Run `call` on every backend; all must return `expected` or all raise a
+    ValueError whose message names one of `names`."""
+    outcomes = []
+    for backend in BACKENDS:
+        with fastcnn.use_backend(backend):
+            try:
+                got = _flatten(call())
+            except ValueError as exc:
+                assert any(n in str(exc) for n in names), f"{backend}: {exc}"
+                outcomes.append("ValueError")
+                continue
+        for g, e in zip(got, _flatten(expected)):
+            _assert_same(g, e)
+        outcomes.append("result")
+    assert len(set(outcomes)) == 1, dict(zip(BACKENDS, outcomes))
+
+
+HUGE_CASES = [
+    # (op, huge kwargs, equivalent small kwargs, argument names): a stride
+    # beyond the input leaves a single window, whatever its value.
+    pytest.param(F.im2col, dict(kernel_size=2, stride=BIG), dict(kernel_size=2, stride=9),
+                 ["stride"], id="im2col-stride"),
+    pytest.param(F.im2col, dict(kernel_size=2, stride=(1, BIG - 1), padding=1),
+                 dict(kernel_size=2, stride=(1, 11), padding=1), ["stride"],
+                 id="im2col-stride-w-padded"),
+    pytest.param(F.im2col, dict(kernel_size=1, stride=2**62), dict(kernel_size=1, stride=9),
+                 ["stride"], id="im2col-stride-2**62"),
+    pytest.param(F.max_pool2d, dict(kernel_size=2, stride=BIG, return_indices=True),
+                 dict(kernel_size=2, stride=9, return_indices=True), ["stride"],
+                 id="max_pool2d-stride"),
+    pytest.param(F.avg_pool2d, dict(kernel_size=3, stride=(BIG, 2), padding=1),
+                 dict(kernel_size=3, stride=(11, 2), padding=1), ["stride"],
+                 id="avg_pool2d-stride"),
+]
+
+
+@pytest.mark.parametrize("op, huge, small, names", HUGE_CASES)
+def test_huge_geometry_values(op, huge, small, names):
+    x = make_values(np.random.default_rng(5), (2, 3, 8, 8), np.float64, "normal")
+    with fastcnn.use_backend("numpy"):
+        expected = op(x, **small)
+    _right_or_clear_error(lambda: op(x, **huge), expected, names)
+
+
+def test_huge_stride_col2im():
+    cols = make_values(np.random.default_rng(6), (2, 12, 1), np.float64, "normal")
+    with fastcnn.use_backend("numpy"):
+        expected = F.col2im(cols, (8, 8), 2, stride=9)
+    _right_or_clear_error(lambda: F.col2im(cols, (8, 8), 2, stride=BIG), expected, ["stride"])
+
+
+def test_kernel_much_larger_than_input_is_a_global_pool():
+    # kernel 2**40 with padding 2**39 covers the whole 8x8 input in one window.
+    x = make_values(np.random.default_rng(7), (2, 3, 8, 8), np.float64, "normal")
+    flat = _global(x)
+    _right_or_clear_error(
+        lambda: F.max_pool2d(x, 2**40, padding=2**39, return_indices=True),
+        (flat.max(axis=-1, keepdims=True), flat.argmax(axis=-1)[..., None]),
+        ["kernel_size", "padding"])
+    # the average sums 64 cells in some order: compare within a tolerance
+    for backend in BACKENDS:
+        with fastcnn.use_backend(backend):
+            try:
+                avg = F.avg_pool2d(x, 2**40, padding=2**39, count_include_pad=False)
+            except ValueError as exc:
+                assert "kernel_size" in str(exc) or "padding" in str(exc)
+                continue
+        np.testing.assert_allclose(avg, flat.mean(axis=-1, keepdims=True), rtol=1e-14)
