@@ -14,10 +14,12 @@ import os
 import warnings
 
 from . import reference
+from ._validation import integer
 
 __all__ = [
     "KERNEL_NAMES",
     "BACKENDS",
+    "MAX_THREADS",
     "compiled_available",
     "get_backend",
     "set_backend",
@@ -127,6 +129,19 @@ def use_backend(name: str):
         _context_backend.reset(token)
 
 
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+#: The most threads a kernel call may use: 4 per CPU available to the process.
+#: More only slows the kernels down, and an OpenMP runtime that fails to create
+#: a thread aborts the process instead of raising.
+MAX_THREADS = 4 * _available_cpus()
+
+
 def _max_threads() -> int:
     return _openmp.max_threads() if _openmp is not None else 1
 
@@ -139,23 +154,28 @@ def set_num_threads(n: int | None) -> None:
     n : int or None
         ``None`` restores the default (OpenMP's, which honours
         ``OMP_NUM_THREADS`` and ``threadpoolctl``). A positive value is used as
-        is; a negative value counts back from the default (-1 = all, -2 = all
-        but one, never fewer than one). 0 is an error.
+        is, up to :data:`MAX_THREADS` (4 per available CPU); a negative value
+        counts back from the default (-1 = all, -2 = all but one, never fewer
+        than one). 0 is an error.
     """
     global _num_threads
-    if n is None:
-        _num_threads = None
-        return
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be an int or None, got {type(n).__name__} {n!r}")
-    if n == 0:
-        raise ValueError("n must be a non-zero int or None, got 0")
+    if n is not None:
+        n = integer(n, "n", "an int or None")
+        if n == 0:
+            raise ValueError("n must be a non-zero int or None, got 0")
+        if n > MAX_THREADS:
+            raise ValueError(
+                f"n must be at most {MAX_THREADS} (4 threads per CPU available), got {n}"
+            )
     _num_threads = n
 
 
 def get_num_threads() -> int:
-    """The number of threads the compiled kernels will use for the next call."""
-    default = _max_threads()
+    """The number of threads the compiled kernels will use for the next call.
+
+    Never more than :data:`MAX_THREADS`, whatever ``OMP_NUM_THREADS`` says.
+    """
+    default = min(_max_threads(), MAX_THREADS)
     if _num_threads is None:
         return default
     if _num_threads < 0:

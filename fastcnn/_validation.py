@@ -8,6 +8,7 @@ bounds. Error messages name the argument, what was expected and what came.
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 from typing import NamedTuple
@@ -15,12 +16,19 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = [
+    "MAX_WINDOW_PARAM",
     "Window",
     "as_float_array",
     "as_indices",
     "check_same_dtype",
     "check_nchw",
+    "integer",
+    "positive_int",
+    "real",
+    "flag",
     "pair",
+    "shape_tuple",
+    "input_shape_4d",
     "conv_window",
     "pool_window",
     "col2im_window",
@@ -28,6 +36,11 @@ __all__ = [
 ]
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+#: Largest kernel size, stride, padding, dilation or divisor accepted. No real
+#: input comes near it, and it keeps every index the compiled kernels compute
+#: (sums and products of these with array extents) far inside int64.
+MAX_WINDOW_PARAM = 2**31 - 1
 
 
 class Window(NamedTuple):
@@ -85,7 +98,8 @@ def as_float_array(x, name: str) -> np.ndarray:
         )
     if not dtype.isnative:
         dtype = dtype.newbyteorder("=")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    # Aligned too: the kernels dereference typed pointers.
+    return np.require(arr, dtype=dtype, requirements=("C", "A"))
 
 
 def check_same_dtype(**arrays: np.ndarray) -> np.dtype:
@@ -115,24 +129,80 @@ def check_nchw(x: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} must have non-empty spatial dims, got shape {x.shape}")
 
 
-def _as_int(value, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {_describe(value)}")
-    return operator.index(value)
+def integer(value, name: str, what: str = "an int") -> int:
+    """Return `value` as a Python int.
+
+    Python and NumPy integers and 0-d integer arrays are accepted; bools,
+    floats (even integral ones), strings and everything else raise TypeError.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
+            return int(value)
+        if isinstance(value, numbers.Integral):
+            return operator.index(value)
+    raise TypeError(f"{name} must be {what}, got {_describe(value)}")
 
 
-def pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
-    """Normalise an int or a pair of ints to ``(h, w)``, each ``>= minimum``."""
-    if isinstance(value, (tuple, list, np.ndarray)):
+def positive_int(value, name: str, maximum: int | None = None) -> int:
+    """Return `value` as an int in ``[1, maximum]`` (TypeError, ValueError otherwise)."""
+    result = integer(value, name, "a positive int")
+    if result < 1 or (maximum is not None and result > maximum):
+        bound = "a positive int" if maximum is None else f"an int in [1, {maximum}]"
+        raise ValueError(f"{name} must be {bound}, got {result}")
+    return result
+
+
+def real(value, name: str, low=None, high=None, *, low_open=False, high_open=False) -> float:
+    """Return `value` as a float, checking it is a real number in the given interval."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+    value = float(value)
+    too_low = low is not None and (value < low or (low_open and value == low))
+    too_high = high is not None and (value > high or (high_open and value == high))
+    if math.isnan(value) or too_low or too_high:
+        left = "-inf" if low is None else low
+        right = "inf" if high is None else high
+        interval = (
+            f"{'(' if low_open or low is None else '['}{left}, "
+            f"{right}{')' if high_open or high is None else ']'}"
+        )
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return value
+
+
+def flag(value, name: str) -> bool:
+    """Require a bool (``True``/``False``, NumPy bools included)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {_describe(value)}")
+    return bool(value)
+
+
+def pair(value, name: str, minimum: int = 1, maximum: int = MAX_WINDOW_PARAM) -> tuple[int, int]:
+    """Normalise an int or a pair of ints to ``(h, w)``, each in ``[minimum, maximum]``."""
+    what = "an int or a pair of ints"
+    if isinstance(value, (tuple, list)) or (isinstance(value, np.ndarray) and value.ndim > 0):
         if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-        result = (_as_int(value[0], name), _as_int(value[1], name))
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+        result = (integer(value[0], name, what), integer(value[1], name, what))
     else:
-        v = _as_int(value, name)
+        v = integer(value, name, what)
         result = (v, v)
     if min(result) < minimum:
         bound = "positive" if minimum == 1 else f">= {minimum}"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
+    if max(result) > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
+    return result
+
+
+def shape_tuple(shape, name: str = "input_shape") -> tuple[int, ...]:
+    """Validate a user-given shape: a sequence of non-negative ints."""
+    try:
+        result = tuple(integer(v, name, "a tuple of ints") for v in shape)
+    except TypeError as exc:  # not iterable, or an element is not an int
+        raise TypeError(f"{name} must be a tuple of ints, got {shape!r}") from exc
+    if any(v < 0 for v in result):
+        raise ValueError(f"{name} must be non-negative ints, got {shape!r}")
     return result
 
 
@@ -149,16 +219,22 @@ def _pool_extent(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> 
 
 
 def _check_windows_hit_input(size: int, k: int, s: int, p: int, d: int, out: int, axis: str):
-    """A dilated window can fall entirely into padding; such a max has no input."""
-    starts = np.arange(out) * s - p
-    taps = starts[:, None] + np.arange(k) * d
-    hits = ((taps >= 0) & (taps < size)).any(axis=1)
-    if not hits.all():
-        o = int(np.flatnonzero(~hits)[0])
-        raise ValueError(
-            f"pooling window {o} along {axis} covers no input cell (input {axis}={size}, "
-            f"kernel_size={k}, stride={s}, padding={p}, dilation={d}); reduce padding or dilation"
-        )
+    """A dilated window can fall entirely into padding; such a max has no input.
+
+    Only a window that starts in the left padding can (the last window always
+    starts inside the input), and only if the dilation exceeds the input: its
+    first tap at or after 0 is at ``(-start) mod d``, and ``p <= k // 2``
+    guarantees that tap exists. With ``d > size`` a non-empty output forces
+    ``k <= 2``, so this loop runs at most once.
+    """
+    if d <= size:
+        return
+    for o in range(min(out, -(-p // s))):
+        if (o * s - p) % d >= size:
+            raise ValueError(
+                f"pooling window {o} along {axis} covers no input cell (input {axis}={size}, "
+                f"kernel_size={k}, stride={s}, padding={p}, dilation={d}); reduce padding or dilation"
+            )
 
 
 def pool_window(shape, kernel_size, stride, padding, dilation, ceil_mode) -> Window:
@@ -177,8 +253,9 @@ def pool_window(shape, kernel_size, stride, padding, dilation, ceil_mode) -> Win
             f"for kernel_size={(kh, kw)}"
         )
     _, _, h, w = shape
-    oh = _pool_extent(h, kh, sh, ph, dh, bool(ceil_mode))
-    ow = _pool_extent(w, kw, sw, pw, dw, bool(ceil_mode))
+    ceil_mode = flag(ceil_mode, "ceil_mode")
+    oh = _pool_extent(h, kh, sh, ph, dh, ceil_mode)
+    ow = _pool_extent(w, kw, sw, pw, dw, ceil_mode)
     if oh < 1 or ow < 1:
         raise ValueError(
             f"output would be empty: input (H, W)={(h, w)} is too small for kernel_size={(kh, kw)}, "
@@ -269,11 +346,8 @@ def as_indices(indices, name: str = "indices") -> np.ndarray:
 
 def input_shape_4d(input_shape, name: str = "input_shape") -> tuple[int, int, int, int]:
     """Validate a user-given ``(N, C, H, W)`` shape."""
-    try:
-        shape = tuple(operator.index(v) for v in input_shape)
-    except TypeError as exc:
-        raise TypeError(f"{name} must be a tuple of 4 ints, got {input_shape!r}") from exc
-    if len(shape) != 4 or min(shape) < 0:
+    shape = shape_tuple(input_shape, name)
+    if len(shape) != 4:
         raise ValueError(f"{name} must be 4 non-negative ints (N, C, H, W), got {input_shape!r}")
     if min(shape[1:]) == 0:
         raise ValueError(f"{name} must have C, H, W >= 1, got {shape}")

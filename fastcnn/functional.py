@@ -9,8 +9,6 @@ NumPy's BLAS. Arrays are NCHW, float32 or float64; `kernel_size`, `stride`,
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from . import _validation as v
@@ -28,15 +26,20 @@ __all__ = [
 ]
 
 
+# Every op allocates its result and hands it to a kernel. An empty batch never
+# reaches a kernel: its result is already complete, and the twin's broadcasts
+# over (oh, ow) could be huge even when there is no data at all.
+
+
 def _unfold(x: np.ndarray, win: v.Window) -> np.ndarray:
     n, c = x.shape[:2]
     out = np.empty((n, c * win.kh * win.kw, win.oh * win.ow), dtype=x.dtype)
-    return kernel("im2col")(x, *win, out)
+    return kernel("im2col")(x, *win, out) if n else out
 
 
 def _fold(cols: np.ndarray, shape, win: v.Window) -> np.ndarray:
     out = np.empty(shape, dtype=cols.dtype)
-    return kernel("col2im")(cols, *win, out)
+    return kernel("col2im")(cols, *win, out) if shape[0] else out
 
 
 def im2col(x, kernel_size, stride=1, padding=0, dilation=1) -> np.ndarray:
@@ -99,9 +102,7 @@ def _conv_operands(x, weight, groups, weight_name="weight"):
             f"{weight_name} must be a non-empty 4-D array (F, C/groups, kh, kw), "
             f"got shape {weight.shape}"
         )
-    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
-    groups = int(groups)
+    groups = v.positive_int(groups, "groups")
     n_in, n_out = x.shape[1], weight.shape[0]
     if n_in % groups or n_out % groups:
         raise ValueError(
@@ -143,8 +144,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
     v.check_same_dtype(x=x, weight=weight, bias=bias)
     win = v.conv_window(x.shape, weight.shape[2:], stride, padding, dilation)
     n, f = x.shape[0], weight.shape[0]
-    cols = _unfold(x, win).reshape(n, groups, -1, win.oh * win.ow)
-    w = weight.reshape(groups, f // groups, -1)
+    rows = x.shape[1] // groups * win.kh * win.kw
+    cols = _unfold(x, win).reshape(n, groups, rows, win.oh * win.ow)
+    w = weight.reshape(groups, f // groups, rows)
     out = np.matmul(w, cols).reshape(n, f, win.oh, win.ow)
     if bias is not None:
         out += bias[:, None, None]
@@ -176,11 +178,12 @@ def conv2d_backward(dout, x, weight, stride=1, padding=0, dilation=1, groups=1):
     expected = (n, f, win.oh, win.ow)
     if dout.shape != expected:
         raise ValueError(f"dout must have the conv2d output shape {expected}, got {dout.shape}")
+    rows = x.shape[1] // groups * win.kh * win.kw
     g = dout.reshape(n, groups, f // groups, win.oh * win.ow)
-    cols = _unfold(x, win).reshape(n, groups, -1, win.oh * win.ow)
-    w = weight.reshape(groups, f // groups, -1)
+    cols = _unfold(x, win).reshape(n, groups, rows, win.oh * win.ow)
+    w = weight.reshape(groups, f // groups, rows)
     dweight = np.matmul(g, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(weight.shape)
-    dcols = np.matmul(w.transpose(0, 2, 1), g).reshape(n, -1, win.oh * win.ow)
+    dcols = np.matmul(w.transpose(0, 2, 1), g).reshape(n, groups * rows, win.oh * win.ow)
     dx = _fold(dcols, x.shape, win)
     dbias = dout.sum(axis=(0, 2, 3))
     return dx, dweight, dbias
@@ -219,10 +222,12 @@ def max_pool2d(
     x = v.as_float_array(x, "x")
     v.check_nchw(x, "x")
     win = v.pool_window(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    return_indices = v.flag(return_indices, "return_indices")
     shape = x.shape[:2] + (win.oh, win.ow)
     out = np.empty(shape, dtype=x.dtype)
     indices = np.empty(shape, dtype=np.int64)
-    kernel("max_pool2d")(x, *win.params, out, indices)
+    if shape[0]:
+        kernel("max_pool2d")(x, *win.params, out, indices)
     return (out, indices) if return_indices else out
 
 
@@ -263,17 +268,16 @@ def max_pool2d_backward(dout, indices, input_shape) -> np.ndarray:
             f"got values in [{indices.min()}, {indices.max()}]"
         )
     out = np.empty(shape, dtype=dout.dtype)
-    return kernel("max_pool2d_backward")(dout, indices, out)
+    return kernel("max_pool2d_backward")(dout, indices, out) if shape[0] else out
 
 
-def _avg_window(shape, kernel_size, stride, padding, ceil_mode, divisor_override):
-    if divisor_override is not None and (
-        isinstance(divisor_override, bool)
-        or not isinstance(divisor_override, numbers.Integral)
-        or divisor_override < 1
-    ):
-        raise ValueError(f"divisor_override must be None or a positive int, got {divisor_override!r}")
-    return v.pool_window(shape, kernel_size, stride, padding, 1, ceil_mode)
+def _avg_args(shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    """Validate avg_pool2d's arguments; return the kernel's arguments after the array."""
+    win = v.pool_window(shape, kernel_size, stride, padding, 1, ceil_mode)
+    count_include_pad = v.flag(count_include_pad, "count_include_pad")
+    if divisor_override is not None:
+        divisor_override = v.positive_int(divisor_override, "divisor_override", v.MAX_WINDOW_PARAM)
+    return (win.kh, win.kw, win.sh, win.sw, win.ph, win.pw, count_include_pad, divisor_override or 0), win
 
 
 def avg_pool2d(
@@ -309,12 +313,10 @@ def avg_pool2d(
     """
     x = v.as_float_array(x, "x")
     v.check_nchw(x, "x")
-    win = _avg_window(x.shape, kernel_size, stride, padding, ceil_mode, divisor_override)
+    args, win = _avg_args(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                          divisor_override)
     out = np.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
-    return kernel("avg_pool2d")(
-        x, win.kh, win.kw, win.sh, win.sw, win.ph, win.pw,
-        bool(count_include_pad), divisor_override or 0, out,
-    )  # fmt: skip
+    return kernel("avg_pool2d")(x, *args, out) if x.shape[0] else out
 
 
 def avg_pool2d_backward(
@@ -344,12 +346,10 @@ def avg_pool2d_backward(
     dout = v.as_float_array(dout, "dout")
     v.check_nchw(dout, "dout")
     shape = v.input_shape_4d(input_shape)
-    win = _avg_window(shape, kernel_size, stride, padding, ceil_mode, divisor_override)
+    args, win = _avg_args(shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                          divisor_override)
     expected = shape[:2] + (win.oh, win.ow)
     if dout.shape != expected:
         raise ValueError(f"dout must have the avg_pool2d output shape {expected}, got {dout.shape}")
     out = np.empty(shape, dtype=dout.dtype)
-    return kernel("avg_pool2d_backward")(
-        dout, win.kh, win.kw, win.sh, win.sw, win.ph, win.pw,
-        bool(count_include_pad), divisor_override or 0, out,
-    )  # fmt: skip
+    return kernel("avg_pool2d_backward")(dout, *args, out) if shape[0] else out

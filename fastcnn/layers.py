@@ -16,8 +16,6 @@ geometry; the element-wise math lives here. Semantics follow ``torch.nn``.
 from __future__ import annotations
 
 import math
-import numbers
-import operator
 
 import numpy as np
 from scipy.special import expit
@@ -30,9 +28,14 @@ from ._validation import (
     check_same_dtype,
     conv_padding,
     conv_window,
+    flag,
     input_shape_4d,
+    integer,
     pair,
     pool_window,
+    positive_int,
+    real,
+    shape_tuple,
 )
 
 __all__ = [
@@ -58,41 +61,6 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------
-# Argument checks for constructors (shared with fastcnn.optim).
-
-
-def _real(value, name: str, low=None, high=None, *, low_open=False, high_open=False) -> float:
-    """Return `value` as a float, checking it is a real number in the given interval."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    too_low = low is not None and (value < low or (low_open and value == low))
-    too_high = high is not None and (value > high or (high_open and value == high))
-    if math.isnan(value) or too_low or too_high:
-        left = "-inf" if low is None else low
-        right = "inf" if high is None else high
-        interval = (
-            f"{'(' if low_open or low is None else '['}{left}, "
-            f"{right}{')' if high_open or high is None else ']'}"
-        )
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
-    return value
-
-
-def _flag(value, name: str) -> bool:
-    """Require a bool (``True``/``False``, NumPy bools included)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
-    return bool(value)
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    value = operator.index(value)
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -104,17 +72,6 @@ def _float_dtype(dtype) -> np.dtype:
     if result not in SUPPORTED_DTYPES:
         raise TypeError(f"dtype must be np.float32 or np.float64, got {result}")
     return result
-
-
-def _shape(input_shape) -> tuple[int, ...]:
-    """Validate a shape given to :meth:`Layer.output_shape` (each layer checks the rank)."""
-    try:
-        shape = tuple(operator.index(v) for v in input_shape)
-    except TypeError as exc:
-        raise TypeError(f"input_shape must be a tuple of ints, got {input_shape!r}") from exc
-    if any(v < 0 for v in shape):
-        raise ValueError(f"input_shape must be non-negative ints, got {input_shape!r}")
-    return shape
 
 
 def _describe_args(positional=(), **keyword_and_default) -> str:
@@ -189,7 +146,7 @@ class Layer:
             Same dtype as `x`; shape given by :meth:`output_shape`.
         """
         x = as_float_array(x, "x")
-        out, self._cache = self._forward(x, _flag(training, "training"))
+        out, self._cache = self._forward(x, flag(training, "training"))
         self._out_shape, self._out_dtype = out.shape, out.dtype
         return out
 
@@ -236,7 +193,7 @@ class Layer:
 
     def output_shape(self, input_shape) -> tuple[int, ...]:
         """Shape of the output for an input of shape `input_shape` (element-wise: the same)."""
-        return _shape(input_shape)
+        return shape_tuple(input_shape)
 
     @property
     def num_params(self) -> int:
@@ -303,9 +260,9 @@ class Conv2D(Layer):
         rng=None,
     ) -> None:
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.out_channels = _positive_int(out_channels, "out_channels")
-        self.groups = _positive_int(groups, "groups")
+        self.in_channels = positive_int(in_channels, "in_channels")
+        self.out_channels = positive_int(out_channels, "out_channels")
+        self.groups = positive_int(groups, "groups")
         for name in ("in_channels", "out_channels"):
             channels = getattr(self, name)
             if channels % self.groups:
@@ -325,7 +282,7 @@ class Conv2D(Layer):
         bound = 1.0 / math.sqrt(fan_in)
         shape = (self.out_channels, self.in_channels // self.groups, kh, kw)
         self._add_param("weight", _uniform(rng, bound, shape, self.dtype))
-        if _flag(bias, "bias"):
+        if flag(bias, "bias"):
             self._add_param("bias", _uniform(rng, bound, (self.out_channels,), self.dtype))
 
     def _geometry(self) -> dict:
@@ -389,14 +346,14 @@ class Dense(Layer):
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None) -> None:
         super().__init__()
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
         self.dtype = _float_dtype(dtype)
         rng = np.random.default_rng(rng)
         bound = 1.0 / math.sqrt(self.in_features)
         shape = (self.out_features, self.in_features)
         self._add_param("weight", _uniform(rng, bound, shape, self.dtype))
-        if _flag(bias, "bias"):
+        if flag(bias, "bias"):
             self._add_param("bias", _uniform(rng, bound, (self.out_features,), self.dtype))
 
     def _check_input_shape(self, shape) -> None:
@@ -421,7 +378,7 @@ class Dense(Layer):
         return dout @ self.params["weight"]
 
     def output_shape(self, input_shape):
-        shape = _shape(input_shape)
+        shape = shape_tuple(input_shape)
         self._check_input_shape(shape)
         return (shape[0], self.out_features)
 
@@ -440,9 +397,9 @@ class _BatchNorm(Layer):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32) -> None:
         super().__init__()
-        self.num_features = _positive_int(num_features, "num_features")
-        self.eps = _real(eps, "eps", low=0, low_open=True)
-        self.momentum = _real(momentum, "momentum", low=0, high=1)
+        self.num_features = positive_int(num_features, "num_features")
+        self.eps = real(eps, "eps", low=0, low_open=True)
+        self.momentum = real(momentum, "momentum", low=0, high=1)
         self.dtype = _float_dtype(dtype)
         self._add_param("weight", np.ones(self.num_features, self.dtype))
         self._add_param("bias", np.zeros(self.num_features, self.dtype))
@@ -508,7 +465,7 @@ class _BatchNorm(Layer):
         return scale * (dout - mean_dout - x_hat * mean_dout_xhat)
 
     def output_shape(self, input_shape):
-        shape = _shape(input_shape)
+        shape = shape_tuple(input_shape)
         self._check_input_shape(shape)
         return shape
 
@@ -591,7 +548,7 @@ class MaxPool2D(Layer):
         self.stride = None if stride is None else pair(stride, "stride")
         self.padding = pair(padding, "padding", minimum=0)
         self.dilation = pair(dilation, "dilation")
-        self.ceil_mode = _flag(ceil_mode, "ceil_mode")
+        self.ceil_mode = flag(ceil_mode, "ceil_mode")
 
     def _geometry(self) -> dict:
         return dict(
@@ -651,8 +608,8 @@ class AvgPool2D(Layer):
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = None if stride is None else pair(stride, "stride")
         self.padding = pair(padding, "padding", minimum=0)
-        self.ceil_mode = _flag(ceil_mode, "ceil_mode")
-        self.count_include_pad = _flag(count_include_pad, "count_include_pad")
+        self.ceil_mode = flag(ceil_mode, "ceil_mode")
+        self.count_include_pad = flag(count_include_pad, "count_include_pad")
 
     def _geometry(self) -> dict:
         return dict(
@@ -722,7 +679,7 @@ class Flatten(Layer):
         return dout.reshape(input_shape)
 
     def output_shape(self, input_shape):
-        shape = _shape(input_shape)
+        shape = shape_tuple(input_shape)
         if len(shape) < 2:
             raise ValueError(f"Flatten needs at least a 2-D input (N, ...), got shape {shape}")
         return (shape[0], math.prod(shape[1:]))
@@ -752,7 +709,7 @@ class LeakyReLU(Layer):
 
     def __init__(self, negative_slope=0.01) -> None:
         super().__init__()
-        self.negative_slope = _real(negative_slope, "negative_slope")
+        self.negative_slope = real(negative_slope, "negative_slope")
 
     def _forward(self, x, training):
         positive = x > 0
@@ -807,7 +764,7 @@ class ELU(Layer):
 
     def __init__(self, alpha=1.0) -> None:
         super().__init__()
-        self.alpha = _real(alpha, "alpha")
+        self.alpha = real(alpha, "alpha")
 
     def _forward(self, x, training):
         return _elu(x, self.alpha, 1.0)
@@ -845,8 +802,8 @@ class Softplus(Layer):
 
     def __init__(self, beta=1.0, threshold=20.0) -> None:
         super().__init__()
-        self.beta = _real(beta, "beta", low=0, low_open=True)
-        self.threshold = _real(threshold, "threshold")
+        self.beta = real(beta, "beta", low=0, low_open=True)
+        self.threshold = real(threshold, "threshold")
 
     def _forward(self, x, training):
         bx = x * self.beta
@@ -877,9 +834,7 @@ class Softmax(Layer):
 
     def __init__(self, axis=1) -> None:
         super().__init__()
-        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
-            raise TypeError(f"axis must be an int, got {type(axis).__name__} {axis!r}")
-        self.axis = operator.index(axis)
+        self.axis = integer(axis, "axis")
 
     def _forward(self, x, training):
         if not -x.ndim <= self.axis < x.ndim:
@@ -915,7 +870,7 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5, rng=None) -> None:
         super().__init__()
-        self.p = _real(p, "p", low=0, high=1)
+        self.p = real(p, "p", low=0, high=1)
         self.rng = np.random.default_rng(rng)
 
     def _forward(self, x, training):

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .layers import _flag, _real
+from ._validation import flag, real
 from .model import named_layers
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam"]
@@ -41,9 +41,9 @@ class Optimizer:
     """
 
     def __init__(self, model, lr, weight_decay=0, maximize=False) -> None:
-        self.lr = _real(lr, "lr", low=0)
-        self.weight_decay = _real(weight_decay, "weight_decay", low=0)
-        self.maximize = _flag(maximize, "maximize")
+        self.lr = real(lr, "lr", low=0)
+        self.weight_decay = real(weight_decay, "weight_decay", low=0)
+        self.maximize = flag(maximize, "maximize")
         self._params = [
             (prefix + name, layer.params[name], layer.grads[name])
             for prefix, layer in named_layers(model)
@@ -94,9 +94,9 @@ class SGD(Optimizer):
         self, model, lr, momentum=0, dampening=0, nesterov=False, weight_decay=0, maximize=False
     ) -> None:
         super().__init__(model, lr, weight_decay, maximize)
-        self.momentum = _real(momentum, "momentum", low=0)
-        self.dampening = _real(dampening, "dampening")
-        self.nesterov = _flag(nesterov, "nesterov")
+        self.momentum = real(momentum, "momentum", low=0)
+        self.dampening = real(dampening, "dampening")
+        self.nesterov = flag(nesterov, "nesterov")
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError(
                 "nesterov=True requires momentum > 0 and dampening = 0, got "
@@ -143,11 +143,11 @@ class Adagrad(Optimizer):
         maximize=False,
     ) -> None:
         super().__init__(model, lr, weight_decay, maximize)
-        self.lr_decay = _real(lr_decay, "lr_decay", low=0)
-        self.initial_accumulator_value = _real(
+        self.lr_decay = real(lr_decay, "lr_decay", low=0)
+        self.initial_accumulator_value = real(
             initial_accumulator_value, "initial_accumulator_value", low=0
         )
-        self.eps = _real(eps, "eps", low=0)
+        self.eps = real(eps, "eps", low=0)
         # PyTorch creates the accumulator at construction, not at the first step.
         for key, param, _ in self._params:
             self.state[key].update(step=0, sum=np.full_like(param, self.initial_accumulator_value))
@@ -177,8 +177,8 @@ class Adadelta(Optimizer):
 
     def __init__(self, model, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, maximize=False) -> None:
         super().__init__(model, lr, weight_decay, maximize)
-        self.rho = _real(rho, "rho", low=0, high=1)
-        self.eps = _real(eps, "eps", low=0)
+        self.rho = real(rho, "rho", low=0, high=1)
+        self.eps = real(eps, "eps", low=0)
 
     def _update(self, param, grad, state):
         if not state:
@@ -225,10 +225,10 @@ class RMSprop(Optimizer):
         maximize=False,
     ) -> None:
         super().__init__(model, lr, weight_decay, maximize)
-        self.alpha = _real(alpha, "alpha", low=0)
-        self.eps = _real(eps, "eps", low=0)
-        self.momentum = _real(momentum, "momentum", low=0)
-        self.centered = _flag(centered, "centered")
+        self.alpha = real(alpha, "alpha", low=0)
+        self.eps = real(eps, "eps", low=0)
+        self.momentum = real(momentum, "momentum", low=0)
+        self.centered = flag(centered, "centered")
 
     def _update(self, param, grad, state):
         if not state:
@@ -289,11 +289,11 @@ class Adam(Optimizer):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair of floats, got {betas!r}")
         self.betas = (
-            _real(betas[0], "betas[0]", low=0, high=1, high_open=True),
-            _real(betas[1], "betas[1]", low=0, high=1, high_open=True),
+            real(betas[0], "betas[0]", low=0, high=1, high_open=True),
+            real(betas[1], "betas[1]", low=0, high=1, high_open=True),
         )
-        self.eps = _real(eps, "eps", low=0)
-        self.amsgrad = _flag(amsgrad, "amsgrad")
+        self.eps = real(eps, "eps", low=0)
+        self.amsgrad = flag(amsgrad, "amsgrad")
 
     def _update(self, param, grad, state):
         if not state:

@@ -132,7 +132,8 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out, indices):
 
     ih = np.arange(oh)[:, None] * sh - ph + (pos // kw) * dh
     iw = np.arange(ow)[None, :] * sw - pw + (pos % kw) * dw
-    out[...] = best
+    # The chosen cell's own value: of tied -0.0 and 0.0 the first one wins.
+    out[...] = np.take_along_axis(vals, pos[..., None], axis=-1)[..., 0]
     indices[...] = ih * w + iw
     return out, indices
 

@@ -13,6 +13,7 @@ import pytest
 import fastcnn
 from fastcnn import _backend
 from fastcnn import functional as F
+from fastcnn._validation import MAX_WINDOW_PARAM
 
 BACKENDS = ("cython", "numpy") if _backend.compiled_available() else ("numpy",)
 
@@ -137,7 +138,15 @@ def _geometry_cases():
             case(f"col2im-padding={bad}", lambda bad=bad: F.col2im(COLS, 8, 3, padding=bad),
                  ValueError, "padding"),
         ]
+    # Above MAX_WINDOW_PARAM: a clear error, never an int64 overflow in a kernel.
+    for name in ("kernel_size", "stride", "padding", "dilation"):
+        out.append(case(f"im2col-{name}-above-max",
+                        lambda name=name: F.im2col(X(), **{"kernel_size": 2,
+                                                           name: (1, MAX_WINDOW_PARAM + 1)}),
+                        ValueError, f"{name} must be at most"))
     out += [
+        case("max_pool-stride-2**63", lambda: F.max_pool2d(X(), 2, stride=2**63), ValueError,
+             "stride"),
         case("conv2d-padding-float", lambda: F.conv2d(X(), W, padding=1.0), TypeError,
              "padding"),
         case("conv2d-padding-bad-string", lambda: F.conv2d(X(), W, padding="full"), ValueError,
@@ -176,6 +185,9 @@ def _geometry_cases():
              ValueError, "dilation"),
         case("divisor_override-zero", lambda: F.avg_pool2d(X(), 2, divisor_override=0),
              ValueError, "divisor_override"),
+        case("divisor_override-above-max",
+             lambda: F.avg_pool2d(X(), 2, divisor_override=MAX_WINDOW_PARAM + 1),
+             ValueError, "divisor_override"),
         case("divisor_override-negative", lambda: F.avg_pool2d(X(), 2, divisor_override=-2),
              ValueError, "divisor_override"),
         case("divisor_override-zero-backward",
@@ -189,6 +201,13 @@ GEOMETRY_CASES = _geometry_cases()
 
 # Non-integer types given where an int is expected: TypeError, like kernel_size.
 PARAM_TYPE_CASES = [
+    case("ceil_mode-str", lambda: F.max_pool2d(X(), 2, ceil_mode="False"), TypeError,
+         "ceil_mode"),
+    case("ceil_mode-int", lambda: F.avg_pool2d(X(), 2, ceil_mode=1), TypeError, "ceil_mode"),
+    case("return_indices-none", lambda: F.max_pool2d(X(), 2, return_indices=None), TypeError,
+         "return_indices"),
+    case("count_include_pad-str", lambda: F.avg_pool2d(X(), 2, count_include_pad="yes"),
+         TypeError, "count_include_pad"),
     case("groups-float", lambda: F.conv2d(X(), W, groups=1.0), TypeError, "groups"),
     case("groups-bool", lambda: F.conv2d(X(), W, groups=True), TypeError, "groups"),
     case("groups-str", lambda: F.conv2d(X(), W, groups="1"), TypeError, "groups"),
@@ -282,6 +301,21 @@ def test_bad_input_raises_a_clear_error(backend, fn, exc, match):
 def test_non_integer_parameters_raise_type_error(backend, fn, exc, match):
     with pytest.raises(exc, match=match):
         fn()
+
+
+@pytest.mark.parametrize("as_int", [np.int8, np.uint16, np.int64, np.array, lambda v: [v, v]],
+                         ids=["int8", "uint16", "int64", "0-d-array", "list"])
+def test_numpy_integers_are_ints(backend, as_int):
+    # NumPy integer scalars and 0-d integer arrays (what x.shape arithmetic and
+    # array indexing produce) are ints everywhere an int is accepted.
+    x = X()
+    expected = F.max_pool2d(x, 2, stride=1, padding=1, dilation=1, return_indices=True)
+    got = F.max_pool2d(x, as_int(2), stride=as_int(1), padding=as_int(1), dilation=as_int(1),
+                       return_indices=True)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b, strict=True)
+    groups = as_int(1) if np.ndim(as_int(1)) == 0 else 1
+    np.testing.assert_array_equal(F.conv2d(x, W, groups=groups), F.conv2d(x, W), strict=True)
 
 
 # ---------------------------------------------------------------------------

@@ -201,6 +201,12 @@ def test_num_threads_zero_and_bad_types():
     for bad in (1.5, "2", True):
         with pytest.raises(TypeError):
             fastcnn.set_num_threads(bad)
+    # An OpenMP runtime that cannot create a thread aborts the process: counts
+    # far beyond the machine are refused instead.
+    for bad in (_backend.MAX_THREADS + 1, 40000, 2**63):
+        with pytest.raises(ValueError, match=f"at most {_backend.MAX_THREADS}"):
+            fastcnn.set_num_threads(bad)
+    fastcnn.set_num_threads(np.int64(2))
     assert fastcnn.get_num_threads() == 2  # a rejected value changes nothing
 
 
