@@ -1,13 +1,16 @@
 """fastcnn: fast, correct CNN layers for NumPy.
 
 Compiled (Cython, OpenMP) kernels with pure-NumPy twins, and the semantics of
-``torch.nn.functional``. See ``fastcnn.functional`` for the operations,
-``fastcnn.show_config()`` for how this copy was built.
+``torch.nn.functional``. The operations are in :mod:`fastcnn.functional`, the
+layers in :mod:`fastcnn.layers` (both also here), the model container is
+:class:`Sequential`; :mod:`fastcnn.losses`, :mod:`fastcnn.optim`,
+:mod:`fastcnn.gradcheck` and :mod:`fastcnn.compat.cs231n` complete the set.
+``fastcnn.show_config()`` says how this copy was built.
 """
 
 __version__ = "0.1.0"
 
-from . import functional, reference
+from . import functional, gradcheck, layers, losses, optim, reference
 from ._backend import get_backend, get_num_threads, set_backend, set_num_threads, use_backend
 from ._info import show_config
 from .functional import (
@@ -20,22 +23,41 @@ from .functional import (
     max_pool2d,
     max_pool2d_backward,
 )
+from .layers import (
+    ELU,
+    SELU,
+    AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    Tanh,
+)
+from .model import Sequential
 
 __all__ = [
     "functional",
     "reference",
+    "layers",
+    "losses",
+    "optim",
+    "gradcheck",
     "get_backend",
     "set_backend",
     "use_backend",
     "get_num_threads",
     "set_num_threads",
     "show_config",
-    "im2col",
-    "col2im",
-    "conv2d",
-    "conv2d_backward",
-    "max_pool2d",
-    "max_pool2d_backward",
-    "avg_pool2d",
-    "avg_pool2d_backward",
+    *functional.__all__,
+    *(name for name in layers.__all__ if name != "Layer"),
+    "Sequential",
 ]

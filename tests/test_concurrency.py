@@ -1,7 +1,7 @@
 """Threads: concurrent calls, OpenMP thread counts and per-thread backends.
 
 * Many Python threads (``concurrent.futures``, 8 workers) call every public
-  op, and whole layer stacks when ``fastcnn.layers`` exists, at once and in a
+  op, and a whole layer stack, at once and in a
   shuffled order, some of them under ``use_backend("numpy")``: every result is
   bitwise identical to the same call made serially beforehand. The compiled
   kernels release the GIL, so these calls really overlap (and each opens its
@@ -33,11 +33,8 @@ from fastcnn import _backend, reference
 from fastcnn import functional as F
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
-try:
-    from fastcnn import layers as L
-    from fastcnn.model import Sequential
-except ImportError:  # written by another engineer
-    L = Sequential = None
+from fastcnn import layers as L
+from fastcnn.model import Sequential
 
 COMPILED = _backend.compiled_available()
 OPENMP = COMPILED and _backend.build_info().get("openmp", False)
@@ -76,8 +73,7 @@ def _op_calls(dtype):
         "avg_pool2d_backward": lambda: F.avg_pool2d_backward(davg, x.shape, 3, **avg),
     }
     assert {name.split("-")[0] for name in calls} == set(F.__all__), "an op is missing here"
-    if L is not None:
-        calls["layers"] = lambda: _layer_stack_run(x)
+    calls["layers"] = lambda: _layer_stack_run(x)
     return calls
 
 

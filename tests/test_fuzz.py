@@ -1,7 +1,7 @@
 """Fuzzing: every public call returns the twin's result or raises a clear error, and never crashes.
 
 Hypothesis generates calls of every public function of ``fastcnn.functional``
-and of the layers, losses and optimizers (when present): random ranks and
+and of the layers, losses and optimizers: random ranks and
 shapes (zeros included; huge extents through zero-stride ``broadcast_to``
 views, size-0 arrays and ``input_shape``/``output_size`` integers, so nothing
 big is allocated), every dtype kind (ints, bool, complex, float16, object,
@@ -624,18 +624,9 @@ if __name__ != "__main__":
     import fastcnn
     from fastcnn import functional as F
 
-    try:
-        from fastcnn import layers as _layers
-    except ImportError:  # written by another engineer; fuzzed once present
-        _layers = None
-    try:
-        from fastcnn import losses as _losses
-    except ImportError:
-        _losses = None
-    try:
-        from fastcnn import optim as _optim
-    except ImportError:
-        _optim = None
+    from fastcnn import layers as _layers
+    from fastcnn import losses as _losses
+    from fastcnn import optim as _optim
 
 
 def fuzz_settings(weight):
@@ -1671,7 +1662,6 @@ if __name__ != "__main__":
             "threads": draw(threads_st),
         }
 
-    @pytest.mark.skipif(_layers is None, reason="fastcnn.layers not written yet")
     def test_fuzz_layers():
         @fuzz_settings(8)
         @given(layer_specs())
@@ -1702,7 +1692,6 @@ if __name__ != "__main__":
             ],
         }
 
-    @pytest.mark.skipif(_losses is None, reason="fastcnn.losses not written yet")
     def test_fuzz_losses():
         @fuzz_settings(3)
         @given(loss_specs())
@@ -1750,7 +1739,6 @@ if __name__ != "__main__":
             }
         return {"op": "optim." + name, **layer, "args": [], "kwargs": kwargs}
 
-    @pytest.mark.skipif(_optim is None or _layers is None, reason="fastcnn.optim not written yet")
     def test_fuzz_optimizers():
         @fuzz_settings(3)
         @given(optim_specs())
