@@ -2,7 +2,7 @@
 
 Three measurements of one workload (every public op of ``fastcnn.functional``
 with and without odd memory layouts, the compiled kernels' own argument
-errors, and the layers/losses/optimizers when present; each call ends in a
+errors, and the layers/losses/optimizers; each call ends in a
 result or in the expected ValueError/TypeError):
 
 * reference counts: the inputs of every call hold as many references after
@@ -32,12 +32,9 @@ import fastcnn
 from fastcnn import _backend
 from fastcnn import functional as F
 
-try:
-    from fastcnn import layers as L
-    from fastcnn import losses, optim
-    from fastcnn.model import Sequential
-except ImportError:  # written by another engineer
-    L = losses = optim = Sequential = None
+from fastcnn import layers as L
+from fastcnn import losses, optim
+from fastcnn.model import Sequential
 
 STATM = "/proc/self/statm"
 
@@ -130,39 +127,38 @@ def workload():
                 [xt],
             ),
         ]
-    if L is not None:
-        model = Sequential(
-            [
-                L.Conv2D(3, 4, 3, padding=1, rng=0, dtype=np.float64),
-                L.BatchNorm2D(4, dtype=np.float64),
-                L.ReLU(),
-                L.MaxPool2D(2),
-                L.AvgPool2D(2, stride=1, padding=1),
-                L.Flatten(),
-                L.Dense(4 * 7 * 7, 5, rng=1, dtype=np.float64),
-                L.Dropout(0.2, rng=2),
-            ]
-        )
-        opt = optim.Adam(model, lr=1e-3)
-        labels = np.array([1, 3])
-
-        def train_step():
-            logits = model.forward(x)
-            _, dlogits = losses.softmax_cross_entropy(logits, labels)
-            model.backward(dlogits)
-            opt.step()
-
-        calls += [
-            ("layers-train-step", train_step, [x, labels]),
-            ("layers-eval", lambda: model.forward(x, training=False), [x]),
-            ("mse", lambda: losses.mse(dy, y), [dy, y]),
-            ("error-layer-shape", lambda: _expect(ValueError, model.forward, x[:, :2]), [x]),
-            (
-                "error-loss-labels",
-                lambda: _expect(ValueError, losses.softmax_cross_entropy, dy[:, :, 0, 0], np.array([0, 99])),
-                [dy],
-            ),
+    model = Sequential(
+        [
+            L.Conv2D(3, 4, 3, padding=1, rng=0, dtype=np.float64),
+            L.BatchNorm2D(4, dtype=np.float64),
+            L.ReLU(),
+            L.MaxPool2D(2),
+            L.AvgPool2D(2, stride=1, padding=1),
+            L.Flatten(),
+            L.Dense(4 * 7 * 7, 5, rng=1, dtype=np.float64),
+            L.Dropout(0.2, rng=2),
         ]
+    )
+    opt = optim.Adam(model, lr=1e-3)
+    labels = np.array([1, 3])
+
+    def train_step():
+        logits = model.forward(x)
+        _, dlogits = losses.softmax_cross_entropy(logits, labels)
+        model.backward(dlogits)
+        opt.step()
+
+    calls += [
+        ("layers-train-step", train_step, [x, labels]),
+        ("layers-eval", lambda: model.forward(x, training=False), [x]),
+        ("mse", lambda: losses.mse(dy, y), [dy, y]),
+        ("error-layer-shape", lambda: _expect(ValueError, model.forward, x[:, :2]), [x]),
+        (
+            "error-loss-labels",
+            lambda: _expect(ValueError, losses.softmax_cross_entropy, dy[:, :, 0, 0], np.array([0, 99])),
+            [dy],
+        ),
+    ]
     return calls
 
 
