@@ -4,14 +4,24 @@ One registry, :data:`KERNEL_NAMES`, pairs every compiled kernel with its twin
 in :mod:`fastcnn.reference`; dispatch, the parity tests and ``fastcnn bench``
 all walk it. Both sets share one signature; the compiled kernels take one
 extra trailing ``num_threads`` argument, which :func:`kernel` supplies.
+
+Threads: a compiled kernel called on its own runs :func:`get_num_threads`
+OpenMP threads. An op that interleaves kernels with NumPy's BLAS (conv2d and
+its backward) instead splits its work into chunks and runs them through
+:func:`run_chunks`: that many threads in total, each with a one-thread
+kernel and a one-thread BLAS, so that neither thread pool oversubscribes the
+cores and the results do not depend on the thread count.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import os
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from . import reference
 
@@ -26,6 +36,7 @@ __all__ = [
     "set_num_threads",
     "kernel",
     "pair_of",
+    "run_chunks",
 ]
 
 KERNEL_NAMES = (
@@ -170,13 +181,155 @@ def pair_of(name: str):
     return _compiled.get(name), getattr(reference, name)
 
 
+# Set to 1 for the duration of run_chunks, in its threads' contexts.
+_chunk_thread: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "fastcnn_chunk_thread", default=None
+)
+
+
 def kernel(name: str):
-    """The kernel `name` of the active set, with the reference's signature."""
+    """The kernel `name` of the active set, with the reference's signature.
+
+    A compiled kernel runs :func:`get_num_threads` OpenMP threads, or one
+    inside :func:`run_chunks` (whose threads are the op's parallelism).
+    """
     compiled, twin = pair_of(name)
     if get_backend() == "numpy":
         return twin
-    threads = get_num_threads()
+    threads = _chunk_thread.get() or get_num_threads()
     return lambda *args: compiled(*args, threads)
+
+
+# Helper threads of run_chunks, created on first use and kept (a fresh thread
+# per call costs more than a small conv2d).
+_executor: ThreadPoolExecutor | None = None
+_executor_size = 0
+_executor_lock = threading.Lock()
+
+
+def _helpers(n: int) -> ThreadPoolExecutor:
+    global _executor, _executor_size
+    with _executor_lock:
+        if _executor_size < n:
+            _executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastcnn")
+            _executor_size = n
+        return _executor
+
+
+# NumPy's BLAS runs one thread while any run_chunks call is active: the first
+# call to start limits it, the last one to finish restores the user's setting
+# (calls from several Python threads overlap). threadpoolctl finds the
+# libraries once; setting their thread counts directly then costs microseconds.
+_blas_lock = threading.Lock()
+_blas_calls = 0
+_blas_saved: list = []
+_blas_libraries = None
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    global _blas_calls, _blas_saved, _blas_libraries
+    with _blas_lock:
+        if _blas_calls == 0:
+            if _blas_libraries is None:
+                from threadpoolctl import ThreadpoolController
+
+                _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+            _blas_saved = [lib.get_num_threads() for lib in _blas_libraries]
+            for lib in _blas_libraries:
+                lib.set_num_threads(1)
+        _blas_calls += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_calls -= 1
+            if _blas_calls == 0:
+                for lib, threads in zip(_blas_libraries, _blas_saved):
+                    lib.set_num_threads(threads)
+
+
+def _forget_threads_after_fork() -> None:
+    # The child has none of the parent's threads (nor the BLAS calls in flight).
+    global _executor, _executor_size, _executor_lock, _blas_lock, _blas_calls
+    _executor, _executor_size, _executor_lock = None, 0, threading.Lock()
+    _blas_lock, _blas_calls = threading.Lock(), 0
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forget_threads_after_fork)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_CPUS = _cpu_count()
+
+
+def run_chunks(work, n_chunks: int) -> None:
+    """Call ``work(i, scratch)`` once for every chunk ``i`` in ``range(n_chunks)``.
+
+    The chunks run on ``min(get_num_threads(), n_chunks, CPUs)`` threads (the
+    caller's and helper threads); each thread takes the next chunk until none
+    is left and passes its own `scratch` dict, where `work` may keep buffers
+    between its chunks. NumPy's BLAS is limited to one thread meanwhile, and
+    the kernels `work` gets from :func:`kernel` run one thread each: the op
+    then occupies exactly that many cores. Chunks must not depend on each
+    other nor write the same memory; `work` then gives the same results
+    whatever the thread count. Every thread runs in a copy of the caller's
+    context (the backend of :func:`use_backend`, ``np.errstate``).
+
+    Raises
+    ------
+    Exception
+        The first exception raised by `work` (the other threads stop taking
+        chunks, and all have stopped when this returns or raises).
+    """
+    threads = min(get_num_threads(), n_chunks, _CPUS)
+    if n_chunks <= 0:
+        return
+    token = _chunk_thread.set(1)
+    try:
+        with _one_blas_thread():
+            _run_chunks_on(threads, work, n_chunks)
+    finally:
+        _chunk_thread.reset(token)
+
+
+def _run_chunks_on(threads: int, work, n_chunks: int) -> None:
+    if threads == 1:
+        scratch = {}
+        for i in range(n_chunks):
+            work(i, scratch)
+        return
+    chunks = itertools.count()
+    failed = threading.Event()
+
+    def take_chunks():
+        scratch = {}
+        for i in chunks:
+            if i >= n_chunks or failed.is_set():
+                return
+            try:
+                work(i, scratch)
+            except BaseException:
+                failed.set()
+                raise
+
+    helpers = [
+        _helpers(threads - 1).submit(contextvars.copy_context().run, take_chunks)
+        for _ in range(threads - 1)
+    ]
+    try:
+        take_chunks()
+    finally:
+        wait(helpers)
+    for future in helpers:
+        future.result()
 
 
 def build_info() -> dict:
