@@ -21,7 +21,7 @@ import itertools
 import os
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 
 from . import reference
 
@@ -286,8 +286,8 @@ def run_chunks(work, n_chunks: int) -> None:
     Raises
     ------
     Exception
-        The first exception raised by `work` (the other threads stop taking
-        chunks, and all have stopped when this returns or raises).
+        The first exception raised by `work`, once every chunk that had
+        started has finished (no chunk starts after an exception).
     """
     threads = min(get_num_threads(), n_chunks, _CPUS)
     if n_chunks <= 0:
@@ -307,29 +307,36 @@ def _run_chunks_on(threads: int, work, n_chunks: int) -> None:
             work(i, scratch)
         return
     chunks = itertools.count()
-    failed = threading.Event()
+    lock = threading.Lock()
+    all_done = threading.Event()
+    left, errors = n_chunks, []
 
     def take_chunks():
+        nonlocal left
         scratch = {}
         for i in chunks:
-            if i >= n_chunks or failed.is_set():
+            if i >= n_chunks:
                 return
             try:
-                work(i, scratch)
-            except BaseException:
-                failed.set()
-                raise
+                if not errors:
+                    work(i, scratch)
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                with lock:
+                    left -= 1
+                    if left == 0:
+                        all_done.set()
 
-    helpers = [
+    for _ in range(threads - 1):
         _helpers(threads - 1).submit(contextvars.copy_context().run, take_chunks)
-        for _ in range(threads - 1)
-    ]
-    try:
-        take_chunks()
-    finally:
-        wait(helpers)
-    for future in helpers:
-        future.result()
+    take_chunks()
+    # Wait for the chunks, not for the helpers: on a busy machine a helper
+    # may start after the caller has taken every chunk, and then has nothing
+    # to do (a 2-thread call then costs what a 1-thread call does).
+    all_done.wait()
+    if errors:
+        raise errors[0]
 
 
 def build_info() -> dict:
