@@ -131,6 +131,15 @@ def _uniform(rng: np.random.Generator, bound: float, shape, dtype) -> np.ndarray
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
+def _per_channel(values: np.ndarray, length: int) -> np.ndarray:
+    """``(C,)`` values repeated into a ``(C, length)`` plane.
+
+    NumPy combines an ``(N, C, length)`` array with a whole plane about twice
+    as fast as with a broadcast ``(C, 1)`` column.
+    """
+    return np.repeat(values, length).reshape(-1, length)
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -462,19 +471,20 @@ class _BatchNorm(Layer):
     def _forward(self, x, training):
         self._check_input_shape(x.shape)
         check_same_dtype(x=x, weight=self.params["weight"])
-        axes = (0,) + tuple(range(2, x.ndim))
-        # Reshape (C,) statistics and parameters to broadcast against x.
-        bshape = (1, -1) + (1,) * (x.ndim - 2)
+        # Statistics per channel over N and every axis after the channel axis;
+        # einsum reduces them several times faster than ndarray.mean.
+        n, length = x.shape[0], math.prod(x.shape[2:])
+        x3 = x.reshape(n, self.num_features, length)
         if training:
-            count = x.size // self.num_features
+            count = n * length
             if count < 2:
                 raise ValueError(
                     "training-mode BatchNorm needs more than 1 value per channel, "
                     f"got x of shape {x.shape}; use training=False or a larger batch"
                 )
-            mean = x.mean(axis=axes)
-            centered = x - mean.reshape(bshape)
-            var = np.mean(centered * centered, axis=axes)
+            mean = np.einsum("ncl->c", x3) / count
+            centered = x3 - _per_channel(mean, length)
+            var = np.einsum("ncl,ncl->c", centered, centered) / count
             momentum = self.momentum
             running_mean, running_var = self.state["running_mean"], self.state["running_var"]
             running_mean *= 1 - momentum
@@ -483,29 +493,31 @@ class _BatchNorm(Layer):
             # The running variance is the unbiased estimate, as in PyTorch.
             running_var += momentum * var * (count / (count - 1))
         else:
-            centered = x - self.state["running_mean"].reshape(bshape)
+            centered = x3 - _per_channel(self.state["running_mean"], length)
             var = self.state["running_var"]
         inv_std = 1.0 / np.sqrt(var + self.eps)
-        x_hat = centered * inv_std.reshape(bshape)
-        out = x_hat * self.params["weight"].reshape(bshape) + self.params["bias"].reshape(bshape)
-        return out, (x_hat, inv_std, axes, bshape, training)
+        out = centered * _per_channel(self.params["weight"] * inv_std, length)
+        out += _per_channel(self.params["bias"], length)
+        return out.reshape(x.shape), (centered, inv_std, training)
 
     def _backward(self, dout, cache):
-        x_hat, inv_std, axes, bshape, training = cache
-        dweight = np.sum(dout * x_hat, axis=axes)
-        dbias = dout.sum(axis=axes)
+        centered, inv_std, training = cache
+        n, _, length = centered.shape
+        dout3 = dout.reshape(centered.shape)
+        # dweight = sum(dout * x_hat) with x_hat = centered * inv_std.
+        dweight = np.einsum("ncl,ncl->c", dout3, centered) * inv_std
+        dbias = np.einsum("ncl->c", dout3)
         self.grads["weight"][...] = dweight
         self.grads["bias"][...] = dbias
-        scale = (self.params["weight"] * inv_std).reshape(bshape)
-        if not training:
-            # Running statistics are constants: the layer is affine in x.
-            return dout * scale
-        # The batch mean and variance depend on x: subtract their contributions,
-        # the per-channel means of dout and of dout * x_hat.
-        count = dout.size // self.num_features
-        mean_dout = (dbias / count).reshape(bshape)
-        mean_dout_xhat = (dweight / count).reshape(bshape)
-        return scale * (dout - mean_dout - x_hat * mean_dout_xhat)
+        scale = self.params["weight"] * inv_std
+        dx = dout3 * _per_channel(scale, length)
+        if training:
+            # The batch mean and variance depend on x: with per-channel means,
+            # dx = scale * (dout - mean(dout) - x_hat * mean(dout * x_hat)).
+            count = n * length
+            dx += centered * _per_channel(-scale * inv_std * dweight / count, length)
+            dx += _per_channel(-scale * dbias / count, length)
+        return dx.reshape(dout.shape)
 
     def output_shape(self, input_shape):
         shape = _shape(input_shape)
