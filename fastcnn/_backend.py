@@ -23,6 +23,8 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from . import reference
 
 __all__ = [
@@ -36,7 +38,9 @@ __all__ = [
     "set_num_threads",
     "kernel",
     "pair_of",
+    "chunking",
     "run_chunks",
+    "scratch_buffer",
 ]
 
 KERNEL_NAMES = (
@@ -216,44 +220,30 @@ def _helpers(n: int) -> ThreadPoolExecutor:
         return _executor
 
 
-# NumPy's BLAS runs one thread while any run_chunks call is active: the first
-# call to start limits it, the last one to finish restores the user's setting
-# (calls from several Python threads overlap). threadpoolctl finds the
-# libraries once; setting their thread counts directly then costs microseconds.
-_blas_lock = threading.Lock()
-_blas_calls = 0
-_blas_saved: list = []
-_blas_libraries = None
+# threadpoolctl finds the BLAS libraries once: a limit then costs microseconds
+# instead of the ~0.1 ms of threadpool_limits, which looks them up every time.
+_blas_controller = None
 
 
-@contextlib.contextmanager
 def _one_blas_thread():
-    global _blas_calls, _blas_saved, _blas_libraries
-    with _blas_lock:
-        if _blas_calls == 0:
-            if _blas_libraries is None:
-                from threadpoolctl import ThreadpoolController
+    """A context limiting NumPy's BLAS to one thread (threadpoolctl's rules).
 
-                _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
-            _blas_saved = [lib.get_num_threads() for lib in _blas_libraries]
-            for lib in _blas_libraries:
-                lib.set_num_threads(1)
-        _blas_calls += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_calls -= 1
-            if _blas_calls == 0:
-                for lib, threads in zip(_blas_libraries, _blas_saved):
-                    lib.set_num_threads(threads)
+    OpenBLAS's pthreads pool is process-wide: if several Python threads limit
+    it at once, threadpoolctl (>= 3.8) lets the first one decide, and the
+    others' limits do nothing.
+    """
+    global _blas_controller
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_controller = ThreadpoolController().select(user_api="blas")
+    return _blas_controller.limit(limits=1)
 
 
 def _forget_threads_after_fork() -> None:
-    # The child has none of the parent's threads (nor the BLAS calls in flight).
-    global _executor, _executor_size, _executor_lock, _blas_lock, _blas_calls
+    # The child has none of the parent's threads.
+    global _executor, _executor_size, _executor_lock
     _executor, _executor_size, _executor_lock = None, 0, threading.Lock()
-    _blas_lock, _blas_calls = threading.Lock(), 0
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
@@ -270,13 +260,31 @@ def _cpu_count() -> int:
 _CPUS = _cpu_count()
 
 
+# Work is split so that one chunk's buffers stay in a core's L2 cache (2 MB
+# on the reference machine, half of it left to BLAS and the inputs).
+CHUNK_BYTES = 1 << 20
+
+
+def chunking(n: int, item_bytes: int) -> tuple[int, int]:
+    """``(items per chunk, number of chunks)`` for `n` items of `item_bytes` each.
+
+    Equal chunks of at most :data:`CHUNK_BYTES` (at least one item each).
+    They depend on the sizes only, not on the thread count, so that sums
+    over chunks always add up in the same order.
+    """
+    count = -(-n * item_bytes // CHUNK_BYTES)
+    size = max(1, -(-n // max(count, 1)))
+    return size, -(-n // size)
+
+
 def run_chunks(work, n_chunks: int) -> None:
     """Call ``work(i, scratch)`` once for every chunk ``i`` in ``range(n_chunks)``.
 
     The chunks run on ``min(get_num_threads(), n_chunks, CPUs)`` threads (the
     caller's and helper threads); each thread takes the next chunk until none
     is left and passes its own `scratch` dict, where `work` may keep buffers
-    between its chunks. NumPy's BLAS is limited to one thread meanwhile, and
+    between its chunks. NumPy's BLAS is limited to one thread meanwhile
+    (through threadpoolctl, restored on return), and
     the kernels `work` gets from :func:`kernel` run one thread each: the op
     then occupies exactly that many cores. Chunks must not depend on each
     other nor write the same memory; `work` then gives the same results
@@ -298,6 +306,14 @@ def run_chunks(work, n_chunks: int) -> None:
             _run_chunks_on(threads, work, n_chunks)
     finally:
         _chunk_thread.reset(token)
+
+
+def scratch_buffer(scratch: dict, name: str, shape, dtype) -> np.ndarray:
+    """The buffer `name` in a thread's `scratch` dict of :func:`run_chunks`, made on first use."""
+    buffer = scratch.get(name)
+    if buffer is None:
+        buffer = scratch[name] = np.empty(shape, dtype=dtype)
+    return buffer
 
 
 def _run_chunks_on(threads: int, work, n_chunks: int) -> None:

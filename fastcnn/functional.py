@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 
 from . import _validation as v
-from ._backend import kernel, run_chunks
+from ._backend import chunking, kernel, run_chunks, scratch_buffer
 
 __all__ = [
     "im2col",
@@ -159,7 +159,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
     w = weight.reshape(groups, f // groups, -1)
     # NumPy adds a whole (F, L) plane much faster than it broadcasts (F, 1).
     shift = None if bias is None else np.repeat(bias, length).reshape(groups, -1, length)
-    size, count = _conv_chunks(n, (rows + f) * length * x.itemsize)  # columns + output
+    # A chunk runs from im2col to its GEMM while its columns (and output)
+    # are in cache, reusing its buffers: not (N, C*kh*kw, L) through memory.
+    size, count = chunking(n, (rows + f) * length * x.itemsize)
 
     def chunk(i, scratch):
         part = slice(i * size, (i + 1) * size)
@@ -211,7 +213,7 @@ def conv2d_backward(dout, x, weight, stride=1, padding=0, dilation=1, groups=1):
     ones = np.ones(length, dtype=x.dtype)
     # Per sample: columns and their gradient, the dweight product, dout and dx.
     image = x.shape[1] * x.shape[2] * x.shape[3]
-    size, count = _conv_chunks(n, (2 * rows * length + rows * fg + f * length + image) * x.itemsize)
+    size, count = chunking(n, (2 * rows * length + rows * fg + f * length + image) * x.itemsize)
     dx = np.empty(x.shape, dtype=x.dtype)
     # Each chunk's share of dweight (transposed) and dbias; they are added up
     # in chunk order afterwards, so that no sum depends on the thread count.
@@ -225,13 +227,13 @@ def conv2d_backward(dout, x, weight, stride=1, padding=0, dilation=1, groups=1):
         cols = cols.reshape(m, groups, kg, length)
         # cols @ dout.T rather than dout @ cols.T: BLAS is faster with the
         # (few) filters as the short side of the product.
-        products = _scratch(scratch, "products", (size, groups, kg, fg), x.dtype)[:m]
+        products = scratch_buffer(scratch, "products", (size, groups, kg, fg), x.dtype)[:m]
         np.matmul(cols, g[part].transpose(0, 1, 3, 2), out=products)
         products.sum(axis=0, out=dweight_t[i])
         # A GEMV sums over the positions several times faster than ndarray.sum.
-        sums = _scratch(scratch, "sums", (size, groups, fg), x.dtype)[:m]
+        sums = scratch_buffer(scratch, "sums", (size, groups, fg), x.dtype)[:m]
         np.matmul(g[part], ones, out=sums).sum(axis=0, out=dbias[i])
-        dcols = _scratch(scratch, "dcols", (size, groups, kg, length), x.dtype)[:m]
+        dcols = scratch_buffer(scratch, "dcols", (size, groups, kg, length), x.dtype)[:m]
         np.matmul(w_t, g[part], out=dcols)
         kernel("col2im")(dcols.reshape(m, rows, length), *win, dx[part])
 
@@ -240,38 +242,10 @@ def conv2d_backward(dout, x, weight, stride=1, padding=0, dilation=1, groups=1):
     return dx, dweight.reshape(weight.shape), dbias.sum(axis=0).reshape(f)
 
 
-# A chunk of samples is processed from im2col to the last GEMM while its
-# columns and the other per-chunk buffers stay in a core's L2 cache: a
-# convolution then runs at near the GEMMs' own speed instead of streaming
-# (N, C*kh*kw, L) columns through memory, and its buffers are reused instead
-# of faulting in fresh pages.
-_CHUNK_BYTES = 1 << 20
-
-
-def _conv_chunks(n: int, sample_bytes: int) -> tuple[int, int]:
-    """``(samples per chunk, number of chunks)`` for `n` samples of `sample_bytes` each.
-
-    Equal chunks of at most :data:`_CHUNK_BYTES`. They depend on the shapes
-    only (not on the thread count), so that sums over chunks always add in
-    the same order.
-    """
-    count = -(-n * sample_bytes // _CHUNK_BYTES)
-    size = max(1, -(-n // max(count, 1)))
-    return size, -(-n // size)
-
-
-def _scratch(scratch: dict, name: str, shape, dtype) -> np.ndarray:
-    """The buffer `name` of a thread's `scratch` dict, allocated on first use."""
-    buffer = scratch.get(name)
-    if buffer is None:
-        buffer = scratch[name] = np.empty(shape, dtype=dtype)
-    return buffer
-
-
 def _chunk_columns(x: np.ndarray, win: v.Window, scratch: dict, size: int) -> np.ndarray:
     """im2col of the chunk `x` (at most `size` samples) into the thread's buffer."""
     n, c = x.shape[:2]
-    cols = _scratch(scratch, "cols", (size, c * win.kh * win.kw, win.oh * win.ow), x.dtype)
+    cols = scratch_buffer(scratch, "cols", (size, c * win.kh * win.kw, win.oh * win.ow), x.dtype)
     return kernel("im2col")(x, *win, cols[:n])
 
 

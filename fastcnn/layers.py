@@ -23,6 +23,7 @@ import numpy as np
 from scipy.special import expit
 
 from . import functional as F
+from ._backend import chunking, run_chunks, scratch_buffer
 from ._validation import (
     SUPPORTED_DTYPES,
     as_float_array,
@@ -471,52 +472,98 @@ class _BatchNorm(Layer):
     def _forward(self, x, training):
         self._check_input_shape(x.shape)
         check_same_dtype(x=x, weight=self.params["weight"])
-        # Statistics per channel over N and every axis after the channel axis;
-        # einsum reduces them several times faster than ndarray.mean.
+        # (N, C, L): the statistics are per channel over N and L. Every pass
+        # goes chunk by chunk of samples on fastcnn's threads, the chunk's
+        # temporaries in cache; einsum sums several times faster than ndarray.mean.
         n, length = x.shape[0], math.prod(x.shape[2:])
         x3 = x.reshape(n, self.num_features, length)
+        size, count = chunking(n, 2 * x3[:1].nbytes)  # x, out
+        parts = [slice(i * size, (i + 1) * size) for i in range(count)]
+        out = np.empty_like(x3)
         if training:
-            count = n * length
-            if count < 2:
+            samples = n * length
+            if samples < 2:
                 raise ValueError(
                     "training-mode BatchNorm needs more than 1 value per channel, "
                     f"got x of shape {x.shape}; use training=False or a larger batch"
                 )
-            mean = np.einsum("ncl->c", x3) / count
-            centered = x3 - _per_channel(mean, length)
-            var = np.einsum("ncl,ncl->c", centered, centered) / count
+            sums = np.empty((count, self.num_features), x.dtype)
+            run_chunks(lambda i, _: np.einsum("ncl->c", x3[parts[i]], out=sums[i]), count)
+            mean = sums.sum(axis=0) / samples
+            plane = _per_channel(mean, length)
+
+            def squares(i, _):
+                centered = np.subtract(x3[parts[i]], plane, out=out[parts[i]])
+                np.einsum("ncl,ncl->c", centered, centered, out=sums[i])
+
+            run_chunks(squares, count)
+            var = sums.sum(axis=0) / samples
             momentum = self.momentum
             running_mean, running_var = self.state["running_mean"], self.state["running_var"]
             running_mean *= 1 - momentum
             running_mean += momentum * mean
             running_var *= 1 - momentum
             # The running variance is the unbiased estimate, as in PyTorch.
-            running_var += momentum * var * (count / (count - 1))
+            running_var += momentum * var * (samples / (samples - 1))
         else:
-            centered = x3 - _per_channel(self.state["running_mean"], length)
-            var = self.state["running_var"]
+            mean, var = self.state["running_mean"].copy(), self.state["running_var"]
+            plane = _per_channel(mean, length)
         inv_std = 1.0 / np.sqrt(var + self.eps)
-        out = centered * _per_channel(self.params["weight"] * inv_std, length)
-        out += _per_channel(self.params["bias"], length)
-        return out.reshape(x.shape), (centered, inv_std, training)
+        scale = _per_channel(self.params["weight"] * inv_std, length)
+        shift = _per_channel(self.params["bias"], length)
+
+        def normalise(i, _):
+            y = out[parts[i]]
+            if not training:  # training left x - mean there
+                np.subtract(x3[parts[i]], plane, out=y)
+            y *= scale
+            y += shift
+
+        run_chunks(normalise, count)
+        # x and the mean give x_hat again in the backward: cheaper than storing it.
+        return out.reshape(x.shape), (x3, mean, inv_std, training)
 
     def _backward(self, dout, cache):
-        centered, inv_std, training = cache
-        n, _, length = centered.shape
-        dout3 = dout.reshape(centered.shape)
-        # dweight = sum(dout * x_hat) with x_hat = centered * inv_std.
-        dweight = np.einsum("ncl,ncl->c", dout3, centered) * inv_std
-        dbias = np.einsum("ncl->c", dout3)
+        x3, mean, inv_std, training = cache
+        n, channels, length = x3.shape
+        dout3 = dout.reshape(x3.shape)
+        size, count = chunking(n, 4 * x3[:1].nbytes)  # x, dout, dx, x - mean
+        parts = [slice(i * size, (i + 1) * size) for i in range(count)]
+        plane = _per_channel(mean, length)
+        dx = np.empty_like(dout3)
+        # dweight = sum(dout * x_hat), x_hat = (x - mean) * inv_std; dbias = sum(dout).
+        sums = np.empty((2, count, channels), dout.dtype)
+
+        def chunk_sums(i, scratch):
+            centered = scratch_buffer(scratch, "centered", (size, channels, length), x3.dtype)
+            centered = np.subtract(x3[parts[i]], plane, out=centered[: len(dout3[parts[i]])])
+            np.einsum("ncl,ncl->c", dout3[parts[i]], centered, out=sums[0, i])
+            np.einsum("ncl->c", dout3[parts[i]], out=sums[1, i])
+
+        run_chunks(chunk_sums, count)
+        dweight, dbias = sums.sum(axis=1)
+        dweight *= inv_std
         self.grads["weight"][...] = dweight
         self.grads["bias"][...] = dbias
         scale = self.params["weight"] * inv_std
-        dx = dout3 * _per_channel(scale, length)
-        if training:
-            # The batch mean and variance depend on x: with per-channel means,
-            # dx = scale * (dout - mean(dout) - x_hat * mean(dout * x_hat)).
-            count = n * length
-            dx += centered * _per_channel(-scale * inv_std * dweight / count, length)
-            dx += _per_channel(-scale * dbias / count, length)
+        # The batch mean and variance depend on x in training: with means per
+        # channel, dx = scale * (dout - mean(dout) - x_hat * mean(dout * x_hat)),
+        # here as dout * a + (x - mean) * b + c.
+        samples = n * length
+        a = _per_channel(scale, length)
+        b = _per_channel(-scale * inv_std * dweight / samples, length)
+        c = _per_channel(-scale * dbias / samples, length)
+
+        def gradient(i, scratch):
+            d = np.multiply(dout3[parts[i]], a, out=dx[parts[i]])
+            if training:
+                centered = scratch_buffer(scratch, "centered", (size, channels, length), x3.dtype)
+                centered = np.subtract(x3[parts[i]], plane, out=centered[: len(d)])
+                centered *= b
+                d += centered
+                d += c
+
+        run_chunks(gradient, count)
         return dx.reshape(dout.shape)
 
     def output_shape(self, input_shape):
@@ -745,13 +792,33 @@ class Flatten(Layer):
 
 
 class ReLU(Layer):
-    """``max(x, 0)``; the gradient is 1 where ``x > 0`` and 0 elsewhere (as PyTorch)."""
+    """``max(x, 0)``; the gradient is 1 where ``x > 0`` and 0 elsewhere (as PyTorch).
+
+    Runs chunk by chunk on :func:`fastcnn.set_num_threads` threads.
+    """
 
     def _forward(self, x, training):
-        return np.maximum(x, 0), x > 0
+        flat, out, positive = x.reshape(-1), np.empty_like(x), np.empty(x.shape, bool)
+        size, count = chunking(flat.size, 2 * x.itemsize)
+
+        def chunk(i, _):
+            part = slice(i * size, (i + 1) * size)
+            np.maximum(flat[part], 0, out=out.reshape(-1)[part])
+            np.greater(flat[part], 0, out=positive.reshape(-1)[part])
+
+        run_chunks(chunk, count)
+        return out, positive
 
     def _backward(self, dout, positive):
-        return dout * positive
+        flat, dx = dout.reshape(-1), np.empty_like(dout)
+        size, count = chunking(flat.size, 2 * dout.itemsize)
+
+        def chunk(i, _):
+            part = slice(i * size, (i + 1) * size)
+            np.multiply(flat[part], positive.reshape(-1)[part], out=dx.reshape(-1)[part])
+
+        run_chunks(chunk, count)
+        return dx
 
 
 class LeakyReLU(Layer):
