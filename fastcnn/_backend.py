@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import itertools
 import os
-import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -204,22 +201,6 @@ def kernel(name: str):
     return lambda *args: compiled(*args, threads)
 
 
-# Helper threads of run_chunks, created on first use and kept (a fresh thread
-# per call costs more than a small conv2d).
-_executor: ThreadPoolExecutor | None = None
-_executor_size = 0
-_executor_lock = threading.Lock()
-
-
-def _helpers(n: int) -> ThreadPoolExecutor:
-    global _executor, _executor_size
-    with _executor_lock:
-        if _executor_size < n:
-            _executor = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fastcnn")
-            _executor_size = n
-        return _executor
-
-
 # threadpoolctl finds the BLAS libraries once: a limit then costs microseconds
 # instead of the ~0.1 ms of threadpool_limits, which looks them up every time.
 _blas_controller = None
@@ -238,16 +219,6 @@ def _one_blas_thread():
 
         _blas_controller = ThreadpoolController().select(user_api="blas")
     return _blas_controller.limit(limits=1)
-
-
-def _forget_threads_after_fork() -> None:
-    # The child has none of the parent's threads.
-    global _executor, _executor_size, _executor_lock
-    _executor, _executor_size, _executor_lock = None, 0, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
-    os.register_at_fork(after_in_child=_forget_threads_after_fork)
 
 
 def _cpu_count() -> int:
@@ -280,22 +251,25 @@ def chunking(n: int, item_bytes: int) -> tuple[int, int]:
 def run_chunks(work, n_chunks: int) -> None:
     """Call ``work(i, scratch)`` once for every chunk ``i`` in ``range(n_chunks)``.
 
-    The chunks run on ``min(get_num_threads(), n_chunks, CPUs)`` threads (the
-    caller's and helper threads); each thread takes the next chunk until none
-    is left and passes its own `scratch` dict, where `work` may keep buffers
-    between its chunks. NumPy's BLAS is limited to one thread meanwhile
-    (through threadpoolctl, restored on return), and
-    the kernels `work` gets from :func:`kernel` run one thread each: the op
-    then occupies exactly that many cores. Chunks must not depend on each
-    other nor write the same memory; `work` then gives the same results
-    whatever the thread count. Every thread runs in a copy of the caller's
-    context (the backend of :func:`use_backend`, ``np.errstate``).
+    The chunks run on ``min(get_num_threads(), n_chunks, CPUs)`` threads of
+    the OpenMP team that runs the compiled kernels, the caller's thread
+    included (on the caller's alone without the compiled kernels). Each
+    thread takes the next chunk until none is left and passes its own
+    `scratch` dict, where `work` may keep buffers (:func:`scratch_buffer`)
+    from one chunk to the next. Meanwhile NumPy's BLAS is limited to one
+    thread (threadpoolctl; restored on return) and the kernels that `work`
+    gets from :func:`kernel` run one thread each: the op occupies exactly
+    that many cores. Every thread runs in a copy of the caller's context
+    (the backend of :func:`use_backend`, ``np.errstate``).
+
+    Chunks must not depend on each other nor write the same memory; results
+    then do not depend on the number of threads.
 
     Raises
     ------
     Exception
-        The first exception raised by `work`, once every chunk that had
-        started has finished (no chunk starts after an exception).
+        The first exception raised by `work`, once the chunks already
+        started have finished (no chunk starts after it).
     """
     threads = min(get_num_threads(), n_chunks, _CPUS)
     if n_chunks <= 0:
@@ -317,42 +291,18 @@ def scratch_buffer(scratch: dict, name: str, shape, dtype) -> np.ndarray:
 
 
 def _run_chunks_on(threads: int, work, n_chunks: int) -> None:
-    if threads == 1:
+    if threads == 1 or _openmp is None:
         scratch = {}
         for i in range(n_chunks):
             work(i, scratch)
         return
-    chunks = itertools.count()
-    lock = threading.Lock()
-    all_done = threading.Event()
-    left, errors = n_chunks, []
-
-    def take_chunks():
-        nonlocal left
-        scratch = {}
-        for i in chunks:
-            if i >= n_chunks:
-                return
-            try:
-                if not errors:
-                    work(i, scratch)
-            except BaseException as exc:
-                errors.append(exc)
-            finally:
-                with lock:
-                    left -= 1
-                    if left == 0:
-                        all_done.set()
-
-    for _ in range(threads - 1):
-        _helpers(threads - 1).submit(contextvars.copy_context().run, take_chunks)
-    take_chunks()
-    # Wait for the chunks, not for the helpers: on a busy machine a helper
-    # may start after the caller has taken every chunk, and then has nothing
-    # to do (a 2-thread call then costs what a 1-thread call does).
-    all_done.wait()
-    if errors:
-        raise errors[0]
+    # The chunks run on the OpenMP team that also runs the kernels, not on
+    # threads of their own: after a parallel kernel, OpenMP's idle threads
+    # spin for milliseconds, and extra Python threads would wait behind them
+    # (the demo's 2-thread training step took 8x as long as its 1-thread one).
+    contexts = [contextvars.copy_context() for _ in range(threads)]
+    scratches = [{} for _ in range(threads)]
+    _openmp.run_parallel(lambda i, t: contexts[t].run(work, i, scratches[t]), n_chunks, threads)
 
 
 def build_info() -> dict:
