@@ -23,7 +23,7 @@ import numpy as np
 from scipy.special import expit
 
 from . import functional as F
-from ._backend import chunking, run_chunks, scratch_buffer
+from ._backend import chunking
 from ._validation import (
     SUPPORTED_DTYPES,
     as_float_array,
@@ -130,6 +130,12 @@ def _describe_args(positional=(), **keyword_and_default) -> str:
 
 def _uniform(rng: np.random.Generator, bound: float, shape, dtype) -> np.ndarray:
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def _sample_chunks(n: int, sample_bytes: int) -> list[slice]:
+    """Slices of ``range(n)`` whose samples take about a cache's worth of bytes."""
+    size, count = chunking(n, sample_bytes)
+    return [slice(i * size, (i + 1) * size) for i in range(count)]
 
 
 def _per_channel(values: np.ndarray, length: int) -> np.ndarray:
@@ -472,13 +478,14 @@ class _BatchNorm(Layer):
     def _forward(self, x, training):
         self._check_input_shape(x.shape)
         check_same_dtype(x=x, weight=self.params["weight"])
-        # (N, C, L): the statistics are per channel over N and L. Every pass
-        # goes chunk by chunk of samples on fastcnn's threads, the chunk's
-        # temporaries in cache; einsum sums several times faster than ndarray.mean.
+        # (N, C, L): the statistics are per channel over N and L. The passes
+        # go chunk by chunk of samples, each chunk's temporaries in cache;
+        # einsum sums several times faster than ndarray.mean. (The passes
+        # are memory-bound NumPy calls: a second thread gains little and
+        # costs GIL hand-offs, so they run on the caller's thread.)
         n, length = x.shape[0], math.prod(x.shape[2:])
         x3 = x.reshape(n, self.num_features, length)
-        size, count = chunking(n, 2 * x3[:1].nbytes)  # x, out
-        parts = [slice(i * size, (i + 1) * size) for i in range(count)]
+        parts = _sample_chunks(n, 2 * x3[:1].nbytes)  # x, out
         out = np.empty_like(x3)
         if training:
             samples = n * length
@@ -487,17 +494,13 @@ class _BatchNorm(Layer):
                     "training-mode BatchNorm needs more than 1 value per channel, "
                     f"got x of shape {x.shape}; use training=False or a larger batch"
                 )
-            sums = np.empty((count, self.num_features), x.dtype)
-            run_chunks(lambda i, _: np.einsum("ncl->c", x3[parts[i]], out=sums[i]), count)
-            mean = sums.sum(axis=0) / samples
+            mean = sum(np.einsum("ncl->c", x3[part]) for part in parts) / samples
             plane = _per_channel(mean, length)
-
-            def squares(i, _):
-                centered = np.subtract(x3[parts[i]], plane, out=out[parts[i]])
-                np.einsum("ncl,ncl->c", centered, centered, out=sums[i])
-
-            run_chunks(squares, count)
-            var = sums.sum(axis=0) / samples
+            var = 0
+            for part in parts:
+                centered = np.subtract(x3[part], plane, out=out[part])
+                var = var + np.einsum("ncl,ncl->c", centered, centered)
+            var = var / samples
             momentum = self.momentum
             running_mean, running_var = self.state["running_mean"], self.state["running_var"]
             running_mean *= 1 - momentum
@@ -511,15 +514,12 @@ class _BatchNorm(Layer):
         inv_std = 1.0 / np.sqrt(var + self.eps)
         scale = _per_channel(self.params["weight"] * inv_std, length)
         shift = _per_channel(self.params["bias"], length)
-
-        def normalise(i, _):
-            y = out[parts[i]]
+        for part in parts:
+            y = out[part]
             if not training:  # training left x - mean there
-                np.subtract(x3[parts[i]], plane, out=y)
+                np.subtract(x3[part], plane, out=y)
             y *= scale
             y += shift
-
-        run_chunks(normalise, count)
         # x and the mean give x_hat again in the backward: cheaper than storing it.
         return out.reshape(x.shape), (x3, mean, inv_std, training)
 
@@ -527,43 +527,35 @@ class _BatchNorm(Layer):
         x3, mean, inv_std, training = cache
         n, channels, length = x3.shape
         dout3 = dout.reshape(x3.shape)
-        size, count = chunking(n, 4 * x3[:1].nbytes)  # x, dout, dx, x - mean
-        parts = [slice(i * size, (i + 1) * size) for i in range(count)]
+        parts = _sample_chunks(n, 4 * x3[:1].nbytes)  # x, dout, dx, x - mean
         plane = _per_channel(mean, length)
-        dx = np.empty_like(dout3)
+        centered = np.empty((parts[0].stop if parts else 0, channels, length), x3.dtype)
         # dweight = sum(dout * x_hat), x_hat = (x - mean) * inv_std; dbias = sum(dout).
-        sums = np.empty((2, count, channels), dout.dtype)
-
-        def chunk_sums(i, scratch):
-            centered = scratch_buffer(scratch, "centered", (size, channels, length), x3.dtype)
-            centered = np.subtract(x3[parts[i]], plane, out=centered[: len(dout3[parts[i]])])
-            np.einsum("ncl,ncl->c", dout3[parts[i]], centered, out=sums[0, i])
-            np.einsum("ncl->c", dout3[parts[i]], out=sums[1, i])
-
-        run_chunks(chunk_sums, count)
-        dweight, dbias = sums.sum(axis=1)
-        dweight *= inv_std
+        dweight = dbias = 0
+        for part in parts:
+            c = np.subtract(x3[part], plane, out=centered[: len(x3[part])])
+            dweight = dweight + np.einsum("ncl,ncl->c", dout3[part], c)
+            dbias = dbias + np.einsum("ncl->c", dout3[part])
+        dweight = dweight * inv_std
         self.grads["weight"][...] = dweight
         self.grads["bias"][...] = dbias
         scale = self.params["weight"] * inv_std
         # The batch mean and variance depend on x in training: with means per
         # channel, dx = scale * (dout - mean(dout) - x_hat * mean(dout * x_hat)),
         # here as dout * a + (x - mean) * b + c.
-        samples = n * length
         a = _per_channel(scale, length)
-        b = _per_channel(-scale * inv_std * dweight / samples, length)
-        c = _per_channel(-scale * dbias / samples, length)
-
-        def gradient(i, scratch):
-            d = np.multiply(dout3[parts[i]], a, out=dx[parts[i]])
+        if training:
+            samples = n * length
+            b = _per_channel(-scale * inv_std * dweight / samples, length)
+            c = _per_channel(-scale * dbias / samples, length)
+        dx = np.empty_like(dout3)
+        for part in parts:
+            d = np.multiply(dout3[part], a, out=dx[part])
             if training:
-                centered = scratch_buffer(scratch, "centered", (size, channels, length), x3.dtype)
-                centered = np.subtract(x3[parts[i]], plane, out=centered[: len(d)])
-                centered *= b
-                d += centered
+                t = np.subtract(x3[part], plane, out=centered[: len(d)])
+                t *= b
+                d += t
                 d += c
-
-        run_chunks(gradient, count)
         return dx.reshape(dout.shape)
 
     def output_shape(self, input_shape):
@@ -792,33 +784,13 @@ class Flatten(Layer):
 
 
 class ReLU(Layer):
-    """``max(x, 0)``; the gradient is 1 where ``x > 0`` and 0 elsewhere (as PyTorch).
-
-    Runs chunk by chunk on :func:`fastcnn.set_num_threads` threads.
-    """
+    """``max(x, 0)``; the gradient is 1 where ``x > 0`` and 0 elsewhere (as PyTorch)."""
 
     def _forward(self, x, training):
-        flat, out, positive = x.reshape(-1), np.empty_like(x), np.empty(x.shape, bool)
-        size, count = chunking(flat.size, 2 * x.itemsize)
-
-        def chunk(i, _):
-            part = slice(i * size, (i + 1) * size)
-            np.maximum(flat[part], 0, out=out.reshape(-1)[part])
-            np.greater(flat[part], 0, out=positive.reshape(-1)[part])
-
-        run_chunks(chunk, count)
-        return out, positive
+        return np.maximum(x, 0), x > 0
 
     def _backward(self, dout, positive):
-        flat, dx = dout.reshape(-1), np.empty_like(dout)
-        size, count = chunking(flat.size, 2 * dout.itemsize)
-
-        def chunk(i, _):
-            part = slice(i * size, (i + 1) * size)
-            np.multiply(flat[part], positive.reshape(-1)[part], out=dx.reshape(-1)[part])
-
-        run_chunks(chunk, count)
-        return dx
+        return dout * positive
 
 
 class LeakyReLU(Layer):
