@@ -144,7 +144,12 @@ def _max_threads() -> int:
 
 
 def set_num_threads(n: int | None) -> None:
-    """Set the number of OpenMP threads the compiled kernels use.
+    """Set the number of threads of the compiled kernels and of conv2d.
+
+    The kernels run on an OpenMP team of that size; conv2d and
+    conv2d_backward run their chunks of samples on the same team, with
+    NumPy's BLAS limited to one thread meanwhile (:func:`run_chunks`), so
+    the whole op, BLAS included, uses `n` threads.
 
     Parameters
     ----------
@@ -166,7 +171,7 @@ def set_num_threads(n: int | None) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of threads the compiled kernels will use for the next call."""
+    """The number of threads the compiled kernels and conv2d will use for the next call."""
     default = _max_threads()
     if _num_threads is None:
         return default
