@@ -253,7 +253,7 @@ def chunking(n: int, item_bytes: int) -> tuple[int, int]:
     return size, -(-n // size)
 
 
-def run_chunks(work, n_chunks: int) -> None:
+def run_chunks(work, n_chunks: int, parallel: bool = True) -> None:
     """Call ``work(i, scratch)`` once for every chunk ``i`` in ``range(n_chunks)``.
 
     The chunks run on ``min(get_num_threads(), n_chunks, CPUs)`` threads of
@@ -268,7 +268,9 @@ def run_chunks(work, n_chunks: int) -> None:
     (the backend of :func:`use_backend`, ``np.errstate``).
 
     Chunks must not depend on each other nor write the same memory; results
-    then do not depend on the number of threads.
+    then do not depend on the number of threads. ``parallel=False`` runs
+    them on the caller's thread only (for chunks too small to gain from
+    more: every chunk takes the GIL to start its NumPy calls).
 
     Raises
     ------
@@ -276,7 +278,7 @@ def run_chunks(work, n_chunks: int) -> None:
         The first exception raised by `work`, once the chunks already
         started have finished (no chunk starts after it).
     """
-    threads = min(get_num_threads(), n_chunks, _CPUS)
+    threads = min(get_num_threads(), n_chunks, _CPUS) if parallel else 1
     if n_chunks <= 0:
         return
     token = _chunk_thread.set(1)

@@ -188,8 +188,9 @@ def test_concurrent_calls_from_python_threads():
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Chunks of a few KB, so that even small inputs give many of them."""
+    """Chunks of a few KB, so that even small inputs give many, all run in parallel."""
     monkeypatch.setattr(_backend, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(F, "_PARALLEL_MACS", 0)
 
 
 def _blas_threads():
@@ -198,7 +199,7 @@ def _blas_threads():
 
 def _run_chunked(dtype):
     rng = np.random.default_rng(14)
-    x = make_values(rng, (9, 6, 11, 10), dtype, "normal")
+    x = make_values(rng, (40, 6, 24, 23), dtype, "normal")
     w = make_values(rng, (4, 3, 3, 2), dtype, "normal")
     b = make_values(rng, (4,), dtype, "normal")
     out = F.conv2d(x, w, b, stride=(1, 2), padding=1, groups=2)
