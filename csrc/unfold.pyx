@@ -19,21 +19,46 @@ cdef void _im2col_plane(
     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
     Py_ssize_t oh, Py_ssize_t ow,
 ) noexcept nogil:
-    cdef Py_ssize_t i, j, oy, ox, ih, iw0, lo, hi
+    cdef Py_ssize_t i, j, oy, ox, iw0, lo, hi, y0, y1, shift
+    cdef floating* tap
     cdef floating* row
     cdef const floating* line
+    # With stride 1 and rows as long as the input's ("same" padding), a tap's
+    # rows are one shifted copy of the plane: one memcpy per tap instead of
+    # one per row, which is what small images (rows of a few cells) need.
+    cdef bint block = sh == 1 and sw == 1 and ow == W
     for i in range(kh):
+        y0 = clip(first_inside(i * dh - ph, sh), 0, oh)
+        y1 = clip(end_inside(i * dh - ph, sh, H), y0, oh)
         for j in range(kw):
+            tap = dst + (i * kw + j) * oh * ow
             iw0 = j * dw - pw
             lo = clip(first_inside(iw0, sw), 0, ow)
             hi = clip(end_inside(iw0, sw, W), lo, ow)
-            for oy in range(oh):
-                row = dst + ((i * kw + j) * oh + oy) * ow
-                ih = oy * sh - ph + i * dh
-                if ih < 0 or ih >= H:
-                    memset(row, 0, ow * sizeof(floating))
-                    continue
-                line = src + ih * W
+            if y0 > 0:
+                memset(tap, 0, y0 * ow * sizeof(floating))
+            if y1 < oh:
+                memset(tap + y1 * ow, 0, (oh - y1) * ow * sizeof(floating))
+            if y0 == y1:
+                continue
+            if block and hi > lo:
+                # From the first cell inside to the last: never outside the plane.
+                shift = (i * dh - ph) * W + iw0
+                memcpy(tap + y0 * ow + lo, src + y0 * ow + lo + shift,
+                       ((y1 - 1 - y0) * ow + hi - lo) * sizeof(floating))
+                # Zero the padding columns: the copy ran through those between
+                # rows (by column, so that no memset call is made per row).
+                for ox in range(ow - hi + lo):
+                    for oy in range(y0, y1 - 1):
+                        tap[oy * ow + hi + ox] = 0
+                for ox in range(lo):
+                    tap[y0 * ow + ox] = 0
+                for ox in range(hi, ow):
+                    tap[(y1 - 1) * ow + ox] = 0
+                continue
+            for oy in range(y0, y1):
+                row = tap + oy * ow
+                line = src + (oy * sh - ph + i * dh) * W
                 if lo > 0:
                     memset(row, 0, lo * sizeof(floating))
                 if sw == 1:
@@ -72,21 +97,20 @@ cdef void _col2im_plane(
     Py_ssize_t oh, Py_ssize_t ow,
 ) noexcept nogil:
     # Taps in (i, j) order, positions inside: the reference adds in this order too.
-    cdef Py_ssize_t i, j, oy, ox, ih, iw0, lo, hi
+    cdef Py_ssize_t i, j, oy, ox, iw0, lo, hi, y0, y1
     cdef const floating* row
     cdef floating* line
     memset(dst, 0, H * W * sizeof(floating))
     for i in range(kh):
+        y0 = clip(first_inside(i * dh - ph, sh), 0, oh)
+        y1 = clip(end_inside(i * dh - ph, sh, H), y0, oh)
         for j in range(kw):
             iw0 = j * dw - pw
             lo = clip(first_inside(iw0, sw), 0, ow)
             hi = clip(end_inside(iw0, sw, W), lo, ow)
-            for oy in range(oh):
-                ih = oy * sh - ph + i * dh
-                if ih < 0 or ih >= H:
-                    continue
+            for oy in range(y0, y1):
                 row = src + ((i * kw + j) * oh + oy) * ow
-                line = dst + ih * W
+                line = dst + (oy * sh - ph + i * dh) * W
                 for ox in range(lo, hi):
                     line[ox * sw + iw0] += row[ox]
 

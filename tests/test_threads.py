@@ -5,6 +5,14 @@
   element and no sum depends on the thread count), both through
   ``fastcnn.set_num_threads`` and through
   ``threadpoolctl.threadpool_limits(1, user_api="openmp")``.
+* The ops that split their work into chunks of samples over threads
+  (conv2d, conv2d_backward; ``_backend.run_chunks``): bitwise identical for
+  1 to 4 threads with many small chunks (BatchNorm, chunked on one thread,
+  as well), NumPy's BLAS on one
+  thread while they run (also when two calls overlap) and restored
+  afterwards (also after an exception), the caller's backend and
+  ``np.errstate`` in every thread, and the first exception of a chunk
+  raised to the caller.
 * ``get_num_threads``/``set_num_threads`` semantics (None resets, 0 is an
   error, negative counts back from the maximum).
 * ``set_backend``/``get_backend``/``use_backend`` (restores on exit, also on
@@ -19,16 +27,18 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from strategies import Geometry, make_values
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import fastcnn
 from fastcnn import _backend
 from fastcnn import functional as F
+from fastcnn.layers import BatchNorm2D
 
 COMPILED = _backend.compiled_available()
 needs_compiled = pytest.mark.skipif(
@@ -170,6 +180,122 @@ def test_concurrent_calls_from_python_threads():
     for i, res in enumerate(concurrent):
         for a, b in zip(res, serial[i % len(xs)]):
             _same_bits(a, b)
+
+
+# ---------------------------------------------------------------------------
+# Ops chunked over threads (_backend.run_chunks)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of a few KB, so that even small inputs give many, all run in parallel."""
+    monkeypatch.setattr(_backend, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(F, "_PARALLEL_MACS", 0)
+
+
+def _blas_threads():
+    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+
+def _run_chunked(dtype):
+    rng = np.random.default_rng(14)
+    x = make_values(rng, (40, 6, 24, 23), dtype, "normal")
+    w = make_values(rng, (4, 3, 3, 2), dtype, "normal")
+    b = make_values(rng, (4,), dtype, "normal")
+    out = F.conv2d(x, w, b, stride=(1, 2), padding=1, groups=2)
+    res = [out, *F.conv2d_backward(out, x, w, stride=(1, 2), padding=1, groups=2)]
+    bn = BatchNorm2D(6, dtype=dtype)
+    y = bn.forward(x)
+    res += [y, bn.backward(y), bn.grads["weight"], bn.grads["bias"], bn.state["running_var"],
+            bn.forward(x, training=False), bn.backward(y)]
+    return res
+
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"] if COMPILED else ["numpy"])
+@dtypes
+def test_chunked_ops_bitwise_identical_across_thread_counts(small_chunks, backend, dtype):
+    with fastcnn.use_backend(backend):
+        fastcnn.set_num_threads(1)
+        one = _run_chunked(dtype)
+        for nt in THREADS:
+            fastcnn.set_num_threads(nt)
+            for a, b in zip(_run_chunked(dtype), one):
+                _same_bits(a, b)
+
+
+def test_run_chunks_limits_blas_to_one_thread_and_restores_it(small_chunks):
+    fastcnn.set_num_threads(2)
+    seen = []
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        _backend.run_chunks(lambda i, scratch: seen.append(_blas_threads()), 6)
+        assert _blas_threads() == before
+        x = np.ones((8, 3, 9, 9))
+        F.conv2d_backward(F.conv2d(x, np.ones((2, 3, 3, 3))), x, np.ones((2, 3, 3, 3)))
+        assert _blas_threads() == before
+        with pytest.raises(ZeroDivisionError):
+            _backend.run_chunks(lambda i, scratch: 1 / 0, 3)
+        assert _blas_threads() == before
+    assert len(seen) == 6 and all(set(threads) <= {1} for threads in seen)
+
+
+def test_overlapping_run_chunks_calls_both_run_with_one_blas_thread():
+    # (threadpoolctl decides what happens to the limit when such calls end:
+    # OpenBLAS's pthreads pool is process-wide. No threadpool_limits here:
+    # it would make this thread the one that controls OpenBLAS.)
+    fastcnn.set_num_threads(2)
+    inside, checked = threading.Barrier(3), threading.Barrier(3)
+
+    def work(i, scratch):
+        inside.wait(timeout=30)  # both calls are running
+        checked.wait(timeout=30)
+
+    threads = [threading.Thread(target=_backend.run_chunks, args=(work, 1)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    inside.wait(timeout=30)
+    during = _blas_threads()
+    checked.wait(timeout=30)
+    for t in threads:
+        t.join()
+    assert set(during) <= {1}
+
+
+def test_run_chunks_threads_see_the_callers_context():
+    fastcnn.set_num_threads(2)
+    seen = set()
+
+    def work(i, scratch):
+        time.sleep(0.001)  # let the helper thread take chunks too
+        seen.add((threading.get_ident(), fastcnn.get_backend(), np.geterr()["divide"]))
+
+    with fastcnn.use_backend("numpy"), np.errstate(divide="ignore"):
+        _backend.run_chunks(work, 20)
+    assert {(backend, divide) for _, backend, divide in seen} == {("numpy", "ignore")}
+    if _backend._CPUS > 1:
+        assert len({ident for ident, _, _ in seen}) == 2
+
+
+def test_run_chunks_raises_the_first_error_and_starts_no_more_chunks():
+    fastcnn.set_num_threads(2)
+    started = []
+
+    def work(i, scratch):
+        started.append(i)
+        if i == 3:
+            raise KeyError("chunk 3")
+        time.sleep(0.001)
+
+    with pytest.raises(KeyError, match="chunk 3"):
+        _backend.run_chunks(work, 1000)
+    assert len(started) < 1000
+
+
+@pytest.mark.parametrize("n, item_bytes", [(0, 8), (1, 10**9), (128, 3000), (7, 1), (1000, 4097)])
+def test_chunking_covers_every_item_in_equal_chunks(n, item_bytes):
+    size, count = _backend.chunking(n, item_bytes)
+    assert count == -(-n // size) and (count == 0) == (n == 0)
+    assert size == 1 or size * item_bytes <= _backend.CHUNK_BYTES
 
 
 # ---------------------------------------------------------------------------
