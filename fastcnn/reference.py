@@ -132,7 +132,9 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out, indices):
 
     ih = np.arange(oh)[:, None] * sh - ph + (pos // kw) * dh
     iw = np.arange(ow)[None, :] * sw - pw + (pos % kw) * dw
-    out[...] = best
+    # The chosen cell's own value: with ties between -0.0 and +0.0, `best`
+    # may carry the other zero's sign.
+    out[...] = np.take_along_axis(vals, pos[..., None], axis=-1)[..., 0]
     indices[...] = ih * w + iw
     return out, indices
 
