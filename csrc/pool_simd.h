@@ -77,13 +77,13 @@ static int fcnn_set_simd_cap(int cap)
 
 static ptrdiff_t fcnn_round_up(ptrdiff_t n, ptrdiff_t m) { return (n + m - 1) / m * m; }
 
-/* Backward scratch rows: a +0.0 cell, the ow shares, and +0.0 cells up to
- * the last block of input pixel pairs plus one (a pixel pair m reads the
- * shares of windows m - 1 .. m + 1). */
+/* Backward scratch rows: a +0.0 cell, the ow shares computed in whole
+ * vectors, and +0.0 cells up to the last block of input pixel pairs plus one
+ * (a pixel pair m reads the shares of windows m - 1 .. m + 1). */
 static ptrdiff_t fcnn_pool_bwd_width(ptrdiff_t W, ptrdiff_t ow, ptrdiff_t vl)
 {
-    ptrdiff_t pairs = fcnn_round_up((W + 1) / 2, vl);
-    return 2 + (pairs > ow ? pairs : ow);
+    ptrdiff_t pairs = fcnn_round_up((W + 1) / 2, vl), shares = fcnn_round_up(ow, vl);
+    return 2 + (pairs > shares ? pairs : shares);
 }
 
 static void fcnn_fill_f32(float *p, ptrdiff_t n, float value)

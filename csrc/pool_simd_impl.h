@@ -250,29 +250,30 @@ FCNN_TARGET static inline void FCNN(fcnn_store_pixels)(T *dx, ptrdiff_t iw0, ptr
 
 FCNN_TARGET static inline void FCNN(fcnn_avg_backward_rows)(
     const T *dout, const T *div, T *g, ptrdiff_t wg, ptrdiff_t H, ptrdiff_t W, ptrdiff_t ph,
-    ptrdiff_t pw, ptrdiff_t oh, ptrdiff_t ow, T *dx, const int k)
+    ptrdiff_t oh, ptrdiff_t ow, T *dx, const int k, const int pw)
 {
     /* Input pixel 2m + r (r = 0, 1) is covered by the windows m + first[r]
        .. m + last[r] of a window row: those ox with 2ox - pw <= 2m + r <=
        2ox - pw + k - 1. Pairing pixels from column 0 keeps the stores
        aligned with the rows. */
-    ptrdiff_t first[2], last[2];
-    for (int r = 0; r < 2; r++) {
-        ptrdiff_t lo = r + pw - k + 1, hi = r + pw;  /* 2 * (ox - m) in [lo, hi] */
-        first[r] = lo > 0 ? (lo + 1) / 2 : -((-lo) / 2);
-        last[r] = hi / 2;
-    }
+    const int first[2] = {(pw - k + 4) / 2 - 1, (pw - k + 5) / 2 - 1};  /* ceil((r + pw - k + 1) / 2) */
+    const int last[2] = {pw / 2, (pw + 1) / 2};
     ptrdiff_t pairs = (W + 1) / 2, computed = 0, ahead = FCNN(fcnn_rows_ahead)(W);
     for (ptrdiff_t ih = 0; ih < H; ih++) {
         /* the output rows whose windows cover input row ih */
         ptrdiff_t lo = ih + ph - k + 1 > 0 ? (ih + ph - k + 2) / 2 : 0;
         ptrdiff_t hi = (ih + ph) / 2 < oh - 1 ? (ih + ph) / 2 : oh - 1;
         /* shares of the windows of row hi, and one row ahead, so that they
-           are stored well before they are loaded */
+           are stored well before they are loaded; missing windows get +0.0
+           (dout 0 over divisor padding 1) */
         for (ptrdiff_t end = hi + 2 < oh ? hi + 2 : oh; computed < end; computed++) {
             T *share = g + computed * wg + 1;
-            for (ptrdiff_t ox = 0; ox < ow; ox++)
-                share[ox] = dout[computed * ow + ox] / div[computed * ow + ox];
+            const T *d = dout + computed * ow, *v = div + computed * ow;
+            for (ptrdiff_t ox = 0; ox < ow; ox += VL) {
+                VT num = ow - ox >= VL ? V_LOAD(d + ox)
+                                       : V_MASKLOAD(d + ox, FCNN(fcnn_first_lanes)(ow - ox), V_ZERO());
+                V_STORE(share + ox, V_DIV(num, V_LOAD(v + ox)));
+            }
         }
         T *row = dx + ih * W;
         FCNN_PREFETCH_ROWS(dx, W, ih + ahead, 1);
@@ -280,9 +281,9 @@ FCNN_TARGET static inline void FCNN(fcnn_avg_backward_rows)(
             VT even = V_ZERO(), odd = V_ZERO();
             for (ptrdiff_t oy = lo; oy <= hi; oy++) {
                 const T *share = g + oy * wg + 1 + m0;
-                for (ptrdiff_t t = first[0]; t <= last[0]; t++)
+                for (int t = first[0]; t <= last[0]; t++)
                     even = V_ADD(even, V_LOAD(share + t));
-                for (ptrdiff_t t = first[1]; t <= last[1]; t++)
+                for (int t = first[1]; t <= last[1]; t++)
                     odd = V_ADD(odd, V_LOAD(share + t));
             }
             FCNN(fcnn_store_pixels)(row, 2 * m0, W, V_ZIPLO(even, odd));
@@ -301,10 +302,14 @@ FCNN_TARGET static void FCNN(fcnn_avg_pool_backward_plane)(
     const T *dout, T *dx, const T *div, ptrdiff_t H, ptrdiff_t W, ptrdiff_t k, ptrdiff_t ph,
     ptrdiff_t pw, ptrdiff_t oh, ptrdiff_t ow, T *g, ptrdiff_t wg)
 {
-    if (k == 2)
-        FCNN(fcnn_avg_backward_rows)(dout, div, g, wg, H, W, ph, pw, oh, ow, dx, 2);
+    if (k == 2 && pw == 0)
+        FCNN(fcnn_avg_backward_rows)(dout, div, g, wg, H, W, ph, oh, ow, dx, 2, 0);
+    else if (k == 2)
+        FCNN(fcnn_avg_backward_rows)(dout, div, g, wg, H, W, ph, oh, ow, dx, 2, 1);
+    else if (pw == 0)
+        FCNN(fcnn_avg_backward_rows)(dout, div, g, wg, H, W, ph, oh, ow, dx, 3, 0);
     else
-        FCNN(fcnn_avg_backward_rows)(dout, div, g, wg, H, W, ph, pw, oh, ow, dx, 3);
+        FCNN(fcnn_avg_backward_rows)(dout, div, g, wg, H, W, ph, oh, ow, dx, 3, 1);
 }
 
 /* Gradient of max pooling for one plane whose indices tile it: the index of
