@@ -68,7 +68,7 @@ static int fcnn_set_simd_cap(int cap)
 #define FCNN_VL_F64 8
 
 /* How far ahead of their reads and writes the kernels prefetch. */
-#define FCNN_AHEAD 4096
+#define FCNN_AHEAD 8192
 
 /* The forward kernels work on chunks of this many blocks of outputs (per
  * chunk they keep the blocks' edge masks and, for max pooling, the scans of
