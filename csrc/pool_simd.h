@@ -1,11 +1,14 @@
-/* AVX2 kernels for the common pooling geometries: square 2x2 and 3x3 windows
- * with stride 2 and no dilation, with any padding the validation allows
- * (at most k // 2) and ceil mode.
+/* AVX2 and AVX-512 kernels for the common pooling geometries: square 2x2
+ * and 3x3 windows with stride 2 and no dilation, with any padding the
+ * validation allows (at most k // 2) and ceil mode; and for max-pool
+ * gradients whose indices tile the input in 2x2 cells.
  *
- * csrc/pool.pyx picks them per call when fcnn_simd_available() and the
+ * csrc/pool.pyx picks them per call when fcnn_simd_level() > 0 and the
  * geometry fits, and runs its generic kernels otherwise. Their results are
  * bitwise identical to the generic kernels': every output lane performs the
- * generic kernel's comparisons or additions, in the same order.
+ * generic kernel's comparisons or additions, in the same order. Only
+ * x86-64 builds with GCC or Clang have them (an instruction set is chosen at
+ * run time, per call); elsewhere fcnn_simd_level() is 0.
  *
  * How the work is laid out:
  * - One vector holds VL consecutive outputs of one output row. With stride 2
@@ -13,12 +16,13 @@
  *   de-interleaved from two loads. The AVX2 shuffles leave the lanes in a
  *   fixed scrambled order (sigma); all taps share it, so the lane-wise
  *   comparisons and sums are unaffected, and one permutation per result
- *   restores the output order.
- * - Forward kernels first copy the plane into a per-thread scratch surrounded
- *   by padding cells (-inf for max, +0.0 for avg). No window then needs a
- *   bounds test or a masked load. -inf padding never wins a comparison, and
- *   adding +0.0 to a sum that started at +0.0 changes nothing (such a sum is
- *   never -0.0), so padding cells are exactly as good as skipped cells.
+ *   restores the output order. AVX-512 permutes into the natural order.
+ * - Cells outside the input (padding, and what a block at the edge would
+ *   read past it) are read through masked loads, which never touch
+ *   masked-off memory, as -inf for max and +0.0 for avg. -inf never wins a
+ *   comparison, and adding +0.0 to a sum that started at +0.0 changes
+ *   nothing (such a sum is never -0.0), so they are exactly as good as the
+ *   cells the generic kernels skip.
  * - Max windows start from their first tap (from the padding if it is one)
  *   with the index of their first real cell, which is the generic kernel's
  *   start of -inf at that index followed by the first tap. Lanes carry the
@@ -26,8 +30,8 @@
  *   and the column is added once at the end.
  * - The average backward gathers: each input pixel adds the shares of the
  *   windows that cover it in row-major window order, read from a per-thread
- *   scratch of ``dout / divisor`` rows with a +0.0 column on the left and
- *   +0.0 columns on the right (windows that do not exist add +0.0).
+ *   scratch of ``dout / divisor`` rows with +0.0 borders (windows that do
+ *   not exist add +0.0).
  */
 #ifndef FASTCNN_POOL_SIMD_H
 #define FASTCNN_POOL_SIMD_H
