@@ -78,8 +78,10 @@ class BuildExt(build_ext):
 
 
 debug = _flag("FASTCNN_DEBUG") or bool(os.environ.get("FASTCNN_SANITIZE", "").strip())
+# C headers the kernels include: a change to one rebuilds the extensions.
+HEADERS = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h"))
 extensions = [
-    Extension(f"fastcnn._kernels.{name}", [os.path.join("csrc", f"{name}.pyx")])
+    Extension(f"fastcnn._kernels.{name}", [os.path.join("csrc", f"{name}.pyx")], depends=HEADERS)
     for name in KERNELS
 ]
 

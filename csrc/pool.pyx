@@ -5,15 +5,110 @@ Python twins: ``fastcnn.reference.max_pool2d``, ``max_pool2d_backward``,
 ``avg_pool2d`` and ``avg_pool2d_backward``. Inputs (including every index) are
 validated by ``fastcnn._validation`` before they get here. Work is split by
 (n, c) plane, so no two threads write one element.
+
+The common geometries (2x2 and 3x3 windows, stride 2, no dilation) run the
+AVX2 / AVX-512 kernels of ``pool_simd.h`` where the CPU has them; every other
+geometry, and other CPUs, run the generic kernels below. Both give the same
+bits: the SIMD kernels do the generic kernels' comparisons and additions in
+the same order, one output per vector lane.
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY
-from libc.stdint cimport int64_t
+from libc.stdint cimport INT32_MAX, int64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from window cimport clip, end_inside, first_inside
+
+
+cdef extern from "pool_simd.h" nogil:
+    void fcnn_stream(void* dst, const void* s, Py_ssize_t nbytes)
+    void fcnn_stream_fence()
+    int fcnn_simd_level()
+    int fcnn_set_simd_cap(int cap)
+    const Py_ssize_t FCNN_VL_F32, FCNN_VL_F64
+    Py_ssize_t fcnn_pool_bwd_width(Py_ssize_t W, Py_ssize_t ow, Py_ssize_t vl)
+    void fcnn_fill_f32(float* p, Py_ssize_t n, float value)
+    void fcnn_fill_f64(double* p, Py_ssize_t n, double value)
+    void fcnn_max_pool_plane_f32(
+        const float* x, float* out, int64_t* idx, Py_ssize_t H, Py_ssize_t W, Py_ssize_t k,
+        Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow)
+    void fcnn_max_pool_plane_f64(
+        const double* x, double* out, int64_t* idx, Py_ssize_t H, Py_ssize_t W, Py_ssize_t k,
+        Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow)
+    void fcnn_avg_pool_plane_f32(
+        const float* x, float* out, const float* div, Py_ssize_t H, Py_ssize_t W, Py_ssize_t k,
+        Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow)
+    void fcnn_avg_pool_plane_f64(
+        const double* x, double* out, const double* div, Py_ssize_t H, Py_ssize_t W,
+        Py_ssize_t k, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow)
+    int fcnn_max_pool_backward_tiles_f32(
+        const float* dout, const int64_t* idx, float* dx, Py_ssize_t H, Py_ssize_t W,
+        Py_ssize_t oh, Py_ssize_t ow)
+    int fcnn_max_pool_backward_tiles_f64(
+        const double* dout, const int64_t* idx, double* dx, Py_ssize_t H, Py_ssize_t W,
+        Py_ssize_t oh, Py_ssize_t ow)
+    void fcnn_avg_pool_backward_plane_f32(
+        const float* dout, float* dx, const float* div, Py_ssize_t H, Py_ssize_t W,
+        Py_ssize_t k, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow, float* g,
+        Py_ssize_t wg)
+    void fcnn_avg_pool_backward_plane_f64(
+        const double* dout, double* dx, const double* div, Py_ssize_t H, Py_ssize_t W,
+        Py_ssize_t k, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow, double* g,
+        Py_ssize_t wg)
+
+
+# max_pool2d_backward writes outputs of at least this many bytes (beyond the
+# per-core caches, so they go to memory anyway) with non-temporal stores:
+# those skip the read that a plain store makes of each line it misses. (On
+# the reference machine this made float64 ResNet-sized gradients 1.5x faster
+# and did not change float32 ones; for outputs that fit in a cache it is
+# several times slower, hence the bound.)
+cdef Py_ssize_t STREAM_BYTES = 16 << 20
+
+
+cdef bint _simd_window(
+    Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+    Py_ssize_t dh, Py_ssize_t dw, bint int32_indices,
+) noexcept nogil:
+    """Whether pool_simd.h has kernels for this geometry on this CPU."""
+    return (
+        fcnn_simd_level() > 0 and kh == kw and (kh == 2 or kh == 3) and sh == 2 and sw == 2
+        and dh == 1 and dw == 1
+        # float lanes carry int32 flat indices, including those of padding rows
+        and (not int32_indices or (H + 3) * W <= INT32_MAX)
+    )
+
+
+def _cap_simd(int level):
+    """Use SIMD kernels up to `level` (0 none, 1 AVX2, 2 AVX-512); returns the previous cap.
+
+    For the tests, which run every instruction set the machine has. Results
+    do not depend on it.
+    """
+    return fcnn_set_simd_cap(level)
+
+
+def _simd_level():
+    """The instruction set the SIMD kernels use here (see :func:`_cap_simd`)."""
+    return fcnn_simd_level()
+
+
+cdef void* _scratch(Py_ssize_t cells, size_t itemsize) except NULL:
+    """Uninitialised scratch memory of `cells` cells of `itemsize` bytes."""
+    cdef void* p = malloc(cells * itemsize)
+    if p == NULL:
+        raise MemoryError(f"cannot allocate {cells} scratch cells of {itemsize} bytes")
+    return p
+
+
+cdef void _fill(floating* p, Py_ssize_t n, floating value) noexcept nogil:
+    if floating is float:
+        fcnn_fill_f32(p, n, value)
+    else:
+        fcnn_fill_f64(p, n, value)
 
 
 cdef void _max_pool_plane(
@@ -24,6 +119,7 @@ cdef void _max_pool_plane(
 ) noexcept nogil:
     cdef Py_ssize_t oy, ox, i, j, ih0, iw0, ilo, ihi, jlo, jhi, pos, best_pos
     cdef floating v, best
+    cdef bint take
     for oy in range(oh):
         ih0 = oy * sh - ph
         ilo = clip(first_inside(ih0, dh), 0, kh)
@@ -40,9 +136,10 @@ cdef void _max_pool_plane(
                 for j in range(jlo, jhi):
                     pos = (ih0 + i * dh) * W + iw0 + j * dw
                     v = src[pos]
-                    if v > best or v != v:
-                        best = v
-                        best_pos = pos
+                    # selects, not a branch: which cell wins depends on the data
+                    take = (v > best) | (v != v)
+                    best = v if take else best
+                    best_pos = pos if take else best_pos
             dst[oy * ow + ox] = best
             idx[oy * ow + ox] = best_pos
 
@@ -59,13 +156,40 @@ def max_pool2d(
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t oh = out.shape[2], ow = out.shape[3]
     cdef Py_ssize_t plane, n, c
+    cdef bint simd = _simd_window(H, W, kh, kw, sh, sw, dh, dw, floating is float)
     with nogil:
         for plane in prange(N * C, schedule="static", num_threads=num_threads):
             n = plane // C
             c = plane % C
-            _max_pool_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], &indices[n, c, 0, 0], H, W,
-                            kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+            if not simd:
+                _max_pool_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], &indices[n, c, 0, 0], H, W,
+                                kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+            elif floating is float:
+                fcnn_max_pool_plane_f32(&x[n, c, 0, 0], &out[n, c, 0, 0], &indices[n, c, 0, 0],
+                                        H, W, kh, ph, pw, oh, ow)
+            else:
+                fcnn_max_pool_plane_f64(&x[n, c, 0, 0], &out[n, c, 0, 0], &indices[n, c, 0, 0],
+                                        H, W, kh, ph, pw, oh, ow)
     return out.base, indices.base
+
+
+cdef int _tiles_plane(
+    const floating* g, const int64_t* idx, floating* dst, Py_ssize_t H, Py_ssize_t W,
+    Py_ssize_t oh, Py_ssize_t ow,
+) noexcept nogil:
+    if floating is float:
+        return fcnn_max_pool_backward_tiles_f32(g, idx, dst, H, W, oh, ow)
+    else:
+        return fcnn_max_pool_backward_tiles_f64(g, idx, dst, H, W, oh, ow)
+
+
+cdef void _scatter_plane(
+    const floating* g, const int64_t* idx, floating* dst, Py_ssize_t HW, Py_ssize_t L,
+) noexcept nogil:
+    cdef Py_ssize_t k
+    memset(dst, 0, HW * sizeof(floating))
+    for k in range(L):
+        dst[idx[k]] += g[k]
 
 
 def max_pool2d_backward(
@@ -76,21 +200,46 @@ def max_pool2d_backward(
 ):
     """max_pool2d_backward(dout, indices, out, num_threads) -> out"""
     cdef Py_ssize_t N = out.shape[0], C = out.shape[1], H = out.shape[2], W = out.shape[3]
-    cdef Py_ssize_t L = dout.shape[2] * dout.shape[3]
-    cdef Py_ssize_t plane, n, c, k
-    cdef floating* dst
-    cdef const floating* g
-    cdef const int64_t* idx
-    with nogil:
-        for plane in prange(N * C, schedule="static", num_threads=num_threads):
-            n = plane // C
-            c = plane % C
-            dst = &out[n, c, 0, 0]
-            g = &dout[n, c, 0, 0]
-            idx = &indices[n, c, 0, 0]
-            memset(dst, 0, H * W * sizeof(floating))
-            for k in range(L):
-                dst[idx[k]] += g[k]
+    cdef Py_ssize_t oh = dout.shape[2], ow = dout.shape[3], L = oh * ow
+    cdef Py_ssize_t plane, n, c
+    # Indices that tile the input in 2x2 cells (as 2x2 windows with stride 2
+    # give) let every cell be written once, without zeroing and scattering.
+    # The indices come from the user: whether the first plane's do decides
+    # which kernel to try, and a plane whose indices do not falls back.
+    cdef bint tiles = (
+        N * C > 0 and fcnn_simd_level() > 0 and 2 * oh <= H and 2 * ow <= W
+        and (floating is double or (H + 3) * W <= INT32_MAX)
+    )
+    cdef bint stream
+    cdef floating* scratch = NULL
+    cdef floating* s
+    if tiles:
+        with nogil:
+            tiles = _tiles_plane(&dout[0, 0, 0, 0], &indices[0, 0, 0, 0], &out[0, 0, 0, 0],
+                                 H, W, oh, ow)
+    # Otherwise each plane is zeroed and scattered into while it is in cache:
+    # in place, or in a per-thread scratch plane that is then streamed out.
+    stream = not tiles and fcnn_simd_level() > 0 and out.size * sizeof(floating) >= STREAM_BYTES
+    if stream:
+        scratch = <floating*> _scratch(max(num_threads, 1) * H * W, sizeof(floating))
+    try:
+        with nogil, parallel(num_threads=num_threads):
+            s = scratch + threadid() * H * W
+            for plane in prange(N * C, schedule="static"):
+                n = plane // C
+                c = plane % C
+                if tiles and _tiles_plane(&dout[n, c, 0, 0], &indices[n, c, 0, 0],
+                                          &out[n, c, 0, 0], H, W, oh, ow):
+                    continue
+                if stream:
+                    _scatter_plane(&dout[n, c, 0, 0], &indices[n, c, 0, 0], s, H * W, L)
+                    fcnn_stream(&out[n, c, 0, 0], s, H * W * sizeof(floating))
+                else:
+                    _scatter_plane(&dout[n, c, 0, 0], &indices[n, c, 0, 0], &out[n, c, 0, 0],
+                                   H * W, L)
+            fcnn_stream_fence()
+    finally:
+        free(scratch)
     return out.base
 
 
@@ -110,11 +259,26 @@ cdef inline Py_ssize_t _divisor(
     return (min(ih1, H) - max(ih0, 0)) * (min(iw1, W) - max(iw0, 0))
 
 
+cdef void _divisors(
+    floating* div, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow,
+    bint count_include_pad, Py_ssize_t divisor_override, Py_ssize_t padding,
+) noexcept nogil:
+    """Fill ``div[oy * ow + ox]`` with window (oy, ox)'s divisor, and the
+    `padding` cells after them with 1 (vector loads may read them)."""
+    cdef Py_ssize_t oy, ox
+    for oy in range(oh):
+        for ox in range(ow):
+            div[oy * ow + ox] = <floating> _divisor(oy * sh - ph, ox * sw - pw, H, W, kh, kw,
+                                                    ph, pw, count_include_pad, divisor_override)
+    for ox in range(padding):
+        div[oh * ow + ox] = 1
+
+
 cdef void _avg_pool_plane(
-    const floating* src, floating* dst, Py_ssize_t H, Py_ssize_t W,
+    const floating* src, floating* dst, const floating* div, Py_ssize_t H, Py_ssize_t W,
     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow,
-    bint count_include_pad, Py_ssize_t divisor_override,
 ) noexcept nogil:
     cdef Py_ssize_t oy, ox, ih, iw, ih0, iw0
     cdef floating acc
@@ -126,8 +290,7 @@ cdef void _avg_pool_plane(
             for ih in range(max(ih0, 0), min(ih0 + kh, H)):
                 for iw in range(max(iw0, 0), min(iw0 + kw, W)):
                     acc = acc + src[ih * W + iw]
-            dst[oy * ow + ox] = acc / <floating> _divisor(
-                ih0, iw0, H, W, kh, kw, ph, pw, count_include_pad, divisor_override)
+            dst[oy * ow + ox] = acc / div[oy * ow + ox]
 
 
 def avg_pool2d(
@@ -141,20 +304,34 @@ def avg_pool2d(
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t oh = out.shape[2], ow = out.shape[3]
     cdef Py_ssize_t plane, n, c
-    with nogil:
-        for plane in prange(N * C, schedule="static", num_threads=num_threads):
-            n = plane // C
-            c = plane % C
-            _avg_pool_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], H, W, kh, kw, sh, sw,
-                            ph, pw, oh, ow, count_include_pad, divisor_override)
+    cdef Py_ssize_t lanes = FCNN_VL_F32 if floating is float else FCNN_VL_F64
+    cdef bint simd = _simd_window(H, W, kh, kw, sh, sw, 1, 1, False)
+    cdef floating* div = <floating*> _scratch(oh * ow + lanes, sizeof(floating))
+    try:
+        with nogil:
+            _divisors(div, H, W, kh, kw, sh, sw, ph, pw, oh, ow, count_include_pad,
+                      divisor_override, lanes)
+            for plane in prange(N * C, schedule="static", num_threads=num_threads):
+                n = plane // C
+                c = plane % C
+                if not simd:
+                    _avg_pool_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], div, H, W, kh, kw, sh, sw,
+                                    ph, pw, oh, ow)
+                elif floating is float:
+                    fcnn_avg_pool_plane_f32(&x[n, c, 0, 0], &out[n, c, 0, 0], div, H, W, kh,
+                                            ph, pw, oh, ow)
+                else:
+                    fcnn_avg_pool_plane_f64(&x[n, c, 0, 0], &out[n, c, 0, 0], div, H, W, kh,
+                                            ph, pw, oh, ow)
+    finally:
+        free(div)
     return out.base
 
 
 cdef void _avg_pool_backward_plane(
-    const floating* src, floating* dst, Py_ssize_t H, Py_ssize_t W,
+    const floating* src, floating* dst, const floating* div, Py_ssize_t H, Py_ssize_t W,
     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow,
-    bint count_include_pad, Py_ssize_t divisor_override,
 ) noexcept nogil:
     cdef Py_ssize_t oy, ox, ih, iw, ih0, iw0
     cdef floating g
@@ -163,8 +340,7 @@ cdef void _avg_pool_backward_plane(
         ih0 = oy * sh - ph
         for ox in range(ow):
             iw0 = ox * sw - pw
-            g = src[oy * ow + ox] / <floating> _divisor(
-                ih0, iw0, H, W, kh, kw, ph, pw, count_include_pad, divisor_override)
+            g = src[oy * ow + ox] / div[oy * ow + ox]
             for ih in range(max(ih0, 0), min(ih0 + kh, H)):
                 for iw in range(max(iw0, 0), min(iw0 + kw, W)):
                     dst[ih * W + iw] += g
@@ -181,10 +357,37 @@ def avg_pool2d_backward(
     cdef Py_ssize_t N = out.shape[0], C = out.shape[1], H = out.shape[2], W = out.shape[3]
     cdef Py_ssize_t oh = dout.shape[2], ow = dout.shape[3]
     cdef Py_ssize_t plane, n, c
-    with nogil:
-        for plane in prange(N * C, schedule="static", num_threads=num_threads):
-            n = plane // C
-            c = plane % C
-            _avg_pool_backward_plane(&dout[n, c, 0, 0], &out[n, c, 0, 0], H, W, kh, kw, sh, sw,
-                                     ph, pw, oh, ow, count_include_pad, divisor_override)
+    cdef Py_ssize_t lanes = FCNN_VL_F32 if floating is float else FCNN_VL_F64
+    cdef bint simd = _simd_window(H, W, kh, kw, sh, sw, 1, 1, False)
+    # SIMD kernels: each thread's rows of shares, with +0.0 borders
+    cdef Py_ssize_t wg = fcnn_pool_bwd_width(W, ow, lanes) if simd else 0
+    cdef Py_ssize_t per_thread = oh * wg
+    cdef floating* div = <floating*> _scratch(oh * ow + lanes, sizeof(floating))
+    cdef floating* shares = NULL
+    cdef floating* g
+    try:
+        if simd:
+            shares = <floating*> _scratch(max(num_threads, 1) * per_thread, sizeof(floating))
+        with nogil:
+            _divisors(div, H, W, kh, kw, sh, sw, ph, pw, oh, ow, count_include_pad,
+                      divisor_override, lanes)
+        with nogil, parallel(num_threads=num_threads):
+            g = shares + threadid() * per_thread
+            if simd:
+                _fill(g, per_thread, 0)
+            for plane in prange(N * C, schedule="static"):
+                n = plane // C
+                c = plane % C
+                if not simd:
+                    _avg_pool_backward_plane(&dout[n, c, 0, 0], &out[n, c, 0, 0], div, H, W,
+                                             kh, kw, sh, sw, ph, pw, oh, ow)
+                elif floating is float:
+                    fcnn_avg_pool_backward_plane_f32(&dout[n, c, 0, 0], &out[n, c, 0, 0], div,
+                                                     H, W, kh, ph, pw, oh, ow, g, wg)
+                else:
+                    fcnn_avg_pool_backward_plane_f64(&dout[n, c, 0, 0], &out[n, c, 0, 0], div,
+                                                     H, W, kh, ph, pw, oh, ow, g, wg)
+    finally:
+        free(div)
+        free(shares)
     return out.base

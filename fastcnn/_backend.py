@@ -328,4 +328,6 @@ def build_info() -> dict:
     """How the compiled kernels were built (for ``show_config``)."""
     if _openmp is None:
         return {"compiled": False, "error": str(_import_error)}
-    return {"compiled": True, "openmp": _openmp.OPENMP, "compiler": _openmp.COMPILER}
+    simd = ("none", "avx2", "avx512")[_pool._simd_level()]
+    return {"compiled": True, "openmp": _openmp.OPENMP, "compiler": _openmp.COMPILER,
+            "pool_simd": simd}

@@ -40,7 +40,8 @@ def show_config(file=None) -> None:
     cfg = config()
     build = cfg["build"]
     if build["compiled"]:
-        built = f"compiled ({build['compiler']}), OpenMP {'on' if build['openmp'] else 'OFF'}"
+        built = (f"compiled ({build['compiler']}), OpenMP {'on' if build['openmp'] else 'OFF'}, "
+                 f"pooling SIMD {build['pool_simd']}")
     else:
         built = f"NOT compiled ({build['error']})"
     lines = [

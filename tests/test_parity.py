@@ -201,6 +201,83 @@ def test_kernel_avg_pool2d_backward(g, dtype, kind, seed, nt, count_include_pad,
     _assert_same(out_c, out_r)
 
 
+# ---------------------------------------------------------------------------
+# The SIMD kernels of csrc/pool_simd.h (2x2 and 3x3 windows, stride 2) on
+# every instruction set this machine has, and the generic kernels (level 0)
+# on the same cases: padding, ceil mode, rows shorter than a vector, partial
+# vector blocks, more outputs per row than one chunk of blocks, odd sizes.
+
+from fastcnn._kernels import pool as _pool  # noqa: E402
+
+SIMD_LEVELS = list(range(_pool._simd_level() + 1))
+
+
+@pytest.fixture(params=SIMD_LEVELS, ids=lambda level: f"simd{level}")
+def simd_level(request):
+    previous = _pool._cap_simd(request.param)
+    yield request.param
+    _pool._cap_simd(previous)
+
+
+def _simd_cases():
+    cases = []
+    for k, p in ((2, 0), (2, 1), (3, 0), (3, 1)):
+        for h, w in ((2, 2), (3, 5), (6, 7), (17, 33), (9, 1100)):
+            for ceil in (False, True):
+                g = Geometry(2, 3, h, w, k, k, 2, 2, p, p, 1, 1, ceil)
+                if g.pool_oh >= 1 and g.pool_ow >= 1:
+                    cases.append(pytest.param(g, id=f"{h}x{w}-k{k}-p{p}" + ("-ceil" * ceil)))
+    return cases
+
+
+@pytest.mark.parametrize("g", _simd_cases())
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_simd_kernels(simd_level, g, dtype):
+    rng = np.random.default_rng(g.h * 1000 + g.w)
+    kinds = ["special", "zeros", "neg_inf", "normal"]
+    for nt, kind in enumerate(kinds, 1):
+        x = make_values(rng, g.shape, dtype, kind)
+        out_c, idx_c = _garbage(g.pool_shape, dtype, 7.0), _garbage(g.pool_shape, np.int64, -7)
+        out_r, idx_r = _garbage(g.pool_shape, dtype, -3.0), _garbage(g.pool_shape, np.int64, -3)
+        _pair("max_pool2d")[0](x, *g.pool_params(), out_c, idx_c, nt)
+        _pair("max_pool2d")[1](x, *g.pool_params(), out_r, idx_r)
+        _assert_same(out_c, out_r)
+        _assert_same(idx_c, idx_r)
+        dout = make_values(rng, g.pool_shape, dtype, kind)
+        for cip, div in ((True, 0), (False, 0), (True, 3)):
+            args = (*g.avg_params(), cip, div)
+            with np.errstate(invalid="ignore"):
+                for name, src, shape in (("avg_pool2d", x, g.pool_shape),
+                                         ("avg_pool2d_backward", dout, g.shape)):
+                    compiled, reference = _pair(name)
+                    got = compiled(src, *args, _garbage(shape, dtype, 7.0), nt)
+                    _assert_same(got, reference(src, *args, _garbage(shape, dtype, -3.0)))
+        # indices from the forward (2x2 windows without padding tile the
+        # input), the same with one index moved out of its window, and any
+        strays = idx_r.copy()
+        strays.reshape(-1)[rng.integers(strays.size)] = rng.integers(g.h * g.w)
+        for idx in (idx_r, strays, rng.integers(0, g.h * g.w, size=g.pool_shape)):
+            compiled, reference = _pair("max_pool2d_backward")
+            with np.errstate(invalid="ignore"):  # inf - inf where indices repeat
+                got = compiled(dout, idx, _garbage(g.shape, dtype, 7.0), nt)
+                _assert_same(got, reference(dout, idx, _garbage(g.shape, dtype, -3.0)))
+
+
+def test_simd_max_pool2d_backward_streams_large_outputs(simd_level):
+    # dx of at least 16 MiB is written through a scratch plane with
+    # non-temporal stores; an odd plane size leaves partial lines between
+    # planes.
+    rng = np.random.default_rng(8)
+    g = Geometry(2, 2, 1023, 1025, 3, 3, 2, 2, 1, 1)
+    x = make_values(rng, g.shape, np.float64, "ties")
+    _, idx = fastcnn.reference.max_pool2d(x, *g.pool_params(), np.empty(g.pool_shape),
+                                          np.empty(g.pool_shape, np.int64))
+    dout = make_values(rng, g.pool_shape, np.float64, "normal")
+    compiled, reference = _pair("max_pool2d_backward")
+    got = compiled(dout, idx, _garbage(g.shape, np.float64, 7.0), 2)
+    _assert_same(got, reference(dout, idx, _garbage(g.shape, np.float64, -3.0)))
+
+
 def test_registry_pairs_every_kernel():
     assert set(_backend.KERNEL_NAMES) == {
         "im2col", "col2im", "max_pool2d", "max_pool2d_backward", "avg_pool2d",

@@ -69,8 +69,12 @@ def _same_bits(a, b):
 SPLIT = [  # (N, C) = 3 * 11 = 33 planes: an odd count, so threads get unequal shares
     Geometry(3, 11, 33, 31, 3, 3, 1, 1, 1, 1, 1, 1, False),  # overlapping windows
     Geometry(3, 11, 33, 31, 3, 2, 2, 3, 1, 1, 2, 1, True),   # dilation, stride, ceil mode
+    # the SIMD kernels of csrc/pool_simd.h where the CPU has them; 2x2
+    # windows also give max_pool2d_backward indices that tile the input
+    Geometry(3, 11, 33, 31, 3, 3, 2, 2, 1, 1, 1, 1, True),
+    Geometry(3, 11, 34, 31, 2, 2, 2, 2, 0, 0, 1, 1, False),
 ]
-geometries = pytest.mark.parametrize("g", SPLIT, ids=["overlap", "dilated"])
+geometries = pytest.mark.parametrize("g", SPLIT, ids=["overlap", "dilated", "simd3", "simd2"])
 dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float64])
 THREADS = (2, 3, 4)
 
