@@ -332,7 +332,8 @@ def max_pool2d_backward(dout, indices, input_shape) -> np.ndarray:
             f"dout's (N, C)={dout.shape[:2]} must match input_shape's (N, C)={shape[:2]}"
         )
     plane = shape[2] * shape[3]
-    if indices.size and (indices.min() < 0 or indices.max() >= plane):
+    # Seen as unsigned, a negative index is huge: one pass checks both ends.
+    if indices.size and indices.view(np.uint64).max() >= plane:
         raise ValueError(
             f"indices must lie in [0, H*W) = [0, {plane}) for input_shape={shape}, "
             f"got values in [{indices.min()}, {indices.max()}]"
