@@ -573,7 +573,50 @@ class BatchNorm2D(_BatchNorm):
 # Pooling and reshaping.
 
 
-class MaxPool2D(Layer):
+class _Pool2D(Layer):
+    """What max and average pooling share: the window and the output shape.
+
+    Subclasses list their keyword arguments (with defaults) in ``_options``;
+    ``_geometry()`` gives them all, ready for the functional op.
+    """
+
+    _options: dict = {}
+    dilation = (1, 1)  # average pooling has none
+
+    def __init__(self, kernel_size, stride, padding, ceil_mode) -> None:
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = None if stride is None else pair(stride, "stride")
+        self.padding = pair(padding, "padding", minimum=0)
+        self.ceil_mode = flag(ceil_mode, "ceil_mode")
+
+    def _geometry(self) -> dict:
+        return dict(
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            ceil_mode=self.ceil_mode,
+            **{name: getattr(self, name) for name in self._options},
+        )
+
+    def output_shape(self, input_shape):
+        shape = input_shape_4d(input_shape)
+        win = pool_window(
+            shape, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
+        )
+        return shape[:2] + (win.oh, win.ow)
+
+    def _extra_repr(self):
+        return _describe_args(
+            kernel_size=(self.kernel_size, None),
+            stride=(self.stride, None),
+            padding=(self.padding, (0, 0)),
+            ceil_mode=(self.ceil_mode, False),
+            **{name: (getattr(self, name), default) for name, default in self._options.items()},
+        )
+
+
+class MaxPool2D(_Pool2D):
     """2-D max pooling, as ``torch.nn.MaxPool2d``.
 
     Parameters
@@ -593,22 +636,11 @@ class MaxPool2D(Layer):
     gradient to exactly one input cell (overlapping windows add up).
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> None:
-        super().__init__()
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = None if stride is None else pair(stride, "stride")
-        self.padding = pair(padding, "padding", minimum=0)
-        self.dilation = pair(dilation, "dilation")
-        self.ceil_mode = flag(ceil_mode, "ceil_mode")
+    _options = {"dilation": (1, 1)}
 
-    def _geometry(self) -> dict:
-        return dict(
-            kernel_size=self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            ceil_mode=self.ceil_mode,
-        )
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.dilation = pair(dilation, "dilation")
 
     def _forward(self, x, training):
         out, indices = F.max_pool2d(x, **self._geometry(), return_indices=True)
@@ -618,22 +650,8 @@ class MaxPool2D(Layer):
         indices, input_shape = cache
         return F.max_pool2d_backward(dout, indices, input_shape)
 
-    def output_shape(self, input_shape):
-        shape = input_shape_4d(input_shape)
-        win = pool_window(shape, **self._geometry())
-        return shape[:2] + (win.oh, win.ow)
 
-    def _extra_repr(self):
-        return _describe_args(
-            kernel_size=(self.kernel_size, None),
-            stride=(self.stride, None),
-            padding=(self.padding, (0, 0)),
-            dilation=(self.dilation, (1, 1)),
-            ceil_mode=(self.ceil_mode, False),
-        )
-
-
-class AvgPool2D(Layer):
+class AvgPool2D(_Pool2D):
     """2-D average pooling, as ``torch.nn.AvgPool2d``.
 
     Parameters
@@ -652,44 +670,19 @@ class AvgPool2D(Layer):
     Input ``(N, C, H, W)``, output ``(N, C, oh, ow)``.
     """
 
+    _options = {"count_include_pad": True}
+
     def __init__(
         self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True
     ) -> None:
-        super().__init__()
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = None if stride is None else pair(stride, "stride")
-        self.padding = pair(padding, "padding", minimum=0)
-        self.ceil_mode = flag(ceil_mode, "ceil_mode")
+        super().__init__(kernel_size, stride, padding, ceil_mode)
         self.count_include_pad = flag(count_include_pad, "count_include_pad")
-
-    def _geometry(self) -> dict:
-        return dict(
-            kernel_size=self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            ceil_mode=self.ceil_mode,
-            count_include_pad=self.count_include_pad,
-        )
 
     def _forward(self, x, training):
         return F.avg_pool2d(x, **self._geometry()), x.shape
 
     def _backward(self, dout, input_shape):
         return F.avg_pool2d_backward(dout, input_shape, **self._geometry())
-
-    def output_shape(self, input_shape):
-        shape = input_shape_4d(input_shape)
-        win = pool_window(shape, self.kernel_size, self.stride, self.padding, 1, self.ceil_mode)
-        return shape[:2] + (win.oh, win.ow)
-
-    def _extra_repr(self):
-        return _describe_args(
-            kernel_size=(self.kernel_size, None),
-            stride=(self.stride, None),
-            padding=(self.padding, (0, 0)),
-            ceil_mode=(self.ceil_mode, False),
-            count_include_pad=(self.count_include_pad, True),
-        )
 
 
 class GlobalAvgPool2D(Layer):
