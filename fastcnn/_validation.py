@@ -341,7 +341,7 @@ def as_indices(indices, name: str = "indices") -> np.ndarray:
     arr = np.asarray(indices)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must have an integer dtype, got {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return np.require(arr, dtype=np.int64, requirements=("C", "A"))
 
 
 def input_shape_4d(input_shape, name: str = "input_shape") -> tuple[int, int, int, int]:

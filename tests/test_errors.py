@@ -470,3 +470,19 @@ def test_inputs_are_never_modified(backend, name, readonly):
     fresh = fresh if isinstance(fresh, tuple) else (fresh,)
     for r, e in zip(again, fresh):
         np.testing.assert_array_equal(r, e, strict=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.int32])
+def test_kernels_get_aligned_contiguous_arrays(dtype):
+    # The kernels dereference typed pointers: an unaligned view (legal in
+    # NumPy) must be copied by the validation, not passed through.
+    from fastcnn._validation import as_float_array, as_indices
+
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.zeros(24 * itemsize + 1, np.uint8)
+    view = raw[1:].view(dtype).reshape(2, 3, 2, 2)
+    assert not view.flags.aligned
+    convert = as_indices if np.dtype(dtype).kind == "i" else as_float_array
+    got = convert(view, "x")
+    assert got.flags.aligned and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, view)

@@ -7,7 +7,7 @@
 # Environment:
 #   PYTHON      interpreter to build the venv from (default: python3)
 #   VENV        reuse this venv instead of creating one (it needs numpy, scipy,
-#               threadpoolctl, Cython, setuptools, pytest, hypothesis)
+#               threadpoolctl, Cython, setuptools and the test extra's packages)
 #   SANITIZERS  default "address,undefined" (passed to setup.py as FASTCNN_SANITIZE)
 #   KEEP=1      keep the scratch directory (printed at the end)
 #
@@ -51,7 +51,7 @@ else
     "$PYTHON" -m venv "$work/venv"
     py="$work/venv/bin/python"
     "$py" -m pip install --quiet --upgrade pip
-    "$py" -m pip install --quiet --upgrade numpy scipy threadpoolctl "Cython>=3" "setuptools>=77" pytest hypothesis
+    "$py" -m pip install --quiet --upgrade numpy scipy threadpoolctl "Cython>=3" "setuptools>=77" pytest hypothesis scikit-learn tqdm matplotlib
 fi
 
 echo "== build with -fsanitize=$SANITIZERS"
