@@ -14,6 +14,7 @@
 # How the run is set up, and why:
 # * The interpreter itself is not instrumented, so the ASan runtime must be the
 #   first library loaded: LD_PRELOAD="$(gcc -print-file-name=libasan.so)"
+#   (followed by libstdc++, see below)
 #   (the extension is linked with gcc's -fsanitize=...; for clang use
 #   "$(clang -print-file-name=libclang_rt.asan-x86_64.so)").
 # * ASAN_OPTIONS=detect_leaks=0: CPython does not free everything at exit, so
@@ -62,10 +63,13 @@ for so in fastcnn/_kernels/*.so; do
 done
 
 mkdir "$work/reports"
-libasan=$(gcc -print-file-name=libasan.so)
-echo "== test suite (LD_PRELOAD=$libasan)"
+# libstdc++ too: ASan intercepts __cxa_throw, and without the real one loaded
+# at start-up its interceptor aborts at the first C++ exception of another
+# extension (matplotlib's ft2font throws one on import).
+preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
+echo "== test suite (LD_PRELOAD=$preload)"
 set +e
-env LD_PRELOAD="$libasan" \
+env LD_PRELOAD="$preload" \
     ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:max_allocation_size_mb=4096" \
     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=0" \
     PYTHONMALLOC=malloc FASTCNN_FUZZ_RLIMIT_GB=0 FASTCNN_FUZZ_STDERR_DIR="$work/reports" \
