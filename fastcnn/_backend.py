@@ -215,17 +215,32 @@ _chunk_thread: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 )
 
 
+#: Elements a kernel call must touch per thread before it uses one more. A
+#: parallel region costs microseconds when every core is free, and a whole
+#: scheduler time slice per call when another process holds a core (its
+#: threads wait at the barrier for the one that is not running): small calls
+#: run on one thread. (PyTorch's grain for its CPU loops is the same.)
+GRAIN = 1 << 15
+
+
+def kernel_threads(args, threads: int) -> int:
+    """How many of `threads` a kernel call on `args` uses: one per GRAIN elements."""
+    work = max((a.size for a in args if hasattr(a, "size")), default=0)
+    return max(1, min(threads, work // GRAIN))
+
+
 def kernel(name: str):
     """The kernel `name` of the active set, with the reference's signature.
 
-    A compiled kernel runs :func:`get_num_threads` OpenMP threads, or one
-    inside :func:`run_chunks` (whose threads are the op's parallelism).
+    A compiled kernel runs up to :func:`get_num_threads` OpenMP threads (one
+    per :data:`GRAIN` elements of its largest array), or one inside
+    :func:`run_chunks` (whose threads are the op's parallelism).
     """
     compiled, twin = pair_of(name)
     if get_backend() == "numpy":
         return twin
     threads = _chunk_thread.get() or get_num_threads()
-    return lambda *args: compiled(*args, threads)
+    return lambda *args: compiled(*args, kernel_threads(args, threads))
 
 
 # threadpoolctl finds the BLAS libraries once: a limit then costs microseconds

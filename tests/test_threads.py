@@ -481,3 +481,15 @@ def test_fastcnn_backend_environment_variable(env, expected):
     proc = _python("import fastcnn; print(fastcnn.get_backend())", FASTCNN_BACKEND=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [expected]
+
+
+def test_small_kernel_calls_run_on_one_thread():
+    # Each thread must get GRAIN elements: a tiny call never opens a parallel
+    # region (on a loaded machine that would cost a time slice per call).
+    grain = _backend.GRAIN
+    small = np.empty(grain + grain // 2)
+    big = np.empty(3 * grain)
+    assert _backend.kernel_threads((small, 3, np.empty(2)), 4) == 1
+    assert _backend.kernel_threads((np.empty(5), big), 4) == 3
+    assert _backend.kernel_threads((big,), 2) == 2
+    assert _backend.kernel_threads((1, 2), 8) == 1
