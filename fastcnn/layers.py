@@ -431,6 +431,8 @@ class _BatchNorm(Layer):
                 f"x must have shape {layouts} with C=num_features={self.num_features}, "
                 f"got {tuple(shape)}"
             )
+        if 0 in shape[2:]:
+            raise ValueError(f"x must have non-empty spatial dims, got shape {tuple(shape)}")
 
     def _forward(self, x, training):
         self._check_input_shape(x.shape)

@@ -89,6 +89,8 @@ def mse(pred, target) -> tuple[float, np.ndarray]:
         )
     if pred.size == 0:
         raise ValueError(f"pred must not be empty, got shape {pred.shape}")
-    diff = pred - target
+    # out= keeps a 0-d input's gradient an array (plain arithmetic on 0-d
+    # arrays returns NumPy scalars).
+    diff = np.subtract(pred, target, out=np.empty_like(pred))
     loss = float(np.mean(diff * diff))
-    return loss, diff * (2.0 / pred.size)
+    return loss, np.multiply(diff, 2.0 / pred.size, out=diff)

@@ -1807,6 +1807,17 @@ if __name__ != "__main__":
         "huge-broadcast-conv": call(
             "F.conv2d", [arr([2**40, 1, 1, 1], layout="broadcast"), arr([1, 1, 1, 1])], {}, None
         ),
+        # Found by the long run (HYPOTHESIS_PROFILE=long) on 2026-12-01.
+        "long-BatchNorm2D-empty-W": {
+            "op": "layer", "cls": "BatchNorm2D", "ctor_args": [1],
+            "ctor_kwargs": {"eps": 1.0, "momentum": 0.0, "dtype": "<f4"},
+            "x": arr([1048576, 1, 1, 0], layout="empty"), "training": False,
+            "dout": {"t": "like", "layout": "C", "fill": "normal", "seed": 0}, "threads": None,
+        },
+        "long-mse-0d-special": {
+            "op": "loss.mse",
+            "args": [arr([], fill="special", seed=0), arr([], fill="special", seed=0)],
+        },
         "index-2**64-1": call(
             "F.max_pool2d_backward",
             [arr([1, 1, 2, 2]), arr([1, 1, 2, 2], "<u8", lo=0, hi=4, poke=[2**64 - 1]), tup(1, 1, 2, 2)],
