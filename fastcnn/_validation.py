@@ -86,6 +86,12 @@ def as_float_array(x, name: str) -> np.ndarray:
         If the dtype is not float32 or float64 (float16, integers, bools,
         complex and objects are rejected rather than silently converted).
     """
+    # Most calls pass arrays that need nothing (a layer's output feeds the
+    # next layer): hand them back without np.require's generic checks.
+    if type(x) is np.ndarray and x.dtype in SUPPORTED_DTYPES:
+        flags = x.flags
+        if flags.c_contiguous and flags.aligned:
+            return x
     try:
         arr = np.asarray(x)
     except (TypeError, ValueError) as exc:
