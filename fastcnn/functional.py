@@ -154,6 +154,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {bias.shape}")
     v.check_same_dtype(x=x, weight=weight, bias=bias)
     win = v.conv_window(x.shape, weight.shape[2:], stride, padding, dilation)
+    return _conv2d(x, weight, bias, win, groups)
+
+
+def _conv2d(x, weight, bias, win: v.Window, groups: int) -> np.ndarray:
+    """:func:`conv2d` of validated operands (C-contiguous, one dtype) and window."""
     n, f = x.shape[0], weight.shape[0]
     rows, length = x.shape[1] * win.kh * win.kw, win.oh * win.ow
     out = np.empty((n, f, win.oh, win.ow), dtype=x.dtype)
@@ -205,10 +210,15 @@ def conv2d_backward(dout, x, weight, stride=1, padding=0, dilation=1, groups=1):
     dout = v.as_float_array(dout, "dout")
     v.check_same_dtype(x=x, weight=weight, dout=dout)
     win = v.conv_window(x.shape, weight.shape[2:], stride, padding, dilation)
-    n, f = x.shape[0], weight.shape[0]
-    expected = (n, f, win.oh, win.ow)
+    expected = (x.shape[0], weight.shape[0], win.oh, win.ow)
     if dout.shape != expected:
         raise ValueError(f"dout must have the conv2d output shape {expected}, got {dout.shape}")
+    return _conv2d_backward(dout, x, weight, win, groups)
+
+
+def _conv2d_backward(dout, x, weight, win: v.Window, groups: int):
+    """:func:`conv2d_backward` of validated operands (C-contiguous, one dtype) and window."""
+    n, f = x.shape[0], weight.shape[0]
     fg, kg = f // groups, weight[0].size
     rows, length = x.shape[1] * win.kh * win.kw, win.oh * win.ow
     g = dout.reshape(n, groups, fg, length)
@@ -293,12 +303,18 @@ def max_pool2d(
     v.check_nchw(x, "x")
     win = v.pool_window(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     return_indices = v.flag(return_indices, "return_indices")
+    out, indices = _max_pool2d(x, win)
+    return (out, indices) if return_indices else out
+
+
+def _max_pool2d(x: np.ndarray, win: v.Window) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`max_pool2d` of a validated `x` and window: ``(out, indices)``."""
     shape = x.shape[:2] + (win.oh, win.ow)
     out = np.empty(shape, dtype=x.dtype)
     indices = np.empty(shape, dtype=np.int64)
     if shape[0]:
         kernel("max_pool2d")(x, *win.params, out, indices)
-    return (out, indices) if return_indices else out
+    return out, indices
 
 
 def max_pool2d_backward(dout, indices, input_shape) -> np.ndarray:
@@ -338,6 +354,11 @@ def max_pool2d_backward(dout, indices, input_shape) -> np.ndarray:
             f"indices must lie in [0, H*W) = [0, {plane}) for input_shape={shape}, "
             f"got values in [{indices.min()}, {indices.max()}]"
         )
+    return _max_pool2d_backward(dout, indices, shape)
+
+
+def _max_pool2d_backward(dout: np.ndarray, indices: np.ndarray, shape) -> np.ndarray:
+    """:func:`max_pool2d_backward` of validated `dout`, in-range int64 `indices` and shape."""
     out = np.empty(shape, dtype=dout.dtype)
     return kernel("max_pool2d_backward")(dout, indices, out) if shape[0] else out
 

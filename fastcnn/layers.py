@@ -24,6 +24,7 @@ from . import functional as F
 from ._backend import chunking
 from ._validation import (
     SUPPORTED_DTYPES,
+    Window,
     as_float_array,
     check_nchw,
     check_same_dtype,
@@ -291,6 +292,7 @@ class Conv2D(Layer):
         conv_padding(padding, self.kernel_size, self.stride, self.dilation)  # validates
         self.padding = padding if isinstance(padding, str) else pair(padding, "padding", minimum=0)
         self.dtype = _float_dtype(dtype)
+        self._window_key = self._window_cache = None
         rng = np.random.default_rng(rng)
         kh, kw = self.kernel_size
         fan_in = self.in_channels // self.groups * kh * kw
@@ -301,17 +303,32 @@ class Conv2D(Layer):
         if flag(bias, "bias"):
             self._add_param("bias", _uniform(rng, bound, (self.out_channels,), self.dtype))
 
-    def _geometry(self) -> dict:
-        return dict(
-            stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups
-        )
+    def _window(self, x: np.ndarray) -> Window:
+        """Check that `x` fits the layer and return the window of its convolution.
+
+        The window depends on the spatial size and the geometry only: it is
+        kept from one call to the next while they stay the same.
+        """
+        check_nchw(x, "x")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x must have in_channels={self.in_channels} channels, got shape {x.shape}"
+            )
+        check_same_dtype(x=x, weight=self.params["weight"])
+        key = (x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
+        if key != self._window_key:
+            self._window_cache = conv_window(x.shape, *key[1:])
+            self._window_key = key
+        return self._window_cache
 
     def _forward(self, x, training):
-        out = F.conv2d(x, self.params["weight"], self.params.get("bias"), **self._geometry())
-        return out, x
+        win = self._window(x)
+        out = F._conv2d(x, self.params["weight"], self.params.get("bias"), win, self.groups)
+        return out, (x, win)
 
-    def _backward(self, dout, x):
-        dx, dweight, dbias = F.conv2d_backward(dout, x, self.params["weight"], **self._geometry())
+    def _backward(self, dout, cache):
+        x, win = cache
+        dx, dweight, dbias = F._conv2d_backward(dout, x, self.params["weight"], win, self.groups)
         self.grads["weight"][...] = dweight
         if "bias" in self.grads:
             self.grads["bias"][...] = dbias
@@ -591,6 +608,17 @@ class _Pool2D(Layer):
         self.stride = None if stride is None else pair(stride, "stride")
         self.padding = pair(padding, "padding", minimum=0)
         self.ceil_mode = flag(ceil_mode, "ceil_mode")
+        self._window_key = self._window_cache = None
+
+    def _window(self, x: np.ndarray) -> Window:
+        """Check that `x` is NCHW and return its pooling window (kept as :class:`Conv2D` does)."""
+        check_nchw(x, "x")
+        key = (x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation,
+               self.ceil_mode)
+        if key != self._window_key:
+            self._window_cache = pool_window(x.shape, *key[1:])
+            self._window_key = key
+        return self._window_cache
 
     def _geometry(self) -> dict:
         return dict(
@@ -645,12 +673,13 @@ class MaxPool2D(_Pool2D):
         self.dilation = pair(dilation, "dilation")
 
     def _forward(self, x, training):
-        out, indices = F.max_pool2d(x, **self._geometry(), return_indices=True)
+        out, indices = F._max_pool2d(x, self._window(x))
         return out, (indices, x.shape)
 
     def _backward(self, dout, cache):
+        # The indices are the forward's own: int64, in range, nothing to check.
         indices, input_shape = cache
-        return F.max_pool2d_backward(dout, indices, input_shape)
+        return F._max_pool2d_backward(dout, indices, input_shape)
 
 
 class AvgPool2D(_Pool2D):
