@@ -490,21 +490,21 @@ class _BatchNorm(Layer):
         inv_std = 1.0 / np.sqrt(var + self.eps)
         scale = _per_channel(self.params["weight"] * inv_std, length)
         shift = _per_channel(self.params["bias"], length)
-        for part in parts:
+        # Last chunk first: in training, its x - mean is still in cache.
+        for part in reversed(parts):
             y = out[part]
             if not training:  # training left x - mean there
                 np.subtract(x3[part], plane, out=y)
             y *= scale
             y += shift
         # x and the mean give x_hat again in the backward: cheaper than storing it.
-        return out.reshape(x.shape), (x3, mean, inv_std, training)
+        return out.reshape(x.shape), (x3, plane, inv_std, training)
 
     def _backward(self, dout, cache):
-        x3, mean, inv_std, training = cache
+        x3, plane, inv_std, training = cache
         n, channels, length = x3.shape
         dout3 = dout.reshape(x3.shape)
         parts = _sample_chunks(n, 4 * x3[:1].nbytes)  # x, dout, dx, x - mean
-        plane = _per_channel(mean, length)
         centered = np.empty((parts[0].stop if parts else 0, channels, length), x3.dtype)
         # dweight = sum(dout * x_hat), x_hat = (x - mean) * inv_std; dbias = sum(dout).
         dweight = dbias = 0
@@ -525,10 +525,13 @@ class _BatchNorm(Layer):
             b = _per_channel(-scale * inv_std * dweight / samples, length)
             c = _per_channel(-scale * dbias / samples, length)
         dx = np.empty_like(dout3)
-        for part in parts:
+        # Last chunk first: the loop above left its x - mean in `centered`.
+        for i, part in enumerate(reversed(parts)):
             d = np.multiply(dout3[part], a, out=dx[part])
             if training:
-                t = np.subtract(x3[part], plane, out=centered[: len(d)])
+                t = centered[: len(d)]
+                if i:
+                    np.subtract(x3[part], plane, out=t)
                 t *= b
                 d += t
                 d += c
