@@ -37,6 +37,7 @@ __all__ = [
     "set_num_threads",
     "kernel",
     "pair_of",
+    "one_blas_thread",
     "chunking",
     "run_chunks",
     "scratch_buffer",
@@ -248,18 +249,22 @@ def kernel(name: str):
 _blas_controller = None
 
 
-def _one_blas_thread():
+def one_blas_thread():
     """A context limiting NumPy's BLAS to one thread (threadpoolctl's rules).
 
     OpenBLAS's pthreads pool is process-wide: if several Python threads limit
     it at once, threadpoolctl (>= 3.8) lets the first one decide, and the
-    others' limits do nothing.
+    others' limits do nothing. When BLAS runs one thread already (that
+    first limit, or the user's), the context does nothing either, and costs
+    a microsecond instead of ten.
     """
     global _blas_controller
     if _blas_controller is None:
         from threadpoolctl import ThreadpoolController
 
         _blas_controller = ThreadpoolController().select(user_api="blas")
+    if all(lib.num_threads == 1 for lib in _blas_controller.lib_controllers):
+        return contextlib.nullcontext()
     return _blas_controller.limit(limits=1)
 
 
@@ -310,7 +315,7 @@ def run_chunks(work, n_chunks: int, parallel: bool = True) -> None:
         return
     token = _chunk_thread.set(1)
     try:
-        with _one_blas_thread():
+        with one_blas_thread():
             _run_chunks_on(threads, work, n_chunks)
     finally:
         _chunk_thread.reset(token)
