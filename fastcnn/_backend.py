@@ -37,6 +37,8 @@ __all__ = [
     "set_num_threads",
     "kernel",
     "pair_of",
+    "PARALLEL_BYTES",
+    "PARALLEL_MACS",
     "one_blas_thread",
     "chunking",
     "run_chunks",
@@ -167,7 +169,8 @@ def set_num_threads(n: int | None) -> None:
     The kernels run on an OpenMP team of that size; conv2d and
     conv2d_backward run their chunks of samples on the same team, with
     NumPy's BLAS limited to one thread meanwhile (:func:`run_chunks`), so
-    the whole op, BLAS included, uses `n` threads.
+    the whole op, BLAS included, uses `n` threads. Small calls use one
+    (:data:`PARALLEL_BYTES`, :data:`PARALLEL_MACS`).
 
     Parameters
     ----------
@@ -216,32 +219,44 @@ _chunk_thread: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 )
 
 
-#: Elements a kernel call must touch per thread before it uses one more. A
-#: parallel region costs microseconds when every core is free, and a whole
-#: scheduler time slice per call when another process holds a core (its
-#: threads wait at the barrier for the one that is not running): small calls
-#: run on one thread. (PyTorch's grain for its CPU loops is the same.)
-GRAIN = 1 << 15
+# Work too small to pay for a second thread runs on the caller's alone. On
+# cores shared with other processes, a thread of the team that slept or was
+# preempted joins a parallel region (or takes the GIL back) a scheduler slice
+# late, milliseconds: measured, the demo's 2-thread training step took 47 ms
+# instead of 5 (digits) and 200 instead of 53 (mnist) with its kernels,
+# conv2d chunks and Dense GEMMs on two threads. Large ops still gain.
 
+#: A compiled kernel whose arrays hold fewer bytes runs on one thread: about
+#: a millisecond of work (the mnist demo's largest pooling, 11 MB, stays
+#: serial; the resnet benchmark's, 32 MB and more, go parallel).
+PARALLEL_BYTES = 16 << 20
 
-def kernel_threads(args, threads: int) -> int:
-    """How many of `threads` a kernel call on `args` uses: one per GRAIN elements."""
-    work = max((a.size for a in args if hasattr(a, "size")), default=0)
-    return max(1, min(threads, work // GRAIN))
+#: Chunks of conv2d (and Dense GEMMs) of fewer multiply-adds run on one
+#: thread: about a millisecond of GEMM. Below that the GIL hand-offs between
+#: a chunk's NumPy calls cost a second thread more than it gains.
+PARALLEL_MACS = 32_000_000
 
 
 def kernel(name: str):
     """The kernel `name` of the active set, with the reference's signature.
 
-    A compiled kernel runs up to :func:`get_num_threads` OpenMP threads (one
-    per :data:`GRAIN` elements of its largest array), or one inside
-    :func:`run_chunks` (whose threads are the op's parallelism).
+    A compiled kernel runs :func:`get_num_threads` OpenMP threads if its
+    arrays hold at least :data:`PARALLEL_BYTES`, else one; inside
+    :func:`run_chunks` one (whose threads are the op's parallelism).
+    Results do not depend on the thread count.
     """
     compiled, twin = pair_of(name)
     if get_backend() == "numpy":
         return twin
     threads = _chunk_thread.get() or get_num_threads()
-    return lambda *args: compiled(*args, kernel_threads(args, threads))
+    if threads == 1:
+        return lambda *args: compiled(*args, 1)
+
+    def call(*args):
+        nbytes = sum(a.nbytes for a in args if isinstance(a, np.ndarray))
+        return compiled(*args, threads if nbytes >= PARALLEL_BYTES else 1)
+
+    return call
 
 
 # threadpoolctl finds the BLAS libraries once: a limit then costs microseconds

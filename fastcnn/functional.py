@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _backend
 from . import _validation as v
 from ._backend import chunking, kernel, run_chunks, scratch_buffer
 
@@ -144,8 +145,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
     NumPy's BLAS) has read them. :func:`fastcnn.set_num_threads` governs
     the whole op: that many threads take chunks in turn, each running
     im2col and its GEMMs on one thread, with NumPy's BLAS limited to one
-    thread for the duration (see :func:`fastcnn._backend.run_chunks`). The
-    result does not depend on the number of threads.
+    thread for the duration (see :func:`fastcnn._backend.run_chunks`).
+    Chunks of fewer than :data:`fastcnn._backend.PARALLEL_MACS`
+    multiply-adds all run on the caller's thread. The result does not
+    depend on the number of threads.
     """
     x, weight, groups = _conv_operands(x, weight, groups)
     if bias is not None:
@@ -178,7 +181,7 @@ def _conv2d(x, weight, bias, win: v.Window, groups: int) -> np.ndarray:
         if shift is not None:
             y[part] += shift
 
-    run_chunks(chunk, count, parallel=size * f * weight[0].size * length >= _PARALLEL_MACS)
+    run_chunks(chunk, count, parallel=size * f * weight[0].size * length >= _backend.PARALLEL_MACS)
     return out
 
 
@@ -250,16 +253,10 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int):
         np.matmul(w_t, g[part], out=dcols)
         kernel("col2im")(dcols.reshape(m, rows, length), *win, dx[part])
 
-    run_chunks(chunk, count, parallel=2 * size * f * kg * length >= _PARALLEL_MACS)
+    run_chunks(chunk, count, parallel=2 * size * f * kg * length >= _backend.PARALLEL_MACS)
     dweight = np.ascontiguousarray(dweight_t.sum(axis=0).transpose(0, 2, 1))
     return dx, dweight.reshape(weight.shape), dbias.sum(axis=0).reshape(f)
 
-
-# Chunks of fewer multiply-adds (skinny convolutions: few channels or
-# filters) are so short that the GIL hand-offs between their NumPy calls
-# cost a second thread more than it gains (measured: mnist 5x5 with 8
-# filters, 2 threads 0.9x as fast as 1; 32 3x3 filters on 64x3x32x32, 1.3x).
-_PARALLEL_MACS = 3_000_000
 
 
 def _chunk_columns(x: np.ndarray, win: v.Window, scratch: dict, size: int) -> np.ndarray:

@@ -95,6 +95,13 @@ def _layer_stack_run(x):
     return out, dx, grads
 
 
+@pytest.fixture
+def small_ops_parallel(monkeypatch):
+    """Every kernel and conv2d chunk on the whole team, however small its input."""
+    monkeypatch.setattr(_backend, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(_backend, "PARALLEL_MACS", 0)
+
+
 def _assert_identical(a, b, what):
     if isinstance(a, (tuple, list)):
         assert type(a) is type(b) and len(a) == len(b), what
@@ -110,7 +117,7 @@ def _assert_identical(a, b, what):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_python_threads_match_serial_calls(dtype):
+def test_python_threads_match_serial_calls(small_ops_parallel, dtype):
     calls = _op_calls(dtype)
     fastcnn.set_num_threads(3)  # more OpenMP threads than cores, from many Python threads
     try:
@@ -140,7 +147,7 @@ def test_python_threads_match_serial_calls(dtype):
 
 @needs_compiled
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_results_do_not_depend_on_the_openmp_thread_count(dtype):
+def test_results_do_not_depend_on_the_openmp_thread_count(small_ops_parallel, dtype):
     calls = _op_calls(dtype)
     results = {}
     try:

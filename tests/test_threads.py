@@ -13,6 +13,9 @@
   afterwards (also after an exception), the caller's backend and
   ``np.errstate`` in every thread, and the first exception of a chunk
   raised to the caller.
+* Small work (kernels under ``_backend.PARALLEL_BYTES``, conv2d chunks under
+  ``PARALLEL_MACS``) runs on the caller's thread; the tests above lower both
+  limits so that their small inputs still run in parallel.
 * ``get_num_threads``/``set_num_threads`` semantics (None resets, 0 is an
   error, negative counts back from the maximum).
 * ``set_backend``/``get_backend``/``use_backend`` (restores on exit, also on
@@ -132,9 +135,16 @@ def _run_public(dtype):
     return res
 
 
+@pytest.fixture
+def small_ops_parallel(monkeypatch):
+    """Every kernel and conv2d chunk on the whole team, however small its input."""
+    monkeypatch.setattr(_backend, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(_backend, "PARALLEL_MACS", 0)
+
+
 @needs_compiled
 @dtypes
-def test_public_ops_bitwise_identical_with_set_num_threads(dtype):
+def test_public_ops_bitwise_identical_with_set_num_threads(small_ops_parallel, dtype):
     with fastcnn.use_backend("cython"):
         fastcnn.set_num_threads(1)
         assert fastcnn.get_num_threads() == 1
@@ -148,7 +158,7 @@ def test_public_ops_bitwise_identical_with_set_num_threads(dtype):
 
 @needs_compiled
 @dtypes
-def test_public_ops_bitwise_identical_under_threadpool_limits(dtype):
+def test_public_ops_bitwise_identical_under_threadpool_limits(small_ops_parallel, dtype):
     fastcnn.set_num_threads(None)
     with fastcnn.use_backend("cython"):
         with threadpool_limits(limits=1, user_api="openmp"):
@@ -191,10 +201,9 @@ def test_concurrent_calls_from_python_threads():
 
 
 @pytest.fixture
-def small_chunks(monkeypatch):
+def small_chunks(monkeypatch, small_ops_parallel):
     """Chunks of a few KB, so that even small inputs give many, all run in parallel."""
     monkeypatch.setattr(_backend, "CHUNK_BYTES", 4096)
-    monkeypatch.setattr(F, "_PARALLEL_MACS", 0)
 
 
 def _blas_threads():
@@ -225,6 +234,31 @@ def test_chunked_ops_bitwise_identical_across_thread_counts(small_chunks, backen
             fastcnn.set_num_threads(nt)
             for a, b in zip(_run_chunked(dtype), one):
                 _same_bits(a, b)
+
+
+@needs_compiled
+def test_small_work_runs_on_the_callers_thread(monkeypatch):
+    # Below PARALLEL_BYTES a kernel gets one thread, at or above it the team;
+    # conv2d chunks below PARALLEL_MACS run on the caller's thread alone.
+    fastcnn.set_num_threads(2)
+    seen = []
+    compiled = _backend._compiled["max_pool2d"]
+    monkeypatch.setitem(_backend._compiled, "max_pool2d",
+                        lambda *args: seen.append(args[-1]) or compiled(*args))
+    x = np.ones((2, 3, 8, 8), np.float32)
+    with fastcnn.use_backend("cython"):
+        F.max_pool2d(x, 2)
+        monkeypatch.setattr(_backend, "PARALLEL_BYTES", x.nbytes)
+        F.max_pool2d(x, 2)
+    assert seen == [1, 2]
+    threads = []
+    monkeypatch.setattr(_backend, "run_chunks",
+                        lambda work, n, parallel=True: threads.append(parallel))
+    monkeypatch.setattr(F, "run_chunks", _backend.run_chunks)
+    F.conv2d(x, np.ones((4, 3, 3, 3), np.float32))
+    monkeypatch.setattr(_backend, "PARALLEL_MACS", 0)
+    F.conv2d(x, np.ones((4, 3, 3, 3), np.float32))
+    assert threads == [False, True]
 
 
 def test_run_chunks_limits_blas_to_one_thread_and_restores_it(small_chunks):
@@ -481,15 +515,3 @@ def test_fastcnn_backend_environment_variable(env, expected):
     proc = _python("import fastcnn; print(fastcnn.get_backend())", FASTCNN_BACKEND=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [expected]
-
-
-def test_small_kernel_calls_run_on_one_thread():
-    # Each thread must get GRAIN elements: a tiny call never opens a parallel
-    # region (on a loaded machine that would cost a time slice per call).
-    grain = _backend.GRAIN
-    small = np.empty(grain + grain // 2)
-    big = np.empty(3 * grain)
-    assert _backend.kernel_threads((small, 3, np.empty(2)), 4) == 1
-    assert _backend.kernel_threads((np.empty(5), big), 4) == 3
-    assert _backend.kernel_threads((big,), 2) == 2
-    assert _backend.kernel_threads((1, 2), 8) == 1
