@@ -15,13 +15,15 @@ geometry; the element-wise math lives here. Semantics follow ``torch.nn``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 from scipy.special import expit
 
+from . import _backend
 from . import functional as F
-from ._backend import chunking
+from ._backend import chunking, one_blas_thread
 from ._validation import (
     SUPPORTED_DTYPES,
     Window,
@@ -396,19 +398,31 @@ class Dense(Layer):
                 f"x must have shape (N, in_features={self.in_features}), got {tuple(shape)}{hint}"
             )
 
+    def _blas(self, n: int):
+        """A context for the GEMMs of a batch of `n`: BLAS on one thread unless they are large.
+
+        NumPy's BLAS splits even a GEMM of a few microseconds over all its
+        threads (see :data:`fastcnn._backend.PARALLEL_MACS`).
+        """
+        small = n * self.in_features * self.out_features < _backend.PARALLEL_MACS
+        return one_blas_thread() if small else contextlib.nullcontext()
+
     def _forward(self, x, training):
         self._check_input_shape(x.shape)
         check_same_dtype(x=x, weight=self.params["weight"])
-        out = x @ self.params["weight"].T
+        with self._blas(len(x)):
+            out = x @ self.params["weight"].T
         if "bias" in self.params:
             out += self.params["bias"]
         return out, x
 
     def _backward(self, dout, x):
-        self.grads["weight"][...] = dout.T @ x
+        with self._blas(len(x)):
+            self.grads["weight"][...] = dout.T @ x
+            dx = dout @ self.params["weight"]
         if "bias" in self.grads:
             self.grads["bias"][...] = dout.sum(axis=0)
-        return dout @ self.params["weight"]
+        return dx
 
     def output_shape(self, input_shape):
         shape = shape_tuple(input_shape)
