@@ -143,6 +143,20 @@ class Layer:
         # Shape and dtype of the last forward's output; None until forward runs.
         self._out_shape: tuple[int, ...] | None = None
         self._out_dtype: np.dtype | None = None
+        # The last window computed by _kept_window, and what it was made from.
+        self._window_key = self._window = None
+
+    def _kept_window(self, make, shape, *geometry) -> Window:
+        """``make(shape, *geometry)``, computed again only when it can change.
+
+        A window depends on the input's spatial size and the geometry only,
+        which stay the same from one training step to the next.
+        """
+        key = (shape[2:], *geometry)
+        if key != self._window_key:
+            self._window = make(shape, *geometry)
+            self._window_key = key
+        return self._window
 
     def _add_param(self, name: str, value: np.ndarray) -> None:
         self.params[name] = value
@@ -294,7 +308,6 @@ class Conv2D(Layer):
         conv_padding(padding, self.kernel_size, self.stride, self.dilation)  # validates
         self.padding = padding if isinstance(padding, str) else pair(padding, "padding", minimum=0)
         self.dtype = _float_dtype(dtype)
-        self._window_key = self._window_cache = None
         rng = np.random.default_rng(rng)
         kh, kw = self.kernel_size
         fan_in = self.in_channels // self.groups * kh * kw
@@ -305,26 +318,20 @@ class Conv2D(Layer):
         if flag(bias, "bias"):
             self._add_param("bias", _uniform(rng, bound, (self.out_channels,), self.dtype))
 
-    def _window(self, x: np.ndarray) -> Window:
-        """Check that `x` fits the layer and return the window of its convolution.
-
-        The window depends on the spatial size and the geometry only: it is
-        kept from one call to the next while they stay the same.
-        """
+    def _check_window(self, x: np.ndarray) -> Window:
+        """Check that `x` fits the layer and return the window of its convolution."""
         check_nchw(x, "x")
         if x.shape[1] != self.in_channels:
             raise ValueError(
                 f"x must have in_channels={self.in_channels} channels, got shape {x.shape}"
             )
         check_same_dtype(x=x, weight=self.params["weight"])
-        key = (x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
-        if key != self._window_key:
-            self._window_cache = conv_window(x.shape, *key[1:])
-            self._window_key = key
-        return self._window_cache
+        return self._kept_window(
+            conv_window, x.shape, self.kernel_size, self.stride, self.padding, self.dilation
+        )
 
     def _forward(self, x, training):
-        win = self._window(x)
+        win = self._check_window(x)
         out = F._conv2d(x, self.params["weight"], self.params.get("bias"), win, self.groups)
         return out, (x, win)
 
@@ -625,17 +632,14 @@ class _Pool2D(Layer):
         self.stride = None if stride is None else pair(stride, "stride")
         self.padding = pair(padding, "padding", minimum=0)
         self.ceil_mode = flag(ceil_mode, "ceil_mode")
-        self._window_key = self._window_cache = None
 
-    def _window(self, x: np.ndarray) -> Window:
-        """Check that `x` is NCHW and return its pooling window (kept as :class:`Conv2D` does)."""
+    def _check_window(self, x: np.ndarray) -> Window:
+        """Check that `x` is NCHW and return its pooling window."""
         check_nchw(x, "x")
-        key = (x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation,
-               self.ceil_mode)
-        if key != self._window_key:
-            self._window_cache = pool_window(x.shape, *key[1:])
-            self._window_key = key
-        return self._window_cache
+        return self._kept_window(
+            pool_window, x.shape, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.ceil_mode,
+        )
 
     def _geometry(self) -> dict:
         return dict(
@@ -690,7 +694,7 @@ class MaxPool2D(_Pool2D):
         self.dilation = pair(dilation, "dilation")
 
     def _forward(self, x, training):
-        out, indices = F._max_pool2d(x, self._window(x))
+        out, indices = F._max_pool2d(x, self._check_window(x))
         return out, (indices, x.shape)
 
     def _backward(self, dout, cache):
