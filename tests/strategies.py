@@ -34,24 +34,30 @@ def hsettings(max_examples: int) -> settings:
 FLOAT_DTYPES = (np.float32, np.float64)
 
 # ---------------------------------------------------------------------------
-# Output-size arithmetic, straight from DESIGN.md (independent of fastcnn).
+# Output sizes by counting windows one by one: an oracle independent of
+# fastcnn's closed-form arithmetic (fastcnn._validation).
 
 
 def conv_out(size: int, k: int, s: int, pad_total: int, d: int) -> int:
-    """Output length of im2col/conv along one axis (0 if empty)."""
-    span = size + pad_total - d * (k - 1) - 1
-    return span // s + 1 if span >= 0 else 0
+    """Output length of im2col/conv along one axis: windows inside the padded input."""
+    padded = size + pad_total
+    return sum(1 for start in range(0, padded, s) if start + d * (k - 1) < padded)
 
 
 def pool_out(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
-    """Output length of a pool along one axis, PyTorch's pooling_output_shape."""
-    span = size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)
-    if span < 0:
-        return 0
-    out = span // s + 1
-    if ceil_mode and (out - 1) * s >= size + p:
-        out -= 1
-    return out
+    """Output length of a pool along one axis, as PyTorch counts windows.
+
+    A window lies inside the padded input; in ceil mode it may also hang over
+    the right end by less than a stride, but must start inside the input or
+    the left padding.
+    """
+    padded = size + 2 * p
+    slack = s - 1 if ceil_mode else 0
+    return sum(
+        1
+        for start in range(0, padded + slack, s)
+        if start + d * (k - 1) < padded + slack and (not ceil_mode or start < size + p)
+    )
 
 
 def windows_hit_input(size: int, k: int, s: int, p: int, d: int, out: int) -> bool:
