@@ -89,9 +89,10 @@ IMPLEMENTATIONS = ("cython", "numpy", "torch")
 class Shape:
     """One benchmark geometry: the input and the conv/pool layers applied to it.
 
-    im2col, col2im and conv use the conv geometry (stride 1, dilation 1);
-    the pools use the pool geometry on the same input `x`. A shape without a
-    conv (``filters=0``) only serves the training step.
+    im2col, col2im and conv use the conv geometry (stride 1, dilation 1) on
+    `x`; the pools use the pool geometry on the conv's output
+    (:attr:`pool_input`), as the layers follow each other in a network. A
+    shape without a conv (``filters=0``) only serves the training step.
     """
 
     name: str
@@ -104,12 +105,20 @@ class Shape:
     pool_padding: int = 0
     train: bool = False
 
+    @property
+    def pool_input(self) -> tuple[int, int, int, int]:
+        """Shape of the conv's output (stride 1), the pools' input."""
+        n, _, h, w = self.x
+        grow = 2 * self.conv_padding - self.conv_kernel + 1
+        return (n, self.filters, h + grow, w + grow)
+
     def describe(self) -> str:
         x = "x".join(map(str, self.x))
         if not self.filters:
             return f"x=({x})"
         pool = f"pool {self.pool_kernel}x{self.pool_kernel} s{self.pool_stride}"
         pool += f" p{self.pool_padding}" if self.pool_padding else ""
+        pool += f" on ({'x'.join(map(str, self.pool_input))})"
         return (
             f"x=({x}), conv {self.filters} {self.conv_kernel}x{self.conv_kernel} "
             f"p{self.conv_padding}, {pool}"
@@ -208,6 +217,11 @@ def _inputs(shape: Shape, dtype) -> np.ndarray:
     return _random(shape.x, np.dtype(dtype).name, 0)
 
 
+def _pool_inputs(shape: Shape, dtype) -> np.ndarray:
+    """The pools' input: the conv's output, as in the network the shape describes."""
+    return _random(shape.pool_input, np.dtype(dtype).name, 0)
+
+
 def _gradient(shape, dtype) -> np.ndarray:
     """A ``dout`` (or ``cols``) of `shape`."""
     return _random(tuple(shape), np.dtype(dtype).name, 1)
@@ -297,7 +311,7 @@ def _pool_geometry(shape):
 
 
 def _build_max_pool2d(shape, dtype, level, impls, threads, torch):
-    x = _inputs(shape, dtype)
+    x = _pool_inputs(shape, dtype)
     win = _pool_win(shape, x)
     out_shape = x.shape[:2] + (win.oh, win.ow)
     size = math.prod(out_shape)
@@ -326,7 +340,7 @@ def _build_max_pool2d(shape, dtype, level, impls, threads, torch):
 
 
 def _build_max_pool2d_backward(shape, dtype, level, impls, threads, torch):
-    x = _inputs(shape, dtype)
+    x = _pool_inputs(shape, dtype)
     k, s, p = shape.pool_kernel, shape.pool_stride, shape.pool_padding
     _, indices = fn.max_pool2d(x, k, s, p, return_indices=True)
     dout = _gradient(indices.shape, dtype)
@@ -352,7 +366,7 @@ def _build_max_pool2d_backward(shape, dtype, level, impls, threads, torch):
 
 
 def _build_avg_pool2d(shape, dtype, level, impls, threads, torch):
-    x = _inputs(shape, dtype)
+    x = _pool_inputs(shape, dtype)
     win = _pool_win(shape, x)
     out_shape = x.shape[:2] + (win.oh, win.ow)
     nbytes = x.nbytes + math.prod(out_shape) * x.itemsize
@@ -377,7 +391,7 @@ def _build_avg_pool2d(shape, dtype, level, impls, threads, torch):
 
 
 def _build_avg_pool2d_backward(shape, dtype, level, impls, threads, torch):
-    x = _inputs(shape, dtype)
+    x = _pool_inputs(shape, dtype)
     win = _pool_win(shape, x)
     dout = _gradient(x.shape[:2] + (win.oh, win.ow), dtype)
     nbytes = dout.nbytes + x.nbytes
