@@ -36,7 +36,8 @@ loops over the output, index arithmetic in Python ints (no overflow), the
 compiled kernels' summation order (so bitwise comparable). Calls that even
 it cannot afford are skipped and counted. Calls whose arrays would hold
 between 2**22 and 2**31 elements are skipped (slow, and they may or may not
-fit in memory).
+fit in memory), and so are calls whose kernels would visit more than 2**32
+window cells (valid, but hours of work).
 
 The worker limits its own address space (Linux ``RLIMIT_AS``, 3 GiB) so that
 a runaway allocation becomes a MemoryError instead of eating the machine;
@@ -80,6 +81,11 @@ import numpy as np
 GRAY_LO = 2**22  # elements; calls whose arrays fall between GRAY_LO and
 GRAY_HI = 2**31  # GRAY_HI are skipped (slow, and may or may not fit in memory)
 TWIN_MAX_LOOPS = 2**12  # the NumPy twin loops over kernel offsets in Python
+# Window cells the compiled kernels visit (output cells x cells of a window
+# inside the input): a pool of a million outputs over windows of a million
+# cells is a valid call that takes hours, in PyTorch too. Such calls are
+# skipped, like the gray zone above.
+KERNEL_MAX_WORK = 2**32
 HUGE_EXTENTS = sys.platform.startswith("linux")
 # NumPy's ValueErrors for arrays it cannot describe (the twin's padded copies).
 NUMPY_SIZE_ERRORS = ("array is too big", "Maximum allowed dimension exceeded")
@@ -826,16 +832,18 @@ class Cost:
 
     ``arrays``: inputs made contiguous, outputs, the im2col buffer of a conv.
     ``twin``: the twin's padded copies and window copies; ``loops``: its
-    Python-level loop count (one pass per kernel offset). Unknown parts
-    (invalid arguments) are simply missing.
+    Python-level loop count (one pass per kernel offset); ``work``: window
+    cells the compiled kernels visit, at most. Unknown parts (invalid
+    arguments) are simply missing.
     """
 
     def __init__(self):
-        self.arrays, self.twin, self.loops = [], [], []
+        self.arrays, self.twin, self.loops, self.work = [], [], [], []
 
     def window_op(self, n, c, hw, geo, loops_over_offsets, windows_copied=False):
         (oh, ow), (kh, kw), (pad_h, pad_w) = geo
         self.twin.append(max(n * c, 1) * (hw[0] + pad_h) * (hw[1] + pad_w))
+        self.work.append(n * c * oh * ow * min(kh, hw[0]) * min(kw, hw[1]))
         if windows_copied:
             self.twin.append(n * c * oh * ow * kh * kw)
         self.loops.append(kh * kw if loops_over_offsets else 1)
@@ -997,6 +1005,7 @@ def check(spec, mentions=None):
     """Run `spec` in the worker and assert the contract; return the report."""
     cost = _cost(spec)
     assume(not any(GRAY_LO < s < GRAY_HI for s in cost.arrays))
+    assume(not any(w > KERNEL_MAX_WORK for w in cost.work))
     huge = any(s >= GRAY_HI for s in cost.arrays)
     if any(s > GRAY_LO for s in cost.twin) or any(n > TWIN_MAX_LOOPS for n in cost.loops):
         spec = dict(spec, twin="brute")  # far beyond what the NumPy twin can do
