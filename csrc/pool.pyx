@@ -20,14 +20,13 @@ from libc.stdint cimport INT32_MAX, int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
+from simd cimport (
+    FCNN_HAVE_STREAM, fcnn_set_simd_cap, fcnn_simd_level, fcnn_stream, fcnn_stream_fence,
+)
 from window cimport clip, end_inside, first_inside
 
 
 cdef extern from "pool_simd.h" nogil:
-    void fcnn_stream(void* dst, const void* s, Py_ssize_t nbytes)
-    void fcnn_stream_fence()
-    int fcnn_simd_level()
-    int fcnn_set_simd_cap(int cap)
     const Py_ssize_t FCNN_VL_F32, FCNN_VL_F64
     Py_ssize_t fcnn_pool_bwd_width(Py_ssize_t W, Py_ssize_t ow, Py_ssize_t vl)
     void fcnn_fill_f32(float* p, Py_ssize_t n, float value)
@@ -219,7 +218,7 @@ def max_pool2d_backward(
                                  H, W, oh, ow)
     # Otherwise each plane is zeroed and scattered into while it is in cache:
     # in place, or in a per-thread scratch plane that is then streamed out.
-    stream = not tiles and fcnn_simd_level() > 0 and out.size * sizeof(floating) >= STREAM_BYTES
+    stream = not tiles and FCNN_HAVE_STREAM and out.size * sizeof(floating) >= STREAM_BYTES
     if stream:
         scratch = <floating*> _scratch(max(num_threads, 1) * H * W, sizeof(floating))
     try:

@@ -41,30 +41,11 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "simd.h"
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 
 #include <immintrin.h>
-
-/* Instruction sets, best last. fcnn_simd_cap lowers the one used (tests run
- * every level a machine has). */
-enum { FCNN_SIMD_NONE = 0, FCNN_SIMD_AVX2 = 1, FCNN_SIMD_AVX512 = 2 };
-static int fcnn_simd_cap = FCNN_SIMD_AVX512;
-
-static int fcnn_simd_level(void)
-{
-    int level = __builtin_cpu_supports("avx512f") ? FCNN_SIMD_AVX512
-              : __builtin_cpu_supports("avx2")    ? FCNN_SIMD_AVX2
-                                                  : FCNN_SIMD_NONE;
-    return level < fcnn_simd_cap ? level : fcnn_simd_cap;
-}
-
-/* Set the highest level used; returns the previous cap. */
-static int fcnn_set_simd_cap(int cap)
-{
-    int previous = fcnn_simd_cap;
-    fcnn_simd_cap = cap;
-    return previous;
-}
 
 /* Lanes of the widest vectors (AVX-512). Scratch and divisor tables are
  * sized for these; narrower vectors just leave more of the padding unread. */
@@ -101,24 +82,6 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
     for (ptrdiff_t i = 0; i < n; i++)
         p[i] = value;
 }
-
-/* Copy `nbytes` from s to dst, with non-temporal stores where dst is 32-byte
- * aligned: the destination lines are written without being read first (a
- * plain store reads each line it misses), and bypass the caches. */
-__attribute__((target("avx2"))) static void fcnn_stream(void *dst, const void *s, ptrdiff_t nbytes)
-{
-    char *d = (char *)dst;
-    const char *src = (const char *)s;
-    ptrdiff_t head = (ptrdiff_t)((32 - ((uintptr_t)d & 31)) & 31), i;
-    head = head < nbytes ? head : nbytes;
-    memcpy(d, src, (size_t)head);
-    for (i = head; i + 32 <= nbytes; i += 32)
-        _mm256_stream_si256((__m256i *)(d + i), _mm256_loadu_si256((const __m256i *)(src + i)));
-    memcpy(d + i, src + i, (size_t)(nbytes - i));
-}
-
-/* Order the non-temporal stores before whatever follows. */
-static void fcnn_stream_fence(void) { _mm_sfence(); }
 
 #define FCNN_CAT_(a, b) a##_##b
 #define FCNN_CAT(a, b) FCNN_CAT_(a, b)
@@ -375,8 +338,6 @@ FCNN_ENTRY_POINTS(double, f64)
 
 #else /* no x86-64 SIMD build: pool.pyx never calls these (fcnn_simd_level() is 0) */
 
-static int fcnn_simd_level(void) { return 0; }
-static int fcnn_set_simd_cap(int cap) { return cap; }
 #define FCNN_VL_F32 1
 #define FCNN_VL_F64 1
 #define fcnn_pool_bwd_width(W, ow, vl) ((ptrdiff_t)0)
@@ -387,8 +348,6 @@ static int fcnn_set_simd_cap(int cap) { return cap; }
 #define fcnn_avg_pool_plane_f32(...) ((void)0)
 #define fcnn_avg_pool_plane_f64(...) ((void)0)
 #define fcnn_avg_pool_backward_plane_f32(...) ((void)0)
-#define fcnn_stream(dst, s, nbytes) memcpy(dst, s, (size_t)(nbytes))
-#define fcnn_stream_fence() ((void)0)
 #define fcnn_max_pool_backward_tiles_f32(...) 0
 #define fcnn_max_pool_backward_tiles_f64(...) 0
 #define fcnn_avg_pool_backward_plane_f64(...) ((void)0)
