@@ -27,6 +27,8 @@ geometry on both backends, no integer overflow.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import example, given
@@ -208,15 +210,26 @@ def test_kernel_avg_pool2d_backward(g, dtype, kind, seed, nt, count_include_pad,
 # vector blocks, more outputs per row than one chunk of blocks, odd sizes.
 
 from fastcnn._kernels import pool as _pool  # noqa: E402
+from fastcnn._kernels import unfold as _unfold  # noqa: E402
 
 SIMD_LEVELS = list(range(_pool._simd_level() + 1))
 
 
+@contextlib.contextmanager
+def _simd_cap(level):
+    """Both kernel modules (each has its own cap) on instruction sets up to `level`."""
+    previous = _pool._cap_simd(level), _unfold._cap_simd(level)
+    try:
+        yield
+    finally:
+        _pool._cap_simd(previous[0])
+        _unfold._cap_simd(previous[1])
+
+
 @pytest.fixture(params=SIMD_LEVELS, ids=lambda level: f"simd{level}")
 def simd_level(request):
-    previous = _pool._cap_simd(request.param)
-    yield request.param
-    _pool._cap_simd(previous)
+    with _simd_cap(request.param):
+        yield request.param
 
 
 def _simd_cases():
@@ -276,6 +289,62 @@ def test_simd_max_pool2d_backward_streams_large_outputs(simd_level):
     compiled, reference = _pair("max_pool2d_backward")
     got = compiled(dout, idx, _garbage(g.shape, np.float64, 7.0), 2)
     _assert_same(got, reference(dout, idx, _garbage(g.shape, np.float64, -3.0)))
+
+
+# ---------------------------------------------------------------------------
+# im2col's streamed path (outputs of at least unfold.STREAM_BYTES): pieces of
+# rows built in a per-thread scratch and copied out with non-temporal stores
+# on whole 64-byte lines, plainly at the ends of each piece.
+
+
+@contextlib.contextmanager
+def _streamed(stream_bytes, piece_bytes):
+    previous = _unfold._streaming(stream_bytes, piece_bytes)
+    try:
+        yield
+    finally:
+        _unfold._streaming(*previous)
+
+
+@hsettings(200)
+@given(g=conv_geometries(extra=40), dtype=dtypes, kind=st.sampled_from(["normal", "special", "zeros"]),
+       seed=seeds, nt=threads, level=st.sampled_from(SIMD_LEVELS),
+       piece_bytes=st.sampled_from([1, 60, 64, 200, 1000, 4096, 24 << 10]),
+       offset=st.integers(0, 17))
+@example(g=Geometry(2, 3, 56, 56, 3, 3, 1, 1, 1, 1), dtype=np.float32, kind="normal", seed=0,
+         nt=2, level=SIMD_LEVELS[-1], piece_bytes=24 << 10, offset=0)
+@example(g=Geometry(1, 2, 45, 37, 4, 3, 2, 1, 3, 0, 2, 1), dtype=np.float64, kind="special",
+         seed=1, nt=3, level=0, piece_bytes=1000, offset=5)
+def test_kernel_im2col_streamed(g, dtype, kind, seed, nt, level, piece_bytes, offset):
+    # Every output streamed, in pieces from one row up, into a destination
+    # `offset` cells into a buffer (unaligned, partial lines everywhere);
+    # nothing outside the output may change.
+    compiled, reference = _pair("im2col")
+    x = make_values(np.random.default_rng(seed), g.shape, dtype, kind)
+    size = int(np.prod(g.cols_shape))
+    buffer = _garbage(size + 40, dtype, 7.0)
+    out_c = buffer[offset:offset + size].reshape(g.cols_shape)
+    with _simd_cap(level), _streamed(0, piece_bytes):
+        assert compiled(x, *g.conv_params(), out_c, nt) is out_c
+    _assert_same(out_c, reference(x, *g.conv_params(), _garbage(g.cols_shape, dtype, -3.0)))
+    assert (buffer[:offset] == 7).all() and (buffer[offset + size:] == 7).all()
+
+
+@pytest.mark.parametrize("g, dtype", [
+    # just over the default bound (32 MiB), odd widths: "same" padding (one
+    # copy per offset), and strided, dilated, asymmetric windows (row by row)
+    pytest.param(Geometry(2, 2, 483, 485, 3, 3, 1, 1, 1, 1), np.float32, id="same-f32"),
+    pytest.param(Geometry(2, 2, 341, 343, 3, 3, 1, 1, 1, 1), np.float64, id="same-f64"),
+    pytest.param(Geometry(1, 3, 700, 701, 3, 2, 2, 1, 1, 2, 2, 3), np.float64, id="strided-f64"),
+])
+def test_im2col_streams_large_outputs(simd_level, g, dtype):
+    compiled, reference = _pair("im2col")
+    assert np.prod(g.cols_shape) * np.dtype(dtype).itemsize >= _unfold._streaming()[0]
+    x = make_values(np.random.default_rng(g.h), g.shape, dtype, "normal")
+    expected = reference(x, *g.conv_params(), _garbage(g.cols_shape, dtype, -3.0))
+    for nt in (1, 2):
+        got = compiled(x, *g.conv_params(), _garbage(g.cols_shape, dtype, 7.0), nt)
+        _assert_same(got, expected)
 
 
 def test_registry_pairs_every_kernel():
