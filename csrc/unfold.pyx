@@ -81,21 +81,23 @@ cdef void* _scratch(Py_ssize_t threads, Py_ssize_t cells, size_t itemsize,
     return p
 
 
-cdef void _im2col_rows(
-    const floating* src, floating* dst, Py_ssize_t i, Py_ssize_t j, Py_ssize_t H, Py_ssize_t W,
-    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-    Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t ya, Py_ssize_t yb,
+cdef inline void _im2col_rows(
+    const floating* src, floating* dst, Py_ssize_t ih0, Py_ssize_t iw0,
+    Py_ssize_t y0, Py_ssize_t y1, Py_ssize_t ya, Py_ssize_t yb,
+    Py_ssize_t W, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ow,
 ) noexcept nogil:
-    """Write output rows ``ya <= oy < yb`` of kernel offset (i, j) of plane
-    `src`, i.e. cells ``ya*ow`` to ``yb*ow`` of that offset's im2col row, to `dst`."""
-    cdef Py_ssize_t oy, ox, iw0, lo, hi, y0, y1, shift
+    """Write output rows ``ya <= oy < yb`` of one kernel offset of plane `src`
+    to `dst`: cells ``ya*ow`` to ``yb*ow`` of that offset's im2col row.
+
+    The offset is input row ``oy*sh + ih0`` and column ``ox*sw + iw0`` of
+    window (oy, ox); ``[y0, y1)`` are the output rows where that is an input row.
+    """
+    cdef Py_ssize_t oy, ox, lo, hi, shift
     cdef floating* row
     cdef const floating* line
-    # The output rows [y0, y1) whose offset (i, j) is an input row, and the
-    # output columns [lo, hi) whose offset is an input column.
-    y0 = clip(first_inside(i * dh - ph, sh), ya, yb)
-    y1 = clip(end_inside(i * dh - ph, sh, H), y0, yb)
-    iw0 = j * dw - pw
+    y0 = clip(y0, ya, yb)
+    y1 = clip(y1, y0, yb)
+    # the output columns where the offset is an input column
     lo = clip(first_inside(iw0, sw), 0, ow)
     hi = clip(end_inside(iw0, sw, W), lo, ow)
     if y0 > ya:
@@ -110,7 +112,7 @@ cdef void _im2col_rows(
     # row, which is what small images (rows of a few cells) need.
     if sh == 1 and sw == 1 and ow == W and hi > lo:
         # From the first cell inside to the last: never outside the plane.
-        shift = (i * dh - ph) * W + iw0
+        shift = ih0 * W + iw0
         memcpy(dst + lo, src + y0 * ow + lo + shift,
                ((y1 - 1 - y0) * ow + hi - lo) * sizeof(floating))
         # Zero the padding columns: the copy ran through those between
@@ -125,7 +127,7 @@ cdef void _im2col_rows(
         return
     for oy in range(y0, y1):
         row = dst + (oy - y0) * ow
-        line = src + (oy * sh - ph + i * dh) * W
+        line = src + (oy * sh + ih0) * W
         if lo > 0:
             memset(row, 0, lo * sizeof(floating))
         if sw == 1:
@@ -147,18 +149,22 @@ def im2col(
 ):
     """im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, num_threads) -> out"""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t plane, n, c, t, piece, ya, yb, stride = 0
+    cdef Py_ssize_t plane, n, c, i, j, y0, y1, piece, ya, yb, stride = 0
     cdef bint stream = _streams(out.size * sizeof(floating))
     # A streamed output is built in pieces of `rows` output rows of one
     # offset, in scratch that stays in the L1 cache, and streamed out piece
     # by piece: band by band of output rows, every offset of a band in turn,
     # so that the band's input rows stay in cache for all of them (for large
     # images, offset by offset would read the whole plane kh*kw times).
-    cdef Py_ssize_t pieces = clip((oh * ow * sizeof(floating) + PIECE_BYTES - 1) // PIECE_BYTES, 1, oh)
+    # Otherwise each offset's row is written in place, as one piece.
+    cdef Py_ssize_t pieces = 1
+    if stream:
+        pieces = clip((oh * ow * sizeof(floating) + PIECE_BYTES - 1) // PIECE_BYTES, 1, oh)
     cdef Py_ssize_t rows = (oh + pieces - 1) // pieces
     pieces = (oh + rows - 1) // rows
     cdef floating* scratch = NULL
     cdef floating* s
+    cdef floating* dst
     if stream:
         scratch = <floating*> _scratch(num_threads, rows * ow, sizeof(floating), &stride)
     try:
@@ -167,19 +173,18 @@ def im2col(
             for plane in prange(N * C, schedule="static"):
                 n = plane // C
                 c = plane % C
-                if not stream:
-                    for t in range(kh * kw):
-                        _im2col_rows(&x[n, c, 0, 0], &out[n, c * kh * kw + t, 0], t // kw, t % kw,
-                                     H, W, sh, sw, ph, pw, dh, dw, oh, ow, 0, oh)
-                    continue
                 for piece in range(pieces):
                     ya = piece * rows
                     yb = min(ya + rows, oh)
-                    for t in range(kh * kw):
-                        _im2col_rows(&x[n, c, 0, 0], s, t // kw, t % kw, H, W,
-                                     sh, sw, ph, pw, dh, dw, oh, ow, ya, yb)
-                        fcnn_stream(&out[n, c * kh * kw + t, ya * ow], s,
-                                    (yb - ya) * ow * sizeof(floating))
+                    for i in range(kh):
+                        y0 = clip(first_inside(i * dh - ph, sh), 0, oh)
+                        y1 = clip(end_inside(i * dh - ph, sh, H), y0, oh)
+                        for j in range(kw):
+                            dst = &out[n, (c * kh + i) * kw + j, ya * ow]
+                            _im2col_rows(&x[n, c, 0, 0], s if stream else dst, i * dh - ph,
+                                         j * dw - pw, y0, y1, ya, yb, W, sh, sw, ow)
+                            if stream:
+                                fcnn_stream(dst, s, (yb - ya) * ow * sizeof(floating))
             if stream:
                 fcnn_stream_fence()
     finally:
