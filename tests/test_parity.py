@@ -28,6 +28,7 @@ geometry on both backends, no integer overflow.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import numpy as np
 import pytest
@@ -345,6 +346,63 @@ def test_im2col_streams_large_outputs(simd_level, g, dtype):
     for nt in (1, 2):
         got = compiled(x, *g.conv_params(), _garbage(g.cols_shape, dtype, 7.0), nt)
         _assert_same(got, expected)
+
+
+# ---------------------------------------------------------------------------
+# col2im's row path (column stride 1, rows where every tap column reaches at
+# least unfold.FOLD_CHUNKS 64-byte chunks): each image row summed in
+# registers 64 bytes at a time between the columns that every tap reaches
+# (the last chunk overlapping the one before), cell by cell outside them.
+
+
+@contextlib.contextmanager
+def _fold_chunks(chunks):
+    previous = _unfold._fold_chunks(chunks)
+    try:
+        yield
+    finally:
+        _unfold._fold_chunks(previous)
+
+
+@hsettings(200)
+@given(g=conv_geometries(extra=40), dtype=dtypes,
+       kind=st.sampled_from(["normal", "ties", "special", "zeros"]), seed=seeds, nt=threads)
+@example(g=Geometry(2, 3, 56, 56, 3, 3, 1, 1, 1, 1), dtype=np.float32, kind="normal", seed=0, nt=2)
+@example(g=Geometry(1, 2, 28, 28, 5, 5, 1, 1, 2, 2), dtype=np.float64, kind="zeros", seed=1, nt=3)
+@example(g=Geometry(2, 2, 11, 45, 3, 4, 3, 1, 2, 3, 2, 2), dtype=np.float32, kind="special",
+         seed=2, nt=1)
+@example(g=Geometry(1, 1, 3, 17, 1, 1, 1, 1, 0, 0), dtype=np.float32, kind="zeros", seed=3, nt=1)
+def test_kernel_col2im_by_rows(g, dtype, kind, seed, nt):
+    # Every col2im of column stride 1 by rows, with chunks wherever one fits
+    # (from images too narrow for one to several chunks); any row stride,
+    # dilation and padding. Exact, the sign of zeros included.
+    g = dataclasses.replace(g, sw=1)
+    compiled, reference = _pair("col2im")
+    cols = make_values(np.random.default_rng(seed), g.cols_shape, dtype, kind)
+    out_c = _garbage(g.shape, dtype, 7.0)
+    with np.errstate(invalid="ignore"), _fold_chunks(0):
+        assert compiled(cols, *g.conv_params(), out_c, nt) is out_c
+        expected = reference(cols, *g.conv_params(), _garbage(g.shape, dtype, -3.0))
+    _assert_same(out_c, expected)
+
+
+@pytest.mark.parametrize("g", [
+    # rows by the default bound: the benchmark's 3x3 p1 on 56x56, and
+    # dilated, strided, asymmetric windows on rows of 30 to 70 cells
+    pytest.param(Geometry(2, 3, 56, 56, 3, 3, 1, 1, 1, 1), id="resnet"),
+    pytest.param(Geometry(2, 2, 32, 32, 3, 3, 1, 1, 1, 1), id="cifar"),
+    pytest.param(Geometry(1, 3, 13, 70, 2, 5, 2, 1, 1, 3, 3, 2), id="dilated"),
+    pytest.param(Geometry(2, 1, 9, 30, 4, 1, 3, 1, 0, 0, 1, 1), id="column"),
+])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_col2im_by_rows_default_bound(g, dtype):
+    compiled, reference = _pair("col2im")
+    rng = np.random.default_rng(g.w)
+    for nt, kind in enumerate(["normal", "zeros", "special"], 1):
+        cols = make_values(rng, g.cols_shape, dtype, kind)
+        with np.errstate(invalid="ignore"):
+            got = compiled(cols, *g.conv_params(), _garbage(g.shape, dtype, 7.0), nt)
+            _assert_same(got, reference(cols, *g.conv_params(), _garbage(g.shape, dtype, -3.0)))
 
 
 def test_registry_pairs_every_kernel():
