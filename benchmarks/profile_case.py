@@ -1,11 +1,14 @@
 """Run one ``fastcnn bench`` case in a loop, for a sampling profiler.
 
+(Not ``profile.py``: next to bench.py, that name would shadow the standard
+library's ``profile`` module, which PyTorch imports.)
+
 The case is built exactly as the benchmark builds it (``fastcnn.bench``), so a
 profile explains a figure of the table. For example, where the time of the
 ResNet-shaped convolution forward+backward goes, at one thread::
 
     perf record -F 999 -g -o /tmp/conv.data -- \\
-        python benchmarks/profile.py conv2d_fwd_bwd resnet float32 --seconds 20
+        python benchmarks/profile_case.py conv2d_fwd_bwd resnet float32 --seconds 20
     perf report -i /tmp/conv.data --no-children --sort dso,symbol --stdio
 
 ``benchmarks/results/`` keeps the reports quoted in the closing notes, each
