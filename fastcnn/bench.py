@@ -993,6 +993,29 @@ def format_targets(records) -> str:
     if lines:
         out.append(f"4. 2 threads >= 1.6x faster than 1 thread on {LARGE_SHAPE} (cython, t1/t2):")
         out.extend(lines)
+
+    # 4b. conv2d with 2 threads never slower than with 1, on every shape.
+    lines = []
+    for cy in _find(records, impl="cython", threads=1):
+        if cy["op"] not in ("conv2d", "conv2d_fwd_bwd"):
+            continue
+        for two in _find(records, impl="cython", threads=2, op=cy["op"], dtype=cy["dtype"], shape=cy["shape"]):
+            ratio = cy["median_s"] / two["median_s"]
+            lines.append(f"  {verdict(ratio >= 1)} {ratio:6.2f}x  {cy['op']} {cy['dtype']} {cy['shape']}")
+    if lines:
+        out.append("4b. conv2d with 2 threads not slower than with 1 (cython, t1/t2):")
+        out.extend(lines)
+
+    # 5. A training step of the demo network faster than torch's, at the same thread count.
+    lines = []
+    for cy in _find(records, impl="cython", op="train_step"):
+        th = _find(records, impl="torch", op="train_step", threads=cy["threads"], shape=cy["shape"])
+        if th:
+            ratio = th[0]["median_s"] / cy["median_s"]
+            lines.append(f"  {verdict(ratio > 1)} {ratio:6.2f}x  {cy['shape']} {cy['threads']}t")
+    if lines:
+        out.append("5. demo network's training step faster than torch at the same thread count (torch/cy):")
+        out.extend(lines)
     if len(out) == 2:
         out.append("  (not enough data: run with torch, 1 and 2 threads and the resnet shape)")
     return "\n".join(out)
