@@ -968,13 +968,20 @@ def format_targets(records) -> str:
         )
         out.extend(lines)
 
+    def versus_torch(op, faster, label, **where):
+        """Lines torch/cy for the cython records of `op` (torch at the same thread count)."""
+        lines = []
+        for cy in _find(records, impl="cython", op=op, **where):
+            th = _find(records, impl="torch", op=op, threads=cy["threads"], dtype=cy["dtype"],
+                       shape=cy["shape"])
+            if th:
+                ratio = th[0]["median_s"] / cy["median_s"]
+                lines.append(f"  {verdict(faster(ratio))} {ratio:6.2f}x  {label(cy)}")
+        return lines
+
     # 3. conv fwd+bwd not slower than torch at 1 thread.
-    lines = []
-    for cy in _find(records, impl="cython", op="conv2d_fwd_bwd", threads=1):
-        th = _find(records, impl="torch", op="conv2d_fwd_bwd", threads=1, dtype=cy["dtype"], shape=cy["shape"])
-        if th:
-            ratio = th[0]["median_s"] / cy["median_s"]
-            lines.append(f"  {verdict(ratio >= 1)} {ratio:6.2f}x  {cy['dtype']} {cy['shape']}")
+    lines = versus_torch("conv2d_fwd_bwd", lambda r: r >= 1, lambda cy: f"{cy['dtype']} {cy['shape']}",
+                         threads=1)
     if lines:
         out.append("3. conv2d forward+backward not slower than torch at 1 thread (torch/cy):")
         out.extend(lines)
@@ -1007,12 +1014,7 @@ def format_targets(records) -> str:
         out.extend(lines)
 
     # 5. A training step of the demo network faster than torch's, at the same thread count.
-    lines = []
-    for cy in _find(records, impl="cython", op="train_step"):
-        th = _find(records, impl="torch", op="train_step", threads=cy["threads"], shape=cy["shape"])
-        if th:
-            ratio = th[0]["median_s"] / cy["median_s"]
-            lines.append(f"  {verdict(ratio > 1)} {ratio:6.2f}x  {cy['shape']} {cy['threads']}t")
+    lines = versus_torch("train_step", lambda r: r > 1, lambda cy: f"{cy['shape']} {cy['threads']}t")
     if lines:
         out.append("5. demo network's training step faster than torch at the same thread count (torch/cy):")
         out.extend(lines)
