@@ -484,13 +484,15 @@ class _BatchNorm(Layer):
         x3 = x.reshape(n, self.num_features, length)
         parts = _sample_chunks(n, 2 * x3[:1].nbytes)  # x, out
         out = np.empty_like(x3)
+        samples = n * length
+        if training and samples < 2:
+            raise ValueError(
+                "training-mode BatchNorm needs more than 1 value per channel, "
+                f"got x of shape {x.shape}; use training=False or a larger batch"
+            )
+        if n == 0:  # nothing to normalise; each (C, L) plane below would cost a sample
+            return out.reshape(x.shape), None
         if training:
-            samples = n * length
-            if samples < 2:
-                raise ValueError(
-                    "training-mode BatchNorm needs more than 1 value per channel, "
-                    f"got x of shape {x.shape}; use training=False or a larger batch"
-                )
             mean = sum(np.einsum("ncl->c", x3[part]) for part in parts) / samples
             plane = _per_channel(mean, length)
             var = 0
@@ -522,6 +524,10 @@ class _BatchNorm(Layer):
         return out.reshape(x.shape), (x3, plane, inv_std, training)
 
     def _backward(self, dout, cache):
+        if cache is None:  # an empty batch: the sums over it are 0
+            self.grads["weight"][...] = 0
+            self.grads["bias"][...] = 0
+            return np.empty_like(dout)
         x3, plane, inv_std, training = cache
         n, channels, length = x3.shape
         dout3 = dout.reshape(x3.shape)

@@ -1823,6 +1823,14 @@ if __name__ != "__main__":
             "x": arr([1048576, 1, 1, 0], layout="empty"), "training": False,
             "dout": {"t": "like", "layout": "C", "fill": "normal", "seed": 0}, "threads": None,
         },
+        # ... and at HEAD later that day: an empty batch of a huge image built
+        # 2 GiB per-channel planes (MemoryError) for nothing.
+        "long-BatchNorm2D-empty-batch-huge-plane": {
+            "op": "layer", "cls": "BatchNorm2D", "ctor_args": [1],
+            "ctor_kwargs": {"eps": 1.0, "momentum": 0.0, "dtype": "<f4"},
+            "x": arr([0, 1, 536870912, 1], layout="empty"), "training": False,
+            "dout": {"t": "like", "layout": "C", "fill": "normal", "seed": 0}, "threads": None,
+        },
         "long-mse-0d-special": {
             "op": "loss.mse",
             "args": [arr([], fill="special", seed=0), arr([], fill="special", seed=0)],

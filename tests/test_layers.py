@@ -577,6 +577,24 @@ def test_batchnorm_eval_uses_running_statistics():
     )
 
 
+def test_batchnorm_eval_on_an_empty_batch_allocates_nothing_per_channel():
+    # An empty batch of huge planes: the output is empty, the parameter
+    # gradients are 0 (sums over nothing), and no (C, H*W) plane is built
+    # (2**31 cells: 8 GiB each in float32, 24 GiB for three channels).
+    for make, shape in ((BatchNorm2D, (0, 3, 2**31, 1)), (BatchNorm1D, (0, 3, 2**31))):
+        bn = make(3)
+        x = np.broadcast_to(np.float32(1), shape)
+        out = bn.forward(x, training=False)
+        assert out.shape == shape and out.dtype == np.float32
+        bn.grads["weight"][...] = bn.grads["bias"][...] = 7
+        dx = bn.backward(np.empty(shape, np.float32))
+        assert dx.shape == shape
+        np.testing.assert_array_equal(bn.grads["weight"], 0)
+        np.testing.assert_array_equal(bn.grads["bias"], 0)
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            bn.forward(x, training=True)
+
+
 def test_global_avg_pool_and_flatten_by_hand():
     x = np.arange(24, dtype=np.float64).reshape(1, 2, 3, 4)
     gap = GlobalAvgPool2D()
