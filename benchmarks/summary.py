@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from fastcnn.bench import KERNEL_NAMES
+from fastcnn.bench import KERNEL_NAMES, _find, _ratio
 
 
-def _median(records, **key):
-    """The median time of the one record matching `key`, or None."""
-    found = [r["median_s"] for r in records if all(r.get(k) == v for k, v in key.items())]
+def _record(records, **key):
+    """The one record matching `key`, or None."""
+    found = _find(records, **key)
     return found[0] if found else None
-
-
-def _ratio(num, den) -> str:
-    return f"{num / den:.2f}" if num is not None and den else "-"
 
 
 def table(records, dtype: str) -> str:
@@ -38,18 +34,18 @@ def table(records, dtype: str) -> str:
     for op in ops:
         level = "kernel" if op in KERNEL_NAMES else "op"
         for shape in shapes:
-            key = dict(op=op, shape=shape, dtype=dtype, level=level)
-            cy = _median(records, impl="cython", threads=1, **key)
+            key = dict(op=op, shape=shape, dtype=dtype)
+            cy = _record(records, impl="cython", threads=1, level=level, **key)
             if cy is None:
                 continue
-            np_ = _median(records, impl="numpy", threads=1, **key)
-            torch = [_median(records, impl="torch", threads=1, **dict(key, level=lv))
-                     for lv in ("kernel", "op")]
-            torch = min((t for t in torch if t is not None), default=None)
-            cy_many = _median(records, impl="cython", threads=many, **key)
+            numpy = _record(records, impl="numpy", threads=1, level=level, **key)
+            # PyTorch's faster way, its out= kernel or its public function (as the targets take it).
+            torch = min(_find(records, impl="torch", threads=1, **key),
+                        key=lambda r: r["median_s"], default=None)
+            cy_many = _record(records, impl="cython", threads=many, level=level, **key)
             lines.append(
-                f"| {op} | {shape} | {1e3 * cy:.3f} | {_ratio(np_, cy)} | {_ratio(torch, cy)} "
-                f"| {_ratio(cy, cy_many) if many > 1 else '-'} |"
+                f"| {op} | {shape} | {1e3 * cy['median_s']:.3f} | {_ratio(numpy, cy)} "
+                f"| {_ratio(torch, cy)} | {_ratio(cy, cy_many) if many > 1 else '-'} |"
             )
     return "\n".join(lines)
 
