@@ -72,12 +72,9 @@ def main(argv=None) -> int:
 
 def _time_layers(shape, seconds: float) -> None:
     """Per-layer medians of the demo network's forward and backward (as bench's train_step)."""
-    from fastcnn.demo import build_model
     from fastcnn.losses import softmax_cross_entropy
 
-    model = build_model(shape.x[1], shape.x[2:], 10, rng=0)
-    x = bench._inputs(shape, np.float32)
-    labels = np.random.default_rng(3).integers(0, 10, shape.x[0])
+    model, x, labels = bench.demo_network(shape)
     times = {(i, way): [] for i in range(len(model.layers)) for way in ("forward", "backward")}
     start = time.perf_counter()
     steps = 0

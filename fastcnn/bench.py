@@ -516,23 +516,30 @@ def _torch_twin(model, torch):
     return nn.Sequential(*modules)
 
 
+def demo_network(shape: Shape):
+    """``(model, x, labels)`` of the training step on `shape`: a fresh demo
+    network (same initial weights every time), float32 inputs, 10 classes."""
+    from .demo import build_model
+
+    model = build_model(shape.x[1], shape.x[2:], 10, rng=0)
+    labels = np.random.default_rng(3).integers(0, 10, shape.x[0])
+    return model, _inputs(shape, np.float32), labels
+
+
 def _build_train_step(shape, dtype, level, impls, threads, torch):
     """forward + softmax cross-entropy + backward + SGD(momentum=0.9) on the demo network."""
-    from .demo import build_model
     from .losses import softmax_cross_entropy
     from .optim import SGD
 
-    n_classes, lr, momentum = 10, 0.01, 0.9
-    x = _inputs(shape, np.float32)
-    labels = np.random.default_rng(3).integers(0, n_classes, shape.x[0])
+    lr, momentum = 0.01, 0.9
     fns = {}
     for name in ("cython", "numpy"):
         if name not in impls:
             continue
-        model = build_model(shape.x[1], shape.x[2:], n_classes, rng=0)
+        model, x, labels = demo_network(shape)
         optimizer = SGD(model, lr=lr, momentum=momentum)
 
-        def step(model=model, optimizer=optimizer):
+        def step(model=model, optimizer=optimizer, x=x, labels=labels):
             loss, dlogits = softmax_cross_entropy(model.forward(x), labels)
             model.backward(dlogits)
             optimizer.step()
@@ -540,7 +547,8 @@ def _build_train_step(shape, dtype, level, impls, threads, torch):
 
         fns[name] = _with_backend(name, step)
     if torch is not None and "torch" in impls:
-        net = _torch_twin(build_model(shape.x[1], shape.x[2:], n_classes, rng=0), torch)
+        model, x, labels = demo_network(shape)
+        net = _torch_twin(model, torch)
         net.train()
         optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
         tx, ty = torch.from_numpy(x), torch.from_numpy(labels)
