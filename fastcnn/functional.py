@@ -258,7 +258,6 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int):
     return dx, dweight.reshape(weight.shape), dbias.sum(axis=0).reshape(f)
 
 
-
 def _chunk_columns(x: np.ndarray, win: v.Window, scratch: dict, size: int) -> np.ndarray:
     """im2col of the chunk `x` (at most `size` samples) into the thread's buffer."""
     n, c = x.shape[:2]

@@ -639,14 +639,6 @@ class _Pool2D(Layer):
         self.padding = pair(padding, "padding", minimum=0)
         self.ceil_mode = flag(ceil_mode, "ceil_mode")
 
-    def _check_window(self, x: np.ndarray) -> Window:
-        """Check that `x` is NCHW and return its pooling window."""
-        check_nchw(x, "x")
-        return self._kept_window(
-            pool_window, x.shape, self.kernel_size, self.stride, self.padding, self.dilation,
-            self.ceil_mode,
-        )
-
     def _geometry(self) -> dict:
         return dict(
             kernel_size=self.kernel_size,
@@ -700,7 +692,12 @@ class MaxPool2D(_Pool2D):
         self.dilation = pair(dilation, "dilation")
 
     def _forward(self, x, training):
-        out, indices = F._max_pool2d(x, self._check_window(x))
+        check_nchw(x, "x")
+        win = self._kept_window(
+            pool_window, x.shape, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.ceil_mode,
+        )
+        out, indices = F._max_pool2d(x, win)
         return out, (indices, x.shape)
 
     def _backward(self, dout, cache):
