@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import fastcnn
+from fastcnn import _backend
 
 # HYPOTHESIS_PROFILE picks one: "dev" (default), "ci" (derandomized, so a CI
 # run is reproducible) or "long" (on demand: many more examples per test).
@@ -33,3 +34,11 @@ def pytest_sessionstart(session):
             "the suite on purpose with FASTCNN_BACKEND=numpy",
             returncode=1,
         )
+
+
+@pytest.fixture
+def small_ops_parallel(monkeypatch):
+    """Every kernel and conv2d chunk on the whole team, however small its input
+    (below ``_backend.PARALLEL_BYTES`` / ``PARALLEL_MACS`` they run on one thread)."""
+    monkeypatch.setattr(_backend, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(_backend, "PARALLEL_MACS", 0)

@@ -95,13 +95,6 @@ def _layer_stack_run(x):
     return out, dx, grads
 
 
-@pytest.fixture
-def small_ops_parallel(monkeypatch):
-    """Every kernel and conv2d chunk on the whole team, however small its input."""
-    monkeypatch.setattr(_backend, "PARALLEL_BYTES", 0)
-    monkeypatch.setattr(_backend, "PARALLEL_MACS", 0)
-
-
 def _assert_identical(a, b, what):
     if isinstance(a, (tuple, list)):
         assert type(a) is type(b) and len(a) == len(b), what

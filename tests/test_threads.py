@@ -135,13 +135,6 @@ def _run_public(dtype):
     return res
 
 
-@pytest.fixture
-def small_ops_parallel(monkeypatch):
-    """Every kernel and conv2d chunk on the whole team, however small its input."""
-    monkeypatch.setattr(_backend, "PARALLEL_BYTES", 0)
-    monkeypatch.setattr(_backend, "PARALLEL_MACS", 0)
-
-
 @needs_compiled
 @dtypes
 def test_public_ops_bitwise_identical_with_set_num_threads(small_ops_parallel, dtype):
