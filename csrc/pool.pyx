@@ -23,6 +23,7 @@ from libc.string cimport memset
 from simd cimport (
     FCNN_HAVE_STREAM, fcnn_set_simd_cap, fcnn_simd_level, fcnn_stream, fcnn_stream_fence,
 )
+from scratch cimport per_thread_scratch
 from window cimport clip, end_inside, first_inside
 
 
@@ -93,14 +94,6 @@ def _cap_simd(int level):
 def _simd_level():
     """The instruction set the SIMD kernels use here (see :func:`_cap_simd`)."""
     return fcnn_simd_level()
-
-
-cdef void* _scratch(Py_ssize_t cells, size_t itemsize) except NULL:
-    """Uninitialised scratch memory of `cells` cells of `itemsize` bytes."""
-    cdef void* p = malloc(cells * itemsize)
-    if p == NULL:
-        raise MemoryError(f"cannot allocate {cells} scratch cells of {itemsize} bytes")
-    return p
 
 
 cdef void _fill(floating* p, Py_ssize_t n, floating value) noexcept nogil:
@@ -210,6 +203,7 @@ def max_pool2d_backward(
         and (floating is double or (H + 3) * W <= INT32_MAX)
     )
     cdef bint stream
+    cdef Py_ssize_t stride = 0
     cdef floating* scratch = NULL
     cdef floating* s
     if tiles:
@@ -220,10 +214,10 @@ def max_pool2d_backward(
     # in place, or in a per-thread scratch plane that is then streamed out.
     stream = not tiles and FCNN_HAVE_STREAM and out.size * sizeof(floating) >= STREAM_BYTES
     if stream:
-        scratch = <floating*> _scratch(max(num_threads, 1) * H * W, sizeof(floating))
+        scratch = <floating*> per_thread_scratch(num_threads, H * W, sizeof(floating), &stride)
     try:
         with nogil, parallel(num_threads=num_threads):
-            s = scratch + threadid() * H * W
+            s = scratch + threadid() * stride
             for plane in prange(N * C, schedule="static"):
                 n = plane // C
                 c = plane % C
@@ -305,7 +299,9 @@ def avg_pool2d(
     cdef Py_ssize_t plane, n, c
     cdef Py_ssize_t lanes = FCNN_VL_F32 if floating is float else FCNN_VL_F64
     cdef bint simd = _simd_window(H, W, kh, kw, sh, sw, 1, 1, False)
-    cdef floating* div = <floating*> _scratch(oh * ow + lanes, sizeof(floating))
+    cdef Py_ssize_t div_stride = 0
+    cdef floating* div = <floating*> per_thread_scratch(1, oh * ow + lanes, sizeof(floating),
+                                                        &div_stride)
     try:
         with nogil:
             _divisors(div, H, W, kh, kw, sh, sw, ph, pw, oh, ow, count_include_pad,
@@ -361,17 +357,19 @@ def avg_pool2d_backward(
     # SIMD kernels: each thread's rows of shares, with +0.0 borders
     cdef Py_ssize_t wg = fcnn_pool_bwd_width(W, ow, lanes) if simd else 0
     cdef Py_ssize_t per_thread = oh * wg
-    cdef floating* div = <floating*> _scratch(oh * ow + lanes, sizeof(floating))
+    cdef Py_ssize_t div_stride = 0, stride = 0
+    cdef floating* div = <floating*> per_thread_scratch(1, oh * ow + lanes, sizeof(floating),
+                                                        &div_stride)
     cdef floating* shares = NULL
     cdef floating* g
     try:
         if simd:
-            shares = <floating*> _scratch(max(num_threads, 1) * per_thread, sizeof(floating))
+            shares = <floating*> per_thread_scratch(num_threads, per_thread, sizeof(floating), &stride)
         with nogil:
             _divisors(div, H, W, kh, kw, sh, sw, ph, pw, oh, ow, count_include_pad,
                       divisor_override, lanes)
         with nogil, parallel(num_threads=num_threads):
-            g = shares + threadid() * per_thread
+            g = shares + threadid() * stride
             if simd:
                 _fill(g, per_thread, 0)
             for plane in prange(N * C, schedule="static"):

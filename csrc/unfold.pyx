@@ -25,6 +25,7 @@ from libc.string cimport memcpy, memset
 from simd cimport (
     FCNN_HAVE_STREAM, fcnn_set_simd_cap, fcnn_stream, fcnn_stream_fence,
 )
+from scratch cimport per_thread_scratch
 from window cimport clip, end_inside, first_inside
 
 cdef extern from "fold.h" nogil:
@@ -79,18 +80,6 @@ def _cap_simd(int level):
 
 cdef bint _streams(Py_ssize_t nbytes) noexcept nogil:
     return FCNN_HAVE_STREAM and nbytes >= STREAM_BYTES
-
-
-cdef void* _scratch(Py_ssize_t threads, Py_ssize_t cells, size_t itemsize,
-                    Py_ssize_t* stride) except NULL:
-    """Uninitialised scratch of `cells` cells of `itemsize` bytes for each of
-    `threads` threads, `stride` cells apart (whole 64-byte lines, so that no
-    two threads share one)."""
-    stride[0] = (cells * itemsize + 63) // 64 * 64 // itemsize
-    cdef void* p = malloc(max(threads, 1) * stride[0] * itemsize)
-    if p == NULL:
-        raise MemoryError(f"cannot allocate {threads} x {cells} scratch cells of {itemsize} bytes")
-    return p
 
 
 cdef inline void _im2col_rows(
@@ -178,7 +167,7 @@ def im2col(
     cdef floating* s
     cdef floating* dst
     if stream:
-        scratch = <floating*> _scratch(num_threads, rows * ow, sizeof(floating), &stride)
+        scratch = <floating*> per_thread_scratch(num_threads, rows * ow, sizeof(floating), &stride)
     try:
         with nogil, parallel(num_threads=num_threads):
             s = scratch + threadid() * stride
@@ -347,9 +336,9 @@ def col2im(
     cdef Py_ssize_t* index = NULL
     try:
         if by_rows:
-            rows = <const floating**> _scratch(num_threads, kh * kw, sizeof(floating*), &r_stride)
-            shift = <ptrdiff_t*> _scratch(num_threads, kh * kw, sizeof(ptrdiff_t), &s_stride)
-            index = <Py_ssize_t*> _scratch(num_threads, kh * kw + 2 * kw, sizeof(Py_ssize_t),
+            rows = <const floating**> per_thread_scratch(num_threads, kh * kw, sizeof(floating*), &r_stride)
+            shift = <ptrdiff_t*> per_thread_scratch(num_threads, kh * kw, sizeof(ptrdiff_t), &s_stride)
+            index = <Py_ssize_t*> per_thread_scratch(num_threads, kh * kw + 2 * kw, sizeof(Py_ssize_t),
                                            &i_stride)
         with nogil, parallel(num_threads=num_threads):
             tid = threadid()
