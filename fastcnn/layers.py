@@ -180,6 +180,8 @@ class Layer:
         """
         x = as_float_array(x, "x")
         out, self._cache = self._forward(x, flag(training, "training"))
+        # A ufunc of a 0-d array gives a NumPy scalar: the contract is an ndarray.
+        out = np.asarray(out)
         self._out_shape, self._out_dtype = out.shape, out.dtype
         return out
 
@@ -222,7 +224,7 @@ class Layer:
                 f"dout must have the dtype of the last forward output {self._out_dtype}, "
                 f"got dout.dtype={dout.dtype} (fastcnn never promotes silently)"
             )
-        return self._backward(dout, self._cache)
+        return np.asarray(self._backward(dout, self._cache))
 
     def output_shape(self, input_shape) -> tuple[int, ...]:
         """Shape of the output for an input of shape `input_shape` (element-wise: the same)."""

@@ -1831,6 +1831,12 @@ if __name__ != "__main__":
             "x": arr([0, 1, 536870912, 1], layout="empty"), "training": False,
             "dout": {"t": "like", "layout": "C", "fill": "normal", "seed": 0}, "threads": None,
         },
+        # Found by a dev-profile run the same day: a NumPy scalar, not an array.
+        "dev-Tanh-0d-special": {
+            "op": "layer", "cls": "Tanh", "ctor_args": [], "ctor_kwargs": {},
+            "x": arr([], fill="special", seed=14), "training": False,
+            "dout": {"t": "like", "layout": "C", "fill": "normal", "seed": 0}, "threads": None,
+        },
         "long-mse-0d-special": {
             "op": "loss.mse",
             "args": [arr([], fill="special", seed=0), arr([], fill="special", seed=0)],

@@ -577,6 +577,17 @@ def test_batchnorm_eval_uses_running_statistics():
     )
 
 
+@pytest.mark.parametrize("make", [ReLU, LeakyReLU, Sigmoid, Tanh, ELU, SELU, Softplus, Dropout])
+def test_elementwise_layers_return_arrays_for_0d_input(make):
+    # A ufunc of a 0-d array gives a NumPy scalar; forward and backward
+    # promise ndarrays (found by the fuzz suite: Tanh of a 0-d NaN).
+    layer = make()
+    out = layer.forward(np.array(np.float32(0.5)))
+    dx = layer.backward(np.array(np.float32(1.0)))
+    assert type(out) is np.ndarray and out.shape == () and out.dtype == np.float32
+    assert type(dx) is np.ndarray and dx.shape == () and dx.dtype == np.float32
+
+
 def test_batchnorm_eval_on_an_empty_batch_allocates_nothing_per_channel():
     # An empty batch of huge planes: the output is empty, the parameter
     # gradients are 0 (sums over nothing), and no (C, H*W) plane is built
