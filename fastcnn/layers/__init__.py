@@ -1,0 +1,48 @@
+"""Stateful layers: parameters, gradients and the cache between forward and backward.
+
+Every layer follows one protocol (:class:`Layer`): ``forward(x, training=True)``
+(also ``layer(x)``) returns the output and remembers what ``backward`` needs;
+``backward(dout)`` returns the gradient with respect to the input and writes
+the parameter gradients into ``grads`` in place. ``params`` and ``grads`` have
+the same keys (PyTorch's names: ``weight``, ``bias``) and their arrays are
+never re-bound, so optimizers and :meth:`fastcnn.Sequential.load` can hold on
+to them. Non-trained saved arrays (BatchNorm's running statistics) live in
+``state``.
+
+Convolution and pooling call :mod:`fastcnn.functional`, which validates the
+geometry; the element-wise math lives here. Semantics follow ``torch.nn``.
+One module per family, as ``torch.nn.modules``: :mod:`.base` (the protocol),
+:mod:`.convolution`, :mod:`.linear`, :mod:`.normalization`, :mod:`.pooling`,
+:mod:`.flatten`, :mod:`.activation`, :mod:`.dropout` and :mod:`.container`
+(:class:`fastcnn.Sequential`).
+"""
+
+from .activation import ELU, SELU, LeakyReLU, ReLU, Sigmoid, Softmax, Softplus, Tanh
+from .base import Layer
+from .convolution import Conv2D
+from .dropout import Dropout
+from .flatten import Flatten
+from .linear import Dense
+from .normalization import BatchNorm1D, BatchNorm2D
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+
+__all__ = [
+    "Layer",
+    "Conv2D",
+    "MaxPool2D",
+    "AvgPool2D",
+    "GlobalAvgPool2D",
+    "Dense",
+    "Flatten",
+    "ReLU",
+    "LeakyReLU",
+    "Sigmoid",
+    "Tanh",
+    "ELU",
+    "SELU",
+    "Softplus",
+    "Softmax",
+    "BatchNorm1D",
+    "BatchNorm2D",
+    "Dropout",
+]

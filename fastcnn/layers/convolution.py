@@ -1,0 +1,136 @@
+"""Convolution layers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import functional as F
+from .._validation import (
+    Window,
+    check_nchw,
+    check_same_dtype,
+    conv_padding,
+    conv_window,
+    flag,
+    input_shape_4d,
+    pair,
+    positive_int,
+)
+from .base import Layer, _describe_args, _float_dtype, _uniform
+
+__all__ = ["Conv2D"]
+
+
+class Conv2D(Layer):
+    """2-D cross-correlation, as ``torch.nn.Conv2d``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        C and F; both divisible by `groups`.
+    kernel_size, stride, dilation : int or (int, int)
+    padding : int, (int, int), ``"valid"`` or ``"same"``
+        ``"same"`` needs stride 1.
+    groups : int, default 1
+        ``groups == in_channels`` gives a depthwise convolution.
+    bias : bool, default True
+    dtype : np.float32 or np.float64
+    rng : numpy.random.Generator, int or None
+        Source of the initial weights (``None``: fresh OS entropy).
+
+    Attributes
+    ----------
+    params : dict
+        ``weight`` of shape ``(F, C // groups, kh, kw)`` and, with `bias`,
+        ``bias`` of shape ``(F,)``. Both are initialised as PyTorch does:
+        uniform in ``+-1/sqrt(fan_in)``, ``fan_in = C // groups * kh * kw``.
+
+    Notes
+    -----
+    Input ``(N, C, H, W)``, output ``(N, F, oh, ow)``.
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        dtype=np.float32,
+        rng=None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = positive_int(in_channels, "in_channels")
+        self.out_channels = positive_int(out_channels, "out_channels")
+        self.groups = positive_int(groups, "groups")
+        for name in ("in_channels", "out_channels"):
+            channels = getattr(self, name)
+            if channels % self.groups:
+                raise ValueError(
+                    f"{name} must be divisible by groups={self.groups}, got {channels}"
+                )
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.dilation = pair(dilation, "dilation")
+        conv_padding(padding, self.kernel_size, self.stride, self.dilation)  # validates
+        self.padding = padding if isinstance(padding, str) else pair(padding, "padding", minimum=0)
+        self.dtype = _float_dtype(dtype)
+        rng = np.random.default_rng(rng)
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels // self.groups * kh * kw
+        # Kaiming-uniform with a=sqrt(5) reduces to a bound of 1/sqrt(fan_in).
+        bound = 1.0 / math.sqrt(fan_in)
+        shape = (self.out_channels, self.in_channels // self.groups, kh, kw)
+        self._add_param("weight", _uniform(rng, bound, shape, self.dtype))
+        if flag(bias, "bias"):
+            self._add_param("bias", _uniform(rng, bound, (self.out_channels,), self.dtype))
+
+    def _check_window(self, x: np.ndarray) -> Window:
+        """Check that `x` fits the layer and return the window of its convolution."""
+        check_nchw(x, "x")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x must have in_channels={self.in_channels} channels, got shape {x.shape}"
+            )
+        check_same_dtype(x=x, weight=self.params["weight"])
+        return self._kept_window(
+            conv_window, x.shape, self.kernel_size, self.stride, self.padding, self.dilation
+        )
+
+    def _forward(self, x, training):
+        win = self._check_window(x)
+        out = F._conv2d(x, self.params["weight"], self.params.get("bias"), win, self.groups)
+        return out, (x, win)
+
+    def _backward(self, dout, cache):
+        x, win = cache
+        dx, dweight, dbias = F._conv2d_backward(dout, x, self.params["weight"], win, self.groups)
+        self.grads["weight"][...] = dweight
+        if "bias" in self.grads:
+            self.grads["bias"][...] = dbias
+        return dx
+
+    def output_shape(self, input_shape):
+        n, c, h, w = input_shape_4d(input_shape)
+        if c != self.in_channels:
+            raise ValueError(f"input_shape[1] must be in_channels={self.in_channels}, got {c}")
+        win = conv_window((n, c, h, w), self.kernel_size, self.stride, self.padding, self.dilation)
+        return (n, self.out_channels, win.oh, win.ow)
+
+    def _extra_repr(self):
+        return _describe_args(
+            (self.in_channels, self.out_channels),
+            kernel_size=(self.kernel_size, None),
+            stride=(self.stride, (1, 1)),
+            padding=(self.padding, (0, 0)),
+            dilation=(self.dilation, (1, 1)),
+            groups=(self.groups, 1),
+            bias=("bias" in self.params, True),
+            dtype=(self.dtype.name, "float32"),
+        )

@@ -1,0 +1,152 @@
+"""Pooling layers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from .._validation import check_nchw, flag, input_shape_4d, pair, pool_window
+from .base import Layer, _describe_args
+
+__all__ = ["MaxPool2D", "AvgPool2D", "GlobalAvgPool2D"]
+
+
+class _Pool2D(Layer):
+    """What max and average pooling share: the window and the output shape.
+
+    Subclasses list their keyword arguments (with defaults) in ``_options``;
+    ``_geometry()`` gives them all, ready for the functional op.
+    """
+
+    _options: dict = {}
+    dilation = (1, 1)  # average pooling has none
+
+    def __init__(self, kernel_size, stride, padding, ceil_mode) -> None:
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = None if stride is None else pair(stride, "stride")
+        self.padding = pair(padding, "padding", minimum=0)
+        self.ceil_mode = flag(ceil_mode, "ceil_mode")
+
+    def _geometry(self) -> dict:
+        return dict(
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            ceil_mode=self.ceil_mode,
+            **{name: getattr(self, name) for name in self._options},
+        )
+
+    def output_shape(self, input_shape):
+        shape = input_shape_4d(input_shape)
+        win = pool_window(
+            shape, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
+        )
+        return shape[:2] + (win.oh, win.ow)
+
+    def _extra_repr(self):
+        return _describe_args(
+            kernel_size=(self.kernel_size, None),
+            stride=(self.stride, None),
+            padding=(self.padding, (0, 0)),
+            ceil_mode=(self.ceil_mode, False),
+            **{name: (getattr(self, name), default) for name, default in self._options.items()},
+        )
+
+
+class MaxPool2D(_Pool2D):
+    """2-D max pooling, as ``torch.nn.MaxPool2d``.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int, (int, int) or None
+        ``None`` means `kernel_size`.
+    padding : int or (int, int)
+        At most half the kernel; padded cells act as -inf.
+    dilation : int or (int, int)
+    ceil_mode : bool
+
+    Notes
+    -----
+    Input ``(N, C, H, W)``, output ``(N, C, oh, ow)``. Ties go to the first
+    maximum in the window and NaN propagates; the backward sends each output's
+    gradient to exactly one input cell (overlapping windows add up).
+    """
+
+    _options = {"dilation": (1, 1)}
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.dilation = pair(dilation, "dilation")
+
+    def _forward(self, x, training):
+        check_nchw(x, "x")
+        win = self._kept_window(
+            pool_window, x.shape, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.ceil_mode,
+        )
+        out, indices = F._max_pool2d(x, win)
+        return out, (indices, x.shape)
+
+    def _backward(self, dout, cache):
+        # The indices are the forward's own: int64, in range, nothing to check.
+        indices, input_shape = cache
+        return F._max_pool2d_backward(dout, indices, input_shape)
+
+
+class AvgPool2D(_Pool2D):
+    """2-D average pooling, as ``torch.nn.AvgPool2d``.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int, (int, int) or None
+        ``None`` means `kernel_size`.
+    padding : int or (int, int)
+        At most half the kernel; padded cells are zeros.
+    ceil_mode : bool
+    count_include_pad : bool
+        Whether the padding counts in the divisor.
+
+    Notes
+    -----
+    Input ``(N, C, H, W)``, output ``(N, C, oh, ow)``.
+    """
+
+    _options = {"count_include_pad": True}
+
+    def __init__(
+        self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = flag(count_include_pad, "count_include_pad")
+
+    def _forward(self, x, training):
+        return F.avg_pool2d(x, **self._geometry()), x.shape
+
+    def _backward(self, dout, input_shape):
+        return F.avg_pool2d_backward(dout, input_shape, **self._geometry())
+
+
+class GlobalAvgPool2D(Layer):
+    """Mean over the spatial axes: ``(N, C, H, W)`` -> ``(N, C)``.
+
+    The channel axis is kept and the spatial axes are dropped (as Keras'
+    ``GlobalAveragePooling2D``), so the result feeds a :class:`Dense` layer
+    directly. Equivalent to ``torch.nn.AdaptiveAvgPool2d(1)`` followed by a
+    flatten.
+    """
+
+    def _forward(self, x, training):
+        check_nchw(x, "x")
+        return x.mean(axis=(2, 3)), x.shape
+
+    def _backward(self, dout, input_shape):
+        h, w = input_shape[2:]
+        dx = np.empty(input_shape, dout.dtype)
+        dx[...] = (dout / (h * w))[:, :, None, None]
+        return dx
+
+    def output_shape(self, input_shape):
+        return input_shape_4d(input_shape)[:2]
