@@ -27,15 +27,17 @@ import time
 
 import numpy as np
 
-from fastcnn import bench
+from fastcnn._backend import KERNEL_NAMES
+from fastcnn.bench import cases
+from fastcnn.bench.timing import using_threads
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("op", choices=sorted(bench._BUILDERS))
-    parser.add_argument("shape", choices=sorted(bench.SHAPES))
+    parser.add_argument("op", choices=sorted(cases.BUILDERS))
+    parser.add_argument("shape", choices=sorted(cases.SHAPES))
     parser.add_argument("dtype", choices=["float32", "float64"])
-    parser.add_argument("--impl", default="cython", choices=bench.IMPLEMENTATIONS)
+    parser.add_argument("--impl", default="cython", choices=cases.IMPLEMENTATIONS)
     parser.add_argument("--level", default="op", choices=["kernel", "op"],
                         help="the raw kernel or the public op (kernels only)")
     parser.add_argument("--threads", type=int, default=1)
@@ -46,17 +48,17 @@ def main(argv=None) -> int:
     if args.layers:
         if args.op != "train_step" or args.impl != "cython":
             parser.error("--layers times fastcnn's train_step only")
-        with bench._threads(args.threads, None):
-            _time_layers(bench.SHAPES[args.shape], args.seconds)
+        with using_threads(args.threads, None):
+            _time_layers(cases.SHAPES[args.shape], args.seconds)
         return 0
 
-    torch = bench._import_torch() if args.impl == "torch" else None
+    torch = cases.import_torch() if args.impl == "torch" else None
     if args.impl == "torch" and torch is None:
         parser.error("--impl torch needs PyTorch installed")
-    level = args.level if args.op in bench.KERNEL_NAMES else bench._levels(args.op)[0]
-    with bench._threads(args.threads, torch):
-        case = bench._BUILDERS[args.op](
-            bench.SHAPES[args.shape], np.dtype(args.dtype), level, (args.impl,), args.threads, torch
+    level = args.level if args.op in KERNEL_NAMES else cases.levels(args.op)[0]
+    with using_threads(args.threads, torch):
+        case = cases.BUILDERS[args.op](
+            cases.SHAPES[args.shape], np.dtype(args.dtype), level, (args.impl,), args.threads, torch
         )
         call = case.fns[args.impl]
         call()  # warm-up: first-touch page faults and lazy initialisation
@@ -74,7 +76,7 @@ def _time_layers(shape, seconds: float) -> None:
     """Per-layer medians of the demo network's forward and backward (as bench's train_step)."""
     from fastcnn.losses import softmax_cross_entropy
 
-    model, x, labels = bench.demo_network(shape)
+    model, x, labels = cases.demo_network(shape)
     times = {(i, way): [] for i in range(len(model.layers)) for way in ("forward", "backward")}
     start = time.perf_counter()
     steps = 0

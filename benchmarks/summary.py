@@ -13,7 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from fastcnn.bench import KERNEL_NAMES, _find, _ratio
+from fastcnn._backend import KERNEL_NAMES
+from fastcnn.bench.report import format_ratio
+
+
+def _find(records, **key):
+    """The records whose fields equal `key`."""
+    return [r for r in records if all(r.get(k) == v for k, v in key.items())]
 
 
 def _record(records, **key):
@@ -39,13 +45,13 @@ def table(records, dtype: str) -> str:
             if cy is None:
                 continue
             numpy = _record(records, impl="numpy", threads=1, level=level, **key)
-            # PyTorch's faster way, its out= kernel or its public function (as the targets take it).
+            # PyTorch's faster way, its out= kernel or its public function.
             torch = min(_find(records, impl="torch", threads=1, **key),
                         key=lambda r: r["median_s"], default=None)
             cy_many = _record(records, impl="cython", threads=many, level=level, **key)
             lines.append(
-                f"| {op} | {shape} | {1e3 * cy['median_s']:.3f} | {_ratio(numpy, cy)} "
-                f"| {_ratio(torch, cy)} | {_ratio(cy, cy_many) if many > 1 else '-'} |"
+                f"| {op} | {shape} | {1e3 * cy['median_s']:.3f} | {format_ratio(numpy, cy)} "
+                f"| {format_ratio(torch, cy)} | {format_ratio(cy, cy_many) if many > 1 else '-'} |"
             )
     return "\n".join(lines)
 
