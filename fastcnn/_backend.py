@@ -35,6 +35,8 @@ __all__ = [
     "use_backend",
     "get_num_threads",
     "set_num_threads",
+    "default_num_threads",
+    "use_num_threads",
     "kernel",
     "pair_of",
     "PARALLEL_BYTES",
@@ -198,12 +200,32 @@ def get_num_threads() -> int:
 
     Never more than :data:`MAX_THREADS`, whatever ``OMP_NUM_THREADS`` says.
     """
-    default = min(_max_threads(), MAX_THREADS)
+    default = default_num_threads()
     if _num_threads is None:
         return default
     if _num_threads < 0:
         return max(1, default + 1 + _num_threads)
     return _num_threads
+
+
+def default_num_threads() -> int:
+    """The thread count of ``set_num_threads(None)``: OpenMP's default, at most :data:`MAX_THREADS`."""
+    return min(_max_threads(), MAX_THREADS)
+
+
+@contextlib.contextmanager
+def use_num_threads(n: int | None):
+    """Run the ``with`` block after ``set_num_threads(n)``, then restore the previous setting.
+
+    Process-wide, as :func:`set_num_threads` (unlike :func:`use_backend`,
+    which is local to the context).
+    """
+    saved = _num_threads
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(saved)
 
 
 def pair_of(name: str):

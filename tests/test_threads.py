@@ -367,6 +367,29 @@ def test_num_threads_zero_and_bad_types():
     assert fastcnn.get_num_threads() == 2  # a rejected value changes nothing
 
 
+def test_use_num_threads_restores_the_setting_and_default_num_threads():
+    fastcnn.set_num_threads(None)
+    default = fastcnn.get_num_threads()
+    assert _backend.default_num_threads() == default
+    for setting, expected_after in ((None, default), (-1, default), (1, 1)):
+        fastcnn.set_num_threads(setting)
+        with _backend.use_num_threads(2):
+            assert fastcnn.get_num_threads() == 2
+        assert fastcnn.get_num_threads() == expected_after
+        with pytest.raises(RuntimeError), _backend.use_num_threads(2):
+            raise RuntimeError("the block failed")
+        assert fastcnn.get_num_threads() == expected_after
+    # The setting, not the count, comes back: -1 follows a later change of the default.
+    fastcnn.set_num_threads(-1)
+    with _backend.use_num_threads(2):
+        pass
+    with threadpool_limits(limits=1, user_api="openmp"):
+        assert fastcnn.get_num_threads() == 1
+    with pytest.raises(ValueError), _backend.use_num_threads(0):
+        pass
+    assert _backend._num_threads == -1  # a rejected count changes nothing
+
+
 @pytest.mark.skipif(not OPENMP, reason="build without OpenMP: the default is always 1")
 def test_default_threads_follow_threadpool_limits():
     fastcnn.set_num_threads(None)

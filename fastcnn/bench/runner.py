@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from .. import _backend
+from .._backend import compiled_available, default_num_threads
 from .cases import (
     BUILDERS,
     IMPLEMENTATIONS,
@@ -28,7 +28,7 @@ __all__ = ["bench", "default_threads"]
 
 def default_threads() -> list[int]:
     """1 and every core the compiled kernels would use by default."""
-    return sorted({1, _backend._max_threads()})
+    return sorted({1, default_num_threads()})
 
 
 def bench(
@@ -91,7 +91,7 @@ def bench(
     torch = import_torch() if "torch" in impls else None
     if torch is None and "torch" in impls:
         impls.remove("torch")
-    if "cython" in impls and not _backend.compiled_available():
+    if "cython" in impls and not compiled_available():
         impls.remove("cython")
     dtypes = [np.dtype(d).name for d in dtypes]
 

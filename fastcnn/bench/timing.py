@@ -16,7 +16,7 @@ try:
 except ImportError:  # Windows
     resource = None
 
-from .. import _backend
+from .._backend import use_num_threads
 
 __all__ = ["FULL", "QUICK", "using_threads"]
 
@@ -154,15 +154,13 @@ def using_threads(n: int, torch):
     """Run the block with `n` threads in fastcnn, PyTorch and NumPy's BLAS."""
     from threadpoolctl import threadpool_limits
 
-    saved = _backend._num_threads
-    torch_saved = torch.get_num_threads() if torch is not None else None
-    _backend.set_num_threads(n)
-    if torch is not None:
-        torch.set_num_threads(n)
-    try:
-        with threadpool_limits(limits=n, user_api="blas"):
-            yield
-    finally:
-        _backend.set_num_threads(saved)
+    with use_num_threads(n):
+        torch_saved = torch.get_num_threads() if torch is not None else None
         if torch is not None:
-            torch.set_num_threads(torch_saved)
+            torch.set_num_threads(n)
+        try:
+            with threadpool_limits(limits=n, user_api="blas"):
+                yield
+        finally:
+            if torch is not None:
+                torch.set_num_threads(torch_saved)
