@@ -47,14 +47,8 @@ __all__ = [
     "scratch_buffer",
 ]
 
-KERNEL_NAMES = (
-    "im2col",
-    "col2im",
-    "max_pool2d",
-    "max_pool2d_backward",
-    "avg_pool2d",
-    "avg_pool2d_backward",
-)
+#: The registry: every kernel of the reference set, which the compiled set mirrors.
+KERNEL_NAMES = tuple(reference.__all__)
 BACKENDS = ("cython", "numpy")
 
 try:
