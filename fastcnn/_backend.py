@@ -5,12 +5,15 @@ in :mod:`fastcnn.reference`; dispatch, the parity tests and ``fastcnn bench``
 all walk it. Both sets share one signature; the compiled kernels take one
 extra trailing ``num_threads`` argument, which :func:`kernel` supplies.
 
-Threads: a compiled kernel called on its own runs :func:`get_num_threads`
-OpenMP threads. An op that interleaves kernels with NumPy's BLAS (conv2d and
-its backward) instead splits its work into chunks and runs them through
-:func:`run_chunks`: that many threads in total, each with a one-thread
-kernel and a one-thread BLAS, so that neither thread pool oversubscribes the
-cores and the results do not depend on the thread count.
+Threads: one policy governs every compiled kernel. A kernel runs on an
+OpenMP team of :func:`get_num_threads` threads (one for small work), and
+the GEMM drivers (conv2d, Dense) call BLAS from inside that team through
+``scipy.linalg.cython_blas``, with SciPy's BLAS held to one thread while
+any of them runs (:func:`blas_single_threaded`): the team is the only
+parallelism, so nothing oversubscribes the cores. NumPy's own BLAS is
+never touched. Every kernel splits its work in a way that depends on the
+sizes only, so results do not depend on the thread count, nor on what
+other Python threads do meanwhile.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -41,17 +45,19 @@ __all__ = [
     "pair_of",
     "PARALLEL_BYTES",
     "PARALLEL_MACS",
+    "blas_single_threaded",
     "one_blas_thread",
     "chunking",
-    "run_chunks",
-    "scratch_buffer",
 ]
 
 #: The registry: every kernel of the reference set, which the compiled set mirrors.
 KERNEL_NAMES = tuple(reference.__all__)
+#: The kernels that call BLAS (see :func:`blas_single_threaded`).
+GEMM_KERNELS = frozenset({"conv2d_forward", "conv2d_backward", "linear_forward", "linear_backward"})
 BACKENDS = ("cython", "numpy")
 
 try:
+    from ._kernels import conv as _conv
     from ._kernels import openmp as _openmp
     from ._kernels import pool as _pool
     from ._kernels import unfold as _unfold
@@ -67,6 +73,10 @@ else:
         "max_pool2d_backward": _pool.max_pool2d_backward,
         "avg_pool2d": _pool.avg_pool2d,
         "avg_pool2d_backward": _pool.avg_pool2d_backward,
+        "conv2d_forward": _conv.conv2d_forward,
+        "conv2d_backward": _conv.conv2d_backward,
+        "linear_forward": _conv.linear_forward,
+        "linear_backward": _conv.linear_backward,
     }
     _import_error = None
 
@@ -160,13 +170,12 @@ def _max_threads() -> int:
 
 
 def set_num_threads(n: int | None) -> None:
-    """Set the number of threads of the compiled kernels and of conv2d.
+    """Set the number of threads of every compiled kernel, BLAS calls included.
 
-    The kernels run on an OpenMP team of that size; conv2d and
-    conv2d_backward run their chunks of samples on the same team, with
-    NumPy's BLAS limited to one thread meanwhile (:func:`run_chunks`), so
-    the whole op, BLAS included, uses `n` threads. Small calls use one
-    (:data:`PARALLEL_BYTES`, :data:`PARALLEL_MACS`).
+    The kernels run on an OpenMP team of that size; the ones that call BLAS
+    (conv2d, Dense) do so from inside the team with BLAS held to one thread
+    (:func:`blas_single_threaded`), so the whole op uses `n` threads. Small
+    calls use one (:data:`PARALLEL_BYTES`, :data:`PARALLEL_MACS`).
 
     Parameters
     ----------
@@ -190,7 +199,7 @@ def set_num_threads(n: int | None) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of threads the compiled kernels and conv2d will use for the next call.
+    """The number of threads the compiled kernels will use for the next call.
 
     Never more than :data:`MAX_THREADS`, whatever ``OMP_NUM_THREADS`` says.
     """
@@ -229,50 +238,123 @@ def pair_of(name: str):
     return _compiled.get(name), getattr(reference, name)
 
 
-# Set to 1 for the duration of run_chunks, in its threads' contexts.
-_chunk_thread: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "fastcnn_chunk_thread", default=None
-)
-
-
 # Work too small to pay for a second thread runs on the caller's alone. On
 # cores shared with other processes, a thread of the team that slept or was
-# preempted joins a parallel region (or takes the GIL back) a scheduler slice
-# late, milliseconds: measured, the demo's 2-thread training step took 47 ms
-# instead of 5 (digits) and 200 instead of 53 (mnist) with its kernels,
-# conv2d chunks and Dense GEMMs on two threads. Large ops still gain.
+# preempted joins a parallel region a scheduler slice late: milliseconds.
 
-#: A compiled kernel whose arrays hold fewer bytes runs on one thread: about
-#: a millisecond of work (the mnist demo's largest pooling, 11 MB, stays
-#: serial; the resnet benchmark's, 32 MB and more, go parallel).
-PARALLEL_BYTES = 16 << 20
+#: A compiled kernel whose arrays hold fewer bytes runs on one thread.
+PARALLEL_BYTES = 1 << 20
 
-#: Chunks of conv2d (and Dense GEMMs) of fewer multiply-adds run on one
-#: thread: about a millisecond of GEMM. Below that the GIL hand-offs between
-#: a chunk's NumPy calls cost a second thread more than it gains.
-PARALLEL_MACS = 32_000_000
+#: A GEMM driver call of fewer multiply-adds runs on one thread.
+PARALLEL_MACS = 2_000_000
 
 
-def kernel(name: str):
-    """The kernel `name` of the active set, with the reference's signature.
+def kernel(name: str, parallel: bool | None = None, twin: bool = False):
+    """The kernel `name` of the active set (or the twin, if `twin`), with the
+    reference's signature.
 
-    A compiled kernel runs :func:`get_num_threads` OpenMP threads if its
-    arrays hold at least :data:`PARALLEL_BYTES`, else one; inside
-    :func:`run_chunks` one (whose threads are the op's parallelism).
-    Results do not depend on the thread count.
+    A compiled kernel runs :func:`get_num_threads` OpenMP threads if
+    `parallel` is true, or, when it is None, if its arrays hold at least
+    :data:`PARALLEL_BYTES`; else one. The GEMM drivers run inside
+    :func:`blas_single_threaded`, and their twins with NumPy's BLAS held to
+    one thread likewise. Results do not depend on the thread count.
     """
-    compiled, twin = pair_of(name)
-    if get_backend() == "numpy":
-        return twin
-    threads = _chunk_thread.get() or get_num_threads()
-    if threads == 1:
-        return lambda *args: compiled(*args, 1)
+    compiled, reference_kernel = pair_of(name)
+    gemm = name in GEMM_KERNELS
+    if twin or get_backend() == "numpy":
+        if not gemm:
+            return reference_kernel
+
+        def call_twin(*args):
+            with _single_threaded_numpy_blas:
+                return reference_kernel(*args)
+
+        return call_twin
+    threads = get_num_threads()
 
     def call(*args):
-        nbytes = sum(a.nbytes for a in args if isinstance(a, np.ndarray))
-        return compiled(*args, threads if nbytes >= PARALLEL_BYTES else 1)
+        n = threads
+        if parallel is None:
+            if sum(a.nbytes for a in args if isinstance(a, np.ndarray)) < PARALLEL_BYTES:
+                n = 1
+        elif not parallel:
+            n = 1
+        if not gemm:
+            return compiled(*args, n)
+        with _single_threaded_blas:
+            return compiled(*args, n)
 
     return call
+
+
+class _SingleThreadedBlas:
+    """Holds a BLAS library at one thread while at least one user is inside;
+    the first one in sets it, the last one out restores what it was (so
+    overlapping users from several Python threads never see each other's
+    limits). SciPy's (that of ``scipy.linalg.cython_blas``, which the
+    compiled kernels call), or with `numpy` NumPy's (the twins')."""
+
+    def __init__(self, numpy: bool = False) -> None:
+        self._numpy = numpy
+        self._lock = threading.Lock()
+        self._users = 0
+        self._libraries = None
+        self._saved: list[int] = []
+
+    def _find(self):
+        # SciPy's BLAS is the library that threadpoolctl finds outside NumPy's
+        # folders (wheels bundle one each); where both are one library, that one.
+        import numpy
+        import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS)
+        from threadpoolctl import ThreadpoolController
+
+        blas = ThreadpoolController().select(user_api="blas").lib_controllers
+        home = os.path.dirname(os.path.realpath(numpy.__file__))
+        numpy_dirs = (home + os.sep, home + ".libs" + os.sep)
+        ours = [lib for lib in blas
+                if os.path.realpath(lib.filepath).startswith(numpy_dirs) == self._numpy]
+        return ours or blas
+
+    @staticmethod
+    def _set(lib, n: int) -> None:
+        # threadpoolctl (>= 3.8) ignores an OpenBLAS limit set from any Python
+        # thread but the first one that set one; this limit is fastcnn's own
+        # (counted across threads above), so it goes to the library directly.
+        getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n)
+
+    def __enter__(self):
+        with self._lock:
+            if self._users == 0:
+                if self._libraries is None:
+                    self._libraries = self._find()
+                self._saved = [lib.num_threads for lib in self._libraries]
+                for lib, n in zip(self._libraries, self._saved):
+                    if n != 1:
+                        self._set(lib, 1)
+            self._users += 1
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                for lib, n in zip(self._libraries, self._saved):
+                    if n != 1:
+                        self._set(lib, n)
+
+
+_single_threaded_blas = _SingleThreadedBlas()
+_single_threaded_numpy_blas = _SingleThreadedBlas(numpy=True)
+
+
+def blas_single_threaded() -> _SingleThreadedBlas:
+    """A context holding SciPy's BLAS (the one compiled kernels call) at one thread.
+
+    Reentrant and shared between Python threads: the limit is set by the
+    first context to enter and lifted by the last to leave. NumPy's BLAS is
+    left alone.
+    """
+    return _single_threaded_blas
 
 
 # threadpoolctl finds the BLAS libraries once: a limit then costs microseconds
@@ -314,65 +396,6 @@ def chunking(n: int, item_bytes: int) -> tuple[int, int]:
     count = -(-n * item_bytes // CHUNK_BYTES)
     size = max(1, -(-n // max(count, 1)))
     return size, -(-n // size)
-
-
-def run_chunks(work, n_chunks: int, parallel: bool = True) -> None:
-    """Call ``work(i, scratch)`` once for every chunk ``i`` in ``range(n_chunks)``.
-
-    The chunks run on ``min(get_num_threads(), n_chunks, CPUs)`` threads of
-    the OpenMP team that runs the compiled kernels, the caller's thread
-    included (on the caller's alone without the compiled kernels). Each
-    thread takes the next chunk until none is left and passes its own
-    `scratch` dict, where `work` may keep buffers (:func:`scratch_buffer`)
-    from one chunk to the next. Meanwhile NumPy's BLAS is limited to one
-    thread (threadpoolctl; restored on return) and the kernels that `work`
-    gets from :func:`kernel` run one thread each: the op occupies exactly
-    that many cores. Every thread runs in a copy of the caller's context
-    (the backend of :func:`use_backend`, ``np.errstate``).
-
-    Chunks must not depend on each other nor write the same memory; results
-    then do not depend on the number of threads. ``parallel=False`` runs
-    them on the caller's thread only (for chunks too small to gain from
-    more: every chunk takes the GIL to start its NumPy calls).
-
-    Raises
-    ------
-    Exception
-        The first exception raised by `work`, once the chunks already
-        started have finished (no chunk starts after it).
-    """
-    threads = min(get_num_threads(), n_chunks, _CPUS) if parallel else 1
-    if n_chunks <= 0:
-        return
-    token = _chunk_thread.set(1)
-    try:
-        with one_blas_thread():
-            _run_chunks_on(threads, work, n_chunks)
-    finally:
-        _chunk_thread.reset(token)
-
-
-def scratch_buffer(scratch: dict, name: str, shape, dtype) -> np.ndarray:
-    """The buffer `name` in a thread's `scratch` dict of :func:`run_chunks`, made on first use."""
-    buffer = scratch.get(name)
-    if buffer is None:
-        buffer = scratch[name] = np.empty(shape, dtype=dtype)
-    return buffer
-
-
-def _run_chunks_on(threads: int, work, n_chunks: int) -> None:
-    if threads == 1 or _openmp is None:
-        scratch = {}
-        for i in range(n_chunks):
-            work(i, scratch)
-        return
-    # The chunks run on the OpenMP team that also runs the kernels, not on
-    # threads of their own: after a parallel kernel, OpenMP's idle threads
-    # spin for milliseconds, and extra Python threads would wait behind them
-    # (the demo's 2-thread training step took 8x as long as its 1-thread one).
-    contexts = [contextvars.copy_context() for _ in range(threads)]
-    scratches = [{} for _ in range(threads)]
-    _openmp.run_parallel(lambda i, t: contexts[t].run(work, i, scratches[t]), n_chunks, threads)
 
 
 def build_info() -> dict:

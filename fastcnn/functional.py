@@ -2,8 +2,8 @@
 
 Every function validates its arguments once (:mod:`fastcnn._validation`),
 allocates its result and hands the loops to the active kernel set
-(:mod:`fastcnn._backend`). Convolutions are im2col + GEMMs through NumPy's
-BLAS, chunk by chunk of samples (see :func:`conv2d`). Arrays are NCHW,
+(:mod:`fastcnn._backend`). Convolutions are im2col + BLAS GEMMs, sample by
+sample, in compiled code (see :func:`conv2d`). Arrays are NCHW,
 float32 or float64; `kernel_size`, `stride`, `padding` and `dilation` take an
 int or an ``(h, w)`` pair.
 """
@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _backend
 from . import _validation as v
-from ._backend import chunking, kernel, run_chunks, scratch_buffer
+from ._backend import kernel
 
 __all__ = [
     "im2col",
@@ -140,15 +140,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
 
     Notes
     -----
-    The batch is processed in chunks of samples small enough for their
-    im2col columns to stay in cache until the GEMM (``weight @ columns``,
-    NumPy's BLAS) has read them. :func:`fastcnn.set_num_threads` governs
-    the whole op: that many threads take chunks in turn, each running
-    im2col and its GEMMs on one thread, with NumPy's BLAS limited to one
-    thread for the duration (see :func:`fastcnn._backend.run_chunks`).
-    Chunks of fewer than :data:`fastcnn._backend.PARALLEL_MACS`
-    multiply-adds all run on the caller's thread. The result does not
-    depend on the number of threads.
+    Each sample is unfolded (im2col) into a buffer that stays in cache
+    while BLAS multiplies it by the weight. :func:`fastcnn.set_num_threads`
+    governs the whole op: the samples are spread over that many threads,
+    each calling a one-thread BLAS. The result does not depend on the
+    number of threads.
     """
     x, weight, groups = _conv_operands(x, weight, groups)
     if bias is not None:
@@ -160,29 +156,30 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
     return _conv2d(x, weight, bias, win, groups)
 
 
+# BLAS takes C ints: a GEMM with a larger dimension goes to the twin, whose
+# NumPy BLAS has 64-bit ones.
+_BLAS_INT_MAX = 2**31 - 1
+
+
+def _gemm_kernel(name: str, dims, macs: int):
+    """The GEMM driver `name` for these GEMM dimensions and multiply-adds."""
+    return kernel(name, parallel=macs >= _backend.PARALLEL_MACS, twin=max(dims) > _BLAS_INT_MAX)
+
+
+def _no_bias(dtype) -> np.ndarray:
+    return np.empty(0, dtype)
+
+
 def _conv2d(x, weight, bias, win: v.Window, groups: int) -> np.ndarray:
     """:func:`conv2d` of validated operands (C-contiguous, one dtype) and window."""
     n, f = x.shape[0], weight.shape[0]
-    rows, length = x.shape[1] * win.kh * win.kw, win.oh * win.ow
     out = np.empty((n, f, win.oh, win.ow), dtype=x.dtype)
-    y = out.reshape(n, groups, f // groups, length)
-    w = weight.reshape(groups, f // groups, -1)
-    # A chunk runs from im2col to its GEMM while its columns (and output)
-    # are in cache, reusing its buffers: not (N, C*kh*kw, L) through memory.
-    size, count = chunking(n, (rows + f) * length * x.itemsize)
-    # NumPy adds a whole (F, L) plane much faster than it broadcasts (F, 1).
-    # (An empty batch needs none, and its L may be huge.)
-    shift = None if bias is None or not count else np.repeat(bias, length).reshape(groups, -1, length)
-
-    def chunk(i, scratch):
-        part = slice(i * size, (i + 1) * size)
-        cols = _chunk_columns(x[part], win, scratch, size)
-        np.matmul(w, cols.reshape(len(cols), groups, -1, length), out=y[part])
-        if shift is not None:
-            y[part] += shift
-
-    run_chunks(chunk, count, parallel=size * f * weight[0].size * length >= _backend.PARALLEL_MACS)
-    return out
+    if not n:  # (an empty batch's output planes may be huge)
+        return out
+    kg, length = weight[0].size, win.oh * win.ow
+    run = _gemm_kernel("conv2d_forward", (length, kg, f), n * f * kg * length)
+    return run(x, weight.reshape(f, kg), _no_bias(x.dtype) if bias is None else bias, *win,
+               groups, out)
 
 
 def conv2d_backward(dout, x, weight, stride=1, padding=0, dilation=1, groups=1):
@@ -204,10 +201,10 @@ def conv2d_backward(dout, x, weight, stride=1, padding=0, dilation=1, groups=1):
 
     Notes
     -----
-    Chunked and threaded as :func:`conv2d`: per chunk of samples, im2col,
-    the GEMMs for dweight and for the column gradient, and col2im into dx.
-    dweight and dbias are summed chunk by chunk in a fixed order, so the
-    results do not depend on the number of threads either.
+    Threaded as :func:`conv2d`. The batch is cut into chunks that depend on
+    the sizes only; each chunk sums its samples' dweight and dbias in order,
+    and the chunks' sums are added in chunk order, so the results do not
+    depend on the number of threads either.
     """
     x, weight, groups = _conv_operands(x, weight, groups)
     dout = v.as_float_array(dout, "dout")
@@ -219,50 +216,67 @@ def conv2d_backward(dout, x, weight, stride=1, padding=0, dilation=1, groups=1):
     return _conv2d_backward(dout, x, weight, win, groups)
 
 
+# The most chunks a backward pass cuts a batch into, and the most bytes
+# their per-chunk weight gradients may take.
+_MAX_CHUNKS = 32
+_CHUNK_GRAD_BYTES = 64 << 20
+
+
+def _batch_chunks(n: int, grad_bytes: int, most: int = _MAX_CHUNKS) -> tuple[int, int]:
+    """``(samples per chunk, number of chunks)`` of a pass over `n` samples
+    whose weight gradient takes `grad_bytes`: enough chunks (at most `most`)
+    to keep every thread busy, from the sizes only (never the thread count)."""
+    count = max(1, min(n, most, _CHUNK_GRAD_BYTES // max(grad_bytes, 1)))
+    size = -(-n // count)
+    return size, -(-n // size)
+
+
 def _conv2d_backward(dout, x, weight, win: v.Window, groups: int):
     """:func:`conv2d_backward` of validated operands (C-contiguous, one dtype) and window."""
     n, f = x.shape[0], weight.shape[0]
-    fg, kg = f // groups, weight[0].size
-    rows, length = x.shape[1] * win.kh * win.kw, win.oh * win.ow
-    g = dout.reshape(n, groups, fg, length)
-    w_t = weight.reshape(groups, fg, kg).transpose(0, 2, 1)
-    # Per sample: columns and their gradient, the dweight product, dout and dx.
-    image = x.shape[1] * x.shape[2] * x.shape[3]
-    size, count = chunking(n, (2 * rows * length + rows * fg + f * length + image) * x.itemsize)
+    kg, length = weight[0].size, win.oh * win.ow
     dx = np.empty(x.shape, dtype=x.dtype)
-    # Each chunk's share of dweight (transposed) and dbias; they are added up
-    # in chunk order afterwards, so that no sum depends on the thread count.
-    dweight_t = np.empty((count, groups, kg, fg), dtype=x.dtype)
-    dbias = np.empty((count, groups, fg), dtype=x.dtype)
-    ones = np.ones(length if count else 0, dtype=x.dtype)  # (an empty batch's L may be huge)
-
-    def chunk(i, scratch):
-        part = slice(i * size, (i + 1) * size)
-        cols = _chunk_columns(x[part], win, scratch, size)
-        m = len(cols)
-        cols = cols.reshape(m, groups, kg, length)
-        # cols @ dout.T rather than dout @ cols.T: BLAS is faster with the
-        # (few) filters as the short side of the product.
-        products = scratch_buffer(scratch, "products", (size, groups, kg, fg), x.dtype)[:m]
-        np.matmul(cols, g[part].transpose(0, 1, 3, 2), out=products)
-        products.sum(axis=0, out=dweight_t[i])
-        # A GEMV sums over the positions several times faster than ndarray.sum.
-        sums = scratch_buffer(scratch, "sums", (size, groups, fg), x.dtype)[:m]
-        np.matmul(g[part], ones, out=sums).sum(axis=0, out=dbias[i])
-        dcols = scratch_buffer(scratch, "dcols", (size, groups, kg, length), x.dtype)[:m]
-        np.matmul(w_t, g[part], out=dcols)
-        kernel("col2im")(dcols.reshape(m, rows, length), *win, dx[part])
-
-    run_chunks(chunk, count, parallel=2 * size * f * kg * length >= _backend.PARALLEL_MACS)
-    dweight = np.ascontiguousarray(dweight_t.sum(axis=0).transpose(0, 2, 1))
-    return dx, dweight.reshape(weight.shape), dbias.sum(axis=0).reshape(f)
+    if not n:
+        return dx, np.zeros_like(weight), np.zeros(f, x.dtype)
+    size, count = _batch_chunks(n, weight.nbytes)
+    dweight = np.empty((count, f, kg), dtype=x.dtype)
+    dbias = np.empty((count, f), dtype=x.dtype)
+    run = _gemm_kernel("conv2d_backward", (length, kg, f), 2 * n * f * kg * length)
+    run(dout, x, weight.reshape(f, kg), *win, groups, size, dx, dweight, dbias)
+    return dx, dweight.sum(axis=0).reshape(weight.shape), dbias.sum(axis=0)
 
 
-def _chunk_columns(x: np.ndarray, win: v.Window, scratch: dict, size: int) -> np.ndarray:
-    """im2col of the chunk `x` (at most `size` samples) into the thread's buffer."""
-    n, c = x.shape[:2]
-    cols = scratch_buffer(scratch, "cols", (size, c * win.kh * win.kw, win.oh * win.ow), x.dtype)
-    return kernel("im2col")(x, *win, cols[:n])
+# Every chunk of a linear layer's batch reads the whole weight: fewer, larger
+# chunks than a convolution's.
+_LINEAR_CHUNKS = 8
+
+
+def _linear(x: np.ndarray, weight: np.ndarray, bias) -> np.ndarray:
+    """``x @ weight.T + bias`` (``F.linear``) of validated 2-D operands of one dtype.
+
+    x (N, I), weight (O, I), bias (O,) or None; returns (N, O).
+    """
+    n, o = len(x), len(weight)
+    out = np.empty((n, o), dtype=x.dtype)
+    if not n:
+        return out
+    size, _ = _batch_chunks(n, weight.nbytes, _LINEAR_CHUNKS)
+    run = _gemm_kernel("linear_forward", weight.shape + (size,), n * weight.size)
+    return run(x, weight, _no_bias(x.dtype) if bias is None else bias, size, out)
+
+
+def _linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray):
+    """Gradients ``(dx, dweight, dbias)`` of :func:`_linear`, from validated operands."""
+    n = len(x)
+    dx = np.empty(x.shape, dtype=x.dtype)
+    if not n:
+        return dx, np.zeros_like(weight), np.zeros(len(weight), x.dtype)
+    size, count = _batch_chunks(n, weight.nbytes, _LINEAR_CHUNKS)
+    dweight = np.empty((count,) + weight.shape, dtype=x.dtype)
+    dbias = np.empty((count, len(weight)), dtype=x.dtype)
+    run = _gemm_kernel("linear_backward", weight.shape + (size,), 2 * n * weight.size)
+    run(dout, x, weight, size, dx, dweight, dbias)
+    return dx, dweight.sum(axis=0), dbias.sum(axis=0)
 
 
 def max_pool2d(

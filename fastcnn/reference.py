@@ -27,6 +27,10 @@ __all__ = [
     "max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "conv2d_forward",
+    "conv2d_backward",
+    "linear_forward",
+    "linear_backward",
 ]
 
 
@@ -217,3 +221,124 @@ def avg_pool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor
             _offset_view(acc, i, j, sh, sw, 1, 1, oh, ow)[...] += grad
     out[...] = acc[:, :, ph : ph + h, pw : pw + w]
     return out
+
+
+# GEMM drivers. They make the compiled drivers' BLAS calls through NumPy's
+# matmul (a GEMM per sample and group, a GEMV for the bias sums) and add up
+# in the same order; the two BLAS libraries (NumPy's and SciPy's) may still
+# round a product differently, so these twins agree with the compiled
+# drivers to rounding, not bit for bit.
+
+# The twins unfold this many bytes of columns at a time (NumPy has no
+# per-sample loop to keep them in cache, but memory must stay bounded).
+_COLUMN_BYTES = 16 << 20
+
+
+def _sample_blocks(n, sample_bytes):
+    step = max(1, _COLUMN_BYTES // max(sample_bytes, 1))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def conv2d_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, out):
+    """Convolution (cross-correlation), as ``F.conv2d``, by im2col and GEMMs.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    weight : ndarray, shape (F, C/groups*kh*kw)
+    bias : ndarray, shape (F,) or (0,) for none
+    out : ndarray, shape (N, F, oh, ow), same dtype as `x`
+    """
+    n, c = x.shape[:2]
+    f, kg = weight.shape
+    fg, length = f // groups, oh * ow
+    w = weight.reshape(groups, fg, kg)
+    y = out.reshape(n, groups, fg, length)
+    for part in _sample_blocks(n, c * kh * kw * length * x.itemsize):
+        cols = im2col(x[part], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
+                      np.empty((part.stop - part.start, c * kh * kw, length), x.dtype))
+        np.matmul(w, cols.reshape(-1, groups, kg, length), out=y[part])
+    if bias.size:
+        out += bias.reshape(f, 1, 1)
+    return out
+
+
+def conv2d_backward(dout, x, weight, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, chunk,
+                    dx, dweight_parts, dbias_parts):
+    """Gradients of :func:`conv2d_forward` with respect to x, weight and bias.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, F, oh, ow)
+    x : ndarray, shape (N, C, H, W)
+    weight : ndarray, shape (F, C/groups*kh*kw)
+    chunk : int
+        Samples ``[p*chunk, (p+1)*chunk)`` form chunk p.
+    dx : ndarray, shape (N, C, H, W), filled
+    dweight_parts : ndarray, shape (ceil(N/chunk), F, C/groups*kh*kw), filled
+        Chunk p's weight gradient, summed over its samples in order.
+    dbias_parts : ndarray, shape (ceil(N/chunk), F), filled
+        Chunk p's bias gradient, likewise.
+    """
+    n, c = x.shape[:2]
+    f, kg = weight.shape
+    fg, length = f // groups, oh * ow
+    w_t = weight.reshape(groups, fg, kg).transpose(0, 2, 1)
+    ones = np.ones(length, x.dtype)
+    for p in range(len(dweight_parts)):
+        part = slice(p * chunk, min(n, (p + 1) * chunk))
+        m = part.stop - part.start
+        cols = im2col(x[part], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
+                      np.empty((m, c * kh * kw, length), x.dtype))
+        g = dout[part].reshape(m, groups, fg, length)
+        products = np.matmul(g, cols.reshape(m, groups, kg, length).transpose(0, 1, 3, 2))
+        # Summed over axis 0, sample after sample, as the compiled driver does.
+        products.reshape(m, f, kg).sum(axis=0, out=dweight_parts[p])
+        np.matmul(dout[part].reshape(m, f, length), ones).sum(axis=0, out=dbias_parts[p])
+        dcols = np.matmul(w_t, g)
+        col2im(dcols.reshape(m, c * kh * kw, length), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
+               dx[part])
+    return dx
+
+
+def linear_forward(x, weight, bias, chunk, out):
+    """``out = x @ weight.T + bias``, as ``F.linear``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, I)
+    weight : ndarray, shape (O, I)
+    bias : ndarray, shape (O,) or (0,) for none
+    chunk : int
+        Rows ``[p*chunk, (p+1)*chunk)`` form one GEMM.
+    out : ndarray, shape (N, O)
+    """
+    for lo in range(0, len(x), chunk):
+        np.matmul(x[lo : lo + chunk], weight.T, out=out[lo : lo + chunk])
+    if bias.size:
+        out += bias
+    return out
+
+
+def linear_backward(dout, x, weight, chunk, dx, dweight_parts, dbias_parts):
+    """Gradients of :func:`linear_forward`.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, O)
+    x : ndarray, shape (N, I)
+    weight : ndarray, shape (O, I)
+    chunk : int
+        Rows ``[p*chunk, (p+1)*chunk)`` form chunk p.
+    dx : ndarray, shape (N, I), filled with ``dout @ weight``
+    dweight_parts : ndarray, shape (ceil(N/chunk), O, I), filled
+        Chunk p's ``dout.T @ x``.
+    dbias_parts : ndarray, shape (ceil(N/chunk), O), filled
+        Chunk p's column sums of dout, row after row.
+    """
+    for p in range(len(dweight_parts)):
+        rows = slice(p * chunk, (p + 1) * chunk)
+        np.matmul(dout[rows], weight, out=dx[rows])
+        np.matmul(dout[rows].T, x[rows], out=dweight_parts[p])
+        dout[rows].sum(axis=0, out=dbias_parts[p])
+    return dx

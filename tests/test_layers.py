@@ -386,10 +386,16 @@ def test_backends_agree(case):
             dout = np.random.default_rng(32).standard_normal(out.shape).astype(np.float32)
             results[name] = forward_backward(layer, x, dout, case.training)
     (out_a, dx_a, grads_a), (out_b, dx_b, grads_b) = results.values()
-    np.testing.assert_array_equal(out_a, out_b)
-    np.testing.assert_array_equal(dx_a, dx_b)
+    # Exact, but for products: the compiled GEMMs run on SciPy's BLAS, the
+    # twins' on NumPy's, which may round a product differently.
+    same = np.testing.assert_array_equal
+    if isinstance(case.make(np.float32), (Conv2D, Dense)):
+        def same(a, b):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max(initial=1))
+    same(out_a, out_b)
+    same(dx_a, dx_b)
     for key in grads_a:
-        np.testing.assert_array_equal(grads_a[key], grads_b[key])
+        same(grads_a[key], grads_b[key])
 
 
 # ---------------------------------------------------------------------------

@@ -5,15 +5,13 @@
   element and no sum depends on the thread count), both through
   ``fastcnn.set_num_threads`` and through
   ``threadpoolctl.threadpool_limits(1, user_api="openmp")``.
-* The ops that split their work into chunks of samples over threads
-  (conv2d, conv2d_backward; ``_backend.run_chunks``): bitwise identical for
-  1 to 4 threads with many small chunks (BatchNorm, chunked on one thread,
-  as well), NumPy's BLAS on one
-  thread while they run (also when two calls overlap) and restored
-  afterwards (also after an exception), the caller's backend and
-  ``np.errstate`` in every thread, and the first exception of a chunk
-  raised to the caller.
-* Small work (kernels under ``_backend.PARALLEL_BYTES``, conv2d chunks under
+* The GEMM drivers (conv2d, Dense): bitwise identical for 1 to 4 threads
+  (BatchNorm, chunked on one thread, as well); SciPy's BLAS, which they
+  call, held at one thread while they run (also when two calls overlap)
+  and restored afterwards (also after an error), NumPy's BLAS untouched;
+  concurrent calls from Python threads give the result of the same call
+  made alone, also while other threads change BLAS limits.
+* Small work (kernels under ``_backend.PARALLEL_BYTES``, GEMM drivers under
   ``PARALLEL_MACS``) runs on the caller's thread; the tests above lower both
   limits so that their small inputs still run in parallel.
 * ``get_num_threads``/``set_num_threads`` semantics (None resets, 0 is an
@@ -36,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from strategies import Geometry, make_values
+import threadpoolctl
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import fastcnn
@@ -100,7 +99,29 @@ def _run_all_kernels(g, dtype, nt):
             args = (*g.avg_params(), cip, div)
             outs.append(k["avg_pool2d"](x, *args, np.empty(avg_shape, dtype), nt))
             outs.append(k["avg_pool2d_backward"](dout, *args, np.empty(g.shape, dtype), nt))
-    return outs
+    return outs + _run_gemm_kernels(g, dtype, nt, k)
+
+
+def _run_gemm_kernels(g, dtype, nt, k):
+    """The GEMM drivers on geometry g (as a convolution with 2 groups) with nt threads."""
+    rng = np.random.default_rng(15)
+    x = make_values(rng, (g.n * 3, 2 * g.c, g.h, g.w), dtype, "normal")
+    f, kg = 6, g.c * g.kh * g.kw
+    w = make_values(rng, (f, kg), dtype, "normal")
+    b = make_values(rng, (f,), dtype, "normal")
+    shape = (x.shape[0], f, g.conv_oh, g.conv_ow)
+    y = k["conv2d_forward"](x, w, b, *g.conv_params(), 2, np.empty(shape, dtype), nt)
+    chunk, parts = 2, -(-x.shape[0] // 2)
+    dx, dw, db = (np.empty(x.shape, dtype), np.empty((parts, f, kg), dtype),
+                  np.empty((parts, f), dtype))
+    k["conv2d_backward"](y, x, w, *g.conv_params(), 2, chunk, dx, dw, db, nt)
+    flat = x.reshape(len(x), -1)
+    wl = make_values(rng, (7, flat.shape[1]), dtype, "normal")
+    yl = k["linear_forward"](flat, wl, b[:0], chunk, np.empty((len(x), 7), dtype), nt)
+    dxl, dwl, dbl = (np.empty(flat.shape, dtype), np.empty((parts, 7, flat.shape[1]), dtype),
+                     np.empty((parts, 7), dtype))
+    k["linear_backward"](yl, flat, wl, chunk, dxl, dwl, dbl, nt)
+    return [y, dx, dw, db, yl, dxl, dwl, dbl]
 
 
 @needs_compiled
@@ -190,7 +211,7 @@ def test_concurrent_calls_from_python_threads():
 
 
 # ---------------------------------------------------------------------------
-# Ops chunked over threads (_backend.run_chunks)
+# Ops that split a batch into chunks, and the BLAS they call
 
 
 @pytest.fixture
@@ -200,7 +221,12 @@ def small_chunks(monkeypatch, small_ops_parallel):
 
 
 def _blas_threads():
-    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    """``{filepath: threads}`` of every BLAS library loaded."""
+    return {p["filepath"]: p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+
+def _scipy_blas():
+    return {lib.filepath for lib in _backend.blas_single_threaded()._find()}
 
 
 def _run_chunked(dtype):
@@ -229,97 +255,136 @@ def test_chunked_ops_bitwise_identical_across_thread_counts(small_chunks, backen
                 _same_bits(a, b)
 
 
+def _recording(monkeypatch, name, seen, record=lambda args: args[-1]):
+    compiled = _backend._compiled[name]
+
+    def call(*args):
+        seen.append(record(args))
+        return compiled(*args)
+
+    monkeypatch.setitem(_backend._compiled, name, call)
+
+
 @needs_compiled
 def test_small_work_runs_on_the_callers_thread(monkeypatch):
     # Below PARALLEL_BYTES a kernel gets one thread, at or above it the team;
-    # conv2d chunks below PARALLEL_MACS run on the caller's thread alone.
+    # GEMM drivers below PARALLEL_MACS multiply-adds get one thread too.
     fastcnn.set_num_threads(2)
     seen = []
-    compiled = _backend._compiled["max_pool2d"]
-    monkeypatch.setitem(_backend._compiled, "max_pool2d",
-                        lambda *args: seen.append(args[-1]) or compiled(*args))
+    _recording(monkeypatch, "max_pool2d", seen)
+    _recording(monkeypatch, "conv2d_forward", seen)
     x = np.ones((2, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
     with fastcnn.use_backend("cython"):
         F.max_pool2d(x, 2)
+        F.conv2d(x, w)
         monkeypatch.setattr(_backend, "PARALLEL_BYTES", x.nbytes)
+        monkeypatch.setattr(_backend, "PARALLEL_MACS", 2 * 4 * 27 * 36)
         F.max_pool2d(x, 2)
-    assert seen == [1, 2]
-    threads = []
-    monkeypatch.setattr(_backend, "run_chunks",
-                        lambda work, n, parallel=True: threads.append(parallel))
-    monkeypatch.setattr(F, "run_chunks", _backend.run_chunks)
-    F.conv2d(x, np.ones((4, 3, 3, 3), np.float32))
-    monkeypatch.setattr(_backend, "PARALLEL_MACS", 0)
-    F.conv2d(x, np.ones((4, 3, 3, 3), np.float32))
-    assert threads == [False, True]
+        F.conv2d(x, w)
+    assert seen == [1, 1, 2, 2]
 
 
-def test_run_chunks_limits_blas_to_one_thread_and_restores_it(small_chunks):
+@needs_compiled
+def test_gemm_drivers_hold_scipy_blas_at_one_thread_and_leave_numpy_blas_alone(monkeypatch):
     fastcnn.set_num_threads(2)
-    seen = []
+    scipy_blas, seen = _scipy_blas(), []
+    _recording(monkeypatch, "conv2d_backward", seen, lambda args: _blas_threads())
+    x = np.ones((8, 3, 9, 9))
+    w = np.ones((2, 3, 3, 3))
     with threadpool_limits(limits=2, user_api="blas"):
         before = _blas_threads()
-        _backend.run_chunks(lambda i, scratch: seen.append(_blas_threads()), 6)
-        assert _blas_threads() == before
-        x = np.ones((8, 3, 9, 9))
-        F.conv2d_backward(F.conv2d(x, np.ones((2, 3, 3, 3))), x, np.ones((2, 3, 3, 3)))
-        assert _blas_threads() == before
-        with pytest.raises(ZeroDivisionError):
-            _backend.run_chunks(lambda i, scratch: 1 / 0, 3)
-        assert _blas_threads() == before
-    assert len(seen) == 6 and all(set(threads) <= {1} for threads in seen)
+        with fastcnn.use_backend("cython"):
+            F.conv2d_backward(F.conv2d(x, w), x, w)
+            with pytest.raises(ValueError):
+                F.conv2d_backward(np.ones((1, 1, 1, 1)), x, w)
+        assert _blas_threads() == before  # restored, also after the error
+    (during,) = seen
+    assert {path: n for path, n in during.items() if path in scipy_blas} == dict.fromkeys(
+        scipy_blas, 1)
+    assert {path: n for path, n in during.items() if path not in scipy_blas} == {
+        path: n for path, n in before.items() if path not in scipy_blas}
 
 
-def test_overlapping_run_chunks_calls_both_run_with_one_blas_thread():
-    # (threadpoolctl decides what happens to the limit when such calls end:
-    # OpenBLAS's pthreads pool is process-wide. No threadpool_limits here:
-    # it would make this thread the one that controls OpenBLAS.)
+def test_overlapping_single_threaded_blas_contexts_restore_once_the_last_leaves():
+    # Two Python threads inside at once: the first one out must not lift the
+    # limit under the other.
+    scipy_blas = _scipy_blas()
+    first_in, first_out, second_checked = (threading.Barrier(2) for _ in range(3))
+    seen = []
+
+    def first():
+        with _backend.blas_single_threaded():
+            first_in.wait(timeout=30)
+        first_out.wait(timeout=30)
+        second_checked.wait(timeout=30)
+
+    def second():
+        first_in.wait(timeout=30)
+        with _backend.blas_single_threaded():
+            first_out.wait(timeout=30)
+            seen.append(_blas_threads())
+        second_checked.wait(timeout=30)
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        threads = [threading.Thread(target=f) for f in (first, second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        after = _blas_threads()
+    assert all(seen[0][path] == 1 for path in scipy_blas)
+    assert all(after[path] == 2 for path in scipy_blas)
+
+
+@needs_compiled
+@pytest.mark.parametrize("limit_others", [False, True])
+def test_concurrent_convolutions_equal_the_same_call_alone(limit_others):
+    # Eight conv2d calls from a 4-worker pool, meanwhile (optionally) other
+    # threads limiting NumPy's BLAS around their own products: each result
+    # is the one made alone. (A limit on SciPy's BLAS set by other code
+    # while a call runs is the one thing that can still change its rounding.)
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((8, 16, 32, 32), dtype=np.float32)
+    w = rng.standard_normal((16, 16, 3, 3), dtype=np.float32)
     fastcnn.set_num_threads(2)
-    inside, checked = threading.Barrier(3), threading.Barrier(3)
+    with fastcnn.use_backend("cython"):
+        alone = F.conv2d(x, w, padding=1)
+        back_alone = F.conv2d_backward(alone, x, w, padding=1)
+        stop = threading.Event()
 
-    def work(i, scratch):
-        inside.wait(timeout=30)  # both calls are running
-        checked.wait(timeout=30)
+        numpy_blas = [lib for lib in threadpoolctl.ThreadpoolController().select(user_api="blas")
+                      .lib_controllers if lib.filepath not in _scipy_blas()]
 
-    threads = [threading.Thread(target=_backend.run_chunks, args=(work, 1)) for _ in range(2)]
-    for t in threads:
-        t.start()
-    inside.wait(timeout=30)
-    during = _blas_threads()
-    checked.wait(timeout=30)
-    for t in threads:
-        t.join()
-    assert set(during) <= {1}
+        # (straight to the library: threadpoolctl lets one thread set OpenBLAS limits)
+        setters = [getattr(lib, "_real_set_num_threads", lib.set_num_threads) for lib in numpy_blas]
 
+        def meddle():
+            while not stop.is_set():
+                for set_threads in setters:
+                    set_threads(1)
+                np.ones((64, 64)) @ np.ones((64, 64))
+                for set_threads in setters:
+                    set_threads(2)
 
-def test_run_chunks_threads_see_the_callers_context():
-    fastcnn.set_num_threads(2)
-    seen = set()
+        def work(_):
+            out = F.conv2d(x, w, padding=1)
+            return out, F.conv2d_backward(out, x, w, padding=1)
 
-    def work(i, scratch):
-        time.sleep(0.001)  # let the helper thread take chunks too
-        seen.add((threading.get_ident(), fastcnn.get_backend(), np.geterr()["divide"]))
-
-    with fastcnn.use_backend("numpy"), np.errstate(divide="ignore"):
-        _backend.run_chunks(work, 20)
-    assert {(backend, divide) for _, backend, divide in seen} == {("numpy", "ignore")}
-    if _backend._CPUS > 1:
-        assert len({ident for ident, _, _ in seen}) == 2
-
-
-def test_run_chunks_raises_the_first_error_and_starts_no_more_chunks():
-    fastcnn.set_num_threads(2)
-    started = []
-
-    def work(i, scratch):
-        started.append(i)
-        if i == 3:
-            raise KeyError("chunk 3")
-        time.sleep(0.001)
-
-    with pytest.raises(KeyError, match="chunk 3"):
-        _backend.run_chunks(work, 1000)
-    assert len(started) < 1000
+        meddlers = [threading.Thread(target=meddle) for _ in range(2 if limit_others else 0)]
+        for t in meddlers:
+            t.start()
+        try:
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                results = list(pool.map(work, range(8)))
+        finally:
+            stop.set()
+            for t in meddlers:
+                t.join()
+    for out, back in results:
+        _same_bits(out, alone)
+        for a, b in zip(back, back_alone):
+            _same_bits(a, b)
 
 
 @pytest.mark.parametrize("n, item_bytes", [(0, 8), (1, 10**9), (128, 3000), (7, 1), (1000, 4097)])
@@ -500,6 +565,11 @@ def test_dispatch_really_switches(monkeypatch, name):
             np.ones((2, 3, 3, 3)), np.zeros((2, 3, 3, 3), np.int64), x.shape),
         "avg_pool2d": lambda: F.avg_pool2d(x, 2),
         "avg_pool2d_backward": lambda: F.avg_pool2d_backward(np.ones((2, 3, 3, 3)), x.shape, 2),
+        "conv2d_forward": lambda: F.conv2d(x, np.ones((2, 3, 2, 2))),
+        "conv2d_backward": lambda: F.conv2d_backward(np.ones((2, 2, 5, 5)), x, np.ones((2, 3, 2, 2))),
+        "linear_forward": lambda: F._linear(x.reshape(2, -1), np.ones((4, 108)), None),
+        "linear_backward": lambda: F._linear_backward(np.ones((2, 4)), x.reshape(2, -1),
+                                                      np.ones((4, 108))),
     }[name]
     with fastcnn.use_backend("numpy"):
         op()

@@ -7,7 +7,7 @@ speed-ups (``--plot``).
 
 What is timed, for each thread count, dtype and shape (:data:`SHAPES`):
 
-* every kernel of :data:`fastcnn._backend.KERNEL_NAMES` twice: the raw kernel
+* every kernel of :data:`fastcnn.bench.cases.KERNEL_NAMES` twice: the raw kernel
   on validated arrays with preallocated outputs (level ``kernel``: no
   validation, no allocation) and the public op of :mod:`fastcnn.functional`
   (level ``op``: what a user pays);

@@ -6,7 +6,7 @@ import importlib
 
 import numpy as np
 
-from .._backend import KERNEL_NAMES
+from .cases import KERNEL_NAMES
 from .report import _rows
 
 __all__ = ["plot"]

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 
-from .. import _backend
-from .._backend import one_blas_thread
+from .. import functional as F
 from .._validation import check_same_dtype, flag, positive_int, shape_tuple
 from .base import Layer, _describe_args, _float_dtype, _uniform
 
@@ -57,30 +55,16 @@ class Dense(Layer):
                 f"x must have shape (N, in_features={self.in_features}), got {tuple(shape)}{hint}"
             )
 
-    def _blas(self, n: int):
-        """A context for the GEMMs of a batch of `n`: BLAS on one thread unless they are large.
-
-        NumPy's BLAS splits even a GEMM of a few microseconds over all its
-        threads (see :data:`fastcnn._backend.PARALLEL_MACS`).
-        """
-        small = n * self.in_features * self.out_features < _backend.PARALLEL_MACS
-        return one_blas_thread() if small else contextlib.nullcontext()
-
     def _forward(self, x, training):
         self._check_input_shape(x.shape)
         check_same_dtype(x=x, weight=self.params["weight"])
-        with self._blas(len(x)):
-            out = x @ self.params["weight"].T
-        if "bias" in self.params:
-            out += self.params["bias"]
-        return out, x
+        return F._linear(x, self.params["weight"], self.params.get("bias")), x
 
     def _backward(self, dout, x):
-        with self._blas(len(x)):
-            self.grads["weight"][...] = dout.T @ x
-            dx = dout @ self.params["weight"]
+        dx, dweight, dbias = F._linear_backward(dout, x, self.params["weight"])
+        self.grads["weight"][...] = dweight
         if "bias" in self.grads:
-            self.grads["bias"][...] = dout.sum(axis=0)
+            self.grads["bias"][...] = dbias
         return dx
 
     def output_shape(self, input_shape):

@@ -1,0 +1,260 @@
+# Compiler directives (bounds checks off unless FASTCNN_DEBUG) are set in setup.py.
+"""Compiled GEMM drivers: conv2d and linear (Dense), forward and backward.
+
+Python twins: ``fastcnn.reference.conv2d_forward``, ``conv2d_backward``,
+``linear_forward`` and ``linear_backward``, which make the same BLAS calls
+through NumPy in the same order.
+
+A convolution goes sample by sample: each sample is unfolded (im2col) into
+the calling thread's scratch columns, which stay in cache for its GEMMs,
+one per group, through ``scipy.linalg.cython_blas``. Samples are spread
+over the OpenMP team with the GIL released throughout; the Python layer
+makes sure that BLAS itself runs one thread meanwhile, so that the team is
+the only parallelism.
+
+Sums over samples (the weight and bias gradients) are never shared between
+threads: the caller splits the batch into chunks (a partition that depends
+on the sizes only), each chunk sums its samples in order into its own slot
+of ``dweight_parts`` / ``dbias_parts``, and the caller adds the slots in
+chunk order. Results are therefore the same for every thread count.
+
+Every GEMM overwrites its output (beta = 0), and bias or accumulation is a
+separate addition: BLAS splits long products into blocks that it adds into
+the output one by one, so adding into a non-zero output would round
+differently from NumPy's ``a @ b + c``, which the twins compute.
+"""
+
+from cython cimport floating
+from cython.parallel cimport parallel, prange, threadid
+from libc.stddef cimport ptrdiff_t
+from libc.stdlib cimport free
+from libc.string cimport memcpy
+from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
+
+from planes cimport FOLD_CHUNKS_DEFAULT, fold_by_rows, fold_plane, fold_tables, im2col_rows
+from scratch cimport per_thread_scratch
+from window cimport clip, end_inside, first_inside
+
+
+cdef inline void gemm(char* ta, char* tb, int m, int n, int k,
+                      const floating* a, int lda, const floating* b, int ldb,
+                      floating* c, int ldc) noexcept nogil:
+    """Column-major ``c = op(a) @ op(b)`` (m x n, inner size k)."""
+    cdef floating one = 1, zero = 0
+    if floating is float:
+        sgemm(ta, tb, &m, &n, &k, &one, <float*> a, &lda, <float*> b, &ldb, &zero, c, &ldc)
+    else:
+        dgemm(ta, tb, &m, &n, &k, &one, <double*> a, &lda, <double*> b, &ldb, &zero, c, &ldc)
+
+
+cdef inline void row_sums(int rows, int length, const floating* a, const floating* ones,
+                          floating* out) noexcept nogil:
+    """``out[r] = sum(a[r, :length])`` of a row-major (rows, length) `a`, as
+    NumPy's ``a @ ones`` computes it (a BLAS GEMV)."""
+    cdef floating one = 1, zero = 0
+    cdef int inc = 1
+    if floating is float:
+        sgemv("T", &length, &rows, &one, <float*> a, &length, <float*> ones, &inc, &zero, out, &inc)
+    else:
+        dgemv("T", &length, &rows, &one, <double*> a, &length, <double*> ones, &inc, &zero, out,
+              &inc)
+
+
+cdef inline void add_into(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        dst[i] += src[i]
+
+
+cdef inline void unfold_sample(
+    const floating* x, floating* cols, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+    Py_ssize_t oh, Py_ssize_t ow,
+) noexcept nogil:
+    """im2col of one (C, H, W) sample into its (C*kh*kw, oh*ow) columns."""
+    cdef Py_ssize_t c, i, j, y0, y1
+    for c in range(C):
+        for i in range(kh):
+            y0 = clip(first_inside(i * dh - ph, sh), 0, oh)
+            y1 = clip(end_inside(i * dh - ph, sh, H), y0, oh)
+            for j in range(kw):
+                im2col_rows(x + c * H * W, cols + ((c * kh + i) * kw + j) * oh * ow,
+                            i * dh - ph, j * dw - pw, y0, y1, 0, oh, W, sh, sw, ow)
+
+
+def conv2d_forward(
+    const floating[:, :, :, ::1] x,
+    const floating[:, ::1] weight,
+    const floating[::1] bias,
+    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+    Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t groups,
+    floating[:, :, :, ::1] out not None,
+    int num_threads,
+):
+    """conv2d_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, out,
+    num_threads) -> out
+
+    `weight` is (F, C/groups*kh*kw), `bias` (F,) or empty for none, `out`
+    (N, F, oh, ow). Every GEMM dimension fits in a C int (checked by the caller).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = weight.shape[0], kg = weight.shape[1], fg = F // groups
+    cdef Py_ssize_t L = oh * ow, rows = C * kh * kw, n, g, f, stride = 0
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef floating* scratch = <floating*> per_thread_scratch(num_threads, rows * L, sizeof(floating),
+                                                            &stride)
+    cdef floating* cols
+    cdef floating* y
+    cdef Py_ssize_t l
+    try:
+        with nogil, parallel(num_threads=num_threads):
+            cols = scratch + threadid() * stride
+            for n in prange(N, schedule="dynamic"):
+                unfold_sample(&x[n, 0, 0, 0], cols, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+                y = &out[n, 0, 0, 0]
+                for g in range(groups):
+                    gemm("N", "N", L, fg, kg, cols + g * kg * L, L, &weight[g * fg, 0], kg,
+                         y + g * fg * L, L)
+                if has_bias:
+                    for f in range(F):
+                        for l in range(L):
+                            y[f * L + l] += bias[f]
+    finally:
+        free(scratch)
+    return out.base
+
+
+def conv2d_backward(
+    const floating[:, :, :, ::1] dout,
+    const floating[:, :, :, ::1] x,
+    const floating[:, ::1] weight,
+    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+    Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t groups, Py_ssize_t chunk,
+    floating[:, :, :, ::1] dx not None,
+    floating[:, :, ::1] dweight_parts not None,
+    floating[:, ::1] dbias_parts not None,
+    int num_threads,
+):
+    """conv2d_backward(dout, x, weight, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, chunk,
+    dx, dweight_parts, dbias_parts, num_threads) -> dx
+
+    Samples ``[p*chunk, (p+1)*chunk)`` form chunk p: their weight gradient
+    (F, C/groups*kh*kw) and bias gradient (F,) are summed, sample by sample
+    in order, into ``dweight_parts[p]`` and ``dbias_parts[p]``.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = weight.shape[0], kg = weight.shape[1], fg = F // groups
+    cdef Py_ssize_t L = oh * ow, rows = C * kh * kw, parts = dweight_parts.shape[0]
+    cdef Py_ssize_t p, n, g, c, l, stride = 0, t_stride = 0
+    cdef bint by_rows = fold_by_rows(W, kw, sw, pw, dw, ow, sizeof(floating), FOLD_CHUNKS_DEFAULT)
+    # per thread: columns, their gradient, one sample's dweight and dbias, ones
+    cdef Py_ssize_t cells = 2 * rows * L + F * kg + F + L
+    cdef floating* scratch = NULL
+    cdef void** tables = NULL
+    cdef floating* cols
+    cdef floating* dcols
+    cdef floating* dw1
+    cdef floating* db1
+    cdef floating* ones
+    cdef void** t
+    cdef const floating* d
+    try:
+        scratch = <floating*> per_thread_scratch(num_threads, cells, sizeof(floating), &stride)
+        tables = fold_tables(num_threads if by_rows else 0, kh, kw, &t_stride)
+        with nogil, parallel(num_threads=num_threads):
+            cols = scratch + threadid() * stride
+            dcols = cols + rows * L
+            dw1 = dcols + rows * L
+            db1 = dw1 + F * kg
+            ones = db1 + F
+            for l in range(L):
+                ones[l] = 1
+            t = tables + threadid() * t_stride
+            for p in prange(parts, schedule="dynamic"):
+                for n in range(p * chunk, min(N, (p + 1) * chunk)):
+                    unfold_sample(&x[n, 0, 0, 0], cols, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw,
+                                  oh, ow)
+                    d = &dout[n, 0, 0, 0]
+                    for g in range(groups):
+                        gemm("T", "N", kg, fg, L, cols + g * kg * L, L, d + g * fg * L, L,
+                             dw1 + g * fg * kg, kg)
+                        gemm("N", "T", L, kg, fg, d + g * fg * L, L, &weight[g * fg, 0], kg,
+                             dcols + g * kg * L, L)
+                    row_sums(F, L, d, ones, db1)
+                    if n == p * chunk:
+                        memcpy(&dweight_parts[p, 0, 0], dw1, F * kg * sizeof(floating))
+                        memcpy(&dbias_parts[p, 0], db1, F * sizeof(floating))
+                    else:
+                        add_into(&dweight_parts[p, 0, 0], dw1, F * kg)
+                        add_into(&dbias_parts[p, 0], db1, F)
+                    for c in range(C):
+                        fold_plane(dcols + c * kh * kw * L, &dx[n, c, 0, 0], H, W,
+                                   kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, by_rows,
+                                   <const floating**> t, <ptrdiff_t*> (t + kh * kw),
+                                   <Py_ssize_t*> (t + 2 * kh * kw))
+    finally:
+        free(scratch)
+        free(tables)
+    return dx.base
+
+
+def linear_forward(
+    const floating[:, ::1] x,
+    const floating[:, ::1] weight,
+    const floating[::1] bias,
+    Py_ssize_t chunk,
+    floating[:, ::1] out not None,
+    int num_threads,
+):
+    """linear_forward(x, weight, bias, chunk, out, num_threads) -> out
+
+    ``out = x @ weight.T + bias`` for x (N, I), weight (O, I), bias (O,) or
+    empty, out (N, O); rows ``[p*chunk, (p+1)*chunk)`` form one GEMM.
+    """
+    cdef Py_ssize_t N = x.shape[0], I = x.shape[1], O = weight.shape[0]
+    cdef Py_ssize_t p, m, r, o, lo
+    cdef Py_ssize_t parts = (N + chunk - 1) // chunk
+    cdef bint has_bias = bias.shape[0] > 0
+    with nogil:
+        for p in prange(parts, schedule="dynamic", num_threads=num_threads):
+            lo = p * chunk
+            m = min(N, lo + chunk) - lo
+            gemm("T", "N", O, m, I, &weight[0, 0], I, &x[lo, 0], I, &out[lo, 0], O)
+            if has_bias:
+                for r in range(lo, lo + m):
+                    for o in range(O):
+                        out[r, o] += bias[o]
+    return out.base
+
+
+def linear_backward(
+    const floating[:, ::1] dout,
+    const floating[:, ::1] x,
+    const floating[:, ::1] weight,
+    Py_ssize_t chunk,
+    floating[:, ::1] dx not None,
+    floating[:, :, ::1] dweight_parts not None,
+    floating[:, ::1] dbias_parts not None,
+    int num_threads,
+):
+    """linear_backward(dout, x, weight, chunk, dx, dweight_parts, dbias_parts, num_threads) -> dx
+
+    ``dx = dout @ weight``; rows ``[p*chunk, (p+1)*chunk)`` form chunk p, whose
+    ``dout.T @ x`` (O, I) and column sums of dout (O,) go to
+    ``dweight_parts[p]`` and ``dbias_parts[p]``.
+    """
+    cdef Py_ssize_t N = x.shape[0], I = x.shape[1], O = weight.shape[0]
+    cdef Py_ssize_t parts = dweight_parts.shape[0], p, m, lo, r
+    with nogil:
+        for p in prange(parts, schedule="dynamic", num_threads=num_threads):
+            lo = p * chunk
+            m = min(N, lo + chunk) - lo
+            gemm("N", "N", I, m, O, &weight[0, 0], I, &dout[lo, 0], O, &dx[lo, 0], I)
+            gemm("N", "T", I, O, m, &x[lo, 0], I, &dout[lo, 0], O, &dweight_parts[p, 0, 0], I)
+            memcpy(&dbias_parts[p, 0], &dout[lo, 0], O * sizeof(floating))
+            for r in range(lo + 1, lo + m):
+                add_into(&dbias_parts[p, 0], &dout[r, 0], O)
+    return dx.base
