@@ -1,7 +1,9 @@
 """Session-wide guards for the fastcnn test suite."""
 
 import os
+import sys
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -42,3 +44,32 @@ def small_ops_parallel(monkeypatch):
     (below ``_backend.PARALLEL_BYTES`` / ``PARALLEL_MACS`` they run on one thread)."""
     monkeypatch.setattr(_backend, "PARALLEL_BYTES", 0)
     monkeypatch.setattr(_backend, "PARALLEL_MACS", 0)
+
+
+@pytest.fixture
+def global_rng():
+    """``np.random.seed``; NumPy's global generator is restored afterwards.
+
+    The code the compat modules replace draws from the global generator, so
+    comparing it with a drop-in means seeding that generator."""
+    state = np.random.get_state()
+    yield np.random.seed
+    np.random.set_state(state)
+
+
+@pytest.fixture
+def load_copy(tmp_path):
+    """``load_copy(project, name, edits=())``: :func:`originals.load_copy` into
+    tmp_path; the copies leave ``sys.path`` and ``sys.modules`` afterwards."""
+    import originals
+
+    names = []
+
+    def load(project, name, edits=()):
+        names.append(name)
+        return originals.load_copy(project, name, tmp_path, edits)
+
+    yield load
+    sys.path[:] = [entry for entry in sys.path if entry != str(tmp_path)]
+    for module in [m for m in sys.modules if m.split(".")[0] in names]:
+        del sys.modules[module]

@@ -1,0 +1,1 @@
+"""CS231n classifiers."""
