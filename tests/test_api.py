@@ -21,7 +21,17 @@ ELSEWHERE = {
         f"{op}_{kind}" for op in ("conv_forward", "conv_backward", "max_pool_forward",
                                   "max_pool_backward") for kind in ("fast", "naive")
     ] + ["conv_forward_im2col", "max_pool_forward_reshape", "conv_relu_pool_forward",
-         "conv_relu_pool_backward", "conv_relu_forward", "conv_relu_backward"],
+         "conv_relu_pool_backward", "conv_relu_forward", "conv_relu_backward",
+         "get_im2col_indices", "im2col_indices", "col2im_indices", "im2col_cython",
+         "col2im_cython", "col2im_6d_cython"],
+    "fastcnn.compat.hipsternet": [
+        f"{layer}_{way}" for layer in ("conv", "maxpool", "avgpool", "fc", "relu", "lrelu",
+                                       "sigmoid", "tanh", "dropout", "bn")
+        for way in ("forward", "backward")
+    ] + ["get_im2col_indices", "im2col_indices", "col2im_indices"],
+    "fastcnn.compat.mlfromscratch": ["determine_padding", "get_im2col_indices", "image_to_column",
+                                     "column_to_image", "Conv2D", "MaxPooling2D",
+                                     "AveragePooling2D"],
     "fastcnn.reference": ["im2col", "col2im", "max_pool2d", "max_pool2d_backward",
                           "avg_pool2d", "avg_pool2d_backward"],
 }

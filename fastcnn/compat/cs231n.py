@@ -40,8 +40,8 @@ The ``_fast``, ``_im2col``, ``_strides`` and ``_reshape`` variants are one
 implementation on the compiled kernels; the ``_naive`` ones run the same
 code on fastcnn's NumPy reference kernels (:mod:`fastcnn.reference`), its
 honest slow twin, so timing naive against fast measures something. Unlike
-the course's reshape and naive max-pool backward, which send the gradient to
-every tied maximum, ties go to the first maximum only (as PyTorch), and any
+the course's reshape max-pool backward, which splits the gradient evenly
+among tied maxima, ties go to the first maximum only (as PyTorch), and any
 pool size, stride or input size works (the course's ``max_pool_forward_fast``
 falls back for non-square or non-tiling pools to an im2col path that calls
 an undefined ``im2col`` and raises NameError).
