@@ -4,7 +4,8 @@ Compiled (Cython, OpenMP) kernels with pure-NumPy twins, and the semantics of
 ``torch.nn.functional``. The operations are in :mod:`fastcnn.functional`, the
 layers in :mod:`fastcnn.layers` (both also here), the model container is
 :class:`Sequential`; :mod:`fastcnn.losses`, :mod:`fastcnn.optim`,
-:mod:`fastcnn.gradcheck` and :mod:`fastcnn.compat.cs231n` complete the set.
+:mod:`fastcnn.gradcheck` and the drop-ins of :mod:`fastcnn.compat` (for
+CS231n, hipsternet and ML-From-Scratch code) complete the set.
 ``fastcnn.show_config()`` says how this copy was built.
 """
 

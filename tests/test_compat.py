@@ -337,7 +337,8 @@ def test_im2col_py_functions_match_the_course(backend, shape, fh, fw, padding, s
     n, last = shape[0], i.shape[1] - 1
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     # The layout itself: position-major, batch-minor columns.
-    np.testing.assert_array_equal(cols[:, last * n + n - 1], xp[n - 1, k[:, 0], i[:, last], j[:, last]])
+    window = xp[n - 1, k[:, 0], i[:, last], j[:, last]]
+    np.testing.assert_array_equal(cols[:, last * n + n - 1], window)
     back = cs231n.col2im_indices(cols, shape, fh, fw, padding, stride)
     want_back = course_im2col.col2im_indices(want, shape, fh, fw, padding, stride)
     assert back.dtype == want_back.dtype and back.shape == shape
@@ -373,8 +374,8 @@ def test_im2col_cython_functions_match_the_course(backend, shape, fh, fw, paddin
     assert back.dtype == want_back.dtype
     np.testing.assert_allclose(back, want_back, rtol=1e-6 if dtype == np.float32 else 1e-14)
     # Non-contiguous input, as the course's kernels accept any strides.
-    np.testing.assert_array_equal(cs231n.im2col_cython(np.asfortranarray(x), fh, fw, padding, stride),
-                                  want)
+    fortran = np.asfortranarray(x)
+    np.testing.assert_array_equal(cs231n.im2col_cython(fortran, fh, fw, padding, stride), want)
 
 
 def test_im2col_cython_types_and_non_square_fields():

@@ -95,8 +95,8 @@ def test_pool_backward_is_right_for_non_square_inputs(backend):
     right = course_fast.max_pool_backward_reshape(dout, course_cache)  # no ties: exact
     wrong = original.maxpool_backward(dout, original.maxpool_forward(X)[1])
     assert not np.allclose(wrong, right)
-    np.testing.assert_array_equal(hipsternet.maxpool_backward(dout, hipsternet.maxpool_forward(X)[1]),
-                                  right)
+    dX = hipsternet.maxpool_backward(dout, hipsternet.maxpool_forward(X)[1])
+    np.testing.assert_array_equal(dX, right)
     spread = np.repeat(np.repeat(dout / 4, 2, axis=2), 2, axis=3)
     dX = hipsternet.avgpool_backward(dout, hipsternet.avgpool_forward(X)[1])
     np.testing.assert_allclose(dX, spread, rtol=1e-15)

@@ -223,7 +223,8 @@ class Conv2D(Layer):
         """Draw ``W`` from NumPy's global generator, as the original; zero ``w0``."""
         fh, fw = self.filter_shape
         limit = 1 / math.sqrt(np.prod(self.filter_shape))
-        self.W = np.random.uniform(-limit, limit, size=(self.n_filters, self.input_shape[0], fh, fw))
+        shape = (self.n_filters, self.input_shape[0], fh, fw)
+        self.W = np.random.uniform(-limit, limit, size=shape)
         self.w0 = np.zeros((self.n_filters, 1))
         self.W_opt = copy.copy(optimizer)
         self.w0_opt = copy.copy(optimizer)

@@ -19,6 +19,11 @@ def _row(c, ii, jj, field_height, field_width):
     return c * field_width * field_height + ii * field_height + jj
 
 
+def _taps(start, count, stride):
+    """The cells a kernel offset reads along one axis: a strided slice."""
+    return slice(start, start + stride * (count - 1) + 1, stride)
+
+
 def im2col_cython(x, field_height, field_width, padding, stride):
     _check_float(x)
     N, C, H, W = x.shape
@@ -30,9 +35,7 @@ def im2col_cython(x, field_height, field_width, padding, stride):
     for c in range(C):
         for ii in range(field_height):
             for jj in range(field_width):
-                window = x_padded[
-                    :, c, ii : ii + stride * (HH - 1) + 1 : stride, jj : jj + stride * (WW - 1) + 1 : stride
-                ]
+                window = x_padded[:, c, _taps(ii, HH, stride), _taps(jj, WW, stride)]
                 cols[_row(c, ii, jj, field_height, field_width)] = window.transpose(1, 2, 0)
     return cols.reshape(C * field_height * field_width, HH * WW * N)
 
@@ -46,9 +49,8 @@ def col2im_cython(cols, N, C, H, W, field_height, field_width, padding, stride):
     for c in range(C):
         for ii in range(field_height):
             for jj in range(field_width):
-                x_padded[
-                    :, c, ii : ii + stride * (HH - 1) + 1 : stride, jj : jj + stride * (WW - 1) + 1 : stride
-                ] += by_position[_row(c, ii, jj, field_height, field_width)].transpose(2, 0, 1)
+                row = by_position[_row(c, ii, jj, field_height, field_width)].transpose(2, 0, 1)
+                x_padded[:, c, _taps(ii, HH, stride), _taps(jj, WW, stride)] += row
     if padding > 0:
         return x_padded[:, :, padding:-padding, padding:-padding]
     return x_padded
@@ -61,9 +63,8 @@ def col2im_6d_cython(cols, N, C, H, W, HH, WW, pad, stride):
     x_padded = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
     for hh in range(HH):
         for ww in range(WW):
-            x_padded[
-                :, :, hh : hh + stride * (out_h - 1) + 1 : stride, ww : ww + stride * (out_w - 1) + 1 : stride
-            ] += cols[:, hh, ww].transpose(1, 0, 2, 3)
+            x_padded[:, :, _taps(hh, out_h, stride), _taps(ww, out_w, stride)] += (
+                cols[:, hh, ww].transpose(1, 0, 2, 3))
     if pad > 0:
         return x_padded[:, :, pad:-pad, pad:-pad]
     return x_padded

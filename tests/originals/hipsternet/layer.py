@@ -6,7 +6,8 @@ Pooling backward keeps the original's bug: it reads ``n, d, w, h = X.shape``
 
 import numpy as np
 
-from .im2col import *  # noqa: F403 (layer.py star-imports im2col.py)
+# layer.py star-imports im2col.py: the trio is part of its namespace.
+from .im2col import col2im_indices, get_im2col_indices, im2col_indices  # noqa: F401
 
 eps = 1e-8  # hipsternet.constant.eps
 
@@ -104,7 +105,7 @@ def conv_forward(X, W, b, stride=1, padding=1):
     w_out = (w_x - w_filter + 2 * padding) / stride + 1
     if not h_out.is_integer() or not w_out.is_integer():
         raise Exception("Invalid output dimension!")
-    X_col = im2col_indices(X, h_filter, w_filter, padding=padding, stride=stride)  # noqa: F405
+    X_col = im2col_indices(X, h_filter, w_filter, padding=padding, stride=stride)
     out = W.reshape(n_filters, -1) @ X_col + b
     out = out.reshape(n_filters, int(h_out), int(w_out), n_x).transpose(3, 0, 1, 2)
     return out, (X, W, b, stride, padding, X_col)
@@ -117,7 +118,7 @@ def conv_backward(dout, cache):
     dout_cols = dout.transpose(1, 2, 3, 0).reshape(n_filter, -1)
     dW = (dout_cols @ X_col.T).reshape(W.shape)
     dX_col = W.reshape(n_filter, -1).T @ dout_cols
-    dX = col2im_indices(dX_col, X.shape, h_filter, w_filter, padding=padding, stride=stride)  # noqa: F405
+    dX = col2im_indices(dX_col, X.shape, h_filter, w_filter, padding=padding, stride=stride)
     return dX, dW, db
 
 
@@ -162,7 +163,7 @@ def _pool_forward(X, pool_fun, size=2, stride=2):
     w_out = (w - size) / stride + 1
     if not w_out.is_integer() or not h_out.is_integer():
         raise Exception("Invalid output dimension!")
-    X_col = im2col_indices(X.reshape(n * d, 1, h, w), size, size, padding=0, stride=stride)  # noqa: F405
+    X_col = im2col_indices(X.reshape(n * d, 1, h, w), size, size, padding=0, stride=stride)
     out, pool_cache = pool_fun(X_col)
     out = out.reshape(int(h_out), int(w_out), n, d).transpose(2, 3, 0, 1)
     return out, (X, size, stride, X_col, pool_cache)
@@ -172,5 +173,5 @@ def _pool_backward(dout, dpool_fun, cache):
     X, size, stride, X_col, pool_cache = cache
     n, d, w, h = X.shape  # sic: H and W swapped
     dX_col = dpool_fun(np.zeros_like(X_col), dout.transpose(2, 3, 0, 1).ravel(), pool_cache)
-    dX = col2im_indices(dX_col, (n * d, 1, h, w), size, size, padding=0, stride=stride)  # noqa: F405
+    dX = col2im_indices(dX_col, (n * d, 1, h, w), size, size, padding=0, stride=stride)
     return dX.reshape(X.shape)

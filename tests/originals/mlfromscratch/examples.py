@@ -3,7 +3,8 @@
 The layer import below is where the README tells users to add fastcnn's.
 """
 
-from .layers import Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPooling2D  # noqa: E501
+from .layers import Activation, BatchNormalization, Dense, Dropout, Flatten
+from .layers import AveragePooling2D, Conv2D, MaxPooling2D
 from .loss_functions import CrossEntropy
 from .neural_network import NeuralNetwork
 from .optimizers import Adam
@@ -12,7 +13,8 @@ from .optimizers import Adam
 def convolutional_neural_network(validation_data=None):
     """The example's network for 1x8x8 digits: two 'same' convs, no pooling."""
     clf = NeuralNetwork(optimizer=Adam(), loss=CrossEntropy, validation_data=validation_data)
-    clf.add(Conv2D(n_filters=16, filter_shape=(3, 3), stride=1, input_shape=(1, 8, 8), padding="same"))
+    clf.add(Conv2D(n_filters=16, filter_shape=(3, 3), stride=1, input_shape=(1, 8, 8),
+                   padding="same"))
     clf.add(Activation("relu"))
     clf.add(Dropout(0.25))
     clf.add(BatchNormalization())

@@ -118,7 +118,8 @@ class Conv2D(Layer):
     def initialize(self, optimizer):
         fh, fw = self.filter_shape
         limit = 1 / math.sqrt(np.prod(self.filter_shape))
-        self.W = np.random.uniform(-limit, limit, size=(self.n_filters, self.input_shape[0], fh, fw))
+        shape = (self.n_filters, self.input_shape[0], fh, fw)
+        self.W = np.random.uniform(-limit, limit, size=shape)
         self.w0 = np.zeros((self.n_filters, 1))
         self.W_opt, self.w0_opt = copy.copy(optimizer), copy.copy(optimizer)
 
@@ -128,7 +129,8 @@ class Conv2D(Layer):
     def forward_pass(self, X, training=True):
         batch_size = X.shape[0]
         self.layer_input = X
-        self.X_col = image_to_column(X, self.filter_shape, stride=self.stride, output_shape=self.padding)
+        self.X_col = image_to_column(X, self.filter_shape, stride=self.stride,
+                                     output_shape=self.padding)
         self.W_col = self.W.reshape((self.n_filters, -1))
         output = self.W_col.dot(self.X_col) + self.w0
         return output.reshape(self.output_shape() + (batch_size,)).transpose(3, 0, 1, 2)

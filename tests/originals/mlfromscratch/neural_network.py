@@ -35,13 +35,15 @@ class NeuralNetwork:
         for _ in range(n_epochs):
             batch_error = 0
             for start in range(0, len(X), batch_size):
-                loss, _ = self.train_on_batch(X[start:start + batch_size], y[start:start + batch_size])
+                batch = slice(start, start + batch_size)
+                loss, _ = self.train_on_batch(X[batch], y[batch])
                 batch_error += loss
             self.errors["training"].append(batch_error / n_batches)
             if self.validation_data is not None:
                 X_val, y_val = self.validation_data
                 y_val_pred = self._forward_pass(X_val, training=False)
-                self.errors["validation"].append(np.mean(self.loss_function.loss(y_val, y_val_pred)))
+                loss = np.mean(self.loss_function.loss(y_val, y_val_pred))
+                self.errors["validation"].append(loss)
         return self.errors["training"], self.errors["validation"]
 
     def _forward_pass(self, X, training=True):
