@@ -472,3 +472,16 @@ def test_swapping_the_import_in_cnn_py_alone_does_nothing(load_copy):
     assert cnn_globals["conv_forward_fast"] is not cs231n.conv_forward_fast
     assert cnn_globals["conv_relu_pool_forward"].__globals__["conv_forward_fast"] is (
         vars(swapped.fast_layers)["conv_forward_fast"])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_column_functions_take_empty_batches_and_leave_inputs_alone(stride):
+    x = np.random.default_rng(15).standard_normal((3, 2, 5, 5))
+    x.flags.writeable = False
+    cols = cs231n.im2col_indices(x, 3, 3, 1, stride)
+    cols.flags.writeable = False
+    back = cs231n.col2im_indices(cols, x.shape, 3, 3, 1, stride)
+    np.testing.assert_allclose(back, course_im2col.col2im_indices(cols, x.shape, 3, 3, 1, stride))
+    empty = cs231n.im2col_indices(x[:0], 3, 3, 1, stride)
+    assert empty.shape == (18, 0) and empty.dtype == x.dtype
+    assert cs231n.col2im_indices(empty, (0, 2, 5, 5), 3, 3, 1, stride).shape == (0, 2, 5, 5)

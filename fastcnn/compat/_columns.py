@@ -140,14 +140,27 @@ def window_indices(channels: int, field, stride: int, out_size):
     return c[:, None], a[:, None] + stride * y, b[:, None] + stride * x
 
 
+# With a horizontal stride of 1 the batch folds into the image width: the N
+# images side by side, pixel (y, x) of image n at column x*N + n, form one
+# image whose im2col with dilation (1, N) and left padding left*N IS the
+# (C*fh*fw, L*N) layout, columns (y*ow + x)*N + n. One pass over the columns,
+# where unfolding the batch and moving N innermost would take three.
+
+
 def unfold(x: np.ndarray, field, stride, pads) -> np.ndarray:
     """im2col of float `x` ``(N, C, H, W)`` into the ``(C*fh*fw, L*N)`` layout.
 
     Returns a fresh C-contiguous array of `x`'s dtype.
     """
-    x, padding = split_padding(x, pads)
-    cols = F.im2col(x, field, stride=stride, padding=padding)
-    n, rows, length = cols.shape
+    x, (top, left) = split_padding(x, pads)
+    n, c, h, w = x.shape
+    sh, sw = v.pair(stride, "stride")
+    if sw == 1 and n:
+        wide = np.ascontiguousarray(x.transpose(1, 2, 3, 0)).reshape(1, c, h, w * n)
+        cols = F.im2col(wide, field, stride=(sh, 1), padding=(top, left * n), dilation=(1, n))
+        return cols.reshape(cols.shape[1], -1)
+    cols = F.im2col(x, field, stride=(sh, sw), padding=(top, left))
+    _, rows, length = cols.shape
     return np.ascontiguousarray(cols.transpose(1, 2, 0)).reshape(rows, length * n)
 
 
@@ -159,6 +172,7 @@ def fold(cols, x_shape, field, stride, pads, name: str = "cols") -> np.ndarray:
     """
     (cols,) = promote(**{name: cols})
     n, c, h, w = v.input_shape_4d(x_shape, "x_shape")
+    sh, sw = v.pair(stride, "stride")
     (top, bottom), (left, right) = pads
     # fastcnn pads both sides alike: the bottom/right surplus becomes image rows
     # that are dropped afterwards.
@@ -170,8 +184,13 @@ def fold(cols, x_shape, field, stride, pads, name: str = "cols") -> np.ndarray:
             f"{name} must hold C*fh*fw x L*N = {rows} x {length * n} values for x_shape="
             f"{(n, c, h, w)} (L = {win.oh}*{win.ow} windows), got shape {cols.shape}"
         )
+    if sw == 1 and n:  # the batch folded into the width, as in unfold
+        wide = F.col2im(cols.reshape(1, rows, length * n), (size[0], size[1] * n), field,
+                        stride=(sh, 1), padding=(top, left * n), dilation=(1, n))
+        images = wide.reshape(c, size[0], size[1], n)[:, :h, :w]
+        return np.ascontiguousarray(images.transpose(3, 0, 1, 2))
     batch_major = cols.reshape(rows, length, n).transpose(2, 0, 1)
-    images = F.col2im(batch_major, size, field, stride=stride, padding=(top, left))
+    images = F.col2im(batch_major, size, field, stride=(sh, sw), padding=(top, left))
     return images if size == (h, w) else images[:, :, :h, :w]
 
 
