@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
+import originals
 import pytest
 from originals.cs231n import fast_layers as course_fast
 from originals.cs231n import im2col as course_im2col
@@ -416,10 +417,6 @@ def test_star_import_replaces_fast_layers_exactly():
     assert not any(name.endswith("_naive") for name in cs231n.__all__)
 
 
-LAYER_UTILS_SWAP = ("layer_utils.py", "from .fast_layers import *  # noqa: F403",
-                    "from fastcnn.compat.cs231n import *  # noqa: F403")
-
-
 def train_three_layer_convnet(course, steps, x, y):
     """The notebook's training cell, in short: ThreeLayerConvNet (float32
     parameters) on float64 data, the Solver's adam updates; the losses."""
@@ -444,7 +441,7 @@ def test_the_notebook_trains_the_same_through_the_one_line_swap(load_copy, globa
     import originals.cs231n.classifiers.cnn  # noqa: F401 (the unchanged course)
     import originals.cs231n as course
 
-    swapped = load_copy("cs231n", "cs231n_swapped", [LAYER_UTILS_SWAP])
+    swapped = load_copy("cs231n", "cs231n_swapped", [originals.SWAPS["cs231n"]])
     import cs231n_swapped.classifiers.cnn  # noqa: F401
 
     cnn_globals = vars(swapped.classifiers.cnn)

@@ -9,6 +9,7 @@ one-line swap in neuralnet.py, and through a run-time patch of
 from __future__ import annotations
 
 import numpy as np
+import originals
 import pytest
 from originals.cs231n import fast_layers as course_fast
 from originals.hipsternet import layer as original
@@ -165,10 +166,6 @@ def test_batch_norm_matches():
         assert_same(g, w, 1e-10)
 
 
-NEURALNET_SWAP = ("neuralnet.py", "from . import layer as l",
-                  "import fastcnn.compat.hipsternet as l")
-
-
 def mnist_like(n=96):
     """Mean-subtracted float32 28x28 images (what run_mnist.py feeds) and labels."""
     rng = np.random.default_rng(9)
@@ -187,7 +184,7 @@ def conv_net(module):
 
 
 def test_convnet_trains_the_same_through_the_one_line_swap(load_copy, global_rng):
-    swapped = load_copy("hipsternet", "hipsternet_swapped", [NEURALNET_SWAP])
+    swapped = load_copy("hipsternet", "hipsternet_swapped", [originals.SWAPS["hipsternet"]])
     import hipsternet_swapped.neuralnet  # noqa: F401
 
     assert swapped.neuralnet.l is hipsternet

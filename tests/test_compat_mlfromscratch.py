@@ -12,6 +12,7 @@ its ``determine_padding`` patched to read 0 as "valid".
 from __future__ import annotations
 
 import numpy as np
+import originals
 import pytest
 from originals.mlfromscratch import examples
 from originals.mlfromscratch import layers as original
@@ -32,12 +33,7 @@ def backend(request):
 @pytest.fixture
 def pooling_fixed(monkeypatch):
     """The original with the fix its pooling layers need: 0 means "valid"."""
-    published = original.determine_padding
-
-    def determine_padding(filter_shape, output_shape="same"):
-        return published(filter_shape, "valid" if output_shape == 0 else output_shape)
-
-    monkeypatch.setattr(original, "determine_padding", determine_padding)
+    monkeypatch.setattr(original, "determine_padding", original.determine_padding_fixed)
 
 
 def assert_same(got, want, rtol=1e-12):
@@ -216,15 +212,6 @@ def test_same_padding_pools_with_zeros_as_the_original_forward_does():
     assert dX.shape == X.shape and dX.sum() == 1 and dX[0, 0, 2, 2] == 1
 
 
-# The README's instruction: keep the layer imports, add the drop-in's after them.
-EXAMPLE_SWAP = (
-    "examples.py",
-    "from .layers import AveragePooling2D, Conv2D, MaxPooling2D",
-    "from .layers import AveragePooling2D, Conv2D, MaxPooling2D\n"
-    "from fastcnn.compat.mlfromscratch import Conv2D, MaxPooling2D, AveragePooling2D",
-)
-
-
 def one_hot(y):
     return np.eye(10)[y]
 
@@ -232,7 +219,8 @@ def one_hot(y):
 def test_the_cnn_example_trains_the_same_through_the_added_import(load_copy, global_rng):
     from sklearn.datasets import load_digits
 
-    swapped = load_copy("mlfromscratch", "mlfromscratch_swapped", [EXAMPLE_SWAP])
+    swap = originals.SWAPS["mlfromscratch"]  # the drop-ins' import added after the project's
+    swapped = load_copy("mlfromscratch", "mlfromscratch_swapped", [swap])
     import mlfromscratch_swapped.examples  # noqa: F401
 
     assert swapped.examples.Conv2D is mlfromscratch.Conv2D
@@ -254,7 +242,7 @@ def test_the_cnn_example_trains_the_same_through_the_added_import(load_copy, glo
 
 
 def test_a_pooling_network_trains_the_same(load_copy, global_rng, pooling_fixed):
-    swapped = load_copy("mlfromscratch", "mlfromscratch_pools", [EXAMPLE_SWAP])
+    swapped = load_copy("mlfromscratch", "mlfromscratch_pools", [originals.SWAPS["mlfromscratch"]])
     import mlfromscratch_pools.examples  # noqa: F401
 
     rng = np.random.default_rng(10)

@@ -22,6 +22,23 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+#: The README's one-line change for each project, as ``load_copy`` edits:
+#: ``(file, line as published, line with fastcnn)``. For ML-From-Scratch the
+#: change adds the drop-in's import after the project's own.
+SWAPS = {
+    "cs231n": ("layer_utils.py", "from .fast_layers import *  # noqa: F403",
+               "from fastcnn.compat.cs231n import *  # noqa: F403"),
+    "hipsternet": ("neuralnet.py", "from . import layer as l",
+                   "import fastcnn.compat.hipsternet as l"),
+    "mlfromscratch": ("examples.py", "from .layers import AveragePooling2D, Conv2D, MaxPooling2D",
+                      "from .layers import AveragePooling2D, Conv2D, MaxPooling2D\n"
+                      "from fastcnn.compat.mlfromscratch import "
+                      "Conv2D, MaxPooling2D, AveragePooling2D"),
+}
+
+#: The module of each project that builds its networks.
+NETWORKS = {"cs231n": "classifiers.cnn", "hipsternet": "neuralnet", "mlfromscratch": "examples"}
+
 
 def load_copy(project: str, name: str, directory: Path, edits=()):
     """Import a copy of the package `project` under the top-level name `name`.

@@ -28,6 +28,15 @@ def determine_padding(filter_shape, output_shape="same"):
         return (pad_top, pad_bottom), (pad_left, pad_right)
 
 
+_published_determine_padding = determine_padding
+
+
+def determine_padding_fixed(filter_shape, output_shape="same"):
+    """The one fix the pooling layers need, 0 read as "valid": tests and
+    benchmarks patch it in as ``determine_padding`` to compare with them."""
+    return _published_determine_padding(filter_shape, "valid" if output_shape == 0 else output_shape)
+
+
 def get_im2col_indices(images_shape, filter_shape, padding, stride=1):
     batch_size, channels, height, width = images_shape
     fh, fw = filter_shape
