@@ -38,6 +38,13 @@ def pytest_sessionstart(session):
         )
 
 
+@pytest.fixture(params=("numpy", "cython") if _backend.compiled_available() else ("numpy",))
+def backend(request):
+    """The test once per kernel set (the NumPy one alone if the compiled one is missing)."""
+    with fastcnn.use_backend(request.param):
+        yield request.param
+
+
 @pytest.fixture
 def small_ops_parallel(monkeypatch):
     """Every kernel and conv2d chunk on the whole team, however small its input

@@ -24,18 +24,9 @@ from originals.cs231n import optim as course_optim
 from originals.mlfromscratch import layers as mlfs_layers
 
 import fastcnn
-from fastcnn import _backend, reference
+from fastcnn import reference
 from fastcnn.compat import cs231n
 from fastcnn.gradcheck import numerical_gradient
-
-BACKENDS = ("numpy", "cython") if _backend.compiled_available() else ("numpy",)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    with fastcnn.use_backend(request.param):
-        yield request.param
-
 
 def loop_conv(x, w, b, stride, pad):
     n, _, h, wd = x.shape

@@ -15,18 +15,7 @@ from originals.cs231n import fast_layers as course_fast
 from originals.hipsternet import layer as original
 from originals.hipsternet import neuralnet, solver
 
-import fastcnn
-from fastcnn import _backend
 from fastcnn.compat import cs231n, hipsternet
-
-BACKENDS = ("numpy", "cython") if _backend.compiled_available() else ("numpy",)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    with fastcnn.use_backend(request.param):
-        yield request.param
-
 
 def assert_same(got, want, rtol=1e-12):
     assert got.dtype == want.dtype and got.shape == want.shape

@@ -17,18 +17,7 @@ import pytest
 from originals.mlfromscratch import examples
 from originals.mlfromscratch import layers as original
 
-import fastcnn
-from fastcnn import _backend
 from fastcnn.compat import mlfromscratch
-
-BACKENDS = ("numpy", "cython") if _backend.compiled_available() else ("numpy",)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    with fastcnn.use_backend(request.param):
-        yield request.param
-
 
 @pytest.fixture
 def pooling_fixed(monkeypatch):

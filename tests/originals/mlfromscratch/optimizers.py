@@ -1,19 +1,6 @@
-"""ML-From-Scratch's Adam (without step-dependent bias correction) and SGD."""
+"""ML-From-Scratch's Adam, the example's optimizer (no step-dependent bias correction)."""
 
 import numpy as np
-
-
-class StochasticGradientDescent:
-    def __init__(self, learning_rate=0.01, momentum=0):
-        self.learning_rate = learning_rate
-        self.momentum = momentum
-        self.w_updt = None
-
-    def update(self, w, grad_wrt_w):
-        if self.w_updt is None:
-            self.w_updt = np.zeros(np.shape(w))
-        self.w_updt = self.momentum * self.w_updt + (1 - self.momentum) * grad_wrt_w
-        return w - self.learning_rate * self.w_updt
 
 
 class Adam:
