@@ -143,8 +143,9 @@ def window_indices(channels: int, field, stride: int, out_size):
 # With a horizontal stride of 1 the batch folds into the image width: the N
 # images side by side, pixel (y, x) of image n at column x*N + n, form one
 # image whose im2col with dilation (1, N) and left padding left*N IS the
-# (C*fh*fw, L*N) layout, columns (y*ow + x)*N + n. One pass over the columns,
-# where unfolding the batch and moving N innermost would take three.
+# (C*fh*fw, L*N) layout, columns (y*ow + x)*N + n. The columns are written
+# once, where unfolding batch-major and then moving N innermost copies them
+# twice (and col2im likewise reads them once instead of twice).
 
 
 def unfold(x: np.ndarray, field, stride, pads) -> np.ndarray:
@@ -281,6 +282,7 @@ def im2col_indices(x, field_height, field_width, padding=1, stride=1):
     get_im2col_indices : where this differs from the originals.
     """
     (x,) = promote(x=x)
+    v.check_nchw(x, "x")
     _, field, _, padding, stride = _im2col_geometry(
         x.shape, field_height, field_width, padding, stride
     )

@@ -34,10 +34,11 @@ data give float64; an int64 bias is fine), and each result has the dtype the
 course's expression gives it: ``out`` of x, w and b together, ``dx`` of w
 and dout, ``dw`` of dout and x, ``db`` of dout, pooling results of x.
 Integer results become float64. (The core :mod:`fastcnn.functional` API
-stays strict; only this module promotes.)
+stays strict; only the :mod:`fastcnn.compat` modules promote.)
 
 The ``_fast``, ``_im2col``, ``_strides`` and ``_reshape`` variants are one
-implementation on the compiled kernels; the ``_naive`` ones run the same
+implementation on the active kernel set (the compiled one unless
+:func:`fastcnn.use_backend` says otherwise); the ``_naive`` ones run the same
 code on fastcnn's NumPy reference kernels (:mod:`fastcnn.reference`), its
 honest slow twin, so timing naive against fast measures something. Unlike
 the course's reshape max-pool backward, which splits the gradient evenly
