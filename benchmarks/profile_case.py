@@ -12,9 +12,10 @@ ResNet-shaped convolution forward+backward goes, at one thread::
     perf report -i /tmp/conv.data --no-children --sort dso,symbol --stdio
 
 ``--layers`` (train_step only) prints instead where a training step of the
-demo network spends its time, layer by layer (medians over the loop)::
+shape's network spends its time, layer by layer, at one or more thread
+counts side by side (medians over the loop)::
 
-    python benchmarks/profile_case.py train_step mnist float32 --layers --threads 2
+    python benchmarks/profile_case.py train_step mnist float32 --layers --threads 1,2
 
 ``benchmarks/results/`` keeps the reports quoted in the closing notes, each
 with the command that made it.
@@ -40,7 +41,8 @@ def main(argv=None) -> int:
     parser.add_argument("--impl", default="cython", choices=cases.IMPLEMENTATIONS)
     parser.add_argument("--level", default="op", choices=["kernel", "op"],
                         help="the raw kernel or the public op (kernels only)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", default="1",
+                        help="thread count; with --layers a comma-separated list (e.g. 1,2)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--layers", action="store_true",
                         help="train_step: time each layer's forward and backward")
@@ -48,9 +50,10 @@ def main(argv=None) -> int:
     if args.layers:
         if args.op != "train_step" or args.impl != "cython":
             parser.error("--layers times fastcnn's train_step only")
-        with using_threads(args.threads, None):
-            _time_layers(cases.SHAPES[args.shape], args.seconds)
+        _time_layers(cases.SHAPES[args.shape], args.seconds,
+                     [int(n) for n in args.threads.split(",")])
         return 0
+    args.threads = int(args.threads)
 
     torch = cases.import_torch() if args.impl == "torch" else None
     if args.impl == "torch" and torch is None:
@@ -72,33 +75,59 @@ def main(argv=None) -> int:
     return 0
 
 
-def _time_layers(shape, seconds: float) -> None:
-    """Per-layer medians of the demo network's forward and backward (as bench's train_step)."""
+def _layer_medians(shape, seconds: float) -> tuple[list, dict, int]:
+    """``(layers, {(i, part): median ms}, steps)`` of the shape's network, as
+    bench's train_step runs it (forward, loss, backward, Adam step), with
+    "loss" and "optimizer" as two more parts."""
     from fastcnn.losses import softmax_cross_entropy
+    from fastcnn.optim import Adam
 
     model, x, labels = cases.demo_network(shape)
-    times = {(i, way): [] for i in range(len(model.layers)) for way in ("forward", "backward")}
-    start = time.perf_counter()
-    steps = 0
+    optimizer = Adam(model, lr=1e-3)
+    times: dict = {}
+
+    def timed(key, call, *args):
+        t = time.perf_counter()
+        result = call(*args)
+        times.setdefault(key, []).append(time.perf_counter() - t)
+        return result
+
+    start, steps = time.perf_counter(), 0
     while steps < 3 or time.perf_counter() - start < seconds:
         h = x
         for i, layer in enumerate(model.layers):
-            t = time.perf_counter()
-            h = layer.forward(h)
-            times[i, "forward"].append(time.perf_counter() - t)
-        _, d = softmax_cross_entropy(h, labels)
+            h = timed((i, "forward"), layer.forward, h)
+        _, d = timed(("loss", ""), softmax_cross_entropy, h, labels)
         for i in reversed(range(len(model.layers))):
-            t = time.perf_counter()
-            d = model.layers[i].backward(d)
-            times[i, "backward"].append(time.perf_counter() - t)
+            d = timed((i, "backward"), model.layers[i].backward, d)
+        timed(("optimizer", ""), optimizer.step)
         steps += 1
-    total = 0.0
-    print(f"train_step {shape.name} float32, layers of the demo network: median ms over {steps} steps")
-    for i, layer in enumerate(model.layers):
-        fwd, bwd = (1e3 * float(np.median(times[i, way][1:])) for way in ("forward", "backward"))
-        total += fwd + bwd
-        print(f"  {i:2d} {layer!r:55.55s} forward {fwd:7.3f}  backward {bwd:7.3f}")
-    print(f"  sum of the layers: {total:.3f} ms (the loss and the optimizer step not included)")
+    # the first step allocates and warms up: left out
+    return model.layers, {k: 1e3 * float(np.median(v[1:])) for k, v in times.items()}, steps
+
+
+def _time_layers(shape, seconds: float, thread_counts) -> None:
+    """Per-layer medians of the shape's network, one column pair per thread count."""
+    runs = {}
+    for n in thread_counts:
+        with using_threads(n, None):
+            runs[n] = _layer_medians(shape, seconds)
+    layers = runs[thread_counts[0]][0]
+    steps = ", ".join(f"{runs[n][2]} at {n}" for n in thread_counts)
+    print(f"train_step {shape.name} float32 ({shape.net} network): median ms per step "
+          f"(steps: {steps}); forward / backward at each thread count")
+    print(f"  {'':59s}" + "".join(f"{f'{n} thread(s)':>20s}" for n in thread_counts))
+    totals = dict.fromkeys(thread_counts, 0.0)
+    rows = [(f"{i:2d} {layer!r}", [(i, "forward"), (i, "backward")]) for i, layer in enumerate(layers)]
+    rows += [("loss (softmax cross-entropy)", [("loss", "")]), ("Adam step", [("optimizer", "")])]
+    for label, keys in rows:
+        cells = ""
+        for n in thread_counts:
+            values = [runs[n][1][k] for k in keys]
+            totals[n] += sum(values)
+            cells += f"{' / '.join(f'{v:.3f}' for v in values):>20s}"
+        print(f"  {label:59.59s}{cells}")
+    print(f"  {'total':59s}" + "".join(f"{totals[n]:>20.3f}" for n in thread_counts))
 
 
 if __name__ == "__main__":

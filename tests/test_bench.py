@@ -124,3 +124,19 @@ def test_plot(tmp_path):
 def test_command_line_rejects_bad_options(args, capsys):
     assert cli_main(["bench", *args]) == 2
     assert "fastcnn bench: error:" in capsys.readouterr().err
+
+
+def test_training_step_networks_match_their_torch_twins():
+    # The bench times the same network in both libraries: in eval mode (no
+    # dropout) the twin's logits equal fastcnn's.
+    torch = pytest.importorskip("torch")
+    from fastcnn.bench import cases
+
+    for name in ("mnist", "cifar-demo", "cifar-vgg"):
+        shape = cases.SHAPES[name]
+        model, x, _ = cases.demo_network(shape)
+        x = x[:4]
+        net = cases._torch_twin(model, torch).eval()
+        with torch.no_grad():
+            expected = net(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(model.forward(x, training=False), expected, rtol=1e-4, atol=1e-5)

@@ -13,7 +13,7 @@ What is timed, for each thread count, dtype and shape (:data:`SHAPES`):
   (level ``op``: what a user pays);
 * ``conv2d`` (forward) and ``conv2d_fwd_bwd`` (``conv2d`` + ``conv2d_backward``);
 * ``train_step``: one step of the ``fastcnn demo`` network (forward, softmax
-  cross-entropy, backward, SGD with momentum), float32 only;
+  cross-entropy, backward, Adam step), float32 only;
 * ``copy``: ``np.copyto`` and ``Tensor.copy_`` of the input, the memory
   bandwidth the memory-bound kernels are measured against.
 

@@ -52,6 +52,8 @@ class Shape:
     pool_stride: int = 0
     pool_padding: int = 0
     train: bool = False
+    #: The network of the training step: "demo" (``fastcnn demo``'s) or "vgg".
+    net: str = "demo"
 
     @property
     def pool_input(self) -> tuple[int, int, int, int]:
@@ -84,6 +86,10 @@ SHAPES = {
         Shape("mnist", (128, 1, 28, 28), 8, 5, 2, 2, 2, 0, train=True),
         # The demo's default data (scikit-learn digits, 8x8): training step only.
         Shape("digits", (128, 1, 8, 8), train=True),
+        # Training steps only: the demo network on CIFAR-sized images, and a
+        # VGG-style network (two blocks of two 3x3 convolutions).
+        Shape("cifar-demo", (128, 3, 32, 32), train=True),
+        Shape("cifar-vgg", (64, 3, 32, 32), train=True, net="vgg"),
     )
 }
 #: The shape whose NumPy twin ``--quick`` skips.
@@ -414,6 +420,10 @@ def _torch_twin(model, torch):
             m = nn.ReLU()
         elif isinstance(layer, L.Flatten):
             m = nn.Flatten()
+        elif isinstance(layer, L.GlobalAvgPool2D):
+            m = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        elif isinstance(layer, L.Dropout):
+            m = nn.Dropout(layer.p)
         else:
             raise NotImplementedError(f"no torch.nn twin for {type(layer).__name__}")
         with torch.no_grad():
@@ -423,41 +433,70 @@ def _torch_twin(model, torch):
     return nn.Sequential(*modules)
 
 
+def vgg_network(channels: int, rng=0):
+    """A VGG-style network: two blocks of [3x3 conv - BatchNorm - ReLU] x 2
+    (32, then 64 channels), each followed by a 2x2 max-pool, then global
+    average pooling, Dropout(0.5) and a dense layer to 10 classes."""
+    from .. import layers as L
+    from ..model import Sequential
+
+    rng = np.random.default_rng(rng)
+    stack = []
+    for width in (32, 64):
+        for _ in range(2):
+            stack += [L.Conv2D(channels, width, 3, padding=1, rng=rng), L.BatchNorm2D(width),
+                      L.ReLU()]
+            channels = width
+        stack.append(L.MaxPool2D(2))
+    stack += [L.GlobalAvgPool2D(), L.Dropout(0.5, rng=rng), L.Dense(channels, 10, rng=rng)]
+    return Sequential(stack)
+
+
 def demo_network(shape: Shape):
-    """``(model, x, labels)`` of the training step on `shape`: a fresh demo
-    network (same initial weights every time), float32 inputs, 10 classes."""
+    """``(model, x, labels)`` of the training step on `shape`: a fresh network
+    of kind ``shape.net`` (same initial weights every time), float32 inputs,
+    10 classes."""
     from ..demo import build_model
 
-    model = build_model(shape.x[1], shape.x[2:], 10, rng=0)
+    if shape.net == "vgg":
+        model = vgg_network(shape.x[1])
+    else:
+        model = build_model(shape.x[1], shape.x[2:], 10, rng=0)
     labels = np.random.default_rng(3).integers(0, 10, shape.x[0])
     return model, _inputs(shape, np.float32), labels
 
 
 def _build_train_step(shape, dtype, level, impls, threads, torch):
-    """forward + softmax cross-entropy + backward + SGD(momentum=0.9) on the demo network."""
+    """forward + softmax cross-entropy + backward + Adam step on the shape's network."""
     from ..losses import softmax_cross_entropy
-    from ..optim import SGD
+    from ..optim import Adam
 
-    lr, momentum = 0.01, 0.9
+    lr = 1e-3
     fns = {}
+
+    # The libraries draw different dropout masks: such a network's losses
+    # are not compared (an empty result agrees with any other).
+    def comparable(loss):
+        return () if shape.net == "vgg" else np.float64(loss)
+
     for name in ("cython", "numpy"):
         if name not in impls:
             continue
         model, x, labels = demo_network(shape)
-        optimizer = SGD(model, lr=lr, momentum=momentum)
+        optimizer = Adam(model, lr=lr)
 
         def step(model=model, optimizer=optimizer, x=x, labels=labels):
             loss, dlogits = softmax_cross_entropy(model.forward(x), labels)
             model.backward(dlogits)
             optimizer.step()
-            return np.float64(loss)
+            return comparable(loss)
 
         fns[name] = _with_backend(name, step)
     if torch is not None and "torch" in impls:
         model, x, labels = demo_network(shape)
         net = _torch_twin(model, torch)
         net.train()
-        optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+        optimizer = torch.optim.Adam(net.parameters(), lr=lr)
         tx, ty = torch.from_numpy(x), torch.from_numpy(labels)
         cross_entropy = torch.nn.functional.cross_entropy
 
@@ -466,7 +505,7 @@ def _build_train_step(shape, dtype, level, impls, threads, torch):
             loss = cross_entropy(net(tx), ty)
             loss.backward()
             optimizer.step()
-            return np.float64(loss.item())
+            return comparable(loss.item())
 
         fns["torch"] = torch_step
     return _Bench(fns)
