@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validation import as_float_array
-from .model import named_layers
+from .layers.base import _dotted, _named_modules
 
 __all__ = ["GradcheckReport", "GradcheckError", "gradcheck", "numerical_gradient"]
 
@@ -79,7 +79,8 @@ def gradcheck(
     Parameters
     ----------
     layer : Layer or Sequential
-        Built with ``dtype=np.float64`` if it has parameters.
+        With float64 parameters: built with ``dtype=np.float64``, or a copy
+        made by ``copy.deepcopy(layer).astype(np.float64)``.
     x : array_like, float64
         Input; never modified. Keep it small: every element of `x` and of
         every parameter costs two forward calls.
@@ -106,13 +107,20 @@ def gradcheck(
     """
     x = as_float_array(x, "x")
     if x.dtype != np.float64:
-        raise TypeError(f"gradcheck needs float64 input for accurate differences, got {x.dtype}")
-    named = named_layers(layer)
-    params = {prefix + name: value for prefix, lay in named for name, value in lay.params.items()}
+        raise TypeError(
+            f"gradcheck needs float64 input for accurate differences, got {x.dtype}; "
+            "pass x.astype(np.float64)"
+        )
+    named = _named_modules(layer)
+    params = {
+        _dotted(prefix, name): value for prefix, lay in named for name, value in lay.params.items()
+    }
     for name, value in params.items():
         if value.dtype != np.float64:
             raise TypeError(
-                f"gradcheck needs float64 parameters, got {name} of dtype {value.dtype}"
+                f"gradcheck needs float64 parameters, got {name} of dtype {value.dtype}; "
+                "check a float64 copy: gradcheck(copy.deepcopy(layer).astype(np.float64), x) "
+                "(the layer itself is left as it is)"
             )
     rng = np.random.default_rng(rng)
     layers = [lay for _, lay in named]
@@ -132,7 +140,7 @@ def gradcheck(
         w = rng.standard_normal(out.shape)
         analytic = {"x": layer.backward(w)}
         for prefix, lay in named:
-            analytic.update((prefix + name, grad.copy()) for name, grad in lay.grads.items())
+            analytic.update((_dotted(prefix, name), grad.copy()) for name, grad in lay.grads.items())
         x_work = x.copy()
         numerical = {"x": numerical_gradient(lambda: np.sum(w * evaluate(x_work)), x_work, eps)}
         for name, value in params.items():

@@ -1,12 +1,15 @@
 """Optimizers with the update rules, defaults and checks of ``torch.optim``.
 
 Each optimizer walks the parameters of a :class:`fastcnn.Sequential`, a
-layer or a list of layers, reads the gradients the last ``backward`` wrote
-into ``layer.grads`` and updates ``layer.params`` in place. Per-parameter
-state (``optimizer.state["0.weight"]``) uses PyTorch's names
-(``momentum_buffer``, ``exp_avg``, ...). Every step follows the
-single-tensor (``foreach=False``) code path of the installed PyTorch
-line by line, so results agree with it to rounding.
+layer or a list of layers, nested layers included, reads the gradients the
+last ``backward`` wrote into ``layer.grads`` and updates ``layer.params`` in
+place. Per-parameter state (``optimizer.state["0.weight"]``, keyed by the
+dotted names of :meth:`fastcnn.layers.Layer.named_parameters`) uses
+PyTorch's names (``momentum_buffer``, ``exp_avg``, ...). Every step follows
+the single-tensor (``foreach=False``) code path of the installed PyTorch
+line by line, so results agree with it to rounding. :func:`clip_grad_norm_`
+and :func:`clip_grad_value_` rescale or clamp the gradients before a step,
+as ``torch.nn.utils`` does.
 """
 
 from __future__ import annotations
@@ -16,9 +19,27 @@ import math
 import numpy as np
 
 from ._validation import flag, real
-from .model import named_layers
+from .layers.base import _dotted, _named_modules
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam"]
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "Adagrad",
+    "Adadelta",
+    "RMSprop",
+    "Adam",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+]
+
+
+def _named_grads(model) -> list[tuple[str, np.ndarray]]:
+    """``(dotted name, gradient)`` of every parameter of `model`, nested layers included."""
+    return [
+        (_dotted(prefix, name), grad)
+        for prefix, layer in _named_modules(model)
+        for name, grad in layer.grads.items()
+    ]
 
 
 class Optimizer:
@@ -38,28 +59,50 @@ class Optimizer:
     ----------
     state : dict of str to dict
         Per-parameter state keyed like ``"0.weight"``, filled by :meth:`step`.
+
+    Notes
+    -----
+    The optimizer holds the parameter and gradient arrays that exist when it
+    is created. If they are replaced (by ``model.astype`` or an assignment),
+    :meth:`step` and :meth:`zero_grad` raise ValueError: create the
+    optimizer after ``astype``.
     """
 
     def __init__(self, model, lr, weight_decay=0, maximize=False) -> None:
         self.lr = real(lr, "lr", low=0)
         self.weight_decay = real(weight_decay, "weight_decay", low=0)
         self.maximize = flag(maximize, "maximize")
-        self._params = [
-            (prefix + name, layer.params[name], layer.grads[name])
-            for prefix, layer in named_layers(model)
+        self._layers = [
+            (_dotted(prefix, name), layer, name)
+            for prefix, layer in _named_modules(model)
             for name in layer.params
+        ]
+        self._params = [
+            (key, layer.params[name], layer.grads[name]) for key, layer, name in self._layers
         ]
         if not self._params:
             raise ValueError("model has no parameters to optimize")
         self.state: dict[str, dict] = {key: {} for key, _, _ in self._params}
 
+    def _check_arrays(self) -> None:
+        """Refuse to work on arrays the model no longer uses (state is kept per array)."""
+        for (key, layer, name), (_, param, grad) in zip(self._layers, self._params):
+            if layer.params.get(name) is not param or layer.grads.get(name) is not grad:
+                raise ValueError(
+                    f"parameter {key!r} is no longer the array this optimizer was created "
+                    "with (model.astype() or an assignment replaced it): create the optimizer "
+                    "after astype()"
+                )
+
     def zero_grad(self) -> None:
         """Set every gradient to zero (in place)."""
+        self._check_arrays()
         for _, _, grad in self._params:
             grad.fill(0)
 
     def step(self) -> None:
         """Update every parameter in place from its current gradient."""
+        self._check_arrays()
         for key, param, grad in self._params:
             if self.maximize:
                 grad = -grad
@@ -316,3 +359,49 @@ class Adam(Optimizer):
             second_moment = exp_avg_sq
         denom = np.sqrt(second_moment) / bias_correction2_sqrt + self.eps
         param -= step_size * (exp_avg / denom)
+
+
+def clip_grad_norm_(model, max_norm, norm_type=2.0) -> float:
+    """Scale all gradients so that their joint norm is at most `max_norm`, as ``torch.nn.utils``.
+
+    Parameters
+    ----------
+    model : Sequential, Layer or list of layers
+        Every gradient of every nested layer takes part.
+    max_norm : float
+        ``>= 0``.
+    norm_type : float, default 2.0
+        ``p > 0`` of the p-norm, or ``inf`` (the largest absolute value).
+
+    Returns
+    -------
+    float
+        The joint norm of the gradients before clipping: the p-norm of the
+        per-array p-norms. Gradients are multiplied in place by
+        ``min(1, max_norm / (norm + 1e-6))``, in their dtype, as PyTorch does.
+    """
+    max_norm = real(max_norm, "max_norm", low=0)
+    norm_type = real(norm_type, "norm_type", low=0, low_open=True)
+    grads = [grad for _, grad in _named_grads(model)]
+    if not grads:
+        return 0.0
+    norms = np.array([np.linalg.norm(g.ravel(), norm_type) for g in grads])
+    total = np.linalg.norm(norms, norm_type)
+    coef = np.minimum(max_norm / (total + 1e-6), 1.0).astype(norms.dtype)
+    for grad in grads:
+        grad *= coef
+    return float(total)
+
+
+def clip_grad_value_(model, clip_value) -> None:
+    """Clamp every gradient of `model` into ``[-clip_value, clip_value]`` in place, as ``torch.nn.utils``.
+
+    Parameters
+    ----------
+    model : Sequential, Layer or list of layers
+    clip_value : float
+        ``>= 0``.
+    """
+    clip_value = real(clip_value, "clip_value", low=0)
+    for _, grad in _named_grads(model):
+        np.clip(grad, -clip_value, clip_value, out=grad)

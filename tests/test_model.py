@@ -101,7 +101,7 @@ def test_named_layers_and_bad_layers():
     model = small_cnn()
     assert [p for p, _ in named_layers(model)] == [f"{i}." for i in range(6)]
     assert named_layers(model.layers[0]) == [("", model.layers[0])]
-    assert [p for p, _ in named_layers([model.layers[0], model])][:3] == ["0.", "1.0.", "1.1."]
+    assert [p for p, _ in named_layers([ReLU(), model])][:3] == ["0.", "1.0.", "1.1."]
     with pytest.raises(TypeError, match=r"layers\[1\] must be a fastcnn Layer"):
         Sequential([ReLU(), lambda x: x])
     with pytest.raises(TypeError, match="model must be"):
@@ -175,9 +175,10 @@ def test_load_refuses_pickled_objects_and_non_archives(tmp_path):
     np.savez(tmp_path / "pickled.npz", **arrays)
     with pytest.raises(ValueError, match="allow_pickle"):
         model.load(tmp_path / "pickled.npz")
-    np.save(tmp_path / "plain.npy", np.zeros(3))
+    with open(tmp_path / "plain.npz", "wb") as file:  # a .npy under an .npz name
+        np.save(file, np.zeros(3))
     with pytest.raises(ValueError, match="not an .npz archive"):
-        model.load(tmp_path / "plain.npy")
+        model.load(tmp_path / "plain.npz")
     assert_same_arrays(snapshot(model), before)
 
 

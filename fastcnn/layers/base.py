@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
-from .._validation import SUPPORTED_DTYPES, Window, as_float_array, flag, shape_tuple
+from .. import _npz
+from .._validation import (
+    SUPPORTED_DTYPES,
+    Window,
+    as_float_array,
+    flag,
+    positive_int,
+    shape_tuple,
+)
 
 __all__ = ["Layer"]
 
@@ -34,6 +44,69 @@ def _uniform(rng: np.random.Generator, bound: float, shape, dtype) -> np.ndarray
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
+def _dotted(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _layers_in(value, name: str) -> Iterator[tuple[str, Layer]]:
+    """``(name, layer)`` for `value` if it is a layer, or for every layer in it if it
+    is a list or tuple (nested to any depth; the i-th item is named ``name.i``)."""
+    if isinstance(value, Layer):
+        yield name, value
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _layers_in(item, _dotted(name, str(i)))
+
+
+def _walk(layer: Layer, name: str, seen: set, out: list) -> None:
+    # A layer reachable twice (shared weights) is listed once, under its first name,
+    # so an optimizer never steps it twice; `seen` also ends reference cycles.
+    if id(layer) in seen:
+        return
+    seen.add(id(layer))
+    out.append((name, layer))
+    for child_name, child in layer.named_children():
+        _walk(child, _dotted(name, child_name), seen, out)
+
+
+def _output_shape_or_none(layer: Layer, input_shape):
+    """``layer.output_shape(input_shape)``, or None for a block that does not say."""
+    try:
+        return layer.output_shape(input_shape)
+    except NotImplementedError:
+        return None
+
+
+def _named_modules(model) -> list[tuple[str, Layer]]:
+    """Every layer of `model` with its dotted name, parents before their children.
+
+    Parameters
+    ----------
+    model : Layer (a Sequential included) or list/tuple of layers, nested to any depth
+        A list is named like a Sequential: its i-th entry is ``"i"``.
+
+    Returns
+    -------
+    list of (str, Layer)
+        The model itself is ``""``; names join with dots (``"block.conv1"``).
+    """
+    if isinstance(model, Layer):
+        return list(model.named_modules())
+    if not isinstance(model, (list, tuple)):
+        raise TypeError(
+            "model must be a Sequential, a Layer or a list of layers, "
+            f"got {type(model).__name__}"
+        )
+    seen: set = set()
+    out: list = []
+    for i, item in enumerate(model):
+        if not isinstance(item, (Layer, list, tuple)):
+            raise TypeError(f"model[{i}] must be a fastcnn Layer, got {type(item).__name__}")
+        for name, layer in _layers_in(item, str(i)):
+            _walk(layer, name, seen, out)
+    return out
+
+
 class Layer:
     """Base class of all layers.
 
@@ -42,15 +115,27 @@ class Layer:
     :func:`fastcnn._validation.as_float_array`, keeps the cache, and checks
     that ``dout`` matches the output of the last forward.
 
+    A layer made of other layers (a block) assigns them to attributes,
+    directly or in lists or tuples, and overrides :meth:`forward` and
+    :meth:`backward` to call them; they are found as ``torch.nn.Module``
+    finds sub-modules, so :meth:`named_parameters`, optimizers,
+    :meth:`summary`, :meth:`save`/:meth:`load`, :meth:`train`/:meth:`eval`
+    and :meth:`astype` reach them, under dotted names such as
+    ``"conv1.weight"`` or ``"blocks.0.weight"``.
+
     Attributes
     ----------
     params : dict of str to ndarray
-        Trained parameters. Updated in place, never re-bound.
+        Trained parameters of this layer itself (not of its sub-layers).
+        Updated in place, never re-bound (except by :meth:`astype`).
     grads : dict of str to ndarray
         Gradients of the last :meth:`backward`, same keys, shapes and dtypes as
         `params`, overwritten in place by every backward.
     state : dict of str to ndarray
         Saved arrays that are not trained (e.g. BatchNorm running statistics).
+    training : bool
+        The mode :meth:`forward` uses when it is not given `training`; set by
+        :meth:`train` and :meth:`eval`. True for a new layer.
 
     Notes
     -----
@@ -59,10 +144,15 @@ class Layer:
     restores that generator's state before every evaluation.
     """
 
+    # Attributes of the base class that may hold anything (a cache can hold a
+    # layer): never searched for sub-layers.
+    _NOT_SUB_LAYERS = frozenset({"_cache", "_window", "_window_key"})
+
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.state: dict[str, np.ndarray] = {}
+        self.training = True
         self._cache = None
         # Shape and dtype of the last forward's output; None until forward runs.
         self._out_shape: tuple[int, ...] | None = None
@@ -86,16 +176,22 @@ class Layer:
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
 
-    def forward(self, x, training: bool = True) -> np.ndarray:
+    def _mode(self, training) -> bool:
+        """`training` if given, else the layer's own mode (see :meth:`train`)."""
+        return self.training if training is None else flag(training, "training")
+
+    def forward(self, x, training: bool | None = None) -> np.ndarray:
         """Compute the layer's output and remember what :meth:`backward` needs.
 
         Parameters
         ----------
         x : array_like of float32 or float64
             Input; its required shape depends on the layer. Never modified.
-        training : bool, default True
+        training : bool or None, default None
             Training mode (batch statistics for BatchNorm, active Dropout) or
-            evaluation mode.
+            evaluation mode; None uses :attr:`training` (True unless
+            :meth:`eval` was called). A container passes the argument on
+            unchanged, so an explicit value applies to every nested layer.
 
         Returns
         -------
@@ -103,13 +199,13 @@ class Layer:
             Same dtype as `x`; shape given by :meth:`output_shape`.
         """
         x = as_float_array(x, "x")
-        out, self._cache = self._forward(x, flag(training, "training"))
+        out, self._cache = self._forward(x, self._mode(training))
         # A ufunc of a 0-d array gives a NumPy scalar: the contract is an ndarray.
         out = np.asarray(out)
         self._out_shape, self._out_dtype = out.shape, out.dtype
         return out
 
-    def __call__(self, x, training: bool = True) -> np.ndarray:
+    def __call__(self, x, training: bool | None = None) -> np.ndarray:
         return self.forward(x, training)
 
     def backward(self, dout) -> np.ndarray:
@@ -151,19 +247,297 @@ class Layer:
         return np.asarray(self._backward(dout, self._cache))
 
     def output_shape(self, input_shape) -> tuple[int, ...]:
-        """Shape of the output for an input of shape `input_shape` (element-wise: the same)."""
+        """Shape of the output for an input of shape `input_shape`.
+
+        The default is the element-wise answer (the same shape). A block of
+        sub-layers must override it to appear with shapes in :meth:`summary`.
+
+        Raises
+        ------
+        NotImplementedError
+            For a layer with sub-layers that does not override it.
+        """
+        if next(self.named_children(), None) is not None:
+            raise NotImplementedError(
+                f"{type(self).__name__} holds sub-layers: define its "
+                "output_shape(input_shape) to give its output shape"
+            )
         return shape_tuple(input_shape)
+
+    # -- sub-layers --------------------------------------------------------
+
+    def named_children(self) -> Iterator[tuple[str, Layer]]:
+        """The direct sub-layers, ``(name, layer)``, in the order they were assigned.
+
+        A layer held by an attribute ``conv`` is ``"conv"``; the i-th layer of
+        a list or tuple ``blocks`` is ``"blocks.i"`` (``"blocks.i.j"`` nested).
+        """
+        for attr, value in vars(self).items():
+            if attr not in self._NOT_SUB_LAYERS:
+                yield from _layers_in(value, attr)
+
+    def children(self) -> Iterator[Layer]:
+        """The direct sub-layers (see :meth:`named_children`)."""
+        for _, layer in self.named_children():
+            yield layer
+
+    def named_modules(self) -> Iterator[tuple[str, Layer]]:
+        """This layer (``""``) and every nested layer with its dotted name, parents first.
+
+        A layer reachable twice is listed once, under its first name.
+        """
+        out: list = []
+        _walk(self, "", set(), out)
+        return iter(out)
+
+    def modules(self) -> Iterator[Layer]:
+        """This layer and every nested layer (see :meth:`named_modules`)."""
+        for _, layer in self.named_modules():
+            yield layer
+
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Every trained array of this layer and its sub-layers: ``("conv1.weight", array)``."""
+        for prefix, layer in self.named_modules():
+            for name, value in layer.params.items():
+                yield _dotted(prefix, name), value
+
+    def parameters(self) -> Iterator[np.ndarray]:
+        """Every trained array (see :meth:`named_parameters`)."""
+        for _, value in self.named_parameters():
+            yield value
+
+    def named_buffers(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Every saved, untrained array (``state``, e.g. ``"bn.running_mean"``), nested included."""
+        for prefix, layer in self.named_modules():
+            for name, value in layer.state.items():
+                yield _dotted(prefix, name), value
 
     @property
     def num_params(self) -> int:
-        """Number of trained scalars."""
-        return sum(p.size for p in self.params.values())
+        """Number of trained scalars, sub-layers included."""
+        return sum(p.size for p in self.parameters())
+
+    # -- modes, dtype, inference ------------------------------------------
+
+    def train(self, mode: bool = True) -> Layer:
+        """Set :attr:`training` of this layer and every nested layer; return this layer.
+
+        ``forward(x)`` then uses that mode; ``forward(x, training=...)`` still
+        overrides it for one call.
+        """
+        mode = flag(mode, "mode")
+        for layer in self.modules():
+            layer.training = mode
+        return self
+
+    def eval(self) -> Layer:
+        """Evaluation mode for this layer and every nested layer: ``train(False)``."""
+        return self.train(False)
+
+    def _forget_last_forward(self) -> None:
+        """Drop what the last forward kept for backward (it references the batch)."""
+        self._cache = None
+        self._out_shape = self._out_dtype = None
+
+    def astype(self, dtype) -> Layer:
+        """Cast every parameter, gradient and state array, nested layers included.
+
+        Parameters
+        ----------
+        dtype : np.float32 or np.float64
+
+        Returns
+        -------
+        Layer
+            This layer, now computing in `dtype` (inputs must then have it).
+
+        Notes
+        -----
+        Arrays already of `dtype` are kept; the others are replaced by cast
+        copies, so an optimizer created before refuses to step: create it
+        after ``astype``. What the last forward kept for backward is dropped.
+        ``copy.deepcopy(layer).astype(np.float64)`` gives a float64 copy and
+        leaves the layer as it is.
+        """
+        dtype = _float_dtype(dtype)
+        for layer in self.modules():
+            for arrays in (layer.params, layer.grads, layer.state):
+                for name, value in arrays.items():
+                    if value.dtype.kind == "f" and value.dtype != dtype:
+                        arrays[name] = value.astype(dtype)
+            if isinstance(getattr(layer, "dtype", None), np.dtype):
+                layer.dtype = dtype
+            layer._forget_last_forward()
+        return self
+
+    def predict(self, x, batch_size: int = 256) -> np.ndarray:
+        """Outputs for `x` in evaluation mode, batch by batch, keeping nothing for backward.
+
+        Parameters
+        ----------
+        x : array_like of float32 or float64, shape (N, ...)
+            Never modified.
+        batch_size : int, default 256
+            Samples per forward call.
+
+        Returns
+        -------
+        ndarray
+            The outputs of all batches, concatenated along axis 0.
+
+        Notes
+        -----
+        Every forward runs with ``training=False`` (no dropout, BatchNorm uses
+        and keeps its running statistics) whatever :attr:`training` says.
+        After each batch, every layer drops what it kept for backward, so no
+        layer holds a reference to `x`; a :meth:`backward` must follow a new
+        :meth:`forward`.
+        """
+        x = as_float_array(x, "x")
+        if x.ndim == 0:
+            raise ValueError("x must have a batch axis, got a 0-d array")
+        batch_size = positive_int(batch_size, "batch_size")
+        layers = list(self.modules())
+        outputs = []
+        try:
+            # One call even for an empty x: it gives the output's shape.
+            for start in range(0, max(len(x), 1), batch_size):
+                outputs.append(self.forward(x[start : start + batch_size], training=False))
+                for layer in layers:
+                    layer._forget_last_forward()
+        finally:
+            for layer in layers:
+                layer._forget_last_forward()
+        return np.concatenate(outputs)
+
+    # -- saving ------------------------------------------------------------
+
+    def _saved_arrays(self) -> dict[str, np.ndarray]:
+        """Every parameter and state array by its dotted name, e.g. ``"0.weight"``."""
+        return dict(self.named_parameters()) | dict(self.named_buffers())
+
+    def save(self, path) -> None:
+        """Write every parameter and state array (nested included) to ``.npz``, atomically.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination; ``.npz`` is appended if missing (as ``np.savez``
+            does, and :meth:`load` reads the same name). Keys are the dotted
+            names of :meth:`named_parameters` and :meth:`named_buffers`, e.g.
+            ``"0.weight"``, ``"1.running_mean"``, ``"block.conv1.weight"``.
+
+        Notes
+        -----
+        The file is written beside the target under a temporary name, flushed
+        to disk and renamed over it: an interrupted or failed save leaves the
+        previous file as it was, and a failed one removes the temporary file.
+        No pickle is involved.
+        """
+        _npz.save(path, self._saved_arrays())
+
+    def load(self, path) -> None:
+        """Copy the arrays of an ``.npz`` file written by :meth:`save` into this layer.
+
+        Every member's name, shape and dtype (from its ``.npy`` header) is
+        checked against the model before any data is read, only what the
+        model expects is read, and the model changes only if the whole file
+        matches. Arrays are copied into the existing ones in place
+        (optimizers keep working).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            ``.npz`` is appended if missing, as in :meth:`save`.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the file does not exist.
+        ValueError
+            Naming the file and the problem: not an ``.npz`` archive (a text,
+            empty or truncated file), a missing or unexpected key, a shape
+            or dtype that differs from the model's (the key is the dotted
+            path of the layer), a member larger or smaller than its header
+            says, pickled objects, or corrupt data.
+        """
+        owners = {}
+        for prefix, layer in self.named_modules():
+            for name in (*layer.params, *layer.state):
+                owners[_dotted(prefix, name)] = f"layer {prefix!r} ({type(layer).__name__})"
+        expected = self._saved_arrays()
+        loaded = _npz.load(path, expected, owners)
+        for key, target in expected.items():
+            target[...] = loaded[key]
+
+    def summary(self, input_shape) -> str:
+        """A table of the nested layers, their output shapes and parameter counts.
+
+        Parameters
+        ----------
+        input_shape : tuple of int
+            Full input shape, batch included, e.g. ``(1, 1, 28, 28)``.
+
+        Returns
+        -------
+        str
+            One row per layer (the sub-layers of a container, indented under
+            it, named by their dotted path) and the total number of
+            parameters. The rows inside a block other than a
+            :class:`~fastcnn.Sequential` or :class:`~fastcnn.layers.Residual`
+            show no shape: only the block knows how data flows through them.
+        """
+        shape = shape_tuple(input_shape)
+        rows = [("#", "Layer", "Output shape", "Params"), ("", "Input", str(shape), "")]
+
+        def add_children(layer, prefix, shape, depth):
+            children = list(layer.named_children())
+            shapes = [None] * len(children) if shape is None else layer._child_input_shapes(shape)
+            for (name, child), child_shape in zip(children, shapes):
+                add(_dotted(prefix, name), child, child_shape, depth)
+
+        def add(name, layer, shape, depth):
+            out_shape = None if shape is None else _output_shape_or_none(layer, shape)
+            leaf = next(layer.named_children(), None) is None
+            rows.append((
+                name,
+                "  " * depth + (repr(layer) if leaf else type(layer).__name__),
+                "?" if out_shape is None else str(out_shape),
+                f"{layer.num_params:,}",
+            ))
+            add_children(layer, name, shape, depth + 1)
+
+        if next(self.named_children(), None) is None:
+            add("", self, shape, 0)
+        else:
+            add_children(self, "", shape, 0)
+        widths = [max(len(row[k]) for row in rows) for k in range(4)]
+
+        def line(row):
+            return (
+                f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  "
+                f"{row[2]:<{widths[2]}}  {row[3]:>{widths[3]}}"
+            ).rstrip()
+
+        rule = "-" * (sum(widths) + 6)
+        total = f"Total params: {self.num_params:,}"
+        return "\n".join([line(rows[0]), rule, *map(line, rows[1:]), rule, total])
+
+    def _child_input_shapes(self, input_shape) -> list:
+        """The input shape of each direct sub-layer, in order, for `input_shape` (None: unknown)."""
+        return [None for _ in self.named_children()]
 
     def _extra_repr(self) -> str:
         return ""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._extra_repr()})"
+        children = list(self.named_children())
+        if not children:
+            return f"{type(self).__name__}({self._extra_repr()})"
+        body = "".join(
+            f"\n  ({name}): " + repr(child).replace("\n", "\n  ") for name, child in children
+        )
+        return f"{type(self).__name__}({self._extra_repr()}{body}\n)"
 
     def _forward(self, x: np.ndarray, training: bool):
         raise NotImplementedError

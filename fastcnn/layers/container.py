@@ -1,60 +1,57 @@
-"""Containers: a stack of layers (forward, backward, summary, and saving weights without pickle)."""
+"""Containers: a stack of layers (:class:`Sequential`), a skip connection
+(:class:`Residual`) and :class:`Identity`."""
 
 from __future__ import annotations
 
-import os
+import operator
 
 import numpy as np
 
-from .base import Layer
+from .._validation import as_float_array, flag, shape_tuple
+from .base import Layer, _named_modules, _output_shape_or_none
 
-__all__ = ["Sequential", "named_layers"]
+__all__ = ["Sequential", "Residual", "Identity", "named_layers"]
 
 
 def named_layers(model, prefix: str = "") -> list[tuple[str, Layer]]:
-    """List ``(prefix, layer)`` for every layer of `model`, in order.
+    """List ``(prefix, layer)`` for every layer of `model` that computes or holds arrays.
 
     Parameters
     ----------
-    model : Sequential, Layer, or list/tuple of those
+    model : Layer (a Sequential included), or list/tuple of those
     prefix : str
         Prepended to every prefix (used for nesting).
 
     Returns
     -------
     list of (str, Layer)
-        The prefix of a layer is ``"i."`` for the i-th entry of a Sequential
-        or list (``"i.j."`` when nested) and ``""`` for a bare layer, so that
-        ``prefix + name`` gives keys such as ``"0.weight"``.
+        Every nested layer, parents first, except pure containers (layers with
+        sub-layers and no arrays of their own). The prefix of a layer is its
+        dotted name and a dot (``"0."``, ``"1.0."``, ``"block.conv1."``), and
+        ``""`` for a bare layer, so that ``prefix + name`` gives keys such as
+        ``"0.weight"``.
     """
-    if isinstance(model, Layer):
-        return [(prefix, model)]
-    if isinstance(model, Sequential):
-        items = model.layers
-    elif isinstance(model, (list, tuple)):
-        items = model
-    else:
-        raise TypeError(
-            "model must be a Sequential, a Layer or a list of layers, "
-            f"got {type(model).__name__}"
-        )
-    result = []
-    for i, item in enumerate(items):
-        result.extend(named_layers(item, f"{prefix}{i}."))
-    return result
+    return [
+        (prefix + (name + "." if name else ""), layer)
+        for name, layer in _named_modules(model)
+        if layer.params or layer.state or next(layer.named_children(), None) is None
+    ]
 
 
-def _saved_arrays(model) -> dict[str, np.ndarray]:
-    """Every parameter and state array of `model`, keyed like ``"0.weight"``."""
-    arrays = {}
-    for prefix, layer in named_layers(model):
-        for name, value in {**layer.params, **layer.state}.items():
-            arrays[prefix + name] = value
-    return arrays
+def _check_layer(layer, name: str) -> Layer:
+    if not isinstance(layer, Layer):
+        raise TypeError(f"{name} must be a fastcnn Layer, got {type(layer).__name__}")
+    return layer
 
 
-class Sequential:
-    """Layers applied one after the other.
+def _check_training(training) -> None:
+    """Validate a container's `training` argument (None is passed on as is)."""
+    if training is not None:
+        flag(training, "training")
+
+
+class Sequential(Layer):
+    """Layers applied one after the other; itself a layer, so Sequentials nest.
 
     Parameters
     ----------
@@ -63,6 +60,13 @@ class Sequential:
     Attributes
     ----------
     layers : list of Layer
+        Named ``"0"``, ``"1"``, ... in :meth:`named_parameters` and saved files.
+
+    Notes
+    -----
+    A Sequential is also a list of its layers: ``len(model)``, ``model[i]``,
+    ``model[i:j]`` (a Sequential of the same layer objects), iteration and
+    :meth:`append`.
 
     Examples
     --------
@@ -72,24 +76,52 @@ class Sequential:
     >>> model = Sequential([Conv2D(1, 4, 3, rng=0), ReLU(), Flatten(), Dense(4 * 6 * 6, 10, rng=0)])
     >>> model(np.zeros((2, 1, 8, 8), np.float32)).shape
     (2, 10)
+    >>> len(model), model[1], len(model[:2])
+    (4, ReLU(), 2)
     """
 
-    def __init__(self, layers) -> None:
-        self.layers = list(layers)
-        for i, layer in enumerate(self.layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(
-                    f"layers[{i}] must be a fastcnn Layer, got {type(layer).__name__}"
-                )
+    def __init__(self, layers=()) -> None:
+        super().__init__()
+        self.layers = [_check_layer(layer, f"layers[{i}]") for i, layer in enumerate(layers)]
 
-    def forward(self, x, training: bool = True) -> np.ndarray:
-        """Run `x` through every layer; see :meth:`fastcnn.layers.Layer.forward`."""
+    def named_children(self):
+        for i, layer in enumerate(self.layers):
+            yield str(i), layer
+
+    def append(self, layer) -> Sequential:
+        """Add `layer` at the end; return this Sequential."""
+        self.layers.append(_check_layer(layer, "layer"))
+        return self
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(self.layers[index])
+        try:
+            return self.layers[operator.index(index)]
+        except TypeError:
+            raise TypeError(
+                f"Sequential index must be an int or a slice, got {type(index).__name__}"
+            ) from None
+        except IndexError:
+            raise IndexError(
+                f"Sequential index {index} is out of range for {len(self.layers)} layers"
+            ) from None
+
+    def forward(self, x, training: bool | None = None) -> np.ndarray:
+        """Run `x` through every layer; see :meth:`fastcnn.layers.Layer.forward`.
+
+        `training` is passed to every layer as given (None: each layer's own mode).
+        """
+        _check_training(training)
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
-
-    def __call__(self, x, training: bool = True) -> np.ndarray:
-        return self.forward(x, training)
 
     def backward(self, dout) -> np.ndarray:
         """Back-propagate through every layer in reverse; fills each layer's ``grads``.
@@ -103,84 +135,84 @@ class Sequential:
             dout = layer.backward(dout)
         return dout
 
-    def summary(self, input_shape) -> str:
-        """A table of the layers, their output shapes and parameter counts.
-
-        Parameters
-        ----------
-        input_shape : tuple of int
-            Full input shape, batch included, e.g. ``(1, 1, 28, 28)``.
-
-        Returns
-        -------
-        str
-            One row per layer and the total number of parameters.
-        """
-        rows = [("#", "Layer", "Output shape", "Params")]
-        shape = tuple(input_shape)
-        rows.append(("", "Input", str(shape), ""))
-        for i, layer in enumerate(self.layers):
+    def output_shape(self, input_shape):
+        shape = shape_tuple(input_shape)
+        for layer in self.layers:
             shape = layer.output_shape(shape)
-            rows.append((str(i), repr(layer), str(shape), f"{layer.num_params:,}"))
-        widths = [max(len(row[k]) for row in rows) for k in range(4)]
+        return shape
 
-        def line(row):
-            return (
-                f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  "
-                f"{row[2]:<{widths[2]}}  {row[3]:>{widths[3]}}"
-            ).rstrip()
+    def _child_input_shapes(self, input_shape):
+        shapes = []
+        for layer in self.layers:
+            shapes.append(input_shape)
+            if input_shape is not None:
+                input_shape = _output_shape_or_none(layer, input_shape)
+        return shapes
 
-        rule = "-" * (sum(widths) + 6)
-        total = sum(layer.num_params for layer in self.layers)
-        lines = [line(rows[0]), rule, *map(line, rows[1:]), rule, f"Total params: {total:,}"]
-        return "\n".join(lines)
 
-    def save(self, path) -> None:
-        """Write every parameter and running statistic to an ``.npz`` file (no pickle).
+class Identity(Layer):
+    """Returns its input (the same array), as ``torch.nn.Identity``; the gradient passes through."""
 
-        Parameters
-        ----------
-        path : str or os.PathLike
-            Destination; NumPy appends ``.npz`` if missing. Keys are
-            ``"<layer index>.<name>"``, e.g. ``"0.weight"``, ``"1.running_mean"``.
-        """
-        np.savez(os.fspath(path), **_saved_arrays(self))
+    def _forward(self, x, training):
+        return x, None
 
-    def load(self, path) -> None:
-        """Copy the arrays of an ``.npz`` file written by :meth:`save` into the model.
+    def _backward(self, dout, cache):
+        return dout
 
-        The whole file is checked against the architecture first, so a failed
-        load leaves the model unchanged. Arrays are copied into the existing
-        parameters in place (optimizers keep working).
 
-        Raises
-        ------
-        ValueError
-            On the first missing or unexpected key, shape or dtype mismatch,
-            or if the file holds pickled objects.
-        """
-        path = os.fspath(path)
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path!r} is not an .npz archive written by Sequential.save")
-        with archive:
-            loaded = {key: archive[key] for key in archive.files}
-        expected = _saved_arrays(self)
-        for key, target in expected.items():
-            if key not in loaded:
-                raise ValueError(f"{path!r} does not match the model: missing key {key!r}")
-            value = loaded[key]
-            if value.shape != target.shape or value.dtype != target.dtype:
-                raise ValueError(
-                    f"{path!r} does not match the model: {key!r} has shape {value.shape} and "
-                    f"dtype {value.dtype}, the model expects {target.shape} and {target.dtype}"
-                )
-        unexpected = [key for key in loaded if key not in expected]
-        if unexpected:
-            raise ValueError(f"{path!r} does not match the model: unexpected key {unexpected[0]!r}")
-        for key, target in expected.items():
-            target[...] = loaded[key]
+class Residual(Layer):
+    """A skip connection: ``body(x) + shortcut(x)``.
 
-    def __repr__(self) -> str:
-        body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
-        return f"Sequential({body}\n)"
+    Parameters
+    ----------
+    body : Layer
+        A layer or a :class:`Sequential`.
+    shortcut : Layer or None, default None
+        None is the identity (``body(x) + x``); e.g. a strided 1x1
+        :class:`~fastcnn.layers.Conv2D` when `body` changes the shape.
+
+    Notes
+    -----
+    Both branches must give outputs of one shape. The backward sums the
+    input gradients of the two branches. Named ``"body"`` and ``"shortcut"``
+    in :meth:`named_parameters` and saved files.
+    """
+
+    def __init__(self, body, shortcut=None) -> None:
+        super().__init__()
+        self.body = _check_layer(body, "body")
+        self.shortcut = None if shortcut is None else _check_layer(shortcut, "shortcut")
+
+    def forward(self, x, training: bool | None = None) -> np.ndarray:
+        """``body(x) + shortcut(x)``; see :meth:`fastcnn.layers.Layer.forward`."""
+        _check_training(training)
+        x = as_float_array(x, "x")
+        out = self.body.forward(x, training)
+        skip = x if self.shortcut is None else self.shortcut.forward(x, training)
+        if out.shape != skip.shape:
+            raise ValueError(
+                f"Residual: body output shape {out.shape} differs from shortcut output shape "
+                f"{skip.shape} for x of shape {x.shape}; give a shortcut that matches the body"
+            )
+        return out + skip
+
+    def backward(self, dout) -> np.ndarray:
+        """The sum of the body's and the shortcut's input gradients for `dout`."""
+        dx = self.body.backward(dout)
+        if self.shortcut is None:
+            return dx + as_float_array(dout, "dout")
+        return dx + self.shortcut.backward(dout)
+
+    def output_shape(self, input_shape):
+        shape = shape_tuple(input_shape)
+        out = self.body.output_shape(shape)
+        skip = shape if self.shortcut is None else self.shortcut.output_shape(shape)
+        if out != skip:
+            raise ValueError(
+                f"Residual: body output shape {out} differs from shortcut output shape {skip} "
+                f"for input_shape {shape}"
+            )
+        return out
+
+    def _child_input_shapes(self, input_shape):
+        return [input_shape for _ in self.named_children()]
