@@ -79,14 +79,30 @@ def save(path, arrays: dict[str, np.ndarray]) -> None:
     _fsync_directory(directory)
 
 
-def _read_header(file, path: str, key: str):
-    """Version, shape, Fortran order and dtype from the ``.npy`` header at the start of `file`."""
+def _read_header(file):
+    """Shape, Fortran order and dtype from the ``.npy`` header at the start of `file`."""
     version = np.lib.format.read_magic(file)
     if version == (1, 0):
         return np.lib.format.read_array_header_1_0(file)
     if version == (2, 0):
         return np.lib.format.read_array_header_2_0(file)
-    raise ValueError(f"{path!r}: member {key!r} has .npy format version {version}, expected 1.0 or 2.0")
+    raise ValueError(f"unsupported .npy format version {version}, expected 1.0 or 2.0")
+
+
+# What reading a malformed member can raise (bad CRC, bad deflate stream, short
+# or bad header, encryption, unknown compression).
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, RuntimeError,
+                NotImplementedError)
+
+
+@contextlib.contextmanager
+def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, key: str):
+    """Open a member; every way it can be malformed becomes a ValueError naming it."""
+    try:
+        with archive.open(info) as file:
+            yield file
+    except _READ_ERRORS as exc:
+        raise ValueError(f"{path!r}: member {key!r} is not a valid .npy array ({exc})") from None
 
 
 def _describe_dtype(dtype: np.dtype) -> str:
@@ -159,13 +175,9 @@ def load(path, expected: dict[str, np.ndarray], owners: dict[str, str]) -> dict[
         layouts = {}
         for key, target in expected.items():
             info = members[key]
-            try:
-                with archive.open(info) as file:
-                    shape, fortran_order, dtype = _read_header(file, path, key)
-                    header_size = file.tell()
-            except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, RuntimeError,
-                    NotImplementedError) as exc:
-                raise ValueError(f"{path!r}: member {key!r} has no valid .npy header ({exc})") from None
+            with _member(archive, info, path, key) as file:
+                shape, fortran_order, dtype = _read_header(file)
+                header_size = file.tell()
             if shape != target.shape or dtype.newbyteorder("=") != target.dtype:
                 raise ValueError(
                     f"{mismatch} {key!r} has shape {shape} and dtype {_describe_dtype(dtype)}, "
@@ -182,16 +194,12 @@ def load(path, expected: dict[str, np.ndarray], owners: dict[str, str]) -> dict[
         loaded = {}
         for key, target in expected.items():
             header_size, dtype, fortran_order = layouts[key]
-            try:
-                with archive.open(members[key]) as file:
-                    file.read(header_size)
-                    data = file.read(target.nbytes)
-                    # Reading to the end checks the CRC; a longer stream is refused.
-                    if len(data) != target.nbytes or file.read(1):
-                        raise ValueError("its size differs from its directory entry")
-            except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, RuntimeError,
-                    NotImplementedError) as exc:
-                raise ValueError(f"{path!r}: member {key!r} is corrupt ({exc})") from None
+            with _member(archive, members[key], path, key) as file:
+                file.read(header_size)
+                data = file.read(target.nbytes)
+                # Reading to the end checks the CRC; a longer stream is refused.
+                if len(data) != target.nbytes or file.read(1):
+                    raise ValueError("its data stream is not the size its directory entry says")
             array = np.frombuffer(data, dtype).reshape(target.shape, order="F" if fortran_order else "C")
             loaded[key] = array
     return loaded

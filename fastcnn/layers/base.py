@@ -486,6 +486,7 @@ class Layer:
             parameters. The rows inside a block other than a
             :class:`~fastcnn.Sequential` or :class:`~fastcnn.layers.Residual`
             show no shape: only the block knows how data flows through them.
+            A block that does not define :meth:`output_shape` shows ``?``.
         """
         shape = shape_tuple(input_shape)
         rows = [("#", "Layer", "Output shape", "Params"), ("", "Input", str(shape), "")]
@@ -497,12 +498,16 @@ class Layer:
                 add(_dotted(prefix, name), child, child_shape, depth)
 
         def add(name, layer, shape, depth):
-            out_shape = None if shape is None else _output_shape_or_none(layer, shape)
+            if shape is None:  # how data flows into this layer is unknown
+                shown = ""
+            else:
+                out_shape = _output_shape_or_none(layer, shape)
+                shown = "?" if out_shape is None else str(out_shape)
             leaf = next(layer.named_children(), None) is None
             rows.append((
                 name,
                 "  " * depth + (repr(layer) if leaf else type(layer).__name__),
-                "?" if out_shape is None else str(out_shape),
+                shown,
                 f"{layer.num_params:,}",
             ))
             add_children(layer, name, shape, depth + 1)
