@@ -65,7 +65,8 @@ def save(path, arrays: dict[str, np.ndarray]) -> None:
         directory, f".{os.path.basename(target)}.{secrets.token_hex(6)}.tmp"
     )
     # Mode 0o666 lets the umask decide the permissions, as for any new file.
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(temporary, flags, 0o666)
     try:
         with open(fd, "wb") as file:
             np.savez(file, **arrays)
@@ -169,7 +170,9 @@ def load(path, expected: dict[str, np.ndarray], owners: dict[str, str]) -> dict[
                 raise ValueError(f"{mismatch} missing key {key!r} of {owners[key]}")
         for key in members:
             if key not in expected:
-                raise ValueError(f"{mismatch} unexpected key {key!r} (the model has no such array)")
+                raise ValueError(
+                    f"{mismatch} unexpected key {key!r} (the model has no such array)"
+                )
 
         # Every header first: nothing is decompressed past a header until all fit.
         layouts = {}
@@ -200,6 +203,6 @@ def load(path, expected: dict[str, np.ndarray], owners: dict[str, str]) -> dict[
                 # Reading to the end checks the CRC; a longer stream is refused.
                 if len(data) != target.nbytes or file.read(1):
                     raise ValueError("its data stream is not the size its directory entry says")
-            array = np.frombuffer(data, dtype).reshape(target.shape, order="F" if fortran_order else "C")
-            loaded[key] = array
+            order = "F" if fortran_order else "C"
+            loaded[key] = np.frombuffer(data, dtype).reshape(target.shape, order=order)
     return loaded

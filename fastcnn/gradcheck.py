@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validation import as_float_array
-from .layers.base import _dotted, _named_modules
+from .layers.base import _named_arrays, _named_modules
 
 __all__ = ["GradcheckReport", "GradcheckError", "gradcheck", "numerical_gradient"]
 
@@ -111,10 +111,7 @@ def gradcheck(
             f"gradcheck needs float64 input for accurate differences, got {x.dtype}; "
             "pass x.astype(np.float64)"
         )
-    named = _named_modules(layer)
-    params = {
-        _dotted(prefix, name): value for prefix, lay in named for name, value in lay.params.items()
-    }
+    params = dict(_named_arrays(layer, "params"))
     for name, value in params.items():
         if value.dtype != np.float64:
             raise TypeError(
@@ -123,7 +120,7 @@ def gradcheck(
                 "(the layer itself is left as it is)"
             )
     rng = np.random.default_rng(rng)
-    layers = [lay for _, lay in named]
+    layers = [lay for _, lay in _named_modules(layer)]
     generators = [
         lay.rng for lay in layers if isinstance(getattr(lay, "rng", None), np.random.Generator)
     ]
@@ -139,8 +136,7 @@ def gradcheck(
         out = evaluate(x)
         w = rng.standard_normal(out.shape)
         analytic = {"x": layer.backward(w)}
-        for prefix, lay in named:
-            analytic.update((_dotted(prefix, name), grad.copy()) for name, grad in lay.grads.items())
+        analytic.update((name, grad.copy()) for name, grad in _named_arrays(layer, "grads"))
         x_work = x.copy()
         numerical = {"x": numerical_gradient(lambda: np.sum(w * evaluate(x_work)), x_work, eps)}
         for name, value in params.items():

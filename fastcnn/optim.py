@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from ._validation import flag, real
-from .layers.base import _dotted, _named_modules
+from .layers.base import _dotted, _named_arrays, _named_modules
 
 __all__ = [
     "Optimizer",
@@ -31,15 +31,6 @@ __all__ = [
     "clip_grad_norm_",
     "clip_grad_value_",
 ]
-
-
-def _named_grads(model) -> list[tuple[str, np.ndarray]]:
-    """``(dotted name, gradient)`` of every parameter of `model`, nested layers included."""
-    return [
-        (_dotted(prefix, name), grad)
-        for prefix, layer in _named_modules(model)
-        for name, grad in layer.grads.items()
-    ]
 
 
 class Optimizer:
@@ -382,7 +373,7 @@ def clip_grad_norm_(model, max_norm, norm_type=2.0) -> float:
     """
     max_norm = real(max_norm, "max_norm", low=0)
     norm_type = real(norm_type, "norm_type", low=0, low_open=True)
-    grads = [grad for _, grad in _named_grads(model)]
+    grads = [grad for _, grad in _named_arrays(model, "grads")]
     if not grads:
         return 0.0
     norms = np.array([np.linalg.norm(g.ravel(), norm_type) for g in grads])
@@ -394,7 +385,7 @@ def clip_grad_norm_(model, max_norm, norm_type=2.0) -> float:
 
 
 def clip_grad_value_(model, clip_value) -> None:
-    """Clamp every gradient of `model` into ``[-clip_value, clip_value]`` in place, as ``torch.nn.utils``.
+    """Clamp every gradient into ``[-clip_value, clip_value]`` in place, as ``torch.nn.utils``.
 
     Parameters
     ----------
@@ -403,5 +394,5 @@ def clip_grad_value_(model, clip_value) -> None:
         ``>= 0``.
     """
     clip_value = real(clip_value, "clip_value", low=0)
-    for _, grad in _named_grads(model):
+    for _, grad in _named_arrays(model, "grads"):
         np.clip(grad, -clip_value, clip_value, out=grad)

@@ -189,7 +189,8 @@ def test_a_block_without_output_shape_shows_unknown_shapes_in_summary():
             super().__init__()
             self.inner = Conv2D(1, 2, 3, rng=0)
 
-    with pytest.raises(NotImplementedError, match="Plain holds sub-layers: define its output_shape"):
+    with pytest.raises(NotImplementedError,
+                       match="Plain holds sub-layers: define its output_shape"):
         Plain().output_shape((1, 1, 5, 5))
     lines = Sequential([Plain(), Flatten()]).summary((1, 1, 5, 5)).splitlines()
     # Inside the block and after it, shapes are unknown: no shape is shown.

@@ -69,6 +69,14 @@ def _walk(layer: Layer, name: str, seen: set, out: list) -> None:
         _walk(child, _dotted(name, child_name), seen, out)
 
 
+def _named_arrays(model, kind: str) -> Iterator[tuple[str, np.ndarray]]:
+    """``(dotted name, array)`` of the `kind` dict (``"params"``, ``"grads"`` or
+    ``"state"``) of every layer of `model` (see :func:`_named_modules`)."""
+    for prefix, layer in _named_modules(model):
+        for name, value in getattr(layer, kind).items():
+            yield _dotted(prefix, name), value
+
+
 def _output_shape_or_none(layer: Layer, input_shape):
     """``layer.output_shape(input_shape)``, or None for a block that does not say."""
     try:
@@ -297,9 +305,7 @@ class Layer:
 
     def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
         """Every trained array of this layer and its sub-layers: ``("conv1.weight", array)``."""
-        for prefix, layer in self.named_modules():
-            for name, value in layer.params.items():
-                yield _dotted(prefix, name), value
+        return _named_arrays(self, "params")
 
     def parameters(self) -> Iterator[np.ndarray]:
         """Every trained array (see :meth:`named_parameters`)."""
@@ -308,9 +314,7 @@ class Layer:
 
     def named_buffers(self) -> Iterator[tuple[str, np.ndarray]]:
         """Every saved, untrained array (``state``, e.g. ``"bn.running_mean"``), nested included."""
-        for prefix, layer in self.named_modules():
-            for name, value in layer.state.items():
-                yield _dotted(prefix, name), value
+        return _named_arrays(self, "state")
 
     @property
     def num_params(self) -> int:
@@ -431,8 +435,16 @@ class Layer:
         -----
         The file is written beside the target under a temporary name, flushed
         to disk and renamed over it: an interrupted or failed save leaves the
-        previous file as it was, and a failed one removes the temporary file.
-        No pickle is involved.
+        previous file as it was, and a failed one removes the temporary file
+        (a process killed outright can leave ``.NAME.npz.<random>.tmp``
+        behind). No pickle is involved.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the directory does not exist.
+        OSError
+            If writing fails (e.g. a full disk); the previous file is intact.
         """
         _npz.save(path, self._saved_arrays())
 
