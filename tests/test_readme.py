@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import fastcnn
+from fastcnn import _backend
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -34,9 +35,10 @@ def test_the_readme_has_the_examples_it_promises():
 
 @pytest.fixture
 def restore_global_settings():
-    threads, backend = fastcnn.get_num_threads(), fastcnn.get_backend()
-    yield
-    fastcnn.set_num_threads(threads)
+    """The README sets the thread count and could switch backends: undo both."""
+    backend = fastcnn.get_backend()
+    with _backend.use_num_threads(None):  # restores the previous setting, default or not
+        yield
     fastcnn.set_backend(backend)
 
 
