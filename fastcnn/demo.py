@@ -11,12 +11,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import math
 import sys
 import time
 
 import numpy as np
 
-from ._backend import BACKENDS, get_backend, get_num_threads, set_num_threads, use_backend
+from ._backend import BACKENDS, get_backend, get_num_threads, use_backend, use_num_threads
+from ._cli_args import (
+    THREADS_HELP,
+    input_file,
+    plot_file,
+    positive_float,
+    positive_int,
+    seed,
+    thread_count,
+)
 from .layers import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from .losses import softmax_cross_entropy
 from .model import Sequential
@@ -28,23 +38,36 @@ __all__ = ["add_arguments", "run", "build_model"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the demo's options to `parser` (called by ``fastcnn demo``)."""
     parser.add_argument(
-        "--data",
-        metavar="FILE.npz",
+        "--data", metavar="FILE.npz", type=input_file,
         help="train on x_train (N,C,H,W) or (N,H,W) float/uint8, y_train int, x_test, y_test "
-        "instead of scikit-learn's digits",
-    )
-    parser.add_argument("--epochs", type=int, default=12, help="passes over the training set")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per step")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, init and shuffling")
+        "(default: scikit-learn's digits)",
+    )  # fmt: skip
+    parser.add_argument("--epochs", type=positive_int, default=12, help="passes over the training set")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
+    parser.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the split, init and shuffling")
     parser.add_argument("--backend", choices=BACKENDS, help="kernel set (default: the active one)")
-    parser.add_argument("--threads", type=int, help="OpenMP threads of the compiled kernels")
-    parser.add_argument("--plot", metavar="FILE.png", help="save loss/accuracy curves (matplotlib)")
+    parser.add_argument(
+        "--threads", type=thread_count, default="all", metavar="N",
+        help=f"threads of the compiled kernels: {THREADS_HELP}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--plot", metavar="FILE.png", type=plot_file,
+        help="save loss/accuracy curves, in the format of the suffix (default: no plot)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bars, only the result")
 
 
 class _DemoError(Exception):
-    """A problem to report in one line, without a traceback."""
+    """A problem to report in one line, without a traceback, and the exit status it gets.
+
+    2 (the default): bad data or a missing dependency, the run could not
+    start; 1: the run failed on the way.
+    """
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
 
 
 _DISTRIBUTIONS = {"sklearn": "scikit-learn"}
@@ -75,6 +98,8 @@ def _as_images(x, name: str) -> np.ndarray:
         return x.astype(np.float32) / 255
     if x.dtype.kind != "f":
         raise _DemoError(f"{name} must be float or uint8, got dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        raise _DemoError(f"{name} holds NaN or infinite values")
     return x.astype(np.float32)
 
 
@@ -163,26 +188,56 @@ def _accuracy(model: Sequential, x: np.ndarray, y: np.ndarray, batch_size: int) 
 
 
 def _train(model, data, args, tqdm) -> dict:
-    """Train with Adam; return per-epoch history (loss, train/test accuracy, seconds)."""
+    """Train with Adam; return per-epoch history (loss, train/test accuracy, seconds).
+
+    Raises
+    ------
+    _DemoError
+        With status 1, as soon as the loss of a step is NaN or infinite.
+    """
     x_train, y_train, x_test, y_test = data
     optimizer = Adam(model, lr=args.lr)
     rng = np.random.default_rng(args.seed)
     history = {"loss": [], "train_acc": [], "test_acc": [], "seconds": []}
     for epoch in range(args.epochs):
         order = rng.permutation(len(x_train))
-        bar = tqdm(
+        with tqdm(
             total=len(x_train),
             desc=f"epoch {epoch + 1}/{args.epochs}",
             unit="img",
             disable=args.quiet,
             file=sys.stderr,
-        )
-        total_loss = correct = seen = 0
-        start = time.perf_counter()
-        for begin in range(0, len(order), args.batch_size):
+        ) as bar:
+            _train_epoch(model, optimizer, data, order, args, bar, history)
+            bar.set_postfix(
+                loss=f"{history['loss'][-1]:.4f}",
+                acc=f"{history['train_acc'][-1]:.2%}",
+                test_acc=f"{history['test_acc'][-1]:.2%}",
+            )
+    return history
+
+
+def _train_epoch(model, optimizer, data, order, args, bar, history) -> None:
+    """One pass over the training set in the order `order`; appends to `history`."""
+    x_train, y_train, x_test, y_test = data
+    epoch = len(history["loss"]) + 1
+    steps = -(-len(order) // args.batch_size)
+    total_loss = correct = seen = 0
+    start = time.perf_counter()
+    # Overflow shows up as a non-finite loss, checked at every step below with
+    # a message that says where and what to do; NumPy's warnings would only
+    # repeat it, in the middle of the progress bar.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for step, begin in enumerate(range(0, len(order), args.batch_size), 1):
             batch = order[begin : begin + args.batch_size]
             logits = model.forward(x_train[batch])
             loss, dlogits = softmax_cross_entropy(logits, y_train[batch])
+            if not math.isfinite(loss):
+                raise _DemoError(
+                    f"training diverged: the loss is {loss} at epoch {epoch}, step {step} of "
+                    f"{steps}; try a lower --lr (this run used --lr {args.lr:g})",
+                    status=1,
+                )
             model.backward(dlogits)
             optimizer.step()
             total_loss += loss * len(batch)
@@ -198,13 +253,6 @@ def _train(model, data, args, tqdm) -> dict:
         history["loss"].append(total_loss / seen)
         history["train_acc"].append(correct / seen)
         history["test_acc"].append(_accuracy(model, x_test, y_test, 256))
-        bar.set_postfix(
-            loss=f"{history['loss'][-1]:.4f}",
-            acc=f"{history['train_acc'][-1]:.2%}",
-            test_acc=f"{history['test_acc'][-1]:.2%}",
-        )
-        bar.close()
-    return history
 
 
 def _plot(history: dict, path: str) -> None:
@@ -224,26 +272,21 @@ def _plot(history: dict, path: str) -> None:
 def run(args) -> int:
     """Train and evaluate the demo CNN as `args` (from :func:`add_arguments`) asks.
 
+    The option values were checked by their argparse types; the thread
+    count and backend are restored afterwards.
+
     Returns
     -------
     int
-        0 on success, 2 if a dependency is missing or the arguments or data
-        are invalid (the reason is printed to stderr).
+        0 on success; 2 if a dependency is missing or the data are invalid;
+        1 if the training loss became NaN or infinite or the plot could not
+        be written (the reason is printed to stderr).
     """
     try:
-        for name, value, low in (("epochs", args.epochs, 1), ("batch-size", args.batch_size, 1)):
-            if value < low:
-                raise _DemoError(f"--{name} must be >= {low}, got {value}")
-        if args.lr <= 0:
-            raise _DemoError(f"--lr must be positive, got {args.lr}")
         tqdm = _require("tqdm", "the progress bar").tqdm
         data = _load_data(args)
-        if args.threads is not None:
-            try:
-                set_num_threads(args.threads)
-            except ValueError as exc:
-                raise _DemoError(f"--threads: {exc}") from exc
         with contextlib.ExitStack() as stack:
+            stack.enter_context(use_num_threads(args.threads))
             if args.backend:
                 try:
                     stack.enter_context(use_backend(args.backend))
@@ -255,10 +298,13 @@ def run(args) -> int:
             history = _train(model, data, args, tqdm)
             backend_name, threads = get_backend(), get_num_threads()
         if args.plot:
-            _plot(history, args.plot)
+            try:
+                _plot(history, args.plot)
+            except OSError as exc:
+                raise _DemoError(f"cannot write --plot {args.plot!r}: {exc}", status=1) from exc
     except _DemoError as exc:
         print(f"fastcnn demo: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.status
     test_acc = history["test_acc"][-1]
     n_right = round(test_acc * len(y_test))
     per_epoch = float(np.mean(history["seconds"]))

@@ -1,4 +1,4 @@
-"""``fastcnn demo``: the accuracy target, runs through run() and the command line, errors.
+"""``fastcnn demo``: the accuracy target, runs through the command line, errors.
 
 The default run (12 epochs on scikit-learn's digits, a few seconds with the
 compiled kernels) must reach the 97% test accuracy the README promises;
@@ -8,23 +8,28 @@ packages (scikit-learn, tqdm), which the ``test`` extra installs too.
 
 from __future__ import annotations
 
-import argparse
+import os
 import re
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import fastcnn
 from fastcnn import demo
+from fastcnn.cli import main
 
 pytest.importorskip("sklearn", reason="the demo needs scikit-learn (fastcnn[demo])")
 pytest.importorskip("tqdm", reason="the demo needs tqdm (fastcnn[demo])")
 
+# The fastcnn under test, for `python -m fastcnn` in a subprocess.
+_ENV = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastcnn.__file__)))
 
-def parse(*argv):
-    parser = argparse.ArgumentParser()
-    demo.add_arguments(parser)
-    return parser.parse_args(argv)
+
+def run_demo(*argv) -> int:
+    """``fastcnn demo ARGV`` in this process."""
+    return main(["demo", *map(str, argv)])
 
 
 def accuracy(output: str) -> float:
@@ -47,22 +52,24 @@ def digits_subset(tmp_path_factory):
 
 
 def test_default_run_reaches_97_percent_on_the_digits(capsys):
-    assert demo.run(parse("--quiet")) == 0
+    assert run_demo("--quiet") == 0
     out, _ = capsys.readouterr()
     assert accuracy(out) >= 97, out
 
 
 def test_one_epoch_on_a_data_file_learns(digits_subset, capsys):
-    assert demo.run(parse("--data", str(digits_subset), "--epochs", "1", "--lr", "0.01")) == 0
+    threads = fastcnn.get_num_threads()
+    assert run_demo("--data", digits_subset, "--epochs", 1, "--lr", 0.01, "--threads", 1) == 0
     out, err = capsys.readouterr()
     assert accuracy(out) > 50  # chance is 10%
-    assert "s per epoch on 400 images" in out
+    assert "s per epoch on 400 images (backend cython, 1 thread)" in out
     assert "epoch 1/1" in err  # the progress bar
+    assert fastcnn.get_num_threads() == threads
 
 
 def test_digits_on_the_numpy_backend_quietly(capsys):
     argv = ("--epochs", "1", "--backend", "numpy", "--quiet", "--seed", "1")
-    assert demo.run(parse(*argv)) == 0
+    assert run_demo(*argv) == 0
     out, err = capsys.readouterr()
     assert accuracy(out) > 80
     assert "backend numpy" in out and "1437 images" in out
@@ -74,22 +81,22 @@ def test_plot_is_written(digits_subset, tmp_path, capsys):
     png = tmp_path / "curves.png"
     argv = ("--data", str(digits_subset), "--epochs", "2", "--quiet", "--backend", "numpy",
             "--plot", str(png))
-    assert demo.run(parse(*argv)) == 0
+    assert run_demo(*argv) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"curves saved to {png}" in capsys.readouterr().out
 
 
-def test_command_line(digits_subset, capsys):
-    from fastcnn.cli import main
-
-    argv = ["demo", "--data", str(digits_subset), "--epochs", "1", "--quiet", "--backend", "numpy"]
-    assert main(argv) == 0
-    assert "test accuracy" in capsys.readouterr().out
+def test_command_line_in_a_subprocess(digits_subset):
+    argv = ["--data", str(digits_subset), "--epochs", "1", "--quiet", "--backend", "numpy"]
+    done = subprocess.run([sys.executable, "-m", "fastcnn", "demo", *argv], env=_ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "test accuracy" in done.stdout
 
 
 def test_missing_dependency_suggests_the_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm", None)  # makes `import tqdm` fail
-    assert demo.run(parse("--epochs", "1")) == 2
+    assert run_demo("--epochs", "1") == 2
     assert 'pip install "fastcnn[demo]"' in capsys.readouterr().err
 
 
@@ -101,19 +108,103 @@ def test_missing_dependency_suggests_the_extra(monkeypatch, capsys):
           y_test=np.zeros(2, int)), "x_train must be float or uint8"),
     (dict(x_train=np.zeros((4, 2, 2)), y_train=np.zeros(4, int), x_test=np.zeros((2, 2, 2)),
           y_test=np.zeros(2, int)), "H, W >= 4"),
+    (dict(x_train=np.full((4, 8, 8), np.nan), y_train=np.zeros(4, int), x_test=np.zeros((2, 8, 8)),
+          y_test=np.zeros(2, int)), "x_train holds NaN or infinite values"),
 ])
 def test_bad_data_files_are_reported(tmp_path, capsys, arrays, match):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
-    assert demo.run(parse("--data", str(path), "--quiet")) == 2
+    assert run_demo("--data", str(path), "--quiet") == 2
     assert match in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, match", [
-    (("--epochs", "0"), "--epochs must be >= 1"),
-    (("--lr", "-1"), "--lr must be positive"),
-    (("--data", "/nonexistent/file.npz"), "cannot read --data"),
-])
-def test_bad_options_are_reported(capsys, argv, match):
-    assert demo.run(parse(*argv)) == 2
-    assert match in capsys.readouterr().err
+_PLOT_SUFFIXES = "expected a file name ending in one of "
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--lr", "nan"), "argument --lr: expected a positive finite float, got 'nan'"),
+    (("--lr", "inf"), "argument --lr: expected a positive finite float, got 'inf'"),
+    (("--lr", "-1"), "argument --lr: expected a positive finite float, got '-1'"),
+    (("--lr", "0"), "argument --lr: expected a positive finite float, got '0'"),
+    (("--lr", "fast"), "argument --lr: expected a positive finite float, got 'fast'"),
+    (("--seed", "-1"), "argument --seed: expected an int from 0 to 4294967295, got '-1'"),
+    (("--seed", "4294967296"), "argument --seed: expected an int from 0 to 4294967295"),
+    (("--epochs", "0"), "argument --epochs: expected a positive int, got '0'"),
+    (("--epochs", "1.5"), "argument --epochs: expected a positive int, got '1.5'"),
+    (("--batch-size", "-3"), "argument --batch-size: expected a positive int, got '-3'"),
+    (("--threads", "0"), "argument --threads: expected a positive int up to"),
+    (("--threads", "9999"), "argument --threads: expected a positive int up to"),
+    (("--backend", "gpu"), "argument --backend: invalid choice: 'gpu'"),
+    (("--data", "/nonexistent/file.npz"), "argument --data: expected an existing file, got '/nonexistent/file.npz'"),
+    (("--plot", "/missing/dir/x.png"), "argument --plot: directory '/missing/dir' of '/missing/dir/x.png' does not exist"),
+    (("--plot", "{tmp}/curves.docx"), "argument --plot: " + _PLOT_SUFFIXES),
+    (("--plot", "{tmp}/curves"), "argument --plot: " + _PLOT_SUFFIXES),
+    (("--plot", "{tmp}"), "argument --plot: expected a file name ending in"),
+])  # fmt: skip
+def test_bad_options_are_usage_errors_before_any_work(monkeypatch, tmp_path, capsys, argv, message):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(demo, "run", lambda args: pytest.fail("the demo started"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_demo(*(a.format(tmp=tmp_path) for a in argv))
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert err.startswith("usage: fastcnn demo")
+    assert err.splitlines()[-1].startswith(f"fastcnn demo: error: {message}"), err
+
+
+def test_a_directory_is_not_a_plot_file(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(SystemExit):
+        run_demo("--plot", tmp_path / "dir.png")
+    assert "argument --plot: expected a file name, got the directory" in capsys.readouterr().err
+
+
+def test_threads_all_is_the_default_thread_count(digits_subset, capsys):
+    assert run_demo("--data", digits_subset, "--epochs", 1, "--quiet", "--threads", "all") == 0
+    n = fastcnn._backend.default_num_threads()
+    assert f"(backend cython, {n} thread{'s' if n != 1 else ''})" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad_loss", [np.nan, np.inf])
+def test_a_nonfinite_loss_stops_training(monkeypatch, digits_subset, capsys, bad_loss):
+    losses = []
+    real_loss = demo.softmax_cross_entropy
+
+    def loss_that_diverges_at_step_3(logits, labels):
+        loss, dlogits = real_loss(logits, labels)
+        losses.append(loss)
+        return (bad_loss if len(losses) == 3 else loss), dlogits
+
+    monkeypatch.setattr(demo, "softmax_cross_entropy", loss_that_diverges_at_step_3)
+    assert run_demo("--data", digits_subset, "--epochs", 2, "--lr", 0.5, "--quiet") == 1
+    out, err = capsys.readouterr()
+    assert len(losses) == 3  # stopped at once
+    assert out == "" and "Traceback" not in err
+    assert err == (
+        f"fastcnn demo: error: training diverged: the loss is {bad_loss} at epoch 1, step 3 of 13; "
+        "try a lower --lr (this run used --lr 0.5)\n"
+    )
+
+
+def test_usage_error_and_divergence_in_a_subprocess(digits_subset):
+    """No traceback and no NumPy warning: a real divergence (a huge learning rate) and a bad flag."""
+
+    def fastcnn_demo(*argv):
+        return subprocess.run([sys.executable, "-W", "error", "-m", "fastcnn", "demo", *argv],
+                              env=_ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    bad_flag = fastcnn_demo("--lr", "nan")
+    assert bad_flag.returncode == 2 and bad_flag.stdout == ""
+    assert bad_flag.stderr.startswith("usage: fastcnn demo")
+    assert bad_flag.stderr.splitlines()[-1] == (
+        "fastcnn demo: error: argument --lr: expected a positive finite float, got 'nan'"
+    )
+    diverged = fastcnn_demo("--data", str(digits_subset), "--lr", "1e30", "--quiet")
+    assert diverged.returncode == 1 and diverged.stdout == ""
+    assert re.fullmatch(
+        r"fastcnn demo: error: training diverged: the loss is (nan|inf) at epoch 1, step \d+ of 13; "
+        r"try a lower --lr \(this run used --lr 1e\+30\)\n",
+        diverged.stderr,
+    ), diverged.stderr
