@@ -106,7 +106,7 @@ def thread_counts(text: str) -> list[int]:
     except argparse.ArgumentTypeError:
         counts = set()
     if not counts:
-        raise _error(f"comma-separated positive ints up to {MAX_THREADS} or 'all', such as 1,all", text)
+        raise _error(f"comma-separated thread counts, each a positive int up to {MAX_THREADS} or 'all'", text)
     return sorted(counts)
 
 

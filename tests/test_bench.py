@@ -7,6 +7,10 @@ and that the table, the JSON and the command line carry the expected rows.
 
 import io
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -94,12 +98,13 @@ def test_command_line_writes_table_and_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     argv = ["bench", "--kernels", "max_pool2d_backward,copy", "--shapes", "mnist",
             "--dtypes", "float32", "--threads", "1", "--quick", "--repeats", "1",
-            "--budget", "0.001", "--json", str(path)]  # fmt: skip
+            "--budget", "0.001", "--json", str(path), "--verbose"]  # fmt: skip
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("fastcnn bench")
-    for word in ("numpy", "threadpool", "torch", "max_pool2d_backward", "copy"):
+    for word in ("numpy", "blas", "torch", "max_pool2d_backward", "copy"):
         assert word in printed
+    assert "-- 1 thread, float32, mnist: " in printed  # the full listing
     payload = json.loads(path.read_text())
     assert payload["environment"]["numpy"] == np.__version__
     ops = {(r["op"], r["level"]) for r in payload["records"]}
@@ -116,16 +121,6 @@ def test_plot(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize(
-    "args",
-    [["--threads", "0"], ["--kernels", "nope"], ["--shapes", "huge"], ["--dtypes", "float16"],
-     ["--repeats", "0"]],
-)  # fmt: skip
-def test_command_line_rejects_bad_options(args, capsys):
-    assert cli_main(["bench", *args]) == 2
-    assert "fastcnn bench: error:" in capsys.readouterr().err
-
-
 def test_training_step_networks_match_their_torch_twins():
     # The bench times the same network in both libraries: in eval mode (no
     # dropout) the twin's logits equal fastcnn's.
@@ -140,3 +135,128 @@ def test_training_step_networks_match_their_torch_twins():
         with torch.no_grad():
             expected = net(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(model.forward(x, training=False), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "9999"], "argument --threads: expected comma-separated thread counts, each a positive int up to"),
+    (["--threads", "0"], "argument --threads: expected comma-separated thread counts, each a positive int up to"),
+    (["--threads", "1,two"], "argument --threads: expected comma-separated thread counts, each a positive int up to"),
+    (["--budget", "nan"], "argument --budget: expected a positive finite float, got 'nan'"),
+    (["--budget", "inf"], "argument --budget: expected a positive finite float, got 'inf'"),
+    (["--budget", "0"], "argument --budget: expected a positive finite float, got '0'"),
+    (["--repeats", "0"], "argument --repeats: expected a positive int, got '0'"),
+    (["--json", "/no/such/dir/x.json"], "argument --json: directory '/no/such/dir' of '/no/such/dir/x.json' does not exist"),
+    (["--json", "{tmp}"], "argument --json: expected a file name, got the directory"),
+    (["--plot", "/no/such/dir/x.png"], "argument --plot: directory '/no/such/dir' of '/no/such/dir/x.png' does not exist"),
+    (["--plot", "{tmp}/chart.bmpx"], "argument --plot: expected a file name ending in one of "),
+    (["--kernels", "nope"], "argument --kernels: expected a comma-separated subset of im2col,"),
+    (["--shapes", "huge"], "argument --shapes: expected a comma-separated subset of cifar,"),
+    (["--dtypes", "float16"], "argument --dtypes: expected a comma-separated subset of float32,float64, got 'float16'"),
+    (["--impls", "cuda"], "argument --impls: expected a comma-separated subset of cython,numpy,torch, got 'cuda'"),
+])  # fmt: skip
+def test_command_line_rejects_bad_options_before_any_work(monkeypatch, tmp_path, capsys, args, message):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(bench, "run", lambda args: pytest.fail("the benchmark started"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["bench", *(a.format(tmp=tmp_path) for a in args)])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"fastcnn bench: error: {message}"), err
+
+
+def test_impls_torch_without_pytorch_is_a_usage_error(tmp_path):
+    """In a subprocess whose ``import torch`` fails, as it does where PyTorch is not installed."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text('raise ImportError("No module named \'torch\'")\n')
+    fastcnn_root = os.path.dirname(os.path.dirname(fastcnn.__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), fastcnn_root]))
+    done = subprocess.run([sys.executable, "-m", "fastcnn", "bench", "--impls", "numpy,torch"],
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "fastcnn bench: error: argument --impls: torch: PyTorch is not installed: pip install torch"
+    )
+
+
+@pytest.fixture(scope="module")
+def default_run_records():
+    """Records shaped like a default run's (every shape, dtype, thread count and benchmark),
+    made by copying a run on a tiny shape: what the summary prints does not depend on the timings."""
+    threads = sorted({1, fastcnn._backend.default_num_threads()})
+    tiny = bench.bench(shapes=[TINY], threads=threads, impls=_available_impls(), repeats=1,
+                       budget=1e-3, min_sample=0, verbose=False)  # fmt: skip
+    return [dict(r, shape=name) for name in bench.SHAPES for r in tiny]
+
+
+@pytest.fixture
+def fake_bench(monkeypatch, default_run_records):
+    """Replace the timing run of ``fastcnn bench`` by `default_run_records`; record its arguments."""
+    calls = []
+
+    def fake(**kwargs):
+        calls.append(kwargs)
+        return default_run_records
+
+    monkeypatch.setattr(bench.cli, "bench", fake)
+    return calls
+
+
+def _summary_table(out: str) -> dict:
+    """``{(op, level): {column: cell}}`` from the summary table in `out`."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("op "))
+    width = 12
+    header = lines[start][32:]
+    columns = [header[i : i + width].strip() for i in range(0, len(header), width)]
+    table = {}
+    for line in lines[start + 1 :]:
+        if not line[:23].strip() or line[:23].split()[0] not in bench.OPS:
+            break
+        cells = line[32:].split()
+        table[(line[:23].split()[0], line[24:32].strip())] = dict(zip(columns, cells))
+    return table
+
+
+def test_quick_prints_a_compact_summary(fake_bench, default_run_records, capsys):
+    assert cli_main(["bench", "--quick"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) < 60, out
+    assert fake_bench[0]["verbose"] is False and fake_bench[0]["quick"] is True
+    assert "-- 1 thread" not in out  # no full listing
+    assert "--verbose" in out and "--verbose" in err
+    table = _summary_table(out)
+    expected_rows = {(op, level) for op in bench.OPS if op != "copy"  # no compiled copy to compare with
+                     for level in bench.cases.levels(op)}  # fmt: skip
+    assert set(table) == expected_rows
+    # A cell is the geometric mean of the ratios over the cases: here copies of
+    # the tiny shape, so over its two dtypes.
+    times = {(r["dtype"], r["impl"]): r["median_s"] for r in default_run_records
+             if (r["op"], r["level"], r["threads"], r["shape"]) == ("col2im", "kernel", 1, "cifar")}  # fmt: skip
+    ratios = [times[d, "numpy"] / times[d, "cython"] for d in ("float32", "float64")]
+    assert table["col2im", "kernel"]["np/cy 1t"] == f"{np.sqrt(ratios[0] * ratios[1]):.2f}"
+
+
+def test_verbose_prints_the_full_listing(fake_bench, capsys):
+    assert cli_main(["bench", "--quick", "--verbose"]) == 0
+    assert fake_bench[0]["verbose"] is True
+    out = capsys.readouterr().out
+    assert "summary" not in out and "columns      ms: median per call" in out
+
+
+def test_an_output_that_cannot_be_written_after_the_run_is_reported(monkeypatch, tmp_path, capsys,
+                                                                    default_run_records):  # fmt: skip
+    """The directory of --json was checked, then vanished during the run."""
+    directory = tmp_path / "out"
+    directory.mkdir()
+
+    def run_that_removes_the_directory(**kwargs):
+        shutil.rmtree(directory)
+        return default_run_records
+
+    monkeypatch.setattr(bench.cli, "bench", run_that_removes_the_directory)
+    assert cli_main(["bench", "--quick", "--json", str(directory / "x.json")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"fastcnn bench: error: cannot write {directory / 'x.json'}")

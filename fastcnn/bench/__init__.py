@@ -2,8 +2,10 @@
 
 Like ``bottleneck.bench()``, this ships in the package so that anyone can see
 what fastcnn buys on their own machine. It prints the versions first, then a
-table, and can write the raw numbers (``--json``) and a bar chart of the
-speed-ups (``--plot``).
+summary (per benchmark, the time ratios over the compiled kernels, their
+geometric mean over shapes and dtypes; ``--verbose`` prints every row as it
+is measured instead), and can write the raw numbers (``--json``) and a bar
+chart of the speed-ups (``--plot``).
 
 What is timed, for each thread count, dtype and shape (:data:`SHAPES`):
 
@@ -47,7 +49,7 @@ is built), :mod:`.timing` (the timer, repeats and medians), :mod:`.runner`
 from .cases import IMPLEMENTATIONS, OPS, SHAPES, Shape
 from .cli import add_arguments, run
 from .plot import plot
-from .report import format_table
+from .report import format_summary, format_table
 from .runner import bench
 
 __all__ = [
@@ -59,5 +61,6 @@ __all__ = [
     "run",
     "bench",
     "format_table",
+    "format_summary",
     "plot",
 ]

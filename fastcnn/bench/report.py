@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import platform
 
 from .cases import IMPLEMENTATIONS
 
-__all__ = ["environment", "format_header", "format_table", "format_ratio"]
+__all__ = ["environment", "format_header", "format_table", "format_summary", "format_ratio"]
 
 
 _ENV_VARS = (
@@ -26,8 +27,6 @@ _ENV_VARS = (
 
 def environment(torch=None) -> dict:
     """Versions, build, CPU, thread pools and environment of this process."""
-    from threadpoolctl import threadpool_info
-
     from .._info import config
 
     cfg = config()
@@ -38,14 +37,6 @@ def environment(torch=None) -> dict:
     cfg["torch_threads"] = torch.get_num_threads() if torch is not None else None
     cfg["cpu"] = _cpu_model()
     cfg["cpu_count"] = os.cpu_count()
-    cfg["threadpools"] = [
-        {
-            k: info.get(k)
-            for k in ("user_api", "internal_api", "version", "num_threads", "architecture",
-                      "threading_layer", "filepath")
-        }  # fmt: skip
-        for info in threadpool_info()
-    ]
     cfg["env"] = {k: os.environ[k] for k in _ENV_VARS if k in os.environ}
     cfg["loadavg"] = _loadavg()
     return cfg
@@ -97,16 +88,6 @@ def format_header(env: dict, options: dict) -> str:
     lines.append(f"location     {env['fastcnn_path']}{git}")
     lines.append(f"torch        {env['torch'] or 'not used (not requested or not installed)'}")
     lines.append(f"cpu          {env['cpu']} ({env['cpu_count']} logical cores)")
-    for pool in env["threadpools"]:
-        details = ", ".join(
-            f"{k}={pool[k]}"
-            for k in ("version", "architecture", "threading_layer", "num_threads")
-            if pool.get(k) is not None
-        )
-        lines.append(
-            f"threadpool   {pool['user_api']}: {pool['internal_api']} ({details}) "
-            f"{os.path.basename(pool['filepath'] or '')}"
-        )
     env_vars = " ".join(f"{k}={v}" for k, v in env["env"].items()) or "(none of the thread/BLAS variables set)"
     lines.append(f"environment  {env_vars}")
     if "OPENBLAS_CORETYPE" in env["env"] or "OPENBLAS_L2_SIZE" in env["env"]:
@@ -120,12 +101,11 @@ def format_header(env: dict, options: dict) -> str:
         f"{options['repeats']} repeats (>= {options['min_repeats']}, ~{options['budget']} s per "
         f"implementation) after a warm-up; a sample lasts >= {options['min_sample'] * 1e3:g} ms"
     )
-    lines.append(
-        "columns      ms: median per call +- IQR/2 in % of it; rate: GB/s (bytes read + written, "
-        "each array once) or GFLOP/s (conv, fwd+bwd = 3x fwd); np/cy and torch/cy: time ratios "
-        "(> 1: fastcnn's compiled kernels are faster); '~' after the op: the process was "
-        "preempted about once per sample or more (other load), '!': results disagree"
-    )
+    if options.get("verbose", True):
+        lines.append(
+            "columns      ms: median per call +- IQR/2 in % of it; rate: GB/s (bytes read + written, "
+            f"each array once) or GFLOP/s (conv, fwd+bwd = 3x fwd); {_RATIOS}; {_MARKS}"
+        )
     return "\n".join(lines)
 
 
@@ -144,6 +124,13 @@ def _ms(rec) -> str:
         return "-"
     spread = (rec["q3_s"] - rec["q1_s"]) / 2 / rec["median_s"] * 100 if rec["median_s"] else 0
     return f"{rec['median_s'] * 1e3:.3f}\u00b1{spread:.0f}%"
+
+
+_RATIOS = "np/cy and torch/cy: time ratios (> 1: fastcnn's compiled kernels are faster)"
+_MARKS = (
+    "'~' after the op: the process was preempted about once per sample or more (other load), "
+    "'!': results disagree"
+)
 
 
 def format_ratio(num, den) -> str:
@@ -177,14 +164,18 @@ def _rows(records):
     return groups
 
 
+def _marked(op: str, records) -> str:
+    """`op` with the table's marks: '!' if a result disagrees, '~' if a timing was noisy."""
+    bad = any(r.get("agrees") is False for r in records)
+    noisy = any(r["preempted"] >= r["repeats"] for r in records)
+    return op + (" !" if bad else "") + (" ~" if noisy else "")
+
+
 def _table_row(op, level, by_impl) -> str:
     cy, np_, th = (by_impl.get(k) for k in IMPLEMENTATIONS)
-    bad = any(r.get("agrees") is False for r in by_impl.values())
-    noisy = any(r["preempted"] >= r["repeats"] for r in by_impl.values())
-    name = op + (" !" if bad else "") + (" ~" if noisy else "")
     return _line(
-        (name, level, _ms(cy), _ms(np_), _ms(th), _rate(cy), _rate(np_), _rate(th),
-         format_ratio(np_, cy), format_ratio(th, cy))
+        (_marked(op, by_impl.values()), level, _ms(cy), _ms(np_), _ms(th), _rate(cy), _rate(np_),
+         _rate(th), format_ratio(np_, cy), format_ratio(th, cy))
     )  # fmt: skip
 
 
@@ -199,6 +190,67 @@ def format_table(records) -> str:
     if disagreements:
         lines.append(disagreements)
     return "\n".join(lines)
+
+
+def _geometric_mean(ratios) -> str:
+    return f"{math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}" if ratios else "-"
+
+
+def format_summary(records) -> str:
+    """The compact table of `records` (from :func:`bench`): one row per benchmark.
+
+    Each column is a time ratio at one thread count, the geometric mean over
+    the shapes and dtypes measured: NumPy's and PyTorch's time over the
+    compiled kernels' time, and the compiled kernels' time on one thread
+    over their time on more. :func:`format_table` lists every case.
+    """
+    threads = sorted({r["threads"] for r in records})
+    others = [i for i in IMPLEMENTATIONS[1:] if any(r["impl"] == i for r in records)]
+    # (op, level) -> threads -> (dtype, shape) -> impl -> record
+    cases: dict = {}
+    for r in records:
+        by_case = cases.setdefault((r["op"], r["level"]), {}).setdefault(r["threads"], {})
+        by_case.setdefault((r["dtype"], r["shape"]), {})[r["impl"]] = r
+    columns = [(f"{_SHORT[i]}/cy {t}t", t, i) for t in threads for i in others]
+    if 1 in threads:
+        columns += [(f"cy 1t/{t}t", t, None) for t in threads if t != 1]
+    if not columns:
+        return "summary      nothing to compare (one implementation, one thread count): --verbose lists the times"
+
+    def ratio(at_t, case, impl, by_threads):
+        if impl is None:  # thread scaling of the compiled kernels
+            num, den = by_threads.get(1, {}).get(case, {}).get("cython"), at_t[case].get("cython")
+        else:
+            num, den = at_t[case].get(impl), at_t[case].get("cython")
+        return num["median_s"] / den["median_s"] if num and den else None
+
+    lines = [
+        f"summary      time ratios, each the geometric mean over the shapes "
+        f"({', '.join(dict.fromkeys(r['shape'] for r in records))}) and dtypes "
+        f"({', '.join(dict.fromkeys(r['dtype'] for r in records))}) measured; "
+        "--verbose lists every case",
+        f"columns      {_RATIOS}; cy 1t/Nt: compiled time on 1 thread over N threads (> 1: the threads "
+        f"help); {_MARKS}",
+        "",
+        f"{'op':<23} {'level':<8}" + "".join(f"{c[0]:>12}" for c in columns),
+    ]
+    for (op, level), by_threads in cases.items():
+        cells = []
+        for _, t, impl in columns:
+            at_t = by_threads.get(t, {})
+            ratios = [ratio(at_t, case, impl, by_threads) for case in at_t]
+            cells.append(_geometric_mean([x for x in ratios if x is not None]))
+        if set(cells) == {"-"}:  # the copy baseline: no compiled implementation to compare with
+            continue
+        rows = [rec for at_t in by_threads.values() for by_impl in at_t.values() for rec in by_impl.values()]
+        lines.append(f"{_marked(op, rows):<23} {level:<8}" + "".join(f"{c:>12}" for c in cells))
+    n_bad = sum(r.get("agrees") is False for r in records)
+    if n_bad:
+        lines.append(f"! {n_bad} results disagree with the compiled kernels: --verbose or --json lists them")
+    return "\n".join(lines)
+
+
+_SHORT = {"numpy": "np", "torch": "torch"}
 
 
 def _format_disagreements(records) -> str:
