@@ -16,12 +16,14 @@ except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fastcnn import bench  # noqa: E402
+from fastcnn._cli_args import HelpFormatter  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="benchmarks/bench.py",
         description="time the kernels and layers: compiled vs NumPy vs PyTorch (= fastcnn bench)",
+        formatter_class=HelpFormatter,
     )
     bench.add_arguments(parser)
     return bench.run(parser.parse_args(argv))

@@ -47,6 +47,8 @@ def _compiler_name(version: str) -> str:
     """The compiler from its ``__VERSION__`` macro, which only GCC leaves without its name."""
     if version[:1].isdigit():
         return f"GCC {version}"
+    if version == "unknown":  # the build saw no __VERSION__ (MSVC defines none)
+        return "an unknown compiler"
     return version
 
 

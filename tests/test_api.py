@@ -176,3 +176,27 @@ def test_info_labels_each_blas_names_the_compiler_and_states_the_thread_policy(c
             "threads 1: compiled kernels run 1 OpenMP thread (fastcnn.set_num_threads); the BLAS they "
             "call (SciPy's) runs one thread inside them; NumPy's BLAS is not changed"
         )
+
+
+@pytest.mark.parametrize("build, policy", [
+    (dict(compiled=True, openmp=True), "compiled kernels run 3 OpenMP threads (fastcnn.set_num_threads)"),
+    (dict(compiled=True, openmp=False), "built without OpenMP: the compiled kernels run on the calling thread"),
+    (dict(compiled=False), "the NumPy twins run on the calling thread"),
+])  # fmt: skip
+def test_thread_policy_follows_the_build(build, policy):
+    from fastcnn._info import _thread_policy
+
+    assert _thread_policy(build, 3).startswith(policy)
+
+
+@pytest.mark.parametrize("version, name", [
+    ("12.2.0", "GCC 12.2.0"),
+    ("4.8.5 20150623 (Red Hat 4.8.5-44)", "GCC 4.8.5 20150623 (Red Hat 4.8.5-44)"),
+    ("Ubuntu Clang 18.1.3 (1ubuntu1)", "Ubuntu Clang 18.1.3 (1ubuntu1)"),
+    ("Apple LLVM 15.0.0 (clang-1500.3.9.4)", "Apple LLVM 15.0.0 (clang-1500.3.9.4)"),
+    ("unknown", "an unknown compiler"),
+])  # fmt: skip
+def test_compiler_is_named(version, name):
+    from fastcnn._info import _compiler_name
+
+    assert _compiler_name(version) == name

@@ -180,6 +180,17 @@ def test_impls_torch_without_pytorch_is_a_usage_error(tmp_path):
     )
 
 
+def test_impls_cython_without_the_compiled_kernels_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setattr(bench.cli, "compiled_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["bench", "--impls", "cython,numpy"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "fastcnn bench: error: argument --impls: cython: the compiled kernels are not built "
+        "(see `fastcnn info`); choose numpy or torch"
+    )
+
+
 @pytest.fixture(scope="module")
 def default_run_records():
     """Records shaped like a default run's (every shape, dtype, thread count and benchmark),

@@ -208,3 +208,32 @@ def test_usage_error_and_divergence_in_a_subprocess(digits_subset):
         r"try a lower --lr \(this run used --lr 1e\+30\)\n",
         diverged.stderr,
     ), diverged.stderr
+
+
+def test_ctrl_c_ends_the_command_without_a_traceback(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run", interrupted)
+    assert run_demo("--epochs", 1) == 130  # as a shell reports SIGINT
+    assert capsys.readouterr().err == "fastcnn demo: interrupted\n"
+
+
+def test_a_plot_that_cannot_be_written_after_training_is_reported(monkeypatch, tmp_path, digits_subset,
+                                                                  capsys):  # fmt: skip
+    """The directory of --plot was checked, then vanished during training."""
+    pytest.importorskip("matplotlib")
+    directory = tmp_path / "out"
+    directory.mkdir()
+    train = demo._train
+
+    def train_then_remove_the_directory(*args):
+        history = train(*args)
+        directory.rmdir()
+        return history
+
+    monkeypatch.setattr(demo, "_train", train_then_remove_the_directory)
+    assert run_demo("--data", digits_subset, "--epochs", 1, "--quiet", "--plot", directory / "c.png") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastcnn demo: error: cannot write --plot '{directory / 'c.png'}': ")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
