@@ -53,15 +53,18 @@ def _compiler_name(version: str) -> str:
 
 
 def _thread_policy(build: dict, num_threads: int) -> str:
-    """Who runs how many threads, in one sentence."""
+    """Who runs how many threads, in one sentence (the policy of :mod:`fastcnn._backend`)."""
+    numpy_blas = "the numpy backend holds NumPy's BLAS to one thread around its GEMMs"
     if not build["compiled"]:
-        return "the NumPy twins run on the calling thread; NumPy's BLAS keeps its own thread count"
-    if not build["openmp"]:
-        return "built without OpenMP: the compiled kernels run on the calling thread"
-    plural = "s" if num_threads != 1 else ""
+        return f"the NumPy twins run on the calling thread; {numpy_blas}"
+    if build["openmp"]:
+        plural = "s" if num_threads != 1 else ""
+        team = f"compiled kernels run {num_threads} OpenMP thread{plural} (fastcnn.set_num_threads)"
+    else:
+        team = "built without OpenMP, the compiled kernels run on the calling thread"
     return (
-        f"compiled kernels run {num_threads} OpenMP thread{plural} (fastcnn.set_num_threads); "
-        "the BLAS they call (SciPy's) runs one thread inside them; NumPy's BLAS is not changed"
+        f"{team}; the BLAS they call (SciPy's) runs one thread inside them; NumPy's BLAS is "
+        f"not changed by them ({numpy_blas})"
     )
 
 

@@ -174,13 +174,14 @@ def test_info_labels_each_blas_names_the_compiler_and_states_the_thread_policy(c
     if build.get("openmp"):
         assert threads == (
             "threads 1: compiled kernels run 1 OpenMP thread (fastcnn.set_num_threads); the BLAS they "
-            "call (SciPy's) runs one thread inside them; NumPy's BLAS is not changed"
+            "call (SciPy's) runs one thread inside them; NumPy's BLAS is not changed by them (the "
+            "numpy backend holds NumPy's BLAS to one thread around its GEMMs)"
         )
 
 
 @pytest.mark.parametrize("build, policy", [
     (dict(compiled=True, openmp=True), "compiled kernels run 3 OpenMP threads (fastcnn.set_num_threads)"),
-    (dict(compiled=True, openmp=False), "built without OpenMP: the compiled kernels run on the calling thread"),
+    (dict(compiled=True, openmp=False), "built without OpenMP, the compiled kernels run on the calling thread"),
     (dict(compiled=False), "the NumPy twins run on the calling thread"),
 ])  # fmt: skip
 def test_thread_policy_follows_the_build(build, policy):
