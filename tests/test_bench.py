@@ -271,3 +271,8 @@ def test_an_output_that_cannot_be_written_after_the_run_is_reported(monkeypatch,
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.splitlines()[-1].startswith(f"fastcnn bench: error: cannot write {directory / 'x.json'}")
+
+
+def test_summary_of_one_implementation_on_one_thread_count_says_so(default_run_records):
+    alone = [r for r in default_run_records if r["impl"] == "cython" and r["threads"] == 1]
+    assert bench.format_summary(alone).startswith("summary      nothing to compare")

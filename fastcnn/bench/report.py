@@ -192,8 +192,7 @@ def format_table(records) -> str:
     return "\n".join(lines)
 
 
-def _geometric_mean(ratios) -> str:
-    return f"{math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}" if ratios else "-"
+_SHORT = {"numpy": "np", "torch": "torch"}
 
 
 def format_summary(records) -> str:
@@ -206,24 +205,17 @@ def format_summary(records) -> str:
     """
     threads = sorted({r["threads"] for r in records})
     others = [i for i in IMPLEMENTATIONS[1:] if any(r["impl"] == i for r in records)]
-    # (op, level) -> threads -> (dtype, shape) -> impl -> record
-    cases: dict = {}
-    for r in records:
-        by_case = cases.setdefault((r["op"], r["level"]), {}).setdefault(r["threads"], {})
-        by_case.setdefault((r["dtype"], r["shape"]), {})[r["impl"]] = r
-    columns = [(f"{_SHORT[i]}/cy {t}t", t, i) for t in threads for i in others]
+    # Each column: title, (threads, impl) of the numerator, of the denominator.
+    columns = [(f"{_SHORT[i]}/cy {t}t", (t, i), (t, "cython")) for t in threads for i in others]
     if 1 in threads:
-        columns += [(f"cy 1t/{t}t", t, None) for t in threads if t != 1]
+        columns += [(f"cy 1t/{t}t", (1, "cython"), (t, "cython")) for t in threads if t != 1]
     if not columns:
-        return "summary      nothing to compare (one implementation, one thread count): --verbose lists the times"
-
-    def ratio(at_t, case, impl, by_threads):
-        if impl is None:  # thread scaling of the compiled kernels
-            num, den = by_threads.get(1, {}).get(case, {}).get("cython"), at_t[case].get("cython")
-        else:
-            num, den = at_t[case].get(impl), at_t[case].get("cython")
-        return num["median_s"] / den["median_s"] if num and den else None
-
+        return "summary      nothing to compare (one implementation and thread count): see --verbose"
+    # (op, level) -> (dtype, shape) -> (threads, impl) -> median seconds
+    times: dict = {}
+    for r in records:
+        by_case = times.setdefault((r["op"], r["level"]), {}).setdefault((r["dtype"], r["shape"]), {})
+        by_case[r["threads"], r["impl"]] = r["median_s"]
     lines = [
         f"summary      time ratios, each the geometric mean over the shapes "
         f"({', '.join(dict.fromkeys(r['shape'] for r in records))}) and dtypes "
@@ -232,25 +224,21 @@ def format_summary(records) -> str:
         f"columns      {_RATIOS}; cy 1t/Nt: compiled time on 1 thread over N threads (> 1: the threads "
         f"help); {_MARKS}",
         "",
-        f"{'op':<23} {'level':<8}" + "".join(f"{c[0]:>12}" for c in columns),
+        f"{'op':<23} {'level':<8}" + "".join(f"{title:>12}" for title, _, _ in columns),
     ]
-    for (op, level), by_threads in cases.items():
+    for (op, level), by_case in times.items():
         cells = []
-        for _, t, impl in columns:
-            at_t = by_threads.get(t, {})
-            ratios = [ratio(at_t, case, impl, by_threads) for case in at_t]
-            cells.append(_geometric_mean([x for x in ratios if x is not None]))
+        for _, num, den in columns:
+            logs = [math.log(t[num] / t[den]) for t in by_case.values() if num in t and den in t]
+            cells.append(f"{math.exp(sum(logs) / len(logs)):.2f}" if logs else "-")
         if set(cells) == {"-"}:  # the copy baseline: no compiled implementation to compare with
             continue
-        rows = [rec for at_t in by_threads.values() for by_impl in at_t.values() for rec in by_impl.values()]
+        rows = [r for r in records if (r["op"], r["level"]) == (op, level)]
         lines.append(f"{_marked(op, rows):<23} {level:<8}" + "".join(f"{c:>12}" for c in cells))
     n_bad = sum(r.get("agrees") is False for r in records)
     if n_bad:
         lines.append(f"! {n_bad} results disagree with the compiled kernels: --verbose or --json lists them")
     return "\n".join(lines)
-
-
-_SHORT = {"numpy": "np", "torch": "torch"}
 
 
 def _format_disagreements(records) -> str:
