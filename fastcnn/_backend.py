@@ -58,6 +58,7 @@ BACKENDS = ("cython", "numpy")
 
 try:
     from ._kernels import conv as _conv
+    from ._kernels import norm as _norm
     from ._kernels import openmp as _openmp
     from ._kernels import pool as _pool
     from ._kernels import unfold as _unfold
@@ -77,6 +78,10 @@ else:
         "conv2d_backward": _conv.conv2d_backward,
         "linear_forward": _conv.linear_forward,
         "linear_backward": _conv.linear_backward,
+        "batch_norm_stats": _norm.batch_norm_stats,
+        "batch_norm_elemt": _norm.batch_norm_elemt,
+        "batch_norm_backward_reduce": _norm.batch_norm_backward_reduce,
+        "batch_norm_backward_elemt": _norm.batch_norm_backward_elemt,
     }
     _import_error = None
 

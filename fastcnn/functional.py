@@ -455,3 +455,92 @@ def avg_pool2d_backward(
         raise ValueError(f"dout must have the avg_pool2d output shape {expected}, got {dout.shape}")
     out = np.empty(shape, dtype=dout.dtype)
     return kernel("avg_pool2d_backward")(dout, *args, out) if shape[0] else out
+
+
+# ---------------------------------------------------------------------------
+# The math between convolutions, for the layers, the loss and the optimizers:
+# private entry points that take arguments those have validated already
+# (C-contiguous arrays of one float dtype, consistent shapes), allocate the
+# results and call the active kernel set.
+
+
+def _batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
+    """Batch normalisation over every axis but 1, as ``F.batch_norm``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, *spatial), float32 or float64
+        Statistics are taken per channel over N and the spatial axes.
+    weight, bias : ndarray, shape (C,), dtype of `x`
+    running_mean, running_var : ndarray, shape (C,), dtype of `x`
+        Normalise in evaluation mode. In training mode they are updated in
+        place (``running = (1 - momentum) * running + momentum * batch``,
+        with the unbiased batch variance), and the batch's mean and biased
+        variance normalise.
+    training : bool
+    momentum, eps : float
+
+    Returns
+    -------
+    out : ndarray, shape and dtype of `x`
+    cache : tuple or None
+        What :func:`_batch_norm_backward` needs; None for an empty batch
+        (in evaluation mode; training mode raises).
+
+    Raises
+    ------
+    ValueError
+        In training mode with fewer than 2 values per channel.
+    """
+    n, channels = x.shape[:2]
+    length = int(np.prod(x.shape[2:], dtype=np.int64))
+    samples = n * length
+    if training and samples < 2:
+        raise ValueError(
+            "training-mode BatchNorm needs more than 1 value per channel, "
+            f"got x of shape {x.shape}; use training=False or a larger batch"
+        )
+    out = np.empty_like(x)
+    if n == 0:
+        return out, None
+    x3 = x.reshape(n, channels, length)
+    if training:
+        mean, var = kernel("batch_norm_stats")(x3, np.empty(channels), np.empty(channels))
+        running_mean *= 1 - momentum
+        running_mean += momentum * mean
+        running_var *= 1 - momentum
+        running_var += momentum * var * (samples / (samples - 1))
+    else:
+        mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    kernel("batch_norm_elemt")(x3, mean, inv_std, weight, bias, out.reshape(x3.shape))
+    return out, (x3, mean, inv_std, training)
+
+
+def _batch_norm_backward(dout, cache, weight):
+    """Gradients of :func:`_batch_norm_forward`.
+
+    Parameters
+    ----------
+    dout : ndarray, shape and dtype of the forward's output
+    cache : the forward's cache
+    weight : ndarray, shape (C,), the forward's weight
+
+    Returns
+    -------
+    dx : ndarray, shape and dtype of `dout`
+    dweight, dbias : ndarray, shape (C,), dtype of `weight`
+        ``sum(dout * x_hat)`` and ``sum(dout)`` per channel (zero for an
+        empty batch).
+    """
+    if cache is None:
+        return np.empty_like(dout), np.zeros_like(weight), np.zeros_like(weight)
+    x3, mean, inv_std, training = cache
+    channels = x3.shape[1]
+    dout3 = dout.reshape(x3.shape)
+    sum_dout, sum_dout_xc = kernel("batch_norm_backward_reduce")(
+        dout3, x3, mean, np.empty(channels), np.empty(channels))
+    dx = np.empty_like(dout)
+    kernel("batch_norm_backward_elemt")(dout3, x3, mean, inv_std, weight, sum_dout, sum_dout_xc,
+                                        training, dx.reshape(x3.shape))
+    return dx, (sum_dout_xc * inv_std).astype(weight.dtype), sum_dout.astype(weight.dtype)

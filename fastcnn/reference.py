@@ -31,6 +31,10 @@ __all__ = [
     "conv2d_backward",
     "linear_forward",
     "linear_backward",
+    "batch_norm_stats",
+    "batch_norm_elemt",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_elemt",
 ]
 
 
@@ -342,3 +346,84 @@ def linear_backward(dout, x, weight, chunk, dx, dweight_parts, dbias_parts):
         np.matmul(dout[rows].T, x[rows], out=dweight_parts[p])
         dout[rows].sum(axis=0, out=dbias_parts[p])
     return dx
+# ---------------------------------------------------------------------------
+# Batch normalisation of (N, C, L) arrays (L = H*W, or 1 for (N, C)).
+# Per-channel statistics and sums are float64 whatever the data's dtype; the
+# element-wise results are computed in float64 and rounded once.
+
+
+def batch_norm_stats(x, mean, var):
+    """Per-channel mean and biased variance over N and L, by two passes.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, L), N*L >= 1
+    mean, var : ndarray of float64, shape (C,)
+        Filled with ``mean(x)`` and ``mean((x - mean)**2)`` per channel.
+
+    The compiled kernel sums in another order (tiles of shifted values):
+    the two agree to rounding, not bitwise.
+    """
+    np.mean(x, axis=(0, 2), dtype=np.float64, out=mean)
+    centered = x - mean[:, None]
+    np.mean(centered * centered, axis=(0, 2), out=var)
+    return mean, var
+
+
+def batch_norm_elemt(x, mean, inv_std, weight, bias, out):
+    """``out = (x - mean) * (weight * inv_std) + bias`` per channel.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, L)
+    mean, inv_std : ndarray of float64, shape (C,)
+    weight, bias : ndarray, shape (C,), dtype of `x`
+    out : ndarray, shape (N, C, L), dtype of `x`
+    """
+    scale = weight * inv_std
+    out[...] = (x - mean[:, None]) * scale[:, None] + bias[:, None]
+    return out
+
+
+def batch_norm_backward_reduce(dout, x, mean, sum_dout, sum_dout_xc):
+    """Per-channel ``sum(dout)`` and ``sum(dout * (x - mean))`` over N and L.
+
+    Parameters
+    ----------
+    dout, x : ndarray, shape (N, C, L), one dtype
+    mean : ndarray of float64, shape (C,)
+    sum_dout, sum_dout_xc : ndarray of float64, shape (C,)
+        Filled with the sums (agreeing with the compiled kernel's to rounding).
+    """
+    np.sum(dout, axis=(0, 2), dtype=np.float64, out=sum_dout)
+    np.sum(dout * (x - mean[:, None]), axis=(0, 2), out=sum_dout_xc)
+    return sum_dout, sum_dout_xc
+
+
+def batch_norm_backward_elemt(dout, x, mean, inv_std, weight, sum_dout, sum_dout_xc, training,
+                              out):
+    """The input gradient of batch normalisation.
+
+    Parameters
+    ----------
+    dout, x : ndarray, shape (N, C, L), one dtype
+    mean, inv_std, sum_dout, sum_dout_xc : ndarray of float64, shape (C,)
+        The forward's statistics and :func:`batch_norm_backward_reduce`'s sums.
+    weight : ndarray, shape (C,), dtype of `x`
+    training : bool
+        Whether the forward normalised with the batch's statistics (which
+        then depend on x) or with fixed running statistics.
+    out : ndarray, shape (N, C, L), dtype of `x`
+        With M = N*L: ``((dout - sum_dout / M) - (x - mean) * proj) * scale``
+        where ``proj = sum_dout_xc / M * inv_std * inv_std`` and
+        ``scale = inv_std * weight``; ``dout * scale`` if not `training`.
+    """
+    count = dout.shape[0] * dout.shape[2]
+    scale = (inv_std * weight)[:, None]
+    if training:
+        mean_dy = (sum_dout / count)[:, None]
+        proj = (sum_dout_xc / count * inv_std * inv_std)[:, None]
+        out[...] = ((dout - mean_dy) - (x - mean[:, None]) * proj) * scale
+    else:
+        out[...] = dout * scale
+    return out

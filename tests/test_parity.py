@@ -412,7 +412,8 @@ def test_registry_pairs_every_kernel():
     assert set(_backend.KERNEL_NAMES) == {
         "im2col", "col2im", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
         "avg_pool2d_backward", "conv2d_forward", "conv2d_backward", "linear_forward",
-        "linear_backward",
+        "linear_backward", "batch_norm_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
+        "batch_norm_backward_elemt",
     }
     for name in _backend.KERNEL_NAMES:
         compiled, reference = _backend.pair_of(name)
@@ -664,3 +665,182 @@ def test_kernel_much_larger_than_input_is_a_global_pool():
                 assert "kernel_size" in str(exc) or "padding" in str(exc)
                 continue
         np.testing.assert_allclose(avg, flat.mean(axis=-1, keepdims=True), rtol=1e-14)
+
+
+# ---------------------------------------------------------------------------
+# Kernels between convolutions (batch norm, activations, loss, optimizers), kernel level.
+#
+# Element-wise kernels compute each cell with the twin's operations in the
+# twin's order (in float64 for batch norm, rounded once): BITWISE equal,
+# NaN and infinities included. Reductions (batch norm statistics and the
+# backward's sums) add in another order (tiles of rows, four rows at a time)
+# and agree to rounding; the tolerances are in each test.
+
+from fastcnn._kernels import norm as _norm  # noqa: E402
+
+
+@contextlib.contextmanager
+def _norm_tiling(piece_cells, tile_cells):
+    previous = _norm._tiling_sizes(piece_cells, tile_cells)
+    try:
+        yield
+    finally:
+        _norm._tiling_sizes(*previous)
+
+
+#: Offsets far larger than the spread: the statistics must keep their precision.
+OFFSETS = {np.dtype(np.float32): 1e4, np.dtype(np.float64): 1e8}
+
+
+def _bn_values(rng, shape, dtype, kind):
+    if kind == "offset":
+        return (OFFSETS[np.dtype(dtype)] + rng.standard_normal(shape)).astype(dtype)
+    return make_values(rng, shape, dtype, kind)
+
+
+@st.composite
+def bn_shapes(draw):
+    """(N, C, L) with ones, odd sizes, channels split into pieces (L above
+    the piece size) or grouped in pieces (L below), one tile or many."""
+    n = draw(st.integers(1, 9))
+    c = draw(st.integers(1, 5))
+    length = draw(st.sampled_from([1, 2, 3, 7, 15, 16, 17, 40, 100]))
+    return n, c, length
+
+
+tilings = st.sampled_from([(1024, 16384), (1, 1), (3, 5), (16, 40), (40, 7), (7, 100)])
+bn_kinds = st.sampled_from(["normal", "offset", "ties", "special", "zeros"])
+
+
+def _assert_sums_close(got, expected, scale, rtol):
+    """float64 per-channel results: the same NaNs, else |got - expected| <= rtol * scale."""
+    assert got.dtype == expected.dtype == np.float64 and got.shape == expected.shape
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(got[~finite], expected[~finite])
+    error = np.abs(got[finite] - expected[finite])
+    assert np.all(error <= rtol * scale[finite]), (got, expected)
+
+
+@hsettings(200)
+@given(shape=bn_shapes(), dtype=dtypes, kind=bn_kinds, seed=seeds, nt=threads, tiling=tilings)
+@example(shape=(37, 5, 1100), dtype=np.float32, kind="offset", seed=0, nt=2,
+         tiling=(1024, 16384))
+@example(shape=(3000, 3, 1), dtype=np.float64, kind="offset", seed=1, nt=3,
+         tiling=(1024, 16384))
+def test_kernel_batch_norm_stats(shape, dtype, kind, seed, nt, tiling):
+    # Both sum in float64, the twin in two passes over x, the kernel over
+    # tiles (shifted by each channel's first value, two passes per tile, the
+    # tiles' moments combined about the mean). Tolerances: the means within
+    # 1e-13 of the largest |x| of the channel (float64 sums of up to a few
+    # thousand values err by a few ulps of their largest terms); the
+    # variances within 1e-12 of themselves plus the square of that mean
+    # tolerance (a mean off by d changes the twin's variance by d**2).
+    compiled, reference = _pair("batch_norm_stats")
+    x = _bn_values(np.random.default_rng(seed), shape, dtype, kind)
+    c = shape[1]
+    mean_c, var_c = np.full(c, 7.0), np.full(c, 7.0)
+    mean_r, var_r = np.full(c, -3.0), np.full(c, -3.0)
+    with _norm_tiling(*tiling):
+        res_c = compiled(x, mean_c, var_c, nt)
+    with np.errstate(invalid="ignore"):
+        res_r = reference(x, mean_r, var_r)
+    assert res_c[0] is mean_c and res_c[1] is var_c
+    assert res_r[0] is mean_r and res_r[1] is var_r
+    largest = np.abs(x.astype(np.float64)).max(axis=(0, 2))
+    _assert_sums_close(mean_c, mean_r, largest, 1e-13)
+    _assert_sums_close(var_c, var_r, np.abs(var_r) + 1e-14 * largest**2, 1e-12)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 500), (300, 2, 1), (3, 2, 1500)])
+def test_kernel_batch_norm_stats_are_exact_to_rounding_far_from_zero(dtype, shape):
+    # 1e4 + N(0, 1) in float32 and 1e8 + N(0, 1) in float64, a spread of
+    # 1e-4 and 1e-8 of the offset: the mean to a few ulps and the variance
+    # to 1e-13 of the exact values (rational arithmetic), with the default
+    # tiling and with many small tiles. (A one-pass sum of squares gets no
+    # digit of the float64 variance right.)
+    from fractions import Fraction
+
+    compiled, reference = _pair("batch_norm_stats")
+    x = _bn_values(np.random.default_rng(3), shape, dtype, "offset")
+    for c in range(shape[1]):
+        values = [Fraction(float(v)) for v in x[:, c].ravel()]
+        exact_mean = sum(values) / len(values)
+        exact_var = sum((v - exact_mean) ** 2 for v in values) / len(values)
+        for tiling in ((1024, 16384), (7, 20)):
+            with _norm_tiling(*tiling):
+                mean, var = compiled(x, np.empty(shape[1]), np.empty(shape[1]), 2)
+            assert abs(Fraction(mean[c]) - exact_mean) <= 4 * np.spacing(float(exact_mean))
+            assert abs(Fraction(var[c]) - exact_var) <= Fraction(1e-13) * exact_var
+        mean, var = reference(x, np.empty(shape[1]), np.empty(shape[1]))
+        assert abs(Fraction(var[c]) - exact_var) <= Fraction(1e-13) * exact_var
+
+
+@hsettings(150)
+@given(shape=bn_shapes(), dtype=dtypes, kind=bn_kinds, seed=seeds, nt=threads, tiling=tilings)
+def test_kernel_batch_norm_elemt(shape, dtype, kind, seed, nt, tiling):
+    # (x - mean) * (weight * inv_std) + bias in float64, rounded once: exact.
+    compiled, reference = _pair("batch_norm_elemt")
+    rng = np.random.default_rng(seed)
+    x = _bn_values(rng, shape, dtype, kind)
+    c = shape[1]
+    mean, inv_std = rng.standard_normal(c), rng.random(c) + 0.1
+    weight, bias = make_values(rng, (c,), dtype, "normal"), make_values(rng, (c,), dtype, "normal")
+    out_c = _garbage(shape, dtype, 7.0)
+    out_r = _garbage(shape, dtype, -3.0)
+    with _norm_tiling(*tiling):
+        assert compiled(x, mean, inv_std, weight, bias, out_c, nt) is out_c
+    with np.errstate(invalid="ignore"):
+        assert reference(x, mean, inv_std, weight, bias, out_r) is out_r
+    _assert_same(out_c, out_r)
+
+
+@hsettings(150)
+@given(shape=bn_shapes(), dtype=dtypes, kind=bn_kinds, seed=seeds, nt=threads, tiling=tilings)
+def test_kernel_batch_norm_backward_reduce(shape, dtype, kind, seed, nt, tiling):
+    # Plain float64 sums in two orders: within 1e-13 of the sum of the
+    # terms' magnitudes (a few ulps of the largest partial sum).
+    compiled, reference = _pair("batch_norm_backward_reduce")
+    rng = np.random.default_rng(seed)
+    x = _bn_values(rng, shape, dtype, kind)
+    dout = make_values(rng, shape, dtype, "normal" if kind == "offset" else kind)
+    c = shape[1]
+    with np.errstate(invalid="ignore"):
+        mean = fastcnn.reference.batch_norm_stats(x, np.empty(c), np.empty(c))[0]
+    sums_c = np.full(c, 7.0), np.full(c, 7.0)
+    sums_r = np.full(c, -3.0), np.full(c, -3.0)
+    with _norm_tiling(*tiling):
+        res_c = compiled(dout, x, mean, *sums_c, nt)
+    with np.errstate(invalid="ignore"):
+        res_r = reference(dout, x, mean, *sums_r)
+        terms = np.abs(dout * (x - mean[:, None]))
+    assert res_c[0] is sums_c[0] and res_c[1] is sums_c[1]
+    assert res_r[0] is sums_r[0] and res_r[1] is sums_r[1]
+    _assert_sums_close(sums_c[0], sums_r[0], np.abs(dout).sum(axis=(0, 2), dtype=np.float64),
+                       1e-13)
+    _assert_sums_close(sums_c[1], sums_r[1], terms.sum(axis=(0, 2)), 1e-13)
+
+
+@hsettings(150)
+@given(shape=bn_shapes(), dtype=dtypes, kind=bn_kinds, seed=seeds, nt=threads, tiling=tilings,
+       training=st.booleans())
+def test_kernel_batch_norm_backward_elemt(shape, dtype, kind, seed, nt, tiling, training):
+    # The same per-channel coefficients, then the same float64 operations
+    # per cell, rounded once: exact.
+    compiled, reference = _pair("batch_norm_backward_elemt")
+    rng = np.random.default_rng(seed)
+    x = _bn_values(rng, shape, dtype, kind)
+    dout = make_values(rng, shape, dtype, "normal" if kind == "offset" else kind)
+    c = shape[1]
+    mean, inv_std = rng.standard_normal(c), rng.random(c) + 0.1
+    sum_dout, sum_dout_xc = rng.standard_normal(c) * 10, rng.standard_normal(c) * 10
+    weight = make_values(rng, (c,), dtype, "normal")
+    args = (dout, x, mean, inv_std, weight, sum_dout, sum_dout_xc, training)
+    out_c = _garbage(shape, dtype, 7.0)
+    out_r = _garbage(shape, dtype, -3.0)
+    with _norm_tiling(*tiling):
+        assert compiled(*args, out_c, nt) is out_c
+    with np.errstate(invalid="ignore"):
+        assert reference(*args, out_r) is out_r
+    _assert_same(out_c, out_r)

@@ -550,6 +550,13 @@ class _Spy:
         return self.fn(*args)
 
 
+def _batch_norm_round_trip(x, training):
+    c = x.shape[1]
+    w, b = np.ones(c), np.zeros(c)
+    out, cache = F._batch_norm_forward(x, w, b, np.zeros(c), np.ones(c), training, 0.1, 1e-5)
+    F._batch_norm_backward(out, cache, w)
+
+
 @pytest.mark.parametrize("name", _backend.KERNEL_NAMES)
 def test_dispatch_really_switches(monkeypatch, name):
     # Count calls into the NumPy twin: the "numpy" backend must use it and the
@@ -570,6 +577,10 @@ def test_dispatch_really_switches(monkeypatch, name):
         "linear_forward": lambda: F._linear(x.reshape(2, -1), np.ones((4, 108)), None),
         "linear_backward": lambda: F._linear_backward(np.ones((2, 4)), x.reshape(2, -1),
                                                       np.ones((4, 108))),
+        "batch_norm_stats": lambda: _batch_norm_round_trip(x, True),
+        "batch_norm_elemt": lambda: _batch_norm_round_trip(x, False),
+        "batch_norm_backward_reduce": lambda: _batch_norm_round_trip(x, False),
+        "batch_norm_backward_elemt": lambda: _batch_norm_round_trip(x, True),
     }[name]
     with fastcnn.use_backend("numpy"):
         op()
@@ -601,3 +612,45 @@ def test_fastcnn_backend_environment_variable(env, expected):
     proc = _python("import fastcnn; print(fastcnn.get_backend())", FASTCNN_BACKEND=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [expected]
+
+
+# ---------------------------------------------------------------------------
+# The kernels between convolutions (batch norm, activations, loss,
+# optimizers): bitwise identical for 1 to 4 threads, sums included (each tile's partial sums are
+# added in tile order, whichever thread made them).
+
+LAYER_SHAPES = [  # (N, C, L): many tiles, unequal shares
+    (37, 5, 1100),   # channels split into pieces
+    (3001, 7, 3),    # several channels per piece, per-cell coefficients
+    (45, 3, 40),     # several channels per piece, channel by channel
+]
+
+
+def _run_layer_kernels(shape, dtype, nt):
+    """Every compiled kernel between convolutions with nt threads; returns all outputs."""
+    k = {name: _backend.pair_of(name)[0] for name in _backend.KERNEL_NAMES}
+    rng = np.random.default_rng(14)
+    c = shape[1]
+    x = (100 + rng.standard_normal(shape)).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    weight, bias = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    mean, var = k["batch_norm_stats"](x, np.empty(c), np.empty(c), nt)
+    inv_std = 1 / np.sqrt(var + 1e-5)
+    outs = [mean, var, k["batch_norm_elemt"](x, mean, inv_std, weight, bias,
+                                              np.empty_like(x), nt)]
+    sums = k["batch_norm_backward_reduce"](dout, x, mean, np.empty(c), np.empty(c), nt)
+    outs += list(sums)
+    for training in (True, False):
+        outs.append(k["batch_norm_backward_elemt"](dout, x, mean, inv_std, weight, *sums,
+                                                   training, np.empty_like(x), nt))
+    return outs
+
+
+@needs_compiled
+@pytest.mark.parametrize("shape", LAYER_SHAPES, ids=["split", "narrow", "grouped"])
+@dtypes
+def test_layer_kernels_bitwise_identical_across_thread_counts(shape, dtype):
+    one = _run_layer_kernels(shape, dtype, 1)
+    for nt in THREADS:
+        for a, b in zip(_run_layer_kernels(shape, dtype, nt), one):
+            _same_bits(a, b)

@@ -1,0 +1,576 @@
+# Compiler directives (bounds checks off unless FASTCNN_DEBUG) are set in setup.py.
+"""Compiled batch normalisation, as PyTorch's sync-BN decomposition.
+
+Python twins: ``fastcnn.reference.batch_norm_stats``, ``batch_norm_elemt``,
+``batch_norm_backward_reduce`` and ``batch_norm_backward_elemt``. Arrays are
+``(N, C, L)`` (BatchNorm1D's ``(N, C)`` is L = 1, BatchNorm2D's L = H*W),
+C-contiguous, validated in Python; per-channel statistics are float64.
+
+Work is split into tiles: a block of rows (samples) times a piece of the
+``C*L`` cells of a row, either a piece of one channel's L cells (large L) or
+several whole channels (small L), so that every inner loop runs over
+contiguous cells whatever L is. Per-channel values the loops need are first
+spread over the piece's cells. A reduction writes one partial sum per tile
+and channel, and the partials of each channel are then added in tile order:
+the results do not depend on the number of threads.
+
+The statistics are sound for data far from zero (1e8 + N(0, 1) in float64):
+each channel's values are shifted by one of them, and each tile is reduced
+in two passes (its mean, then squares about it) while its rows are in cache;
+the tiles' moments are combined about the channel mean. Sums run in double
+for float32 data.
+"""
+
+from cython cimport floating
+from cython.parallel cimport parallel, prange, threadid
+from libc.math cimport isfinite
+from libc.stdlib cimport free, malloc
+
+from scratch cimport per_thread_scratch
+
+
+# A piece holds at most this many cells of a row: its per-cell accumulators
+# and coefficients (a few arrays of doubles) stay in the L1 cache.
+cdef Py_ssize_t PIECE_CELLS = 1024
+# A tile holds about this many cells: the second pass over a tile's rows in
+# batch_norm_stats reads them from the L2 cache.
+cdef Py_ssize_t TILE_CELLS = 16384
+# Channels of at least this many cells are normalised one by one, with their
+# coefficients in registers; shorter ones through per-cell copies of them.
+cdef Py_ssize_t WIDE_CELLS = 16
+
+
+def _tiling_sizes(piece_cells=None, tile_cells=None):
+    """Set ``PIECE_CELLS`` and ``TILE_CELLS`` (those given); return the previous pair.
+
+    For the tests, which tile small arrays in every way. Element-wise
+    results do not depend on them; sums only by rounding.
+    """
+    global PIECE_CELLS, TILE_CELLS
+    previous = PIECE_CELLS, TILE_CELLS
+    if piece_cells is not None:
+        PIECE_CELLS = max(piece_cells, 1)
+    if tile_cells is not None:
+        TILE_CELLS = max(tile_cells, 1)
+    return previous
+
+
+cdef struct Tiling:
+    Py_ssize_t N, C, L
+    Py_ssize_t per_channel   # pieces per channel (> 1 only if L > PIECE_CELLS)
+    Py_ssize_t channels      # whole channels per piece (1 if channels are split)
+    Py_ssize_t cells         # cells of a full piece
+    Py_ssize_t pieces
+    Py_ssize_t rows          # rows per tile
+    Py_ssize_t blocks        # blocks of rows
+
+
+cdef Tiling _tiling(Py_ssize_t N, Py_ssize_t C, Py_ssize_t L) noexcept nogil:
+    cdef Tiling t
+    t.N, t.C, t.L = N, C, L
+    if L > PIECE_CELLS:
+        t.per_channel = (L + PIECE_CELLS - 1) // PIECE_CELLS
+        t.cells = (L + t.per_channel - 1) // t.per_channel
+        t.channels = 1
+        t.pieces = C * t.per_channel
+    else:
+        t.per_channel = 1
+        t.channels = min(C, PIECE_CELLS // L)
+        t.cells = t.channels * L
+        t.pieces = (C + t.channels - 1) // t.channels
+    t.rows = max(1, TILE_CELLS // t.cells)
+    t.blocks = (N + t.rows - 1) // t.rows
+    return t
+
+
+cdef inline void _piece(const Tiling* t, Py_ssize_t k, Py_ssize_t* c0, Py_ssize_t* c1,
+                        Py_ssize_t* p0, Py_ssize_t* p1) noexcept nogil:
+    """Channels [c0, c1) and row cells [p0, p1) of piece k."""
+    cdef Py_ssize_t j
+    if t.per_channel > 1:
+        c0[0] = k // t.per_channel
+        c1[0] = c0[0] + 1
+        j = k % t.per_channel
+        p0[0] = c0[0] * t.L + j * t.cells
+        p1[0] = c0[0] * t.L + min(t.L, (j + 1) * t.cells)
+    else:
+        c0[0] = k * t.channels
+        c1[0] = min(t.C, c0[0] + t.channels)
+        p0[0] = c0[0] * t.L
+        p1[0] = c1[0] * t.L
+
+
+cdef inline Py_ssize_t _seg_start(const Tiling* t, Py_ssize_t c, Py_ssize_t p0) noexcept nogil:
+    """Where channel c's cells start in a piece starting at row cell p0."""
+    return max(c * t.L, p0) - p0
+
+
+cdef inline Py_ssize_t _seg_end(const Tiling* t, Py_ssize_t c, Py_ssize_t p1,
+                                Py_ssize_t p0) noexcept nogil:
+    return min((c + 1) * t.L, p1) - p0
+
+
+cdef inline Py_ssize_t _partial(const Tiling* t, Py_ssize_t b, Py_ssize_t c,
+                                Py_ssize_t j) noexcept nogil:
+    """Index of the partial of row block b, channel c, piece j of that channel."""
+    return (b * t.C + c) * t.per_channel + j
+
+
+cdef inline Py_ssize_t _partial_count(const Tiling* t, Py_ssize_t b, Py_ssize_t j) noexcept nogil:
+    """How many cells partial (b, any channel, j) covers."""
+    cdef Py_ssize_t rows = min(t.N, (b + 1) * t.rows) - b * t.rows
+    if t.per_channel == 1:
+        return rows * t.L
+    return rows * (min(t.L, (j + 1) * t.cells) - j * t.cells)
+
+
+cdef void _spread(const Tiling* t, const double* per_channel, double* cells, Py_ssize_t c0,
+                  Py_ssize_t c1, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """cells[p] = per_channel[channel of cell p0 + p] over a piece."""
+    cdef Py_ssize_t c, p
+    cdef double v
+    for c in range(c0, c1):
+        v = per_channel[c]
+        for p in range(_seg_start(t, c, p0), _seg_end(t, c, p1, p0)):
+            cells[p] = v
+
+
+cdef double* _doubles(Py_ssize_t n) except NULL:
+    cdef double* p = <double*> malloc(max(n, 1) * sizeof(double))
+    if p == NULL:
+        raise MemoryError(f"cannot allocate {n} doubles")
+    return p
+
+
+# ---------------------------------------------------------------------------
+# Forward statistics
+
+
+# The reductions take rows four at a time: each accumulator is then loaded
+# and stored once per four cells (the additions' order is fixed all the same).
+
+
+cdef void _sum_shifted(double* acc, const floating* x, Py_ssize_t stride, Py_ssize_t rows,
+                       const double* centre, Py_ssize_t m) noexcept nogil:
+    """acc[p] = sum over `rows` rows (`stride` apart) of x[p] - centre[p]."""
+    cdef Py_ssize_t n, p, last = rows - rows % 4
+    cdef const floating* r
+    cdef double c
+    for p in range(m):
+        acc[p] = 0
+    for n in range(0, last, 4):
+        r = x + n * stride
+        for p in range(m):
+            c = centre[p]
+            acc[p] += (((<double> r[p] - c) + (<double> r[stride + p] - c))
+                       + ((<double> r[2 * stride + p] - c) + (<double> r[3 * stride + p] - c)))
+    for n in range(last, rows):
+        r = x + n * stride
+        for p in range(m):
+            acc[p] += <double> r[p] - centre[p]
+
+
+cdef void _sum_squares(double* acc, const floating* x, Py_ssize_t stride, Py_ssize_t rows,
+                       const double* centre, Py_ssize_t m) noexcept nogil:
+    """acc[p] = sum over `rows` rows of (x[p] - centre[p])**2."""
+    cdef Py_ssize_t n, p, last = rows - rows % 4
+    cdef const floating* r
+    cdef double c, d0, d1, d2, d3
+    for p in range(m):
+        acc[p] = 0
+    for n in range(0, last, 4):
+        r = x + n * stride
+        for p in range(m):
+            c = centre[p]
+            d0 = <double> r[p] - c
+            d1 = <double> r[stride + p] - c
+            d2 = <double> r[2 * stride + p] - c
+            d3 = <double> r[3 * stride + p] - c
+            acc[p] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    for n in range(last, rows):
+        r = x + n * stride
+        for p in range(m):
+            d0 = <double> r[p] - centre[p]
+            acc[p] += d0 * d0
+
+
+cdef void _stats_tile(const floating* x, const Tiling* t, Py_ssize_t k, Py_ssize_t b,
+                      const double* shift, double* acc, double* centre, double* psum,
+                      double* pm2) noexcept nogil:
+    cdef Py_ssize_t c0, c1, p0, p1, p, c, s0, s1, idx
+    cdef Py_ssize_t n0 = b * t.rows, rows = min(t.N, n0 + t.rows) - n0
+    cdef Py_ssize_t j = k % t.per_channel, stride = t.C * t.L
+    cdef double s, centre_c
+    _piece(t, k, &c0, &c1, &p0, &p1)
+    x = x + n0 * stride + p0
+    _spread(t, shift, centre, c0, c1, p0, p1)
+    _sum_shifted(acc, x, stride, rows, centre, p1 - p0)
+    # The tile's (shifted) sums, then squares about the tile's mean.
+    for c in range(c0, c1):
+        s0 = _seg_start(t, c, p0)
+        s1 = _seg_end(t, c, p1, p0)
+        s = 0
+        for p in range(s0, s1):
+            s = s + acc[p]
+        idx = _partial(t, b, c, j)
+        psum[idx] = s
+        centre_c = shift[c] + s / (rows * (s1 - s0))
+        for p in range(s0, s1):
+            centre[p] = centre_c
+    _sum_squares(acc, x, stride, rows, centre, p1 - p0)
+    for c in range(c0, c1):
+        s = 0
+        for p in range(_seg_start(t, c, p0), _seg_end(t, c, p1, p0)):
+            s = s + acc[p]
+        pm2[_partial(t, b, c, j)] = s
+
+
+def batch_norm_stats(
+    const floating[:, :, ::1] x,
+    double[::1] mean not None,
+    double[::1] var not None,
+    int num_threads,
+):
+    """batch_norm_stats(x, mean, var, num_threads) -> (mean, var)
+
+    Per-channel mean and biased variance of x (N, C, L) over N and L, into
+    float64 (C,) arrays.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef Tiling t = _tiling(N, C, L)
+    cdef Py_ssize_t tiles = t.pieces * t.blocks, partials = t.blocks * C * t.per_channel
+    cdef Py_ssize_t i, c, b, j, idx, stride = 0
+    cdef double total, count, ym, d, m2, first
+    cdef double* shift = NULL
+    cdef double* psum = NULL
+    cdef double* pm2 = NULL
+    cdef double* scratch = NULL
+    cdef double* s
+    if N * C * L == 0:
+        return mean.base, var.base
+    try:
+        shift = _doubles(C)
+        psum = _doubles(partials)
+        pm2 = _doubles(partials)
+        scratch = <double*> per_thread_scratch(num_threads, 2 * t.cells, sizeof(double), &stride)
+        for c in range(C):
+            # A channel's first value brings the others near zero (a large
+            # offset would cost the sums their precision); inf and NaN
+            # would make every shifted value NaN.
+            first = x[0, c, 0]
+            shift[c] = first if isfinite(first) else 0.0
+        with nogil, parallel(num_threads=num_threads):
+            s = scratch + threadid() * stride
+            for i in prange(tiles, schedule="static"):
+                _stats_tile(&x[0, 0, 0], &t, i // t.blocks, i % t.blocks, shift, s,
+                            s + t.cells, psum, pm2)
+        with nogil:
+            for c in prange(C, schedule="static", num_threads=num_threads):
+                total = 0
+                for b in range(t.blocks):
+                    for j in range(t.per_channel):
+                        total = total + psum[_partial(&t, b, c, j)]
+                ym = total / (N * L)
+                # Tiles' squares about their means, plus their means' spread.
+                m2 = 0
+                for b in range(t.blocks):
+                    for j in range(t.per_channel):
+                        idx = _partial(&t, b, c, j)
+                        count = _partial_count(&t, b, j)
+                        d = psum[idx] / count - ym
+                        m2 = m2 + (pm2[idx] + count * d * d)
+                mean[c] = shift[c] + ym
+                var[c] = m2 / (N * L)
+    finally:
+        free(shift)
+        free(psum)
+        free(pm2)
+        free(scratch)
+    return mean.base, var.base
+
+
+# ---------------------------------------------------------------------------
+# Forward normalisation
+
+
+cdef inline floating _normalised(floating x, double centre, double scale,
+                                 double shift) noexcept nogil:
+    return <floating> ((<double> x - centre) * scale + shift)
+
+
+cdef void _elemt_tile(const floating* x, floating* out, const Tiling* t, Py_ssize_t k,
+                      Py_ssize_t b, const double* mean, const double* scale, const double* shift,
+                      double* cells, Py_ssize_t* piece_in_cells) noexcept nogil:
+    cdef Py_ssize_t c0, c1, p0, p1, n, p, c, off, s0, s1, m
+    cdef Py_ssize_t n0 = b * t.rows, n1 = min(t.N, n0 + t.rows)
+    cdef double* centre_p = cells
+    cdef double* scale_p = cells + t.cells
+    cdef double* shift_p = cells + 2 * t.cells
+    _piece(t, k, &c0, &c1, &p0, &p1)
+    m = p1 - p0
+    if t.L >= WIDE_CELLS:  # channel by channel, its coefficients in registers
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                s0 = _seg_start(t, c, p0)
+                s1 = _seg_end(t, c, p1, p0)
+                off = n * t.C * t.L + p0
+                for p in range(off + s0, off + s1):
+                    out[p] = _normalised(x[p], mean[c], scale[c], shift[c])
+        return
+    if piece_in_cells[0] != k:  # a thread's tiles run piece by piece
+        _spread(t, mean, centre_p, c0, c1, p0, p1)
+        _spread(t, scale, scale_p, c0, c1, p0, p1)
+        _spread(t, shift, shift_p, c0, c1, p0, p1)
+        piece_in_cells[0] = k
+    for n in range(n0, n1):
+        off = n * t.C * t.L + p0
+        for p in range(m):
+            out[off + p] = _normalised(x[off + p], centre_p[p], scale_p[p], shift_p[p])
+
+
+def batch_norm_elemt(
+    const floating[:, :, ::1] x,
+    const double[::1] mean,
+    const double[::1] inv_std,
+    const floating[::1] weight,
+    const floating[::1] bias,
+    floating[:, :, ::1] out not None,
+    int num_threads,
+):
+    """batch_norm_elemt(x, mean, inv_std, weight, bias, out, num_threads) -> out
+
+    ``out = (x - mean) * (weight * inv_std) + bias`` per channel, computed in
+    double; mean and inv_std float64 (C,), weight and bias (C,) of x's dtype.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef Tiling t = _tiling(N, C, L)
+    cdef Py_ssize_t tiles = t.pieces * t.blocks
+    cdef Py_ssize_t i, c, stride = 0, filled_stride = 0
+    cdef double* scale = NULL
+    cdef double* shift = NULL
+    cdef double* scratch = NULL
+    cdef Py_ssize_t* filled = NULL
+    cdef double* s
+    cdef Py_ssize_t* piece_in_s
+    if N * C * L == 0:
+        return out.base
+    try:
+        scale = _doubles(C)
+        shift = _doubles(C)
+        scratch = <double*> per_thread_scratch(num_threads, 3 * t.cells, sizeof(double), &stride)
+        filled = <Py_ssize_t*> per_thread_scratch(num_threads, 1, sizeof(Py_ssize_t),
+                                                  &filled_stride)
+        for c in range(C):
+            scale[c] = <double> weight[c] * inv_std[c]
+            shift[c] = bias[c]
+        with nogil, parallel(num_threads=num_threads):
+            s = scratch + threadid() * stride
+            piece_in_s = filled + threadid() * filled_stride
+            piece_in_s[0] = -1
+            for i in prange(tiles, schedule="static"):
+                _elemt_tile(&x[0, 0, 0], &out[0, 0, 0], &t, i // t.blocks, i % t.blocks,
+                            &mean[0], scale, shift, s, piece_in_s)
+    finally:
+        free(scale)
+        free(shift)
+        free(scratch)
+        free(filled)
+    return out.base
+
+
+# ---------------------------------------------------------------------------
+# Backward
+
+
+cdef void _backward_reduce_tile(const floating* dout, const floating* x, const Tiling* t,
+                                Py_ssize_t k, Py_ssize_t b, const double* mean, double* acc,
+                                double* acc_xc, double* centre, double* psum,
+                                double* psum_xc) noexcept nogil:
+    cdef Py_ssize_t c0, c1, p0, p1, m, n, p, c, off, idx
+    cdef Py_ssize_t n0 = b * t.rows, n1 = min(t.N, n0 + t.rows)
+    cdef Py_ssize_t j = k % t.per_channel
+    cdef double g, s, s_xc
+    _piece(t, k, &c0, &c1, &p0, &p1)
+    m = p1 - p0
+    _spread(t, mean, centre, c0, c1, p0, p1)
+    for p in range(m):
+        acc[p] = 0
+        acc_xc[p] = 0
+    for n in range(n0, n1):
+        off = n * t.C * t.L + p0
+        for p in range(m):
+            g = dout[off + p]
+            acc[p] += g
+            acc_xc[p] += g * (<double> x[off + p] - centre[p])
+    for c in range(c0, c1):
+        s = 0
+        s_xc = 0
+        for p in range(_seg_start(t, c, p0), _seg_end(t, c, p1, p0)):
+            s = s + acc[p]
+            s_xc = s_xc + acc_xc[p]
+        idx = _partial(t, b, c, j)
+        psum[idx] = s
+        psum_xc[idx] = s_xc
+
+
+def batch_norm_backward_reduce(
+    const floating[:, :, ::1] dout,
+    const floating[:, :, ::1] x,
+    const double[::1] mean,
+    double[::1] sum_dout not None,
+    double[::1] sum_dout_xc not None,
+    int num_threads,
+):
+    """batch_norm_backward_reduce(dout, x, mean, sum_dout, sum_dout_xc, num_threads) -> (sum_dout, sum_dout_xc)
+
+    Per channel, ``sum(dout)`` and ``sum(dout * (x - mean))`` over N and L,
+    into float64 (C,) arrays (dbias, and dweight / inv_std).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef Tiling t = _tiling(N, C, L)
+    cdef Py_ssize_t tiles = t.pieces * t.blocks, partials = t.blocks * C * t.per_channel
+    cdef Py_ssize_t i, c, b, j, idx, stride = 0
+    cdef double s, s_xc
+    cdef double* psum = NULL
+    cdef double* psum_xc = NULL
+    cdef double* scratch = NULL
+    cdef double* w
+    if N * C * L == 0:
+        return sum_dout.base, sum_dout_xc.base
+    try:
+        psum = _doubles(partials)
+        psum_xc = _doubles(partials)
+        scratch = <double*> per_thread_scratch(num_threads, 3 * t.cells, sizeof(double), &stride)
+        with nogil, parallel(num_threads=num_threads):
+            w = scratch + threadid() * stride
+            for i in prange(tiles, schedule="static"):
+                _backward_reduce_tile(&dout[0, 0, 0], &x[0, 0, 0], &t, i // t.blocks,
+                                      i % t.blocks, &mean[0], w, w + t.cells, w + 2 * t.cells,
+                                      psum, psum_xc)
+        with nogil:
+            for c in prange(C, schedule="static", num_threads=num_threads):
+                s = 0
+                s_xc = 0
+                for b in range(t.blocks):
+                    for j in range(t.per_channel):
+                        idx = _partial(&t, b, c, j)
+                        s = s + psum[idx]
+                        s_xc = s_xc + psum_xc[idx]
+                sum_dout[c] = s
+                sum_dout_xc[c] = s_xc
+    finally:
+        free(psum)
+        free(psum_xc)
+        free(scratch)
+    return sum_dout.base, sum_dout_xc.base
+
+
+cdef inline floating _input_grad(floating dout, floating x, double centre, double mean_dy,
+                                 double proj, double scale, bint training) noexcept nogil:
+    if training:
+        return <floating> (((<double> dout - mean_dy) - (<double> x - centre) * proj) * scale)
+    return <floating> (<double> dout * scale)
+
+
+cdef void _backward_elemt_tile(const floating* dout, const floating* x, floating* out,
+                               const Tiling* t, Py_ssize_t k, Py_ssize_t b, bint training,
+                               const double* mean, const double* coef, double* cells,
+                               Py_ssize_t* piece_in_cells) noexcept nogil:
+    cdef Py_ssize_t c0, c1, p0, p1, n, p, c, off, s0, s1, m
+    cdef Py_ssize_t n0 = b * t.rows, n1 = min(t.N, n0 + t.rows)
+    cdef const double* mean_dy = coef
+    cdef const double* proj = coef + t.C
+    cdef const double* scale = coef + 2 * t.C
+    cdef double* centre_p = cells
+    cdef double* mean_dy_p = cells + t.cells
+    cdef double* proj_p = cells + 2 * t.cells
+    cdef double* scale_p = cells + 3 * t.cells
+    _piece(t, k, &c0, &c1, &p0, &p1)
+    m = p1 - p0
+    if t.L >= WIDE_CELLS:  # channel by channel, its coefficients in registers
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                s0 = _seg_start(t, c, p0)
+                s1 = _seg_end(t, c, p1, p0)
+                off = n * t.C * t.L + p0
+                if training:
+                    for p in range(off + s0, off + s1):
+                        out[p] = _input_grad(dout[p], x[p], mean[c], mean_dy[c], proj[c],
+                                             scale[c], True)
+                else:
+                    for p in range(off + s0, off + s1):
+                        out[p] = _input_grad(dout[p], x[p], 0, 0, 0, scale[c], False)
+        return
+    if piece_in_cells[0] != k:  # a thread's tiles run piece by piece
+        _spread(t, mean, centre_p, c0, c1, p0, p1)
+        _spread(t, mean_dy, mean_dy_p, c0, c1, p0, p1)
+        _spread(t, proj, proj_p, c0, c1, p0, p1)
+        _spread(t, scale, scale_p, c0, c1, p0, p1)
+        piece_in_cells[0] = k
+    for n in range(n0, n1):
+        off = n * t.C * t.L + p0
+        if training:
+            for p in range(m):
+                out[off + p] = _input_grad(dout[off + p], x[off + p], centre_p[p], mean_dy_p[p],
+                                           proj_p[p], scale_p[p], True)
+        else:
+            for p in range(m):
+                out[off + p] = _input_grad(dout[off + p], x[off + p], 0, 0, 0, scale_p[p], False)
+
+
+def batch_norm_backward_elemt(
+    const floating[:, :, ::1] dout,
+    const floating[:, :, ::1] x,
+    const double[::1] mean,
+    const double[::1] inv_std,
+    const floating[::1] weight,
+    const double[::1] sum_dout,
+    const double[::1] sum_dout_xc,
+    bint training,
+    floating[:, :, ::1] out not None,
+    int num_threads,
+):
+    """batch_norm_backward_elemt(dout, x, mean, inv_std, weight, sum_dout, sum_dout_xc, training, out, num_threads) -> out
+
+    dx of batch norm, computed in double. In training (batch statistics),
+    with M = N*L, ``mean_dy = sum_dout / M``,
+    ``proj = sum_dout_xc / M * inv_std * inv_std`` and
+    ``scale = inv_std * weight`` per channel:
+    ``dx = ((dout - mean_dy) - (x - mean) * proj) * scale``. Otherwise
+    (running statistics) ``dx = dout * scale``: x, mean and the sums do not
+    matter.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
+    cdef Tiling t = _tiling(N, C, L)
+    cdef Py_ssize_t tiles = t.pieces * t.blocks
+    cdef Py_ssize_t i, c, stride = 0, filled_stride = 0
+    cdef double count = N * L
+    cdef double* coef = NULL
+    cdef double* scratch = NULL
+    cdef Py_ssize_t* filled = NULL
+    cdef double* s
+    cdef Py_ssize_t* piece_in_s
+    if N * C * L == 0:
+        return out.base
+    try:
+        coef = _doubles(3 * C)  # mean_dy, proj, scale
+        scratch = <double*> per_thread_scratch(num_threads, 4 * t.cells, sizeof(double), &stride)
+        filled = <Py_ssize_t*> per_thread_scratch(num_threads, 1, sizeof(Py_ssize_t),
+                                                  &filled_stride)
+        for c in range(C):
+            coef[c] = sum_dout[c] / count
+            coef[C + c] = sum_dout_xc[c] / count * inv_std[c] * inv_std[c]
+            coef[2 * C + c] = inv_std[c] * weight[c]
+        with nogil, parallel(num_threads=num_threads):
+            s = scratch + threadid() * stride
+            piece_in_s = filled + threadid() * filled_stride
+            piece_in_s[0] = -1
+            for i in prange(tiles, schedule="static"):
+                _backward_elemt_tile(&dout[0, 0, 0], &x[0, 0, 0], &out[0, 0, 0], &t,
+                                     i // t.blocks, i % t.blocks, training, &mean[0], coef, s,
+                                     piece_in_s)
+    finally:
+        free(coef)
+        free(scratch)
+        free(filled)
+    return out.base

@@ -1,0 +1,181 @@
+"""The kernels between convolutions, through functional's private entry points.
+
+Each entry point (``fastcnn.functional._batch_norm_forward`` and the others
+of its section) is checked on both kernel sets against what the layers, the
+loss and the optimizers compute today, and against PyTorch where it is
+installed:
+
+* batch norm: the output, dx, dweight, dbias and the running statistics of
+  ``BatchNorm1D`` / ``BatchNorm2D`` in training and evaluation mode, within
+  rounding (the layer sums in the data's dtype, the kernels in float64:
+  float32 results agree to 1e-5 relative to their scale, float64 ones to
+  1e-12); the empty batch and the one-value error as the layer has them;
+  data far from zero, where the entry points stay right to rounding.
+
+Backends: the two kernel sets agree to rounding (sums in another order),
+exactly for the element-wise results given the same statistics (see
+test_parity.py); here both run every case.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from strategies import FLOAT_DTYPES, make_values
+
+import fastcnn
+from fastcnn import _backend
+from fastcnn import functional as F
+from fastcnn.layers import BatchNorm1D, BatchNorm2D
+
+BACKENDS = ("cython", "numpy") if _backend.compiled_available() else ("numpy",)
+backends = pytest.mark.parametrize("backend", BACKENDS)
+dtypes = pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+
+
+def _tolerance(dtype):
+    return dict(rtol=1e-5, atol=1e-5) if np.dtype(dtype) == np.float32 else dict(rtol=1e-12,
+                                                                                  atol=1e-12)
+
+
+def _close(got, expected, dtype, scale=1.0):
+    """Same dtype and shape; values within the dtype's tolerance times `scale`."""
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    tol = _tolerance(dtype)
+    np.testing.assert_allclose(got, expected, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
+# ---------------------------------------------------------------------------
+# Batch norm
+
+
+def _bn_layer(cls, c, dtype, seed):
+    bn = cls(c, momentum=0.3, eps=1e-3, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    bn.params["weight"][...] = rng.uniform(0.5, 1.5, c)
+    bn.params["bias"][...] = rng.standard_normal(c)
+    bn.state["running_mean"][...] = rng.standard_normal(c)
+    bn.state["running_var"][...] = rng.uniform(0.5, 2.0, c)
+    return bn
+
+
+def _bn_functional(bn, x, dout, training):
+    """Forward and backward of the entry points, with copies of `bn`'s state.
+
+    Returns (out, dx, dweight, dbias, running_mean, running_var)."""
+    running_mean = bn.state["running_mean"].copy()
+    running_var = bn.state["running_var"].copy()
+    weight = bn.params["weight"]
+    out, cache = F._batch_norm_forward(x, weight, bn.params["bias"], running_mean, running_var,
+                                       training, bn.momentum, bn.eps)
+    dx, dweight, dbias = F._batch_norm_backward(dout, cache, weight)
+    return out, dx, dweight, dbias, running_mean, running_var
+
+
+BN_SHAPES = [
+    (BatchNorm2D, (4, 3, 5, 6)),
+    (BatchNorm2D, (1, 2, 1, 3)),
+    (BatchNorm2D, (3, 1, 40, 33)),  # channels longer than a piece of the compiled tiling
+    (BatchNorm1D, (6, 5)),
+    (BatchNorm1D, (2, 3, 4)),
+    (BatchNorm1D, (2, 1)),
+]
+
+
+@backends
+@dtypes
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("cls, shape", BN_SHAPES)
+def test_batch_norm_matches_the_layer(backend, dtype, training, cls, shape):
+    rng = np.random.default_rng(len(shape) + shape[0])
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    bn = _bn_layer(cls, shape[1], dtype, 1)
+    with fastcnn.use_backend(backend):
+        got = _bn_functional(bn, x, dout, training)
+    x_before = x.copy()
+    expected = (bn.forward(x, training), bn.backward(dout), bn.grads["weight"],
+                bn.grads["bias"], bn.state["running_mean"], bn.state["running_var"])
+    np.testing.assert_array_equal(x, x_before)
+    # dweight and dbias are sums over N*L terms of size ~1
+    samples = x.size // shape[1]
+    for i, (g, e) in enumerate(zip(got, expected)):
+        _close(g, e, dtype, scale=samples if i in (2, 3) else 1.0)
+
+
+@backends
+@dtypes
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("cls, shape", BN_SHAPES)
+def test_batch_norm_matches_torch(backend, dtype, training, cls, shape):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(shape[0] * 7 + len(shape))
+    x = (rng.standard_normal(shape) * 2 - 1).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    bn = _bn_layer(cls, shape[1], dtype, 2)
+    with fastcnn.use_backend(backend):
+        out, dx, dweight, dbias, running_mean, running_var = _bn_functional(bn, x, dout, training)
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(bn.params["weight"], requires_grad=True)
+    tb = torch.tensor(bn.params["bias"], requires_grad=True)
+    t_mean = torch.tensor(bn.state["running_mean"])
+    t_var = torch.tensor(bn.state["running_var"])
+    t_out = torch.nn.functional.batch_norm(tx, t_mean, t_var, tw, tb, training=training,
+                                           momentum=bn.momentum, eps=bn.eps)
+    t_out.backward(torch.tensor(dout))
+    samples = x.size // shape[1]
+    for got, expected, scale in ((out, t_out, 1), (dx, tx.grad, 1), (dweight, tw.grad, samples),
+                                 (dbias, tb.grad, samples), (running_mean, t_mean, 1),
+                                 (running_var, t_var, 1)):
+        _close(got, expected.detach().numpy(), dtype, scale)
+
+
+@backends
+@dtypes
+def test_batch_norm_far_from_zero(backend, dtype):
+    # 1e4 + N(0, 1) in float32 (1e8 in float64): the statistics and the
+    # output keep their precision, as computed in float64 from the same data.
+    # (In float64 the batch mean itself is rounded to a spacing of 1.5e-8, so
+    # x - mean, the output and dx are as good as a few of those.)
+    offset = 1e4 if dtype == np.float32 else 1e8
+    rng = np.random.default_rng(5)
+    x = (offset + rng.standard_normal((8, 3, 7, 9))).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    weight, bias = np.ones(3, dtype), np.zeros(3, dtype)
+    with fastcnn.use_backend(backend):
+        out, cache = F._batch_norm_forward(x, weight, bias, np.zeros(3, dtype),
+                                           np.ones(3, dtype), True, 0.1, 1e-5)
+        dx, dweight, dbias = F._batch_norm_backward(dout, cache, weight)
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=(0, 2, 3), keepdims=True)
+    centered = x64 - mean
+    inv_std = 1 / np.sqrt((centered**2).mean(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    x_hat = centered * inv_std
+    expected_dx = inv_std * (dout - dout.mean(axis=(0, 2, 3), keepdims=True)
+                             - x_hat * (dout * x_hat).mean(axis=(0, 2, 3), keepdims=True))
+    atol = 1e-5 if dtype == np.float32 else 4 * np.spacing(offset)
+    np.testing.assert_allclose(out, x_hat, rtol=0, atol=atol)
+    np.testing.assert_allclose(dx, expected_dx, rtol=0, atol=atol)
+    np.testing.assert_allclose(dweight, (dout * x_hat).sum(axis=(0, 2, 3)), rtol=0,
+                               atol=atol * x[:, 0].size)
+
+
+@backends
+def test_batch_norm_empty_batch_and_one_value(backend):
+    weight, bias = np.ones(3, np.float32), np.zeros(3, np.float32)
+    running = np.zeros(3, np.float32), np.ones(3, np.float32)
+    with fastcnn.use_backend(backend):
+        out, cache = F._batch_norm_forward(np.empty((0, 3, 4, 4), np.float32), weight, bias,
+                                           *running, False, 0.1, 1e-5)
+        assert out.shape == (0, 3, 4, 4) and out.dtype == np.float32 and cache is None
+        dx, dweight, dbias = F._batch_norm_backward(np.empty((0, 3, 4, 4), np.float32), cache,
+                                                    weight)
+        assert dx.shape == (0, 3, 4, 4)
+        np.testing.assert_array_equal(dweight, 0)
+        np.testing.assert_array_equal(dbias, 0)
+        for shape in ((1, 3), (1, 3, 1, 1), (0, 3, 2, 2)):
+            with pytest.raises(ValueError, match="more than 1 value per channel"):
+                F._batch_norm_forward(np.ones(shape, np.float32), weight, bias, *running, True,
+                                      0.1, 1e-5)
+    np.testing.assert_array_equal(running[0], 0)  # untouched by the failed calls
+    np.testing.assert_array_equal(running[1], 1)
