@@ -21,7 +21,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ("unfold", "pool", "conv", "openmp", "norm")
+KERNELS = ("unfold", "pool", "conv", "openmp", "norm", "activation")
 
 
 def _flag(name):
@@ -70,8 +70,11 @@ class BuildExt(build_ext):
             if self.compiler.compiler_type != "msvc":
                 ext.extra_compile_args.append("-O0" if debug else "-O3")
                 # Each product is rounded before it is added, as in the NumPy
-                # twins: a fused multiply-add would change the last bit.
-                ext.extra_compile_args.append("-ffp-contract=off")
+                # twins: a fused multiply-add would change the last bit. No
+                # one reads the kernels' floating-point exception flags: the
+                # compiler may then vectorise a select on a comparison (as
+                # LeakyReLU's) instead of branching on the data.
+                ext.extra_compile_args += ["-ffp-contract=off", "-fno-trapping-math"]
                 if debug or sanitize:
                     ext.extra_compile_args += ["-g", "-fno-omit-frame-pointer"]
                 if sanitize:

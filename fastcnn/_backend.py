@@ -57,6 +57,7 @@ GEMM_KERNELS = frozenset({"conv2d_forward", "conv2d_backward", "linear_forward",
 BACKENDS = ("cython", "numpy")
 
 try:
+    from ._kernels import activation as _activation
     from ._kernels import conv as _conv
     from ._kernels import norm as _norm
     from ._kernels import openmp as _openmp
@@ -82,6 +83,10 @@ else:
         "batch_norm_elemt": _norm.batch_norm_elemt,
         "batch_norm_backward_reduce": _norm.batch_norm_backward_reduce,
         "batch_norm_backward_elemt": _norm.batch_norm_backward_elemt,
+        "relu": _activation.relu,
+        "relu_backward": _activation.relu_backward,
+        "leaky_relu": _activation.leaky_relu,
+        "leaky_relu_backward": _activation.leaky_relu_backward,
     }
     _import_error = None
 

@@ -544,3 +544,32 @@ def _batch_norm_backward(dout, cache, weight):
     kernel("batch_norm_backward_elemt")(dout3, x3, mean, inv_std, weight, sum_dout, sum_dout_xc,
                                         training, dx.reshape(x3.shape))
     return dx, (sum_dout_xc * inv_std).astype(weight.dtype), sum_dout.astype(weight.dtype)
+
+
+def _flat_apply(name, out_like, *args):
+    """Kernel `name` on the flattened arrays of `args` (other arguments as
+    given), into a new array shaped and typed as `out_like`."""
+    out = np.empty_like(out_like)
+    flat = [a.reshape(-1) if isinstance(a, np.ndarray) else a for a in args]
+    kernel(name)(*flat, out.reshape(-1))
+    return out
+
+
+def _relu(x):
+    """``max(x, 0)`` as ``F.relu`` (NaN propagates; -0.0 gives 0.0); any shape."""
+    return _flat_apply("relu", x, x)
+
+
+def _relu_backward(dout, x):
+    """dx of :func:`_relu`: `dout` where the forward input `x` > 0, else 0."""
+    return _flat_apply("relu_backward", dout, dout, x)
+
+
+def _leaky_relu(x, negative_slope):
+    """`x` where ``x > 0``, else ``x * negative_slope`` (as ``F.leaky_relu``); any shape."""
+    return _flat_apply("leaky_relu", x, x, negative_slope)
+
+
+def _leaky_relu_backward(dout, x, negative_slope):
+    """dx of :func:`_leaky_relu`: `dout` where ``x > 0``, else ``dout * negative_slope``."""
+    return _flat_apply("leaky_relu_backward", dout, dout, x, negative_slope)

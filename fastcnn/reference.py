@@ -35,6 +35,10 @@ __all__ = [
     "batch_norm_elemt",
     "batch_norm_backward_reduce",
     "batch_norm_backward_elemt",
+    "relu",
+    "relu_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
 ]
 
 
@@ -426,4 +430,61 @@ def batch_norm_backward_elemt(dout, x, mean, inv_std, weight, sum_dout, sum_dout
         out[...] = ((dout - mean_dy) - (x - mean[:, None]) * proj) * scale
     else:
         out[...] = dout * scale
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Activations, cell by cell on flat arrays (any shape, flattened). A slope is
+# rounded to the arrays' dtype first, as NumPy rounds a Python float.
+
+
+def relu(x, out):
+    """``out = 0 where x <= 0, else x``: NaN stays NaN, -0.0 becomes 0.0.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n,)
+    out : ndarray, shape (n,), dtype of `x`
+    """
+    out[...] = np.where(x <= 0, 0, x)
+    return out
+
+
+def relu_backward(dout, x, out):
+    """``out = dout where x > 0, else 0`` (0 also where dout is inf or NaN).
+
+    Parameters
+    ----------
+    dout, x : ndarray, shape (n,), one dtype
+        `x` is the forward's input.
+    out : ndarray, shape (n,), dtype of `x`
+    """
+    out[...] = np.where(x > 0, dout, 0)
+    return out
+
+
+def leaky_relu(x, negative_slope, out):
+    """``out = x where x > 0, else x * negative_slope``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n,)
+    negative_slope : float
+    out : ndarray, shape (n,), dtype of `x`
+    """
+    out[...] = np.where(x > 0, x, x * x.dtype.type(negative_slope))
+    return out
+
+
+def leaky_relu_backward(dout, x, negative_slope, out):
+    """``out = dout where x > 0, else dout * negative_slope``.
+
+    Parameters
+    ----------
+    dout, x : ndarray, shape (n,), one dtype
+        `x` is the forward's input.
+    negative_slope : float
+    out : ndarray, shape (n,), dtype of `x`
+    """
+    out[...] = np.where(x > 0, dout, dout * x.dtype.type(negative_slope))
     return out

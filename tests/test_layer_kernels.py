@@ -11,6 +11,10 @@ installed:
   float32 results agree to 1e-5 relative to their scale, float64 ones to
   1e-12); the empty batch and the one-value error as the layer has them;
   data far from zero, where the entry points stay right to rounding.
+* activations: ReLU and LeakyReLU forward and backward equal to the layers
+  bit for bit on data the layers handle alike (the ReLU layer multiplies
+  dout by the mask, so it differs where dout is inf or NaN: the kernels
+  give 0 there, as torch does), and equal to torch.
 
 Backends: the two kernel sets agree to rounding (sums in another order),
 exactly for the element-wise results given the same statistics (see
@@ -26,7 +30,7 @@ from strategies import FLOAT_DTYPES, make_values
 import fastcnn
 from fastcnn import _backend
 from fastcnn import functional as F
-from fastcnn.layers import BatchNorm1D, BatchNorm2D
+from fastcnn.layers import BatchNorm1D, BatchNorm2D, LeakyReLU, ReLU
 
 BACKENDS = ("cython", "numpy") if _backend.compiled_available() else ("numpy",)
 backends = pytest.mark.parametrize("backend", BACKENDS)
@@ -179,3 +183,61 @@ def test_batch_norm_empty_batch_and_one_value(backend):
                                       0.1, 1e-5)
     np.testing.assert_array_equal(running[0], 0)  # untouched by the failed calls
     np.testing.assert_array_equal(running[1], 1)
+
+
+# ---------------------------------------------------------------------------
+# Activations
+
+
+def _activation_data(dtype, shape=(3, 4, 5, 6)):
+    """Both signs, zeros of both signs, infinities and NaN in x; finite dout."""
+    rng = np.random.default_rng(9)
+    x = make_values(rng, shape, dtype, "normal")
+    x.reshape(-1)[:6] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1.0]
+    return x, make_values(rng, shape, dtype, "normal")
+
+
+ACTIVATIONS = [
+    pytest.param(ReLU(), lambda x: F._relu(x), lambda d, x: F._relu_backward(d, x), id="relu"),
+    pytest.param(LeakyReLU(0.2), lambda x: F._leaky_relu(x, 0.2),
+                 lambda d, x: F._leaky_relu_backward(d, x, 0.2), id="leaky_relu"),
+    pytest.param(LeakyReLU(-1.5), lambda x: F._leaky_relu(x, -1.5),
+                 lambda d, x: F._leaky_relu_backward(d, x, -1.5), id="leaky_relu-negative"),
+]
+
+
+@backends
+@dtypes
+@pytest.mark.parametrize("layer, forward, backward", ACTIVATIONS)
+def test_activations_match_the_layers(backend, dtype, layer, forward, backward):
+    x, dout = _activation_data(dtype)
+    with fastcnn.use_backend(backend), np.errstate(invalid="ignore"):
+        out, dx = forward(x), backward(dout, x)
+    with np.errstate(invalid="ignore"):  # the layers' twins multiply inf by a slope of 0
+        expected_out = layer.forward(x)
+        expected_dx = layer.backward(dout)
+    np.testing.assert_array_equal(out, expected_out, strict=True)
+    np.testing.assert_array_equal(dx, expected_dx, strict=True)
+    np.testing.assert_array_equal(np.signbit(out), np.signbit(expected_out))
+
+
+@backends
+@dtypes
+@pytest.mark.parametrize("layer, forward, backward", ACTIVATIONS)
+def test_activations_match_torch(backend, dtype, layer, forward, backward):
+    torch = pytest.importorskip("torch")
+    x, dout = _activation_data(dtype)
+    # torch's ReLU passes the gradient where x is NaN (its mask is
+    # "not x <= 0"); ours, as the layers', is "x > 0": NaN gets 0.
+    x[np.isnan(x)] = 3.0
+    dout.reshape(-1)[-3:] = [np.inf, -np.inf, np.nan]
+    x.reshape(-1)[-3:] = [-1.0, -2.0, -3.0]  # where the gradient is blocked or scaled
+    with fastcnn.use_backend(backend), np.errstate(invalid="ignore"):
+        out, dx = forward(x), backward(dout, x)
+    module = (torch.nn.ReLU() if isinstance(layer, ReLU)
+              else torch.nn.LeakyReLU(layer.negative_slope))
+    tx = torch.tensor(x, requires_grad=True)
+    t_out = module(tx)
+    t_out.backward(torch.tensor(dout))
+    np.testing.assert_array_equal(out, t_out.detach().numpy(), strict=True)
+    np.testing.assert_array_equal(dx, tx.grad.numpy(), strict=True)

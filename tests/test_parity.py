@@ -413,7 +413,7 @@ def test_registry_pairs_every_kernel():
         "im2col", "col2im", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
         "avg_pool2d_backward", "conv2d_forward", "conv2d_backward", "linear_forward",
         "linear_backward", "batch_norm_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
-        "batch_norm_backward_elemt",
+        "batch_norm_backward_elemt", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
     }
     for name in _backend.KERNEL_NAMES:
         compiled, reference = _backend.pair_of(name)
@@ -844,3 +844,31 @@ def test_kernel_batch_norm_backward_elemt(shape, dtype, kind, seed, nt, tiling, 
     with np.errstate(invalid="ignore"):
         assert reference(*args, out_r) is out_r
     _assert_same(out_c, out_r)
+
+
+# Flat sizes around the element-wise kernels' block of 16384 cells.
+flat_sizes = st.sampled_from([0, 1, 2, 7, 100, 16383, 16384, 16385, 40000])
+slopes = st.sampled_from([0.01, 0.2, 0.1, -0.5, 0.0, 1.0, 3.3])
+
+
+@hsettings(150)
+@given(n=flat_sizes, dtype=dtypes, kind=st.sampled_from(["normal", "ties", "special", "zeros"]),
+       seed=seeds, nt=threads, slope=slopes)
+@example(n=16385, dtype=np.float32, kind="special", seed=0, nt=3, slope=0.1)
+def test_kernel_activations(n, dtype, kind, seed, nt, slope):
+    # Selects and one product per cell (the slope rounded to the dtype
+    # first, as NumPy rounds a Python float): exact, NaN, infinities and the
+    # sign of zeros included. (inf * 0 makes the twin warn.)
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, (n,), dtype, kind)
+    dout = make_values(rng, (n,), dtype, kind)
+    cases = [("relu", (x,)), ("relu_backward", (dout, x)), ("leaky_relu", (x, slope)),
+             ("leaky_relu_backward", (dout, x, slope))]
+    for name, args in cases:
+        compiled, reference = _pair(name)
+        out_c = _garbage((n,), dtype, 7.0)
+        out_r = _garbage((n,), dtype, -3.0)
+        assert compiled(*args, out_c, nt) is out_c
+        with np.errstate(invalid="ignore"):
+            assert reference(*args, out_r) is out_r
+        _assert_same(out_c, out_r)

@@ -581,6 +581,10 @@ def test_dispatch_really_switches(monkeypatch, name):
         "batch_norm_elemt": lambda: _batch_norm_round_trip(x, False),
         "batch_norm_backward_reduce": lambda: _batch_norm_round_trip(x, False),
         "batch_norm_backward_elemt": lambda: _batch_norm_round_trip(x, True),
+        "relu": lambda: F._relu(x),
+        "relu_backward": lambda: F._relu_backward(x, x),
+        "leaky_relu": lambda: F._leaky_relu(x, 0.1),
+        "leaky_relu_backward": lambda: F._leaky_relu_backward(x, x, 0.1),
     }[name]
     with fastcnn.use_backend("numpy"):
         op()
@@ -643,6 +647,12 @@ def _run_layer_kernels(shape, dtype, nt):
     for training in (True, False):
         outs.append(k["batch_norm_backward_elemt"](dout, x, mean, inv_std, weight, *sums,
                                                    training, np.empty_like(x), nt))
+    flat_x, flat_dout = dout.reshape(-1), x.reshape(-1) - 100  # both signs
+    out = np.empty_like(flat_x)
+    outs += [k["relu"](flat_x, out.copy(), nt),
+             k["relu_backward"](flat_dout, flat_x, out.copy(), nt),
+             k["leaky_relu"](flat_x, 0.1, out.copy(), nt),
+             k["leaky_relu_backward"](flat_dout, flat_x, 0.1, out.copy(), nt)]
     return outs
 
 
