@@ -59,6 +59,7 @@ BACKENDS = ("cython", "numpy")
 try:
     from ._kernels import activation as _activation
     from ._kernels import conv as _conv
+    from ._kernels import loss as _loss
     from ._kernels import norm as _norm
     from ._kernels import openmp as _openmp
     from ._kernels import pool as _pool
@@ -87,6 +88,7 @@ else:
         "relu_backward": _activation.relu_backward,
         "leaky_relu": _activation.leaky_relu,
         "leaky_relu_backward": _activation.leaky_relu_backward,
+        "softmax_cross_entropy": _loss.softmax_cross_entropy,
     }
     _import_error = None
 

@@ -573,3 +573,23 @@ def _leaky_relu(x, negative_slope):
 def _leaky_relu_backward(dout, x, negative_slope):
     """dx of :func:`_leaky_relu`: `dout` where ``x > 0``, else ``dout * negative_slope``."""
     return _flat_apply("leaky_relu_backward", dout, dout, x, negative_slope)
+
+
+def _softmax_cross_entropy(logits, labels):
+    """Mean cross-entropy of softmax(logits) against labels, and its gradient.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (N, K), float32 or float64, N, K >= 1
+    labels : ndarray of int, shape (N,), each in ``[0, K)``
+
+    Returns
+    -------
+    loss : float
+        As :func:`fastcnn.losses.softmax_cross_entropy` (a value of the
+        logits' dtype; NaN for a row with NaN or +inf).
+    dlogits : ndarray, shape (N, K), dtype of `logits`
+        ``(softmax(logits) - onehot(labels)) / N``.
+    """
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    return kernel("softmax_cross_entropy")(logits, labels, np.empty_like(logits))

@@ -39,6 +39,7 @@ __all__ = [
     "relu_backward",
     "leaky_relu",
     "leaky_relu_backward",
+    "softmax_cross_entropy",
 ]
 
 
@@ -488,3 +489,41 @@ def leaky_relu_backward(dout, x, negative_slope, out):
     """
     out[...] = np.where(x > 0, dout, dout * x.dtype.type(negative_slope))
     return out
+
+
+# ---------------------------------------------------------------------------
+# Loss
+
+
+def softmax_cross_entropy(logits, labels, out):
+    """Mean cross-entropy of softmax(logits) against labels, and its gradient.
+
+    As :func:`fastcnn.losses.softmax_cross_entropy`: the logits are shifted
+    by each row's maximum and exponentiated in their dtype; the row sums,
+    their logarithms and the probabilities are float64.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (N, K), N >= 1
+    labels : ndarray of int64, shape (N,), each in ``[0, K)``
+    out : ndarray, shape (N, K), dtype of `logits`
+        Filled with ``(softmax(logits) - onehot(labels)) / N``.
+
+    Returns
+    -------
+    loss : float
+        The mean over rows, rounded to the dtype of `logits`.
+    out : ndarray
+        `out`. (The compiled kernel sums in another order and uses the C
+        library's exp: both agree to a few units in the last place.)
+    """
+    n = logits.shape[0]
+    rows = np.arange(n)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    total = exp.sum(axis=1, keepdims=True, dtype=np.float64)
+    loss = (np.log(total[:, 0]) - shifted[rows, labels]).sum() / n
+    probs = exp / total
+    probs[rows, labels] -= 1
+    np.divide(probs, n, out=out, casting="same_kind")
+    return float(logits.dtype.type(loss)), out

@@ -15,6 +15,11 @@ installed:
   bit for bit on data the layers handle alike (the ReLU layer multiplies
   dout by the mask, so it differs where dout is inf or NaN: the kernels
   give 0 there, as torch does), and equal to torch.
+* softmax cross-entropy: the loss and the gradient of
+  ``fastcnn.losses.softmax_cross_entropy`` (which sums in the logits' dtype:
+  within a few float32 ulps, 1e-12 in float64), NaN for the same rows
+  (NaN or +inf logits, only -inf logits) and inf where the label's logit
+  alone is -inf; and torch's ``cross_entropy``.
 
 Backends: the two kernel sets agree to rounding (sums in another order),
 exactly for the element-wise results given the same statistics (see
@@ -30,6 +35,7 @@ from strategies import FLOAT_DTYPES, make_values
 import fastcnn
 from fastcnn import _backend
 from fastcnn import functional as F
+from fastcnn import losses
 from fastcnn.layers import BatchNorm1D, BatchNorm2D, LeakyReLU, ReLU
 
 BACKENDS = ("cython", "numpy") if _backend.compiled_available() else ("numpy",)
@@ -241,3 +247,66 @@ def test_activations_match_torch(backend, dtype, layer, forward, backward):
     t_out.backward(torch.tensor(dout))
     np.testing.assert_array_equal(out, t_out.detach().numpy(), strict=True)
     np.testing.assert_array_equal(dx, tx.grad.numpy(), strict=True)
+
+
+# ---------------------------------------------------------------------------
+# Softmax cross-entropy
+
+
+def _logits(dtype, n=9, k=6, scale=4.0, seed=10):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, k)) * scale).astype(dtype), rng.integers(0, k, size=n)
+
+
+@backends
+@dtypes
+@pytest.mark.parametrize("n, k, scale", [(9, 6, 4.0), (1, 1, 1.0), (2, 300, 30.0), (64, 10, 1e3)])
+def test_softmax_cross_entropy_matches_losses(backend, dtype, n, k, scale):
+    logits, labels = _logits(dtype, n, k, scale)
+    logits_before = logits.copy()
+    with fastcnn.use_backend(backend):
+        loss, dlogits = F._softmax_cross_entropy(logits, labels.astype(np.int32))
+    expected_loss, expected = losses.softmax_cross_entropy(logits, labels)
+    np.testing.assert_array_equal(logits, logits_before)
+    assert type(loss) is float and dlogits.dtype == dtype and dlogits.shape == (n, k)
+    eps = np.finfo(dtype).eps
+    assert abs(loss - expected_loss) <= 8 * eps * max(abs(expected_loss), 1.0)
+    np.testing.assert_allclose(dlogits, expected, rtol=0, atol=8 * eps / n)
+
+
+@backends
+@dtypes
+def test_softmax_cross_entropy_nan_and_inf_rows_as_losses(backend, dtype):
+    logits, labels = _logits(dtype, n=5, k=4)
+    labels[:] = 0
+    logits[0, 2] = np.nan
+    logits[1, 1] = np.inf
+    logits[2, :] = -np.inf
+    logits[3, 0] = -np.inf  # the label's own logit: an infinite loss, finite gradient
+    for rows, loss_is in (([0, 1, 2, 3, 4], "nan"), ([3, 4], "inf"), ([4], "finite")):
+        # (NumPy warns of inf - inf, as losses does)
+        with fastcnn.use_backend(backend), np.errstate(invalid="ignore", divide="ignore"):
+            loss, dlogits = F._softmax_cross_entropy(logits[rows], labels[rows])
+            expected_loss, expected = losses.softmax_cross_entropy(logits[rows], labels[rows])
+        assert {"nan": np.isnan, "inf": np.isposinf, "finite": np.isfinite}[loss_is](loss)
+        if loss_is == "finite":
+            assert abs(loss - expected_loss) <= 8 * np.finfo(dtype).eps * abs(expected_loss)
+        else:
+            np.testing.assert_array_equal(loss, expected_loss)
+        np.testing.assert_array_equal(np.isnan(dlogits), np.isnan(expected))
+        np.testing.assert_allclose(dlogits, expected, rtol=0, atol=8 * np.finfo(dtype).eps)
+
+
+@backends
+@dtypes
+def test_softmax_cross_entropy_matches_torch(backend, dtype):
+    torch = pytest.importorskip("torch")
+    logits, labels = _logits(dtype, n=33, k=7, scale=6.0)
+    with fastcnn.use_backend(backend):
+        loss, dlogits = F._softmax_cross_entropy(logits, labels)
+    t_logits = torch.tensor(logits, requires_grad=True)
+    t_loss = torch.nn.functional.cross_entropy(t_logits, torch.tensor(labels))
+    t_loss.backward()
+    eps = np.finfo(dtype).eps
+    assert abs(loss - t_loss.item()) <= 8 * eps * max(abs(t_loss.item()), 1.0)
+    np.testing.assert_allclose(dlogits, t_logits.grad.numpy(), rtol=0, atol=8 * eps / 33)

@@ -414,6 +414,7 @@ def test_registry_pairs_every_kernel():
         "avg_pool2d_backward", "conv2d_forward", "conv2d_backward", "linear_forward",
         "linear_backward", "batch_norm_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
         "batch_norm_backward_elemt", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
+        "softmax_cross_entropy",
     }
     for name in _backend.KERNEL_NAMES:
         compiled, reference = _backend.pair_of(name)
@@ -872,3 +873,41 @@ def test_kernel_activations(n, dtype, kind, seed, nt, slope):
         with np.errstate(invalid="ignore"):
             assert reference(*args, out_r) is out_r
         _assert_same(out_c, out_r)
+
+
+@hsettings(200)
+@given(n=st.integers(1, 40), k=st.integers(1, 30), dtype=dtypes,
+       kind=st.sampled_from(["normal", "large", "ties", "special", "neg_inf"]), seed=seeds,
+       nt=threads)
+@example(n=1, k=1, dtype=np.float32, kind="normal", seed=0, nt=1)
+def test_kernel_softmax_cross_entropy(n, k, dtype, kind, seed, nt):
+    # The row sums are added in another order, the exponentials of float32
+    # come from the C library in one and from NumPy in the other (each
+    # within an ulp): the gradient agrees within 4 ulps of the dtype
+    # relative to |p| + 1 (its scale before the division by N), the loss
+    # within 8 ulps of max(|loss|, 1). NaN rows (a NaN, +inf, or only
+    # -inf) are NaN in both.
+    compiled, reference = _pair("softmax_cross_entropy")
+    rng = np.random.default_rng(seed)
+    if kind == "large":
+        logits = (rng.standard_normal((n, k)) * 100).astype(dtype)
+    else:
+        logits = make_values(rng, (n, k), dtype, kind)
+    labels = rng.integers(0, k, size=n, dtype=np.int64)
+    out_c = _garbage((n, k), dtype, 7.0)
+    out_r = _garbage((n, k), dtype, -3.0)
+    loss_c, res_c = compiled(logits, labels, out_c, nt)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss_r, res_r = reference(logits, labels, out_r)
+    assert res_c is out_c and res_r is out_r
+    assert type(loss_c) is float and type(loss_r) is float
+    assert np.isnan(loss_c) or loss_c == float(dtype(loss_c))  # rounded to the dtype
+    eps = np.finfo(dtype).eps
+    if not np.isfinite(loss_r):  # NaN, or inf where a label's logit is -inf
+        np.testing.assert_array_equal(loss_c, loss_r)
+    else:
+        assert abs(loss_c - loss_r) <= 8 * eps * max(abs(loss_r), 1.0)
+    np.testing.assert_array_equal(np.isnan(out_c), np.isnan(out_r))
+    numbers = ~np.isnan(out_r)
+    np.testing.assert_allclose(out_c[numbers], out_r[numbers], rtol=0,
+                               atol=4 * eps * (1 + 1 / n))

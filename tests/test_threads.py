@@ -585,6 +585,7 @@ def test_dispatch_really_switches(monkeypatch, name):
         "relu_backward": lambda: F._relu_backward(x, x),
         "leaky_relu": lambda: F._leaky_relu(x, 0.1),
         "leaky_relu_backward": lambda: F._leaky_relu_backward(x, x, 0.1),
+        "softmax_cross_entropy": lambda: F._softmax_cross_entropy(x.reshape(2, -1), np.array([0, 2])),
     }[name]
     with fastcnn.use_backend("numpy"):
         op()
@@ -653,6 +654,10 @@ def _run_layer_kernels(shape, dtype, nt):
              k["relu_backward"](flat_dout, flat_x, out.copy(), nt),
              k["leaky_relu"](flat_x, 0.1, out.copy(), nt),
              k["leaky_relu_backward"](flat_dout, flat_x, 0.1, out.copy(), nt)]
+    logits = x.reshape(shape[0], -1)[:, :37] - 100
+    labels = rng.integers(0, logits.shape[1], size=shape[0])
+    loss, dlogits = k["softmax_cross_entropy"](logits, labels, np.empty_like(logits), nt)
+    outs += [np.array(loss), dlogits]
     return outs
 
 
