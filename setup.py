@@ -21,7 +21,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ("unfold", "pool", "conv", "openmp", "norm", "activation", "loss")
+KERNELS = ("unfold", "pool", "conv", "openmp", "norm", "activation", "loss", "optim")
 
 
 def _flag(name):

@@ -62,6 +62,7 @@ try:
     from ._kernels import loss as _loss
     from ._kernels import norm as _norm
     from ._kernels import openmp as _openmp
+    from ._kernels import optim as _optim
     from ._kernels import pool as _pool
     from ._kernels import unfold as _unfold
 except ImportError as exc:  # a source checkout that was never built
@@ -89,6 +90,11 @@ else:
         "leaky_relu": _activation.leaky_relu,
         "leaky_relu_backward": _activation.leaky_relu_backward,
         "softmax_cross_entropy": _loss.softmax_cross_entropy,
+        "sgd_update": _optim.sgd_update,
+        "adam_update": _optim.adam_update,
+        "adagrad_update": _optim.adagrad_update,
+        "rmsprop_update": _optim.rmsprop_update,
+        "adadelta_update": _optim.adadelta_update,
     }
     _import_error = None
 

@@ -593,3 +593,101 @@ def _softmax_cross_entropy(logits, labels):
     """
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     return kernel("softmax_cross_entropy")(logits, labels, np.empty_like(logits))
+
+
+# Optimizer steps: one parameter, updated in place with its state dict
+# (fastcnn.optim's keys, PyTorch's names), from the raw gradient: the steps
+# apply the optimizers' common terms (maximize, weight decay) themselves.
+# Parameters, gradients and states are C-contiguous (the layers make them
+# so, and the states here are made like their parameter), so their flat
+# views are views.
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1)
+
+
+def _unused(param: np.ndarray) -> np.ndarray:
+    """An empty array of `param`'s dtype, for a state array the options leave unused."""
+    return param.reshape(-1)[:0]
+
+
+def _sgd_step(param, grad, state, *, lr, momentum, dampening, nesterov, weight_decay,
+              maximize):
+    """One step of ``fastcnn.optim.SGD`` on `param`, in place.
+
+    `state` gets ``momentum_buffer`` on the first step with momentum.
+    Bitwise the NumPy update of ``fastcnn.optim``.
+    """
+    first_step = momentum != 0 and "momentum_buffer" not in state
+    if first_step:
+        state["momentum_buffer"] = np.empty_like(param)
+    buf = _flat(state["momentum_buffer"]) if momentum != 0 else _unused(param)
+    kernel("sgd_update")(_flat(param), _flat(grad), buf, lr, momentum, dampening, weight_decay,
+                         nesterov, maximize, first_step)
+
+
+def _adam_step(param, grad, state, *, lr, betas, eps, weight_decay, amsgrad, maximize):
+    """One step of ``fastcnn.optim.Adam`` on `param`, in place.
+
+    `state` holds ``step``, ``exp_avg``, ``exp_avg_sq`` (and
+    ``max_exp_avg_sq`` with `amsgrad`), made on the first step.
+    """
+    if not state:
+        state.update(step=0, exp_avg=np.zeros_like(param), exp_avg_sq=np.zeros_like(param))
+        if amsgrad:
+            state["max_exp_avg_sq"] = np.zeros_like(param)
+    state["step"] += 1
+    beta1, beta2 = betas
+    step = state["step"]
+    step_size = lr / (1 - beta1**step)
+    bias_correction2_sqrt = float(np.sqrt(1 - beta2**step))
+    top = _flat(state["max_exp_avg_sq"]) if amsgrad else _unused(param)
+    kernel("adam_update")(_flat(param), _flat(grad), _flat(state["exp_avg"]),
+                          _flat(state["exp_avg_sq"]), top, beta1, beta2, eps, weight_decay,
+                          step_size, bias_correction2_sqrt, amsgrad, maximize)
+
+
+def _adagrad_step(param, grad, state, *, lr, lr_decay, eps, weight_decay, maximize):
+    """One step of ``fastcnn.optim.Adagrad`` on `param`, in place.
+
+    `state` holds ``step`` and ``sum`` already (the optimizer makes them at
+    construction, as PyTorch).
+    """
+    state["step"] += 1
+    clr = lr / (1 + (state["step"] - 1) * lr_decay)
+    kernel("adagrad_update")(_flat(param), _flat(grad), _flat(state["sum"]), clr, eps,
+                             weight_decay, maximize)
+
+
+def _rmsprop_step(param, grad, state, *, lr, alpha, eps, weight_decay, momentum, centered,
+                  maximize):
+    """One step of ``fastcnn.optim.RMSprop`` on `param`, in place.
+
+    `state` holds ``step``, ``square_avg`` (and ``momentum_buffer`` with
+    momentum > 0, ``grad_avg`` if `centered`), made on the first step.
+    """
+    if not state:
+        state.update(step=0, square_avg=np.zeros_like(param))
+        if momentum > 0:
+            state["momentum_buffer"] = np.zeros_like(param)
+        if centered:
+            state["grad_avg"] = np.zeros_like(param)
+    state["step"] += 1
+    grad_avg = _flat(state["grad_avg"]) if centered else _unused(param)
+    buf = _flat(state["momentum_buffer"]) if momentum > 0 else _unused(param)
+    kernel("rmsprop_update")(_flat(param), _flat(grad), _flat(state["square_avg"]), grad_avg,
+                             buf, lr, alpha, eps, weight_decay, momentum, centered, maximize)
+
+
+def _adadelta_step(param, grad, state, *, lr, rho, eps, weight_decay, maximize):
+    """One step of ``fastcnn.optim.Adadelta`` on `param`, in place.
+
+    `state` holds ``step``, ``square_avg`` and ``acc_delta``, made on the
+    first step.
+    """
+    if not state:
+        state.update(step=0, square_avg=np.zeros_like(param), acc_delta=np.zeros_like(param))
+    state["step"] += 1
+    kernel("adadelta_update")(_flat(param), _flat(grad), _flat(state["square_avg"]),
+                              _flat(state["acc_delta"]), lr, rho, eps, weight_decay, maximize)

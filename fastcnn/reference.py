@@ -40,6 +40,11 @@ __all__ = [
     "leaky_relu",
     "leaky_relu_backward",
     "softmax_cross_entropy",
+    "sgd_update",
+    "adam_update",
+    "adagrad_update",
+    "rmsprop_update",
+    "adadelta_update",
 ]
 
 
@@ -527,3 +532,142 @@ def softmax_cross_entropy(logits, labels, out):
     probs[rows, labels] -= 1
     np.divide(probs, n, out=out, casting="same_kind")
     return float(logits.dtype.type(loss)), out
+
+
+# ---------------------------------------------------------------------------
+# Optimizer updates: fastcnn.optim's NumPy code, one parameter at a time, in
+# place. Arrays are flat, of one dtype; a state array that the options
+# leave unused may be empty. Scalars are rounded to the dtype first (as
+# NumPy does with Python floats, which the optimizers pass).
+
+
+def _common_terms(param, grad, weight_decay, maximize):
+    """The gradient after ``fastcnn.optim.Optimizer.step``'s common terms."""
+    if maximize:
+        grad = -grad
+    if weight_decay != 0:
+        grad = grad + param.dtype.type(weight_decay) * param
+    return grad
+
+
+def sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov,
+               maximize, first_step):
+    """``fastcnn.optim.SGD``'s step; `first_step` starts the momentum buffer from the gradient.
+
+    Parameters
+    ----------
+    param, grad, momentum_buffer : ndarray, shape (n,), one dtype
+        `param` and the buffer (unused without momentum) are updated in place.
+    lr, momentum, dampening, weight_decay : float
+    nesterov, maximize, first_step : bool
+    """
+    t = param.dtype.type
+    grad = _common_terms(param, grad, weight_decay, maximize)
+    if momentum != 0:
+        if first_step:
+            momentum_buffer[...] = grad
+        else:
+            momentum_buffer *= t(momentum)
+            momentum_buffer += t(1 - dampening) * grad
+        grad = grad + t(momentum) * momentum_buffer if nesterov else momentum_buffer
+    param -= t(lr) * grad
+    return param
+
+
+def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, beta2, eps,
+                weight_decay, step_size, bias_correction2_sqrt, amsgrad, maximize):
+    """``fastcnn.optim.Adam``'s step, given its step size and bias correction.
+
+    Parameters
+    ----------
+    param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq : ndarray, shape (n,), one dtype
+        Updated in place but `grad`; `max_exp_avg_sq` only with `amsgrad`.
+    beta1, beta2, eps, weight_decay : float
+    step_size, bias_correction2_sqrt : float
+        ``lr / (1 - beta1**t)`` and ``sqrt(1 - beta2**t)`` at step t.
+    amsgrad, maximize : bool
+    """
+    t = param.dtype.type
+    grad = _common_terms(param, grad, weight_decay, maximize)
+    exp_avg += t(1 - beta1) * (grad - exp_avg)
+    exp_avg_sq *= t(beta2)
+    exp_avg_sq += t(1 - beta2) * grad * grad
+    if amsgrad:
+        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        second_moment = max_exp_avg_sq
+    else:
+        second_moment = exp_avg_sq
+    denom = np.sqrt(second_moment) / t(bias_correction2_sqrt) + t(eps)
+    param -= t(step_size) * (exp_avg / denom)
+    return param
+
+
+def adagrad_update(param, grad, state_sum, clr, eps, weight_decay, maximize):
+    """``fastcnn.optim.Adagrad``'s step with the decayed learning rate `clr`.
+
+    Parameters
+    ----------
+    param, grad, state_sum : ndarray, shape (n,), one dtype
+        `param` and the sum of squared gradients are updated in place.
+    clr, eps, weight_decay : float
+    maximize : bool
+    """
+    t = param.dtype.type
+    grad = _common_terms(param, grad, weight_decay, maximize)
+    state_sum += grad * grad
+    std = np.sqrt(state_sum) + t(eps)
+    param -= t(clr) * (grad / std)
+    return param
+
+
+def rmsprop_update(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps,
+                   weight_decay, momentum, centered, maximize):
+    """``fastcnn.optim.RMSprop``'s step.
+
+    Parameters
+    ----------
+    param, grad, square_avg, grad_avg, momentum_buffer : ndarray, shape (n,), one dtype
+        Updated in place but `grad`; `grad_avg` only if `centered`, the
+        buffer only with momentum > 0.
+    lr, alpha, eps, weight_decay, momentum : float
+    centered, maximize : bool
+    """
+    t = param.dtype.type
+    grad = _common_terms(param, grad, weight_decay, maximize)
+    square_avg *= t(alpha)
+    square_avg += t(1 - alpha) * grad * grad
+    if centered:
+        grad_avg += t(1 - alpha) * (grad - grad_avg)
+        avg = np.sqrt(square_avg - grad_avg * grad_avg)
+    else:
+        avg = np.sqrt(square_avg)
+    avg += t(eps)
+    if momentum > 0:
+        momentum_buffer *= t(momentum)
+        momentum_buffer += grad / avg
+        param -= t(lr) * momentum_buffer
+    else:
+        param -= t(lr) * (grad / avg)
+    return param
+
+
+def adadelta_update(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay, maximize):
+    """``fastcnn.optim.Adadelta``'s step.
+
+    Parameters
+    ----------
+    param, grad, square_avg, acc_delta : ndarray, shape (n,), one dtype
+        Updated in place but `grad`.
+    lr, rho, eps, weight_decay : float
+    maximize : bool
+    """
+    t = param.dtype.type
+    grad = _common_terms(param, grad, weight_decay, maximize)
+    square_avg *= t(rho)
+    square_avg += t(1 - rho) * grad * grad
+    std = np.sqrt(square_avg + t(eps))
+    delta = np.sqrt(acc_delta + t(eps)) / std * grad
+    acc_delta *= t(rho)
+    acc_delta += t(1 - rho) * delta * delta
+    param -= t(lr) * delta
+    return param

@@ -20,6 +20,9 @@ installed:
   within a few float32 ulps, 1e-12 in float64), NaN for the same rows
   (NaN or +inf logits, only -inf logits) and inf where the label's logit
   alone is -inf; and torch's ``cross_entropy``.
+* optimizer steps: every optimizer of ``fastcnn.optim`` with its options,
+  over many steps of random gradients, BITWISE equal to the optimizer's
+  NumPy update, parameters and state alike.
 
 Backends: the two kernel sets agree to rounding (sums in another order),
 exactly for the element-wise results given the same statistics (see
@@ -35,8 +38,8 @@ from strategies import FLOAT_DTYPES, make_values
 import fastcnn
 from fastcnn import _backend
 from fastcnn import functional as F
-from fastcnn import losses
-from fastcnn.layers import BatchNorm1D, BatchNorm2D, LeakyReLU, ReLU
+from fastcnn import losses, optim
+from fastcnn.layers import BatchNorm1D, BatchNorm2D, Dense, LeakyReLU, ReLU
 
 BACKENDS = ("cython", "numpy") if _backend.compiled_available() else ("numpy",)
 backends = pytest.mark.parametrize("backend", BACKENDS)
@@ -310,3 +313,71 @@ def test_softmax_cross_entropy_matches_torch(backend, dtype):
     eps = np.finfo(dtype).eps
     assert abs(loss - t_loss.item()) <= 8 * eps * max(abs(t_loss.item()), 1.0)
     np.testing.assert_allclose(dlogits, t_logits.grad.numpy(), rtol=0, atol=8 * eps / 33)
+
+
+# ---------------------------------------------------------------------------
+# Optimizer steps
+
+OPTIMIZERS = [  # (id, optimizer class, its options, the functional step)
+    ("sgd", optim.SGD, dict(lr=0.1), F._sgd_step),
+    ("sgd-momentum", optim.SGD, dict(lr=0.05, momentum=0.9, dampening=0.2, weight_decay=0.01),
+     F._sgd_step),
+    ("sgd-nesterov-max", optim.SGD, dict(lr=0.05, momentum=0.8, nesterov=True, maximize=True),
+     F._sgd_step),
+    ("adam", optim.Adam, dict(lr=0.01), F._adam_step),
+    ("adam-amsgrad-decay", optim.Adam, dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6,
+                                            weight_decay=0.1, amsgrad=True), F._adam_step),
+    ("adam-max", optim.Adam, dict(lr=0.01, maximize=True), F._adam_step),
+    ("adagrad", optim.Adagrad, dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1,
+                                    weight_decay=0.01), F._adagrad_step),
+    ("rmsprop", optim.RMSprop, dict(lr=0.01), F._rmsprop_step),
+    ("rmsprop-centered-momentum", optim.RMSprop, dict(lr=0.01, alpha=0.9, momentum=0.5,
+                                                      centered=True, weight_decay=0.01,
+                                                      maximize=True), F._rmsprop_step),
+    ("adadelta", optim.Adadelta, dict(lr=1.0, rho=0.8, weight_decay=0.01), F._adadelta_step),
+]
+
+
+def _step_options(opt):
+    """The functional step's keyword arguments for optimizer `opt`."""
+    names = {
+        optim.SGD: ("lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize"),
+        optim.Adam: ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"),
+        optim.Adagrad: ("lr", "lr_decay", "eps", "weight_decay", "maximize"),
+        optim.RMSprop: ("lr", "alpha", "eps", "weight_decay", "momentum", "centered",
+                        "maximize"),
+        optim.Adadelta: ("lr", "rho", "eps", "weight_decay", "maximize"),
+    }[type(opt)]
+    return {name: getattr(opt, name) for name in names}
+
+
+@backends
+@dtypes
+@pytest.mark.parametrize("cls, options, step", [p[1:] for p in OPTIMIZERS],
+                         ids=[p[0] for p in OPTIMIZERS])
+def test_optimizer_steps_equal_the_optimizers_bitwise(backend, dtype, cls, options, step):
+    rng = np.random.default_rng(12)
+    layer = Dense(33, 17, dtype=dtype, rng=3)
+    opt = cls([layer], **options)
+    kwargs = _step_options(opt)
+    params = {name: p.copy() for name, p in layer.params.items()}
+    # Adagrad's state exists from construction on, as in PyTorch
+    states = {name: {key: (v.copy() if isinstance(v, np.ndarray) else v)
+                     for key, v in opt.state[f"0.{name}"].items()} for name in params}
+    for _ in range(25):
+        for name, g in layer.grads.items():
+            g[...] = rng.standard_normal(g.shape) * rng.choice([1e-3, 1.0, 30.0])
+        grads = {name: g.copy() for name, g in layer.grads.items()}
+        opt.step()
+        with fastcnn.use_backend(backend):
+            for name in params:
+                step(params[name], grads[name], states[name], **kwargs)
+        for name, p in params.items():
+            assert p.tobytes() == layer.params[name].tobytes(), name
+            np.testing.assert_array_equal(grads[name], layer.grads[name])  # read only
+            expected = opt.state[f"0.{name}"]
+            assert states[name].keys() == expected.keys()
+            for key, value in expected.items():
+                got = states[name][key]
+                assert (got.tobytes() == value.tobytes() if isinstance(value, np.ndarray)
+                        else got == value), (name, key)

@@ -414,7 +414,8 @@ def test_registry_pairs_every_kernel():
         "avg_pool2d_backward", "conv2d_forward", "conv2d_backward", "linear_forward",
         "linear_backward", "batch_norm_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
         "batch_norm_backward_elemt", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
-        "softmax_cross_entropy",
+        "softmax_cross_entropy", "sgd_update", "adam_update", "adagrad_update", "rmsprop_update",
+        "adadelta_update",
     }
     for name in _backend.KERNEL_NAMES:
         compiled, reference = _backend.pair_of(name)
@@ -911,3 +912,62 @@ def test_kernel_softmax_cross_entropy(n, k, dtype, kind, seed, nt):
     numbers = ~np.isnan(out_r)
     np.testing.assert_allclose(out_c[numbers], out_r[numbers], rtol=0,
                                atol=4 * eps * (1 + 1 / n))
+
+
+@st.composite
+def optimizer_calls(draw):
+    """(kernel name, its state arrays' signs, the other arguments) of one
+    optimizer update, every option drawn. A state array is "+" where it
+    holds squares, "±" where it holds means or momenta."""
+    name = draw(st.sampled_from(["sgd_update", "adam_update", "adagrad_update",
+                                 "rmsprop_update", "adadelta_update"]))
+    rate = st.sampled_from([0.0, 1e-3, 0.1, 0.9, 0.999, 1.0, 1.7])
+    decay = st.sampled_from([0.0, 0.0, 1e-2, 0.3])
+    maximize = draw(st.booleans())
+    if name == "sgd_update":
+        momentum = draw(st.sampled_from([0.0, 0.9, 0.5]))
+        nesterov = momentum > 0 and draw(st.booleans())
+        dampening = 0.0 if nesterov else draw(st.sampled_from([0.0, 0.1]))
+        return name, "±", (draw(rate), momentum, dampening, draw(decay), nesterov, maximize,
+                           momentum > 0 and draw(st.booleans()))
+    if name == "adam_update":
+        step = draw(st.integers(1, 30))
+        beta1, beta2 = draw(st.sampled_from([0.9, 0.0, 0.5])), draw(st.sampled_from([0.999, 0.9]))
+        lr = draw(rate)
+        return name, "±++", (beta1, beta2, draw(st.sampled_from([1e-8, 1e-3])), draw(decay),
+                             lr / (1 - beta1**step), float(np.sqrt(1 - beta2**step)),
+                             draw(st.booleans()), maximize)
+    if name == "adagrad_update":
+        return name, "+", (draw(rate), draw(st.sampled_from([1e-10, 1e-3])), draw(decay),
+                           maximize)
+    if name == "rmsprop_update":
+        return name, "+±±", (draw(rate), draw(st.sampled_from([0.99, 0.5])),
+                             draw(st.sampled_from([1e-8, 1e-2])), draw(decay),
+                             draw(st.sampled_from([0.0, 0.9])), draw(st.booleans()), maximize)
+    return name, "++", (draw(rate), draw(st.sampled_from([0.9, 0.5])),
+                        draw(st.sampled_from([1e-6, 1e-2])), draw(decay), maximize)
+
+
+@hsettings(300)
+@given(call=optimizer_calls(), n=st.sampled_from([0, 1, 2, 7, 100, 16385, 40000]), dtype=dtypes,
+       kind=st.sampled_from(["normal", "normal", "ties", "special", "zeros"]), seed=seeds,
+       nt=threads)
+def test_kernel_optimizer_updates(call, n, dtype, kind, seed, nt):
+    # fastcnn.optim's operations in its order, each rounded to the dtype:
+    # exact, parameter and every state array, NaN and the sign of zeros
+    # included (also for inf and NaN gradients).
+    name, signs, options = call
+    compiled, reference = _pair(name)
+    rng = np.random.default_rng(seed)
+    param = make_values(rng, (n,), dtype, "normal")
+    grad = make_values(rng, (n,), dtype, kind)
+    states = [make_values(rng, (n,), dtype, "normal") for _ in signs]
+    states = [a if sign == "±" else np.abs(a) for a, sign in zip(states, signs)]
+    arrays_c = [param.copy(), grad.copy()] + [a.copy() for a in states]
+    arrays_r = [param.copy(), grad.copy()] + [a.copy() for a in states]
+    assert compiled(*arrays_c, *options, nt) is arrays_c[0]
+    with np.errstate(all="ignore"):
+        assert reference(*arrays_r, *options) is arrays_r[0]
+    _assert_same(arrays_c[1], grad)  # the gradient is read only
+    for got, expected in zip(arrays_c, arrays_r):
+        _assert_same(got, expected)

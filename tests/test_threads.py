@@ -564,6 +564,7 @@ def test_dispatch_really_switches(monkeypatch, name):
     spy = _Spy(getattr(fastcnn.reference, name))
     monkeypatch.setattr(fastcnn.reference, name, spy)
     x = np.random.default_rng(0).standard_normal((2, 3, 6, 6))
+    w = x[0, 0].copy()  # a parameter, updated in place
     op = {
         "im2col": lambda: F.im2col(x, 2),
         "col2im": lambda: F.col2im(np.ones((2, 12, 25)), 6, 2),
@@ -586,6 +587,18 @@ def test_dispatch_really_switches(monkeypatch, name):
         "leaky_relu": lambda: F._leaky_relu(x, 0.1),
         "leaky_relu_backward": lambda: F._leaky_relu_backward(x, x, 0.1),
         "softmax_cross_entropy": lambda: F._softmax_cross_entropy(x.reshape(2, -1), np.array([0, 2])),
+        "sgd_update": lambda: F._sgd_step(w, w, {}, lr=0.1, momentum=0.9, dampening=0.0,
+                                          nesterov=False, weight_decay=0.0, maximize=False),
+        "adam_update": lambda: F._adam_step(w, w, {}, lr=0.1, betas=(0.9, 0.99), eps=1e-8,
+                                            weight_decay=0.0, amsgrad=True, maximize=False),
+        "adagrad_update": lambda: F._adagrad_step(w, w, {"step": 0, "sum": np.zeros_like(w)},
+                                                  lr=0.1, lr_decay=0.0, eps=1e-10,
+                                                  weight_decay=0.0, maximize=False),
+        "rmsprop_update": lambda: F._rmsprop_step(w, w, {}, lr=0.1, alpha=0.9, eps=1e-8,
+                                                  weight_decay=0.0, momentum=0.5, centered=True,
+                                                  maximize=False),
+        "adadelta_update": lambda: F._adadelta_step(w, w, {}, lr=1.0, rho=0.9, eps=1e-6,
+                                                    weight_decay=0.0, maximize=False),
     }[name]
     with fastcnn.use_backend("numpy"):
         op()
@@ -658,6 +671,14 @@ def _run_layer_kernels(shape, dtype, nt):
     labels = rng.integers(0, logits.shape[1], size=shape[0])
     loss, dlogits = k["softmax_cross_entropy"](logits, labels, np.empty_like(logits), nt)
     outs += [np.array(loss), dlogits]
+    param, grad = flat_x.copy(), flat_dout
+    states = [np.abs(flat_x) for _ in range(3)]
+    k["sgd_update"](param, grad, states[0], 0.1, 0.9, 0.1, 0.01, False, True, False, nt)
+    k["adam_update"](param, grad, *states, 0.9, 0.999, 1e-8, 0.01, 0.02, 0.5, True, False, nt)
+    k["adagrad_update"](param, grad, states[0], 0.1, 1e-10, 0.0, False, nt)
+    k["rmsprop_update"](param, grad, *states, 0.01, 0.99, 1e-8, 0.01, 0.9, True, False, nt)
+    k["adadelta_update"](param, grad, *states[:2], 1.0, 0.9, 1e-6, 0.01, True, nt)
+    outs += [param, *states]
     return outs
 
 
