@@ -184,33 +184,57 @@ def adagrad_update(
     return param.base
 
 
+cdef inline void _rmsprop_cell(floating* param, const floating* grad, floating* square_avg,
+                               floating* grad_avg, floating* buf, Py_ssize_t i, floating lr,
+                               floating alpha, floating keep, floating eps, floating momentum,
+                               floating decay_rate, bint decay, bint use_momentum,
+                               bint centered, bint maximize) noexcept nogil:
+    cdef floating g, sq, ga, avg, b
+    g = _grad(grad[i], param[i], maximize, decay_rate, decay)
+    sq = square_avg[i] * alpha
+    sq = sq + keep * g * g
+    square_avg[i] = sq
+    if centered:
+        ga = grad_avg[i]
+        ga = ga + keep * (g - ga)
+        grad_avg[i] = ga
+        avg = _sqrt(sq - ga * ga)
+    else:
+        avg = _sqrt(sq)
+    avg = avg + eps
+    if use_momentum:
+        b = buf[i] * momentum
+        b = b + g / avg
+        buf[i] = b
+        param[i] = param[i] - lr * b
+    else:
+        param[i] = param[i] - lr * (g / avg)
+
+
 cdef void _rmsprop(floating* param, const floating* grad, floating* square_avg,
                    floating* grad_avg, floating* buf, Py_ssize_t lo, Py_ssize_t hi,
                    floating lr, floating alpha, floating keep, floating eps, floating momentum,
                    floating decay_rate, bint decay, bint use_momentum, bint centered,
                    bint maximize) noexcept nogil:
+    # One loop per choice of the optional state arrays, which the compiler
+    # would otherwise not take out of the loop (nor vectorise it).
     cdef Py_ssize_t i
-    cdef floating g, sq, ga, avg, b
-    for i in range(lo, hi):
-        g = _grad(grad[i], param[i], maximize, decay_rate, decay)
-        sq = square_avg[i] * alpha
-        sq = sq + keep * g * g
-        square_avg[i] = sq
-        if centered:
-            ga = grad_avg[i]
-            ga = ga + keep * (g - ga)
-            grad_avg[i] = ga
-            avg = _sqrt(sq - ga * ga)
-        else:
-            avg = _sqrt(sq)
-        avg = avg + eps
-        if use_momentum:
-            b = buf[i] * momentum
-            b = b + g / avg
-            buf[i] = b
-            param[i] = param[i] - lr * b
-        else:
-            param[i] = param[i] - lr * (g / avg)
+    if centered and use_momentum:
+        for i in range(lo, hi):
+            _rmsprop_cell(param, grad, square_avg, grad_avg, buf, i, lr, alpha, keep, eps,
+                          momentum, decay_rate, decay, True, True, maximize)
+    elif centered:
+        for i in range(lo, hi):
+            _rmsprop_cell(param, grad, square_avg, grad_avg, buf, i, lr, alpha, keep, eps,
+                          momentum, decay_rate, decay, False, True, maximize)
+    elif use_momentum:
+        for i in range(lo, hi):
+            _rmsprop_cell(param, grad, square_avg, grad_avg, buf, i, lr, alpha, keep, eps,
+                          momentum, decay_rate, decay, True, False, maximize)
+    else:
+        for i in range(lo, hi):
+            _rmsprop_cell(param, grad, square_avg, grad_avg, buf, i, lr, alpha, keep, eps,
+                          momentum, decay_rate, decay, False, False, maximize)
 
 
 def rmsprop_update(

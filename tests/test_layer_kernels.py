@@ -24,6 +24,9 @@ installed:
   over many steps of random gradients, BITWISE equal to the optimizer's
   NumPy update, parameters and state alike.
 
+Every entry point reaches its twin under the "numpy" backend and only the
+compiled kernel under "cython" (test_threads.py, test_dispatch_really_switches).
+
 Backends: the two kernel sets agree to rounding (sums in another order),
 exactly for the element-wise results given the same statistics (see
 test_parity.py); here both run every case.
