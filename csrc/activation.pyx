@@ -1,18 +1,28 @@
 # Compiler directives (bounds checks off unless FASTCNN_DEBUG) are set in setup.py.
 """Compiled activations, forward and backward, on flat C-contiguous arrays.
 
-Python twins: ``fastcnn.reference.relu``, ``relu_backward``, ``leaky_relu``
-and ``leaky_relu_backward``. Any shape is passed flattened. Cells are
-computed independently in blocks (``blocks.pxd``); each select picks
-between values already loaded (or constants), so that the compiler
-vectorises it instead of branching on the data (it will not speculate a
-load or a product that a branch may skip). Each cell's value is the twin's, bit for bit. A slope given as a
+Python twins: ``fastcnn.reference.relu``, ``relu_backward``, ``leaky_relu``,
+``leaky_relu_backward``, ``sigmoid``, ``sigmoid_backward``, ``tanh``,
+``tanh_backward``, ``elu`` and ``elu_backward``. Any shape is passed
+flattened. Cells are computed independently in blocks (``blocks.pxd``);
+each select picks between values already loaded (or constants), so that
+the compiler vectorises it instead of branching on the data (it will not
+speculate a load or a product that a branch may skip). A scalar given as a
 double is first rounded to the arrays' dtype, as NumPy does with a Python
-float.
+float, and constants are typed: Cython writes a literal 1 as the double
+1.0, which would carry float32 arithmetic into double.
+
+Each cell's value is the twin's, bit for bit, but where a transcendental
+function is involved: sigmoid, tanh and elu call the C library's exp,
+tanh and expm1 in the arrays' dtype, which NumPy's own vectorised
+functions match only to an ulp or three (SciPy's expit, the sigmoid twin,
+calls the C library too). The backward passes of sigmoid and tanh work
+from the forward's output and are exact.
 """
 
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport exp, expf, expm1, expm1f, tanh as c_tanh, tanhf
 
 from blocks cimport BLOCK, block_count, block_size
 
@@ -64,10 +74,10 @@ def relu_backward(const floating[::1] dout, const floating[::1] x, floating[::1]
 cdef void _leaky_relu(const floating* x, floating slope, floating* out,
                       Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
-    cdef floating v
+    cdef floating v, one = 1
     for i in range(n):
         v = x[i]
-        out[i] = v * (1 if v > 0 else slope)  # v * 1 is v
+        out[i] = v * (one if v > 0 else slope)  # v * 1 is v
 
 
 def leaky_relu(const floating[::1] x, double negative_slope, floating[::1] out not None,
@@ -87,11 +97,11 @@ def leaky_relu(const floating[::1] x, double negative_slope, floating[::1] out n
 cdef void _leaky_relu_backward(const floating* dout, const floating* x, floating slope,
                                floating* out, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
-    cdef floating g, v
+    cdef floating g, v, one = 1
     for i in range(n):
         g = dout[i]
         v = x[i]
-        out[i] = g * (1 if v > 0 else slope)
+        out[i] = g * (one if v > 0 else slope)
 
 
 def leaky_relu_backward(const floating[::1] dout, const floating[::1] x, double negative_slope,
@@ -106,4 +116,148 @@ def leaky_relu_backward(const floating[::1] dout, const floating[::1] x, double 
         for b in prange(block_count(n), schedule="static", num_threads=num_threads):
             _leaky_relu_backward(&dout[b * BLOCK], &x[b * BLOCK], slope, &out[b * BLOCK],
                                  block_size(n, b))
+    return out.base
+
+
+cdef inline floating _exp(floating v) noexcept nogil:
+    if floating is float:
+        return expf(v)
+    else:
+        return exp(v)
+
+
+cdef void _sigmoid(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating one = 1
+    for i in range(n):
+        # exp(-x) = inf for very negative x gives 1 / inf = 0: no overflow
+        out[i] = one / (one + _exp(-x[i]))
+
+
+def sigmoid(const floating[::1] x, floating[::1] out not None, int num_threads):
+    """sigmoid(x, out, num_threads) -> out
+
+    ``out = 1 / (1 + exp(-x))``, as ``scipy.special.expit``.
+    """
+    cdef Py_ssize_t n = x.shape[0], b
+    with nogil:
+        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
+            _sigmoid(&x[b * BLOCK], &out[b * BLOCK], block_size(n, b))
+    return out.base
+
+
+cdef void _sigmoid_backward(const floating* dout, const floating* y, floating* out,
+                            Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating one = 1
+    for i in range(n):
+        out[i] = dout[i] * y[i] * (one - y[i])
+
+
+def sigmoid_backward(const floating[::1] dout, const floating[::1] y, floating[::1] out not None,
+                     int num_threads):
+    """sigmoid_backward(dout, y, out, num_threads) -> out
+
+    ``out = dout * y * (1 - y)`` for the forward's output y.
+    """
+    cdef Py_ssize_t n = y.shape[0], b
+    with nogil:
+        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
+            _sigmoid_backward(&dout[b * BLOCK], &y[b * BLOCK], &out[b * BLOCK], block_size(n, b))
+    return out.base
+
+
+cdef void _tanh(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if floating is float:
+            out[i] = tanhf(x[i])
+        else:
+            out[i] = c_tanh(x[i])
+
+
+def tanh(const floating[::1] x, floating[::1] out not None, int num_threads):
+    """tanh(x, out, num_threads) -> out"""
+    cdef Py_ssize_t n = x.shape[0], b
+    with nogil:
+        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
+            _tanh(&x[b * BLOCK], &out[b * BLOCK], block_size(n, b))
+    return out.base
+
+
+cdef void _tanh_backward(const floating* dout, const floating* y, floating* out,
+                         Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating one = 1
+    for i in range(n):
+        out[i] = dout[i] * (one - y[i] * y[i])
+
+
+def tanh_backward(const floating[::1] dout, const floating[::1] y, floating[::1] out not None,
+                  int num_threads):
+    """tanh_backward(dout, y, out, num_threads) -> out
+
+    ``out = dout * (1 - y * y)`` for the forward's output y.
+    """
+    cdef Py_ssize_t n = y.shape[0], b
+    with nogil:
+        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
+            _tanh_backward(&dout[b * BLOCK], &y[b * BLOCK], &out[b * BLOCK], block_size(n, b))
+    return out.base
+
+
+cdef inline floating _negative_part(floating v) noexcept nogil:
+    """min(v, 0), NaN kept (the exponentials below then give NaN)."""
+    return 0 if v > 0 else v
+
+
+cdef void _elu(const floating* x, floating alpha, floating scale, floating* out,
+               Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating v, e
+    for i in range(n):
+        v = x[i]
+        if floating is float:
+            e = expm1f(_negative_part(v))
+        else:
+            e = expm1(_negative_part(v))
+        out[i] = scale * (v if v > 0 else alpha * e)
+
+
+def elu(const floating[::1] x, double alpha, double scale, floating[::1] out not None,
+        int num_threads):
+    """elu(x, alpha, scale, out, num_threads) -> out
+
+    ``out = scale * (x where x > 0, else alpha * expm1(x))``: ELU with
+    scale 1, SELU with its constants.
+    """
+    cdef Py_ssize_t n = x.shape[0], b
+    with nogil:
+        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
+            _elu(&x[b * BLOCK], <floating> alpha, <floating> scale, &out[b * BLOCK],
+                 block_size(n, b))
+    return out.base
+
+
+cdef void _elu_backward(const floating* dout, const floating* x, floating alpha,
+                        floating scale, floating* out, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating v, e, one = 1
+    for i in range(n):
+        v = x[i]
+        e = _exp(_negative_part(v))
+        out[i] = dout[i] * (scale * (one if v > 0 else alpha * e))
+
+
+def elu_backward(const floating[::1] dout, const floating[::1] x, double alpha, double scale,
+                 floating[::1] out not None, int num_threads):
+    """elu_backward(dout, x, alpha, scale, out, num_threads) -> out
+
+    ``out = dout * scale * (1 where x > 0, else alpha * exp(x))``.
+    """
+    cdef Py_ssize_t n = x.shape[0], b
+    with nogil:
+        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
+            _elu_backward(&dout[b * BLOCK], &x[b * BLOCK], <floating> alpha, <floating> scale,
+                          &out[b * BLOCK], block_size(n, b))
     return out.base

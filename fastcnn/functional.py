@@ -575,6 +575,37 @@ def _leaky_relu_backward(dout, x, negative_slope):
     return _flat_apply("leaky_relu_backward", dout, dout, x, negative_slope)
 
 
+def _sigmoid(x):
+    """``1 / (1 + exp(-x))`` as ``scipy.special.expit`` (never overflows); any shape."""
+    return _flat_apply("sigmoid", x, x)
+
+
+def _sigmoid_backward(dout, y):
+    """dx of :func:`_sigmoid` from its output `y`: ``dout * y * (1 - y)``."""
+    return _flat_apply("sigmoid_backward", dout, dout, y)
+
+
+def _tanh(x):
+    """``tanh(x)``; any shape."""
+    return _flat_apply("tanh", x, x)
+
+
+def _tanh_backward(dout, y):
+    """dx of :func:`_tanh` from its output `y`: ``dout * (1 - y * y)``."""
+    return _flat_apply("tanh_backward", dout, dout, y)
+
+
+def _elu(x, alpha, scale=1.0):
+    """``scale * (x where x > 0, else alpha * expm1(x))``: ``F.elu``, or ``F.selu``
+    with SELU's alpha and scale; any shape."""
+    return _flat_apply("elu", x, x, alpha, scale)
+
+
+def _elu_backward(dout, x, alpha, scale=1.0):
+    """dx of :func:`_elu`: ``dout * scale * (1 where x > 0, else alpha * exp(x))``."""
+    return _flat_apply("elu_backward", dout, dout, x, alpha, scale)
+
+
 def _softmax_cross_entropy(logits, labels):
     """Mean cross-entropy of softmax(logits) against labels, and its gradient.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+from scipy.special import expit
 
 __all__ = [
     "im2col",
@@ -39,6 +40,12 @@ __all__ = [
     "relu_backward",
     "leaky_relu",
     "leaky_relu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "tanh",
+    "tanh_backward",
+    "elu",
+    "elu_backward",
     "softmax_cross_entropy",
     "sgd_update",
     "adam_update",
@@ -493,6 +500,84 @@ def leaky_relu_backward(dout, x, negative_slope, out):
     out : ndarray, shape (n,), dtype of `x`
     """
     out[...] = np.where(x > 0, dout, dout * x.dtype.type(negative_slope))
+    return out
+
+
+def sigmoid(x, out):
+    """``out = 1 / (1 + exp(-x))`` by ``scipy.special.expit`` (never overflows).
+
+    Parameters
+    ----------
+    x : ndarray, shape (n,)
+    out : ndarray, shape (n,), dtype of `x`
+    """
+    return expit(x, out=out)
+
+
+def sigmoid_backward(dout, y, out):
+    """``out = dout * y * (1 - y)`` for the forward's output `y`.
+
+    Parameters
+    ----------
+    dout, y : ndarray, shape (n,), one dtype
+    out : ndarray, shape (n,), dtype of `y`
+    """
+    out[...] = dout * y * (1 - y)
+    return out
+
+
+def tanh(x, out):
+    """``out = tanh(x)`` (NumPy's; the compiled kernel's is the C library's).
+
+    Parameters
+    ----------
+    x : ndarray, shape (n,)
+    out : ndarray, shape (n,), dtype of `x`
+    """
+    return np.tanh(x, out=out)
+
+
+def tanh_backward(dout, y, out):
+    """``out = dout * (1 - y * y)`` for the forward's output `y`.
+
+    Parameters
+    ----------
+    dout, y : ndarray, shape (n,), one dtype
+    out : ndarray, shape (n,), dtype of `y`
+    """
+    out[...] = dout * (1 - y * y)
+    return out
+
+
+def elu(x, alpha, scale, out):
+    """``out = scale * (x where x > 0, else alpha * expm1(x))`` (SELU: its constants).
+
+    Parameters
+    ----------
+    x : ndarray, shape (n,)
+    alpha, scale : float
+    out : ndarray, shape (n,), dtype of `x`
+    """
+    t = x.dtype.type
+    # expm1 of min(x, 0) (NaN kept): no overflow in the branch not taken
+    negative_part = np.where(x > 0, 0, x)
+    out[...] = t(scale) * np.where(x > 0, x, t(alpha) * np.expm1(negative_part))
+    return out
+
+
+def elu_backward(dout, x, alpha, scale, out):
+    """``out = dout * scale * (1 where x > 0, else alpha * exp(x))``.
+
+    Parameters
+    ----------
+    dout, x : ndarray, shape (n,), one dtype
+        `x` is the forward's input.
+    alpha, scale : float
+    out : ndarray, shape (n,), dtype of `x`
+    """
+    t = x.dtype.type
+    negative_part = np.where(x > 0, 0, x)
+    out[...] = dout * (t(scale) * np.where(x > 0, 1, t(alpha) * np.exp(negative_part)))
     return out
 
 

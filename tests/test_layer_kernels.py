@@ -14,7 +14,11 @@ installed:
 * activations: ReLU and LeakyReLU forward and backward equal to the layers
   bit for bit on data the layers handle alike (the ReLU layer multiplies
   dout by the mask, so it differs where dout is inf or NaN: the kernels
-  give 0 there, as torch does), and equal to torch.
+  give 0 there, as torch does), and equal to torch. Sigmoid, Tanh, ELU and
+  SELU within a few ulps of the layers and of torch (exp, expm1 and tanh
+  come from the C library here, from NumPy or SLEEF there); their backward
+  passes equal the layers' bit for bit given the same forward output
+  (sigmoid, tanh) or input (elu: within ulps, exp again).
 * softmax cross-entropy: the loss and the gradient of
   ``fastcnn.losses.softmax_cross_entropy`` (which sums in the logits' dtype:
   within a few float32 ulps, 1e-12 in float64), NaN for the same rows
@@ -42,7 +46,17 @@ import fastcnn
 from fastcnn import _backend
 from fastcnn import functional as F
 from fastcnn import losses, optim
-from fastcnn.layers import BatchNorm1D, BatchNorm2D, Dense, LeakyReLU, ReLU
+from fastcnn.layers import (
+    ELU,
+    SELU,
+    BatchNorm1D,
+    BatchNorm2D,
+    Dense,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
 
 BACKENDS = ("cython", "numpy") if _backend.compiled_available() else ("numpy",)
 backends = pytest.mark.parametrize("backend", BACKENDS)
@@ -253,6 +267,66 @@ def test_activations_match_torch(backend, dtype, layer, forward, backward):
     t_out.backward(torch.tensor(dout))
     np.testing.assert_array_equal(out, t_out.detach().numpy(), strict=True)
     np.testing.assert_array_equal(dx, tx.grad.numpy(), strict=True)
+
+
+SMOOTH = [  # (layer, forward, backward from (dout, x, y), torch module, ulps of dx)
+    pytest.param(Sigmoid(), F._sigmoid, lambda d, x, y: F._sigmoid_backward(d, y),
+                 lambda nn: nn.Sigmoid(), 0, id="sigmoid"),
+    pytest.param(Tanh(), F._tanh, lambda d, x, y: F._tanh_backward(d, y),
+                 lambda nn: nn.Tanh(), 0, id="tanh"),
+    pytest.param(ELU(0.7), lambda x: F._elu(x, 0.7), lambda d, x, y: F._elu_backward(d, x, 0.7),
+                 lambda nn: nn.ELU(0.7), 8, id="elu"),
+    pytest.param(SELU(), lambda x: F._elu(x, SELU.ALPHA, SELU.SCALE),
+                 lambda d, x, y: F._elu_backward(d, x, SELU.ALPHA, SELU.SCALE),
+                 lambda nn: nn.SELU(), 8, id="selu"),
+]
+
+
+def _within_ulps(got, expected, dtype, ulps):
+    assert got.dtype == expected.dtype == dtype and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=ulps * np.finfo(dtype).eps, atol=0)
+
+
+@backends
+@dtypes
+@pytest.mark.parametrize("layer, forward, backward, module, ulps", SMOOTH)
+def test_smooth_activations_match_the_layers(backend, dtype, layer, forward, backward, module,
+                                             ulps):
+    x, dout = _activation_data(dtype)
+    x = x * 8  # saturation on both sides
+    with fastcnn.use_backend(backend):
+        out = forward(x)
+        expected_out = layer.forward(x)
+        # given the layer's own output, the backward is the layer's
+        dx = backward(dout, x, expected_out)
+    expected_dx = layer.backward(dout)
+    _within_ulps(out, expected_out, dtype, 4)
+    _within_ulps(dx, expected_dx, dtype, ulps)
+
+
+@backends
+@dtypes
+@pytest.mark.parametrize("layer, forward, backward, module, ulps", SMOOTH)
+def test_smooth_activations_match_torch(backend, dtype, layer, forward, backward, module, ulps):
+    torch = pytest.importorskip("torch")
+    x, dout = _activation_data(dtype)
+    x = x * 8
+    with fastcnn.use_backend(backend):
+        out = forward(x)
+        dx = backward(dout, x, out)
+    tx = torch.tensor(x, requires_grad=True)
+    t_out = module(torch.nn)(tx)
+    t_out.backward(torch.tensor(dout))
+    # torch's own exp and tanh (SLEEF): a few ulps. dx comes from our output
+    # in place of torch's: an ulp of y (at most 1) moves the derivative
+    # (1 - y * y, y * (1 - y)) by a few ulps of 1, times dout.
+    _within_ulps(out, t_out.detach().numpy(), dtype, 4)
+    expected_dx = tx.grad.numpy()
+    eps = np.finfo(dtype).eps
+    numbers = ~np.isnan(expected_dx)
+    np.testing.assert_array_equal(np.isnan(dx), ~numbers)
+    assert np.all(np.abs(dx - expected_dx)[numbers]
+                  <= 16 * eps * (np.abs(expected_dx) + 4 * np.abs(dout))[numbers])
 
 
 # ---------------------------------------------------------------------------

@@ -599,6 +599,12 @@ def test_dispatch_really_switches(monkeypatch, name):
                                                   maximize=False),
         "adadelta_update": lambda: F._adadelta_step(w, w, {}, lr=1.0, rho=0.9, eps=1e-6,
                                                     weight_decay=0.0, maximize=False),
+        "sigmoid": lambda: F._sigmoid(x),
+        "sigmoid_backward": lambda: F._sigmoid_backward(x, x),
+        "tanh": lambda: F._tanh(x),
+        "tanh_backward": lambda: F._tanh_backward(x, x),
+        "elu": lambda: F._elu(x, 1.0),
+        "elu_backward": lambda: F._elu_backward(x, x, 1.0),
     }[name]
     with fastcnn.use_backend("numpy"):
         op()
@@ -666,7 +672,12 @@ def _run_layer_kernels(shape, dtype, nt):
     outs += [k["relu"](flat_x, out.copy(), nt),
              k["relu_backward"](flat_dout, flat_x, out.copy(), nt),
              k["leaky_relu"](flat_x, 0.1, out.copy(), nt),
-             k["leaky_relu_backward"](flat_dout, flat_x, 0.1, out.copy(), nt)]
+             k["leaky_relu_backward"](flat_dout, flat_x, 0.1, out.copy(), nt),
+             k["sigmoid"](flat_x, out.copy(), nt), k["tanh"](flat_x, out.copy(), nt),
+             k["sigmoid_backward"](flat_dout, flat_x, out.copy(), nt),
+             k["tanh_backward"](flat_dout, flat_x, out.copy(), nt),
+             k["elu"](flat_x, 1.5, 1.1, out.copy(), nt),
+             k["elu_backward"](flat_dout, flat_x, 1.5, 1.1, out.copy(), nt)]
     logits = x.reshape(shape[0], -1)[:, :37] - 100
     labels = rng.integers(0, logits.shape[1], size=shape[0])
     loss, dlogits = k["softmax_cross_entropy"](logits, labels, np.empty_like(logits), nt)
