@@ -4,12 +4,15 @@ Each function has the same name, arguments and results as its compiled twin
 in ``fastcnn._kernels`` (see :mod:`fastcnn._backend`). Inputs are already
 validated by :mod:`fastcnn._validation`: C-contiguous float32/float64 arrays,
 int64 indices and a consistent geometry. Every function fills the `out`
-array it is given and returns it.
+array it is given (or updates its arguments in place, for the optimizers)
+and returns it.
 
 The code favours clarity over speed, but never loops over pixels in Python:
 it loops over the ``kh * kw`` kernel offsets at most. Where floating-point
 sums are involved, the additions happen in the same order as in the compiled
-kernels, so that both sets give bitwise-identical results.
+kernels, so that both sets give bitwise-identical results; the exceptions
+say so (the GEMM drivers, the batch-norm and loss reductions, and the
+activations that call exp or tanh, which agree to rounding).
 
 Geometry arguments: kernel ``(kh, kw)``, stride ``(sh, sw)``, top/left
 padding ``(ph, pw)``, dilation ``(dh, dw)`` and output size ``(oh, ow)``.
@@ -363,6 +366,8 @@ def linear_backward(dout, x, weight, chunk, dx, dweight_parts, dbias_parts):
         np.matmul(dout[rows].T, x[rows], out=dweight_parts[p])
         dout[rows].sum(axis=0, out=dbias_parts[p])
     return dx
+
+
 # ---------------------------------------------------------------------------
 # Batch normalisation of (N, C, L) arrays (L = H*W, or 1 for (N, C)).
 # Per-channel statistics and sums are float64 whatever the data's dtype; the
