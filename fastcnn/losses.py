@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import functional as F
 from ._validation import as_float_array, check_same_dtype
 
 __all__ = ["softmax_cross_entropy", "mse"]
@@ -53,15 +54,8 @@ def softmax_cross_entropy(logits, labels) -> tuple[float, np.ndarray]:
         raise ValueError(
             f"labels must lie in [0, K) = [0, {k}), got values in [{labels.min()}, {labels.max()}]"
         )
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_sum = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    log_probs = shifted - log_sum
-    rows = np.arange(n)
-    loss = -float(np.mean(log_probs[rows, labels]))
-    dlogits = np.exp(log_probs)
-    dlogits[rows, labels] -= 1
-    dlogits /= n
-    return loss, dlogits
+    loss, dlogits = F._softmax_cross_entropy(logits, labels)
+    return float(loss), dlogits
 
 
 def mse(pred, target) -> tuple[float, np.ndarray]:

@@ -7,17 +7,18 @@ place. Per-parameter state (``optimizer.state["0.weight"]``, keyed by the
 dotted names of :meth:`fastcnn.layers.Layer.named_parameters`) uses
 PyTorch's names (``momentum_buffer``, ``exp_avg``, ...). Every step follows
 the single-tensor (``foreach=False``) code path of the installed PyTorch
-line by line, so results agree with it to rounding. :func:`clip_grad_norm_`
+line by line, so results agree with it to rounding; each parameter's update
+is one kernel call (:mod:`fastcnn.functional`'s ``_*_step``), weight decay
+and ``maximize`` included. :func:`clip_grad_norm_`
 and :func:`clip_grad_value_` rescale or clamp the gradients before a step,
 as ``torch.nn.utils`` does.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from . import functional as F
 from ._validation import flag, real
 from .layers.base import _dotted, _named_arrays, _named_modules
 
@@ -95,15 +96,15 @@ class Optimizer:
         """Update every parameter in place from its current gradient."""
         self._check_arrays()
         for key, param, grad in self._params:
-            if self.maximize:
-                grad = -grad
-            if self.weight_decay != 0:
-                grad = grad + self.weight_decay * param
             self._update(param, grad, self.state[key])
 
     def _update(self, param: np.ndarray, grad: np.ndarray, state: dict) -> None:
-        """Apply one step to `param` in place; `grad` must not be modified."""
+        """Apply one step to `param` in place from its raw gradient (weight
+        decay and ``maximize`` included); `grad` must not be modified."""
         raise NotImplementedError
+
+    def _common(self) -> dict:
+        return dict(lr=self.lr, weight_decay=self.weight_decay, maximize=self.maximize)
 
 
 class SGD(Optimizer):
@@ -138,15 +139,8 @@ class SGD(Optimizer):
             )
 
     def _update(self, param, grad, state):
-        if self.momentum != 0:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = grad.copy()
-            else:
-                buf *= self.momentum
-                buf += (1 - self.dampening) * grad
-            grad = grad + self.momentum * buf if self.nesterov else buf
-        param -= self.lr * grad
+        F._sgd_step(param, grad, state, momentum=self.momentum, dampening=self.dampening,
+                    nesterov=self.nesterov, **self._common())
 
 
 class Adagrad(Optimizer):
@@ -187,11 +181,7 @@ class Adagrad(Optimizer):
             self.state[key].update(step=0, sum=np.full_like(param, self.initial_accumulator_value))
 
     def _update(self, param, grad, state):
-        state["step"] += 1
-        clr = self.lr / (1 + (state["step"] - 1) * self.lr_decay)
-        state["sum"] += grad * grad
-        std = np.sqrt(state["sum"]) + self.eps
-        param -= clr * (grad / std)
+        F._adagrad_step(param, grad, state, lr_decay=self.lr_decay, eps=self.eps, **self._common())
 
 
 class Adadelta(Optimizer):
@@ -215,17 +205,7 @@ class Adadelta(Optimizer):
         self.eps = real(eps, "eps", low=0)
 
     def _update(self, param, grad, state):
-        if not state:
-            state.update(step=0, square_avg=np.zeros_like(param), acc_delta=np.zeros_like(param))
-        state["step"] += 1
-        rho, square_avg, acc_delta = self.rho, state["square_avg"], state["acc_delta"]
-        square_avg *= rho
-        square_avg += (1 - rho) * grad * grad
-        std = np.sqrt(square_avg + self.eps)
-        delta = np.sqrt(acc_delta + self.eps) / std * grad
-        acc_delta *= rho
-        acc_delta += (1 - rho) * delta * delta
-        param -= self.lr * delta
+        F._adadelta_step(param, grad, state, rho=self.rho, eps=self.eps, **self._common())
 
 
 class RMSprop(Optimizer):
@@ -265,30 +245,8 @@ class RMSprop(Optimizer):
         self.centered = flag(centered, "centered")
 
     def _update(self, param, grad, state):
-        if not state:
-            state.update(step=0, square_avg=np.zeros_like(param))
-            if self.momentum > 0:
-                state["momentum_buffer"] = np.zeros_like(param)
-            if self.centered:
-                state["grad_avg"] = np.zeros_like(param)
-        state["step"] += 1
-        alpha, square_avg = self.alpha, state["square_avg"]
-        square_avg *= alpha
-        square_avg += (1 - alpha) * grad * grad
-        if self.centered:
-            grad_avg = state["grad_avg"]
-            grad_avg += (1 - alpha) * (grad - grad_avg)
-            avg = np.sqrt(square_avg - grad_avg * grad_avg)
-        else:
-            avg = np.sqrt(square_avg)
-        avg += self.eps
-        if self.momentum > 0:
-            buf = state["momentum_buffer"]
-            buf *= self.momentum
-            buf += grad / avg
-            param -= self.lr * buf
-        else:
-            param -= self.lr * (grad / avg)
+        F._rmsprop_step(param, grad, state, alpha=self.alpha, eps=self.eps,
+                        momentum=self.momentum, centered=self.centered, **self._common())
 
 
 class Adam(Optimizer):
@@ -330,26 +288,8 @@ class Adam(Optimizer):
         self.amsgrad = flag(amsgrad, "amsgrad")
 
     def _update(self, param, grad, state):
-        if not state:
-            state.update(step=0, exp_avg=np.zeros_like(param), exp_avg_sq=np.zeros_like(param))
-            if self.amsgrad:
-                state["max_exp_avg_sq"] = np.zeros_like(param)
-        state["step"] += 1
-        beta1, beta2 = self.betas
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg += (1 - beta1) * (grad - exp_avg)
-        exp_avg_sq *= beta2
-        exp_avg_sq += (1 - beta2) * grad * grad
-        step = state["step"]
-        step_size = self.lr / (1 - beta1**step)
-        bias_correction2_sqrt = math.sqrt(1 - beta2**step)
-        if self.amsgrad:
-            np.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-            second_moment = state["max_exp_avg_sq"]
-        else:
-            second_moment = exp_avg_sq
-        denom = np.sqrt(second_moment) / bias_correction2_sqrt + self.eps
-        param -= step_size * (exp_avg / denom)
+        F._adam_step(param, grad, state, betas=self.betas, eps=self.eps, amsgrad=self.amsgrad,
+                     **self._common())
 
 
 def clip_grad_norm_(model, max_norm, norm_type=2.0) -> float:

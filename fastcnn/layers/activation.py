@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
+from .. import functional as F
 from .._validation import integer, real
 from .base import Layer
 
@@ -15,10 +16,10 @@ class ReLU(Layer):
     """``max(x, 0)``; the gradient is 1 where ``x > 0`` and 0 elsewhere (as PyTorch)."""
 
     def _forward(self, x, training):
-        return np.maximum(x, 0), x > 0
+        return F._relu(x), x
 
-    def _backward(self, dout, positive):
-        return dout * positive
+    def _backward(self, dout, x):
+        return F._relu_backward(dout, x)
 
 
 class LeakyReLU(Layer):
@@ -34,11 +35,10 @@ class LeakyReLU(Layer):
         self.negative_slope = real(negative_slope, "negative_slope")
 
     def _forward(self, x, training):
-        positive = x > 0
-        return np.where(positive, x, x * self.negative_slope), positive
+        return F._leaky_relu(x, self.negative_slope), x
 
-    def _backward(self, dout, positive):
-        return np.where(positive, dout, dout * self.negative_slope)
+    def _backward(self, dout, x):
+        return F._leaky_relu_backward(dout, x, self.negative_slope)
 
     def _extra_repr(self):
         return f"negative_slope={self.negative_slope}"
@@ -48,32 +48,22 @@ class Sigmoid(Layer):
     """Logistic function ``1 / (1 + exp(-x))``, by ``scipy.special.expit`` (never overflows)."""
 
     def _forward(self, x, training):
-        out = expit(x)
+        out = F._sigmoid(x)
         return out, out
 
     def _backward(self, dout, out):
-        return dout * out * (1 - out)
+        return F._sigmoid_backward(dout, out)
 
 
 class Tanh(Layer):
     """Hyperbolic tangent."""
 
     def _forward(self, x, training):
-        out = np.tanh(x)
+        out = F._tanh(x)
         return out, out
 
     def _backward(self, dout, out):
-        return dout * (1 - out * out)
-
-
-def _elu(x: np.ndarray, alpha: float, scale: float):
-    """``scale * (x if x > 0 else alpha * expm1(x))`` and its derivative factor."""
-    positive = x > 0
-    # Clipping at 0 keeps exp from overflowing in the branch np.where discards.
-    negative_part = np.minimum(x, 0)
-    out = scale * np.where(positive, x, alpha * np.expm1(negative_part))
-    slope = scale * np.where(positive, 1, alpha * np.exp(negative_part))
-    return out, slope
+        return F._tanh_backward(dout, out)
 
 
 class ELU(Layer):
@@ -89,10 +79,10 @@ class ELU(Layer):
         self.alpha = real(alpha, "alpha")
 
     def _forward(self, x, training):
-        return _elu(x, self.alpha, 1.0)
+        return F._elu(x, self.alpha), x
 
-    def _backward(self, dout, slope):
-        return dout * slope
+    def _backward(self, dout, x):
+        return F._elu_backward(dout, x, self.alpha)
 
     def _extra_repr(self):
         return f"alpha={self.alpha}"
@@ -105,10 +95,10 @@ class SELU(Layer):
     SCALE = 1.0507009873554804934193349852946
 
     def _forward(self, x, training):
-        return _elu(x, self.ALPHA, self.SCALE)
+        return F._elu(x, self.ALPHA, self.SCALE), x
 
-    def _backward(self, dout, slope):
-        return dout * slope
+    def _backward(self, dout, x):
+        return F._elu_backward(dout, x, self.ALPHA, self.SCALE)
 
 
 class Softplus(Layer):

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from .._backend import chunking
+from .. import functional as F
 from .._validation import check_same_dtype, positive_int, real, shape_tuple
 from .base import Layer, _describe_args, _float_dtype
 
 __all__ = ["BatchNorm1D", "BatchNorm2D"]
-
-
-def _sample_chunks(n: int, sample_bytes: int) -> list[slice]:
-    """Slices of ``range(n)`` whose samples take about a cache's worth of bytes."""
-    size, count = chunking(n, sample_bytes)
-    return [slice(i * size, (i + 1) * size) for i in range(count)]
-
-
-def _per_channel(values: np.ndarray, length: int) -> np.ndarray:
-    """``(C,)`` values repeated into a ``(C, length)`` plane.
-
-    NumPy combines an ``(N, C, length)`` array with a whole plane about twice
-    as fast as with a broadcast ``(C, 1)`` column.
-    """
-    return np.repeat(values, length).reshape(-1, length)
 
 
 class _BatchNorm(Layer):
@@ -59,94 +42,15 @@ class _BatchNorm(Layer):
     def _forward(self, x, training):
         self._check_input_shape(x.shape)
         check_same_dtype(x=x, weight=self.params["weight"])
-        # (N, C, L): the statistics are per channel over N and L. The passes
-        # go chunk by chunk of samples, each chunk's temporaries in cache;
-        # einsum sums several times faster than ndarray.mean. (The passes
-        # are memory-bound NumPy calls: a second thread gains little and
-        # costs GIL hand-offs, so they run on the caller's thread.)
-        n, length = x.shape[0], math.prod(x.shape[2:])
-        x3 = x.reshape(n, self.num_features, length)
-        parts = _sample_chunks(n, 2 * x3[:1].nbytes)  # x, out
-        out = np.empty_like(x3)
-        samples = n * length
-        if training and samples < 2:
-            raise ValueError(
-                "training-mode BatchNorm needs more than 1 value per channel, "
-                f"got x of shape {x.shape}; use training=False or a larger batch"
-            )
-        if n == 0:  # nothing to normalise; each (C, L) plane below would cost a sample
-            return out.reshape(x.shape), None
-        if training:
-            mean = sum(np.einsum("ncl->c", x3[part]) for part in parts) / samples
-            plane = _per_channel(mean, length)
-            var = 0
-            for part in parts:
-                centered = np.subtract(x3[part], plane, out=out[part])
-                var = var + np.einsum("ncl,ncl->c", centered, centered)
-            var = var / samples
-            momentum = self.momentum
-            running_mean, running_var = self.state["running_mean"], self.state["running_var"]
-            running_mean *= 1 - momentum
-            running_mean += momentum * mean
-            running_var *= 1 - momentum
-            # The running variance is the unbiased estimate, as in PyTorch.
-            running_var += momentum * var * (samples / (samples - 1))
-        else:
-            mean, var = self.state["running_mean"].copy(), self.state["running_var"]
-            plane = _per_channel(mean, length)
-        inv_std = 1.0 / np.sqrt(var + self.eps)
-        scale = _per_channel(self.params["weight"] * inv_std, length)
-        shift = _per_channel(self.params["bias"], length)
-        # Last chunk first: in training, its x - mean is still in cache.
-        for part in reversed(parts):
-            y = out[part]
-            if not training:  # training left x - mean there
-                np.subtract(x3[part], plane, out=y)
-            y *= scale
-            y += shift
-        # x and the mean give x_hat again in the backward: cheaper than storing it.
-        return out.reshape(x.shape), (x3, plane, inv_std, training)
+        return F._batch_norm_forward(
+            x, self.params["weight"], self.params["bias"], self.state["running_mean"],
+            self.state["running_var"], training, self.momentum, self.eps)
 
     def _backward(self, dout, cache):
-        if cache is None:  # an empty batch: the sums over it are 0
-            self.grads["weight"][...] = 0
-            self.grads["bias"][...] = 0
-            return np.empty_like(dout)
-        x3, plane, inv_std, training = cache
-        n, channels, length = x3.shape
-        dout3 = dout.reshape(x3.shape)
-        parts = _sample_chunks(n, 4 * x3[:1].nbytes)  # x, dout, dx, x - mean
-        centered = np.empty((parts[0].stop if parts else 0, channels, length), x3.dtype)
-        # dweight = sum(dout * x_hat), x_hat = (x - mean) * inv_std; dbias = sum(dout).
-        dweight = dbias = 0
-        for part in parts:
-            c = np.subtract(x3[part], plane, out=centered[: len(x3[part])])
-            dweight = dweight + np.einsum("ncl,ncl->c", dout3[part], c)
-            dbias = dbias + np.einsum("ncl->c", dout3[part])
-        dweight = dweight * inv_std
+        dx, dweight, dbias = F._batch_norm_backward(dout, cache, self.params["weight"])
         self.grads["weight"][...] = dweight
         self.grads["bias"][...] = dbias
-        scale = self.params["weight"] * inv_std
-        # The batch mean and variance depend on x in training: with means per
-        # channel, dx = scale * (dout - mean(dout) - x_hat * mean(dout * x_hat)),
-        # here as dout * a + (x - mean) * b + c.
-        a = _per_channel(scale, length)
-        if training:
-            samples = n * length
-            b = _per_channel(-scale * inv_std * dweight / samples, length)
-            c = _per_channel(-scale * dbias / samples, length)
-        dx = np.empty_like(dout3)
-        # Last chunk first: the loop above left its x - mean in `centered`.
-        for i, part in enumerate(reversed(parts)):
-            d = np.multiply(dout3[part], a, out=dx[part])
-            if training:
-                t = centered[: len(d)]
-                if i:
-                    np.subtract(x3[part], plane, out=t)
-                t *= b
-                d += t
-                d += c
-        return dx.reshape(dout.shape)
+        return dx
 
     def output_shape(self, input_shape):
         shape = shape_tuple(input_shape)
