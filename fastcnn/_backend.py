@@ -46,8 +46,6 @@ __all__ = [
     "PARALLEL_BYTES",
     "PARALLEL_MACS",
     "blas_single_threaded",
-    "one_blas_thread",
-    "chunking",
 ]
 
 #: The registry: every kernel of the reference set, which the compiled set mirrors.
@@ -379,47 +377,6 @@ def blas_single_threaded() -> _SingleThreadedBlas:
     left alone.
     """
     return _single_threaded_blas
-
-
-# threadpoolctl finds the BLAS libraries once: a limit then costs microseconds
-# instead of the ~0.1 ms of threadpool_limits, which looks them up every time.
-_blas_controller = None
-
-
-def one_blas_thread():
-    """A context limiting NumPy's BLAS to one thread (threadpoolctl's rules).
-
-    OpenBLAS's pthreads pool is process-wide: if several Python threads limit
-    it at once, threadpoolctl (>= 3.8) lets the first one decide, and the
-    others' limits do nothing. When BLAS runs one thread already (that
-    first limit, or the user's), the context does nothing either, and costs
-    a microsecond instead of ten.
-    """
-    global _blas_controller
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas_controller = ThreadpoolController().select(user_api="blas")
-    if all(lib.num_threads == 1 for lib in _blas_controller.lib_controllers):
-        return contextlib.nullcontext()
-    return _blas_controller.limit(limits=1)
-
-
-# Work is split so that one chunk's buffers stay in a core's L2 cache (2 MB
-# on the reference machine, half of it left to BLAS and the inputs).
-CHUNK_BYTES = 1 << 20
-
-
-def chunking(n: int, item_bytes: int) -> tuple[int, int]:
-    """``(items per chunk, number of chunks)`` for `n` items of `item_bytes` each.
-
-    Equal chunks of at most :data:`CHUNK_BYTES` (at least one item each).
-    They depend on the sizes only, not on the thread count, so that sums
-    over chunks always add up in the same order.
-    """
-    count = -(-n * item_bytes // CHUNK_BYTES)
-    size = max(1, -(-n // max(count, 1)))
-    return size, -(-n // size)
 
 
 def build_info() -> dict:

@@ -214,12 +214,6 @@ def test_concurrent_calls_from_python_threads():
 # Ops that split a batch into chunks, and the BLAS they call
 
 
-@pytest.fixture
-def small_chunks(monkeypatch, small_ops_parallel):
-    """Chunks of a few KB, so that even small inputs give many, all run in parallel."""
-    monkeypatch.setattr(_backend, "CHUNK_BYTES", 4096)
-
-
 def _blas_threads():
     """``{filepath: threads}`` of every BLAS library loaded."""
     return {p["filepath"]: p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
@@ -245,7 +239,7 @@ def _run_chunked(dtype):
 
 @pytest.mark.parametrize("backend", ["cython", "numpy"] if COMPILED else ["numpy"])
 @dtypes
-def test_chunked_ops_bitwise_identical_across_thread_counts(small_chunks, backend, dtype):
+def test_chunked_ops_bitwise_identical_across_thread_counts(small_ops_parallel, backend, dtype):
     with fastcnn.use_backend(backend):
         fastcnn.set_num_threads(1)
         one = _run_chunked(dtype)
@@ -385,17 +379,6 @@ def test_concurrent_convolutions_equal_the_same_call_alone(limit_others):
         _same_bits(out, alone)
         for a, b in zip(back, back_alone):
             _same_bits(a, b)
-
-
-@pytest.mark.parametrize("n, item_bytes", [(0, 8), (1, 10**9), (128, 3000), (7, 1), (1000, 4097)])
-def test_chunking_covers_every_item_in_equal_chunks(n, item_bytes):
-    size, count = _backend.chunking(n, item_bytes)
-    assert count == -(-n // size) and (count == 0) == (n == 0)
-    assert size == 1 or size * item_bytes <= _backend.CHUNK_BYTES
-
-
-# ---------------------------------------------------------------------------
-# get/set_num_threads
 
 
 def test_num_threads_semantics():
