@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import os
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -207,6 +208,14 @@ def set_num_threads(n: int | None) -> None:
         is, up to :data:`MAX_THREADS` (4 per available CPU); a negative value
         counts back from the default (-1 = all, -2 = all but one, never fewer
         than one). 0 is an error.
+
+    Notes
+    -----
+    In a process made by ``os.fork()`` (also multiprocessing's "fork" start
+    method) every kernel runs on one thread, whatever `n` is: OpenMP's
+    threads do not survive a fork, and a child that starts a team of several
+    would wait for them forever. Child processes that should use several
+    threads need the "spawn" start method.
     """
     global _num_threads
     if n is not None:
@@ -223,8 +232,11 @@ def set_num_threads(n: int | None) -> None:
 def get_num_threads() -> int:
     """The number of threads the compiled kernels will use for the next call.
 
-    Never more than :data:`MAX_THREADS`, whatever ``OMP_NUM_THREADS`` says.
+    Never more than :data:`MAX_THREADS`, whatever ``OMP_NUM_THREADS`` says;
+    always 1 in a forked child process (see :func:`set_num_threads`).
     """
+    if _forked_child:
+        return 1
     default = default_num_threads()
     if _num_threads is None:
         return default
@@ -271,6 +283,17 @@ PARALLEL_BYTES = 1 << 20
 PARALLEL_MACS = 2_000_000
 
 
+def _parallel(parallel: bool | None, args) -> bool:
+    """Whether a compiled kernel called with `args` runs on the whole team (see :func:`kernel`)."""
+    if parallel is None:
+        return sum(a.nbytes for a in args if isinstance(a, np.ndarray)) >= PARALLEL_BYTES
+    return parallel
+
+
+def _runs_twin(twin: bool) -> bool:
+    return twin or get_backend() == "numpy"
+
+
 def kernel(name: str, parallel: bool | None = None, twin: bool = False):
     """The kernel `name` of the active set (or the twin, if `twin`), with the
     reference's signature.
@@ -283,7 +306,7 @@ def kernel(name: str, parallel: bool | None = None, twin: bool = False):
     """
     compiled, reference_kernel = pair_of(name)
     gemm = name in GEMM_KERNELS
-    if twin or get_backend() == "numpy":
+    if _runs_twin(twin):
         if not gemm:
             return reference_kernel
 
@@ -295,12 +318,7 @@ def kernel(name: str, parallel: bool | None = None, twin: bool = False):
     threads = get_num_threads()
 
     def call(*args):
-        n = threads
-        if parallel is None:
-            if sum(a.nbytes for a in args if isinstance(a, np.ndarray)) < PARALLEL_BYTES:
-                n = 1
-        elif not parallel:
-            n = 1
+        n = threads if _parallel(parallel, args) else 1
         if not gemm:
             return compiled(*args, n)
         with _single_threaded_blas:
@@ -318,10 +336,15 @@ class _SingleThreadedBlas:
 
     def __init__(self, numpy: bool = False) -> None:
         self._numpy = numpy
-        self._lock = threading.Lock()
-        self._users = 0
         self._libraries = None
         self._saved: list[int] = []
+        self.after_fork()
+
+    def after_fork(self) -> None:
+        """Forget the users: in a forked child, only the thread that forked
+        exists, and the lock may have been held by another one."""
+        self._lock = threading.Lock()
+        self._users = 0
 
     def _find(self):
         # SciPy's BLAS is the library that threadpoolctl finds outside NumPy's
@@ -367,6 +390,23 @@ class _SingleThreadedBlas:
 
 _single_threaded_blas = _SingleThreadedBlas()
 _single_threaded_numpy_blas = _SingleThreadedBlas(numpy=True)
+
+
+# libgomp's thread pool does not survive fork(): a child that starts a team
+# of several threads after its parent ran one waits forever for threads
+# that were not copied. As PyTorch does, a forked child runs every kernel on
+# its calling thread alone (a team of one never touches the pool).
+_forked_child = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked_child
+    _forked_child = True
+    _single_threaded_blas.after_fork()
+    _single_threaded_numpy_blas.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def blas_single_threaded() -> _SingleThreadedBlas:
