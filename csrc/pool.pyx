@@ -16,7 +16,7 @@ the same order, one output per vector lane.
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY
-from libc.stdint cimport INT32_MAX, int64_t
+from libc.stdint cimport INT32_MAX, int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -25,6 +25,17 @@ from simd cimport (
 )
 from scratch cimport per_thread_scratch
 from window cimport clip, end_inside, first_inside
+
+
+cdef extern from *:
+    """
+    /* One read of an index that another thread may be changing, so that the
+       value checked is the value used (a plain read may be done twice). */
+    static inline int64_t fcnn_read_index(const int64_t *p) {
+        return *(const volatile int64_t *)p;
+    }
+    """
+    int64_t fcnn_read_index(const int64_t* p) noexcept nogil
 
 
 cdef extern from "pool_simd.h" nogil:
@@ -178,10 +189,16 @@ cdef int _tiles_plane(
 cdef void _scatter_plane(
     const floating* g, const int64_t* idx, floating* dst, Py_ssize_t HW, Py_ssize_t L,
 ) noexcept nogil:
+    # The indices were validated, but they are the caller's array: another
+    # thread may have changed them since. One that left the plane is
+    # skipped (the gradient is garbage then, as the indices are).
     cdef Py_ssize_t k
+    cdef int64_t i
     memset(dst, 0, HW * sizeof(floating))
     for k in range(L):
-        dst[idx[k]] += g[k]
+        i = fcnn_read_index(&idx[k])
+        if <uint64_t> i < <uint64_t> HW:
+            dst[i] += g[k]
 
 
 def max_pool2d_backward(
@@ -197,7 +214,9 @@ def max_pool2d_backward(
     # Indices that tile the input in 2x2 cells (as 2x2 windows with stride 2
     # give) let every cell be written once, without zeroing and scattering.
     # The indices come from the user: whether the first plane's do decides
-    # which kernel to try, and a plane whose indices do not falls back.
+    # which kernel to try, and a plane whose indices do not falls back. (The
+    # tile kernel only compares indices with its cells' positions, so any
+    # values, even ones changed by another thread meanwhile, are safe there.)
     cdef bint tiles = (
         N * C > 0 and fcnn_simd_level() > 0 and 2 * oh <= H and 2 * ow <= W
         and (floating is double or (H + 3) * W <= INT32_MAX)

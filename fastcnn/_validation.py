@@ -19,6 +19,7 @@ __all__ = [
     "MAX_WINDOW_PARAM",
     "Window",
     "as_float_array",
+    "given_back",
     "as_indices",
     "check_same_dtype",
     "check_nchw",
@@ -78,7 +79,12 @@ def as_float_array(x, name: str) -> np.ndarray:
 
     Views with any strides and read-only arrays are accepted; the result is
     a copy only when the layout requires one, and it is never written to by
-    fastcnn (so the caller's data cannot change).
+    fastcnn (so the caller's data cannot change). Otherwise it is a new view
+    of the caller's data, whose shape and strides are fastcnn's own: another
+    thread that assigns the caller's array a new ``shape`` cannot change
+    what was validated. (Another thread can still change the values; the
+    kernels use floats as data only, never to address memory, so that gives
+    wrong numbers but never an access out of bounds.)
 
     Raises
     ------
@@ -91,7 +97,7 @@ def as_float_array(x, name: str) -> np.ndarray:
     if type(x) is np.ndarray and x.dtype in SUPPORTED_DTYPES:
         flags = x.flags
         if flags.c_contiguous and flags.aligned:
-            return x
+            return x.view()
     try:
         arr = np.asarray(x)
     except (TypeError, ValueError) as exc:
@@ -105,7 +111,21 @@ def as_float_array(x, name: str) -> np.ndarray:
     if not dtype.isnative:
         dtype = dtype.newbyteorder("=")
     # Aligned too: the kernels dereference typed pointers.
-    return np.require(arr, dtype=dtype, requirements=("C", "A"))
+    result = np.require(arr, dtype=dtype, requirements=("C", "A"))
+    return result.view() if result is x else result
+
+
+def given_back(result, x: np.ndarray, given):
+    """`given` itself where `result` is `x` and `x` is the view of `given`
+    that :func:`as_float_array` returned; else `result`.
+
+    So an operation that hands its input back unchanged (an identity layer)
+    gives the caller's own array, not fastcnn's private view of it.
+    """
+    if result is x and isinstance(given, np.ndarray) and x.base is not None:
+        if x.base is (given if given.base is None else given.base):
+            return given
+    return result
 
 
 def check_same_dtype(**arrays: np.ndarray) -> np.dtype:
@@ -343,11 +363,19 @@ def col2im_window(cols_shape, output_size, kernel_size, stride, padding, dilatio
 
 
 def as_indices(indices, name: str = "indices") -> np.ndarray:
-    """Return integer `indices` as a C-contiguous int64 array (TypeError otherwise)."""
+    """Return integer `indices` as a C-contiguous int64 array (TypeError otherwise).
+
+    Shape and strides are the result's own, as with :func:`as_float_array`,
+    but the values may still be the caller's, and another thread can change
+    them after they were validated: a compiled kernel reads each index once
+    and checks it where it uses it (copying them here would cost more than
+    that check).
+    """
     arr = np.asarray(indices)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must have an integer dtype, got {arr.dtype}")
-    return np.require(arr, dtype=np.int64, requirements=("C", "A"))
+    result = np.require(arr, dtype=np.int64, requirements=("C", "A"))
+    return result.view() if result is indices else result
 
 
 def input_shape_4d(input_shape, name: str = "input_shape") -> tuple[int, int, int, int]:

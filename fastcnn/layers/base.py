@@ -12,6 +12,7 @@ from .._validation import (
     Window,
     as_float_array,
     flag,
+    given_back,
     positive_int,
     shape_tuple,
 )
@@ -206,10 +207,10 @@ class Layer:
         out : ndarray
             Same dtype as `x`; shape given by :meth:`output_shape`.
         """
-        x = as_float_array(x, "x")
+        given, x = x, as_float_array(x, "x")
         out, self._cache = self._forward(x, self._mode(training))
         # A ufunc of a 0-d array gives a NumPy scalar: the contract is an ndarray.
-        out = np.asarray(out)
+        out = given_back(np.asarray(out), x, given)
         self._out_shape, self._out_dtype = out.shape, out.dtype
         return out
 
@@ -241,7 +242,7 @@ class Layer:
                 f"{type(self).__name__}.backward() called before forward(): run forward "
                 "first, it stores what backward needs"
             )
-        dout = as_float_array(dout, "dout")
+        given, dout = dout, as_float_array(dout, "dout")
         if dout.shape != self._out_shape:
             raise ValueError(
                 f"dout must have the shape of the last forward output {self._out_shape}, "
@@ -252,7 +253,7 @@ class Layer:
                 f"dout must have the dtype of the last forward output {self._out_dtype}, "
                 f"got dout.dtype={dout.dtype} (fastcnn never promotes silently)"
             )
-        return np.asarray(self._backward(dout, self._cache))
+        return given_back(np.asarray(self._backward(dout, self._cache)), dout, given)
 
     def output_shape(self, input_shape) -> tuple[int, ...]:
         """Shape of the output for an input of shape `input_shape`.
