@@ -47,6 +47,10 @@ __all__ = [
     "PARALLEL_BYTES",
     "PARALLEL_MACS",
     "blas_single_threaded",
+    "in_pieces",
+    "PIECE_SECONDS",
+    "TAP_SECONDS",
+    "MAC_SECONDS",
 ]
 
 #: The registry: every kernel of the reference set, which the compiled set mirrors.
@@ -325,6 +329,90 @@ def kernel(name: str, parallel: bool | None = None, twin: bool = False):
             return compiled(*args, n)
 
     return call
+
+
+# A compiled kernel runs without the GIL and cannot be stopped: Python
+# handles a signal (Ctrl-C's KeyboardInterrupt) only once it returns. Long
+# calls therefore run in pieces, with Python bytecode between them.
+
+#: A long call runs in pieces of about this many seconds each. (Each piece
+#: ends with its team's barrier, where, on cores shared with other
+#: processes, a thread waits for one that was preempted: fewer, longer
+#: pieces waste less.)
+PIECE_SECONDS = 0.1
+
+#: Rough costs on one thread, from which a call's first piece is sized (the
+#: next ones from the time the previous piece took): one cell that a pool
+#: window, im2col or col2im touches (the slower kernels' figure: the SIMD
+#: pools take a tenth of it; max pooling counts its taps twice), and one
+#: multiply-add of a GEMM driver.
+TAP_SECONDS = 4e-9
+MAC_SECONDS = 2e-10
+
+
+def in_pieces(name: str, counts, args_of, *, taps: int = 0, macs: int = 0,
+              parallel: bool | None = None, twin: bool = False) -> None:
+    """Run kernel `name` on all of a call's work, in pieces if it is long.
+
+    A call estimated to take more than twice :data:`PIECE_SECONDS` runs in
+    consecutive pieces of about that long (at least one item per thread of
+    the team), so that signal handlers run between them: KeyboardInterrupt
+    arrives within about a piece's time, with no thread left computing.
+    Other calls run whole, as one piece.
+
+    Parameters
+    ----------
+    name : str
+        A kernel of the registry; `parallel` and `twin` as for
+        :func:`kernel`, with ``parallel=None`` decided on the whole call.
+    counts : (int,) or (int, int)
+        The items of the call. ``(units,)``: the samples of the batch, or
+        the chunks of a GEMM driver's batch; a piece holds whole units.
+        ``(N, C)``: the (n, c) planes of a kernel that works plane by plane;
+        a piece holds whole samples or, when one sample is longer than a
+        piece, a range of one sample's channels.
+    args_of : callable
+        ``args_of(index)`` -> the kernel's arguments for the items at
+        `index`: ``(slice(lo, hi),)`` of units or samples, or
+        ``(slice(n, n + 1), slice(lo, hi))`` of one sample's channels. The
+        pieces' results together must be the whole call's, bit for bit:
+        items must be independent (a chunk of a GEMM driver sums its
+        samples in order, so pieces hold whole chunks).
+    taps, macs : int
+        Rough work of one item (one unit, or one plane for ``(N, C)``):
+        cells touched and GEMM multiply-adds (:data:`TAP_SECONDS`,
+        :data:`MAC_SECONDS`).
+    """
+    units = counts[0]
+    args = args_of((slice(0, units),))
+    parallel = _parallel(parallel, args)
+    run = kernel(name, parallel, twin)
+    planes = counts[1] if len(counts) > 1 else 1
+    item = taps * TAP_SECONDS + macs * MAC_SECONDS  # seconds of one item on one thread
+    work = units * planes * item
+    threads = 1
+    if parallel and work > 2 * PIECE_SECONDS and not _runs_twin(twin):
+        threads = get_num_threads()
+    if work <= 2 * PIECE_SECONDS * threads:
+        run(*args)
+        return
+    by_units = planes == 1 or planes * item <= PIECE_SECONDS * threads
+    if by_units:
+        item *= planes
+    rate = threads / item  # items per second, until one piece was timed
+    for n in (None,) if by_units else range(units):
+        lo, end = 0, units if by_units else planes
+        while lo < end:
+            # whole rounds of the team: a piece never leaves a thread idle
+            count = max(int(rate * PIECE_SECONDS), threads)
+            hi = lo + count - count % threads
+            if 2 * (end - hi) < count:  # the rest would be a short piece
+                hi = end
+            index = (slice(lo, hi),) if by_units else (slice(n, n + 1), slice(lo, hi))
+            start = time.perf_counter()
+            run(*args_of(index))
+            rate = (hi - lo) / max(time.perf_counter() - start, 1e-9)
+            lo = hi
 
 
 class _SingleThreadedBlas:

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _backend
 from . import _validation as v
-from ._backend import kernel
+from ._backend import in_pieces, kernel
 
 __all__ = [
     "im2col",
@@ -28,20 +28,48 @@ __all__ = [
 ]
 
 
-# Every op allocates its result and hands it to a kernel. An empty batch never
-# reaches a kernel: its result is already complete, and the twin's broadcasts
-# over (oh, ow) could be huge even when there is no data at all.
+# Every op allocates its result and hands it to a kernel, through
+# _backend.in_pieces (a long call runs in pieces, so that Ctrl-C works). An
+# empty batch never reaches a kernel: its result is already complete, and
+# the twin's broadcasts over (oh, ow) could be huge even when there is no
+# data at all.
+
+
+def _plane_taps(win: v.Window, h: int, w: int) -> int:
+    """Cells that a kernel of window `win` touches in one (h, w) plane (for in_pieces)."""
+    return win.kh * win.kw * win.oh * win.ow + h * w
+
+
+def _rows(index, k: int):
+    """An in_pieces index of (n, c) planes as an index of a (N, C*k, L) array's rows."""
+    if len(index) == 1:
+        return index
+    n, c = index
+    return n, slice(c.start * k, c.stop * k)
+
+
+def _samples(index, chunk: int) -> slice:
+    """The samples of an in_pieces index of chunks of `chunk` samples."""
+    return slice(index[0].start * chunk, index[0].stop * chunk)
 
 
 def _unfold(x: np.ndarray, win: v.Window) -> np.ndarray:
-    n, c = x.shape[:2]
-    out = np.empty((n, c * win.kh * win.kw, win.oh * win.ow), dtype=x.dtype)
-    return kernel("im2col")(x, *win, out) if n else out
+    n, c, h, w = x.shape
+    k = win.kh * win.kw
+    out = np.empty((n, c * k, win.oh * win.ow), dtype=x.dtype)
+    if n:
+        in_pieces("im2col", (n, c), lambda i: (x[i], *win, out[_rows(i, k)]),
+                  taps=_plane_taps(win, h, w))
+    return out
 
 
 def _fold(cols: np.ndarray, shape, win: v.Window) -> np.ndarray:
     out = np.empty(shape, dtype=cols.dtype)
-    return kernel("col2im")(cols, *win, out) if shape[0] else out
+    if shape[0]:
+        k = win.kh * win.kw
+        in_pieces("col2im", shape[:2], lambda i: (cols[_rows(i, k)], *win, out[i]),
+                  taps=_plane_taps(win, *shape[2:]))
+    return out
 
 
 def im2col(x, kernel_size, stride=1, padding=0, dilation=1) -> np.ndarray:
@@ -161,9 +189,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
 _BLAS_INT_MAX = 2**31 - 1
 
 
-def _gemm_kernel(name: str, dims, macs: int):
-    """The GEMM driver `name` for these GEMM dimensions and multiply-adds."""
-    return kernel(name, parallel=macs >= _backend.PARALLEL_MACS, twin=max(dims) > _BLAS_INT_MAX)
+def _gemm(dims, macs: int) -> dict:
+    """in_pieces's `parallel` and `twin` for a GEMM driver call: GEMMs of
+    dimensions `dims`, `macs` multiply-adds in all."""
+    return dict(parallel=macs >= _backend.PARALLEL_MACS, twin=max(dims) > _BLAS_INT_MAX)
 
 
 def _no_bias(dtype) -> np.ndarray:
@@ -177,9 +206,12 @@ def _conv2d(x, weight, bias, win: v.Window, groups: int) -> np.ndarray:
     if not n:  # (an empty batch's output planes may be huge)
         return out
     kg, length = weight[0].size, win.oh * win.ow
-    run = _gemm_kernel("conv2d_forward", (length, kg, f), n * f * kg * length)
-    return run(x, weight.reshape(f, kg), _no_bias(x.dtype) if bias is None else bias, *win,
-               groups, out)
+    weight = weight.reshape(f, kg)
+    bias = _no_bias(x.dtype) if bias is None else bias
+    in_pieces("conv2d_forward", (n,), lambda i: (x[i], weight, bias, *win, groups, out[i]),
+              macs=f * kg * length, taps=(x.shape[1] * win.kh * win.kw + f) * length,
+              **_gemm((length, kg, f), n * f * kg * length))
+    return out
 
 
 def conv2d_backward(dout, x, weight, stride=1, padding=0, dilation=1, groups=1):
@@ -241,8 +273,15 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int):
     size, count = _batch_chunks(n, weight.nbytes)
     dweight = np.empty((count, f, kg), dtype=x.dtype)
     dbias = np.empty((count, f), dtype=x.dtype)
-    run = _gemm_kernel("conv2d_backward", (length, kg, f), 2 * n * f * kg * length)
-    run(dout, x, weight.reshape(f, kg), *win, groups, size, dx, dweight, dbias)
+    w = weight.reshape(f, kg)
+
+    def args_of(i):  # pieces of whole chunks, so every chunk sums as in one call
+        s = _samples(i, size)
+        return dout[s], x[s], w, *win, groups, size, dx[s], dweight[i], dbias[i]
+
+    in_pieces("conv2d_backward", (count,), args_of, macs=size * 2 * f * kg * length,
+              taps=size * (3 * x.shape[1] * win.kh * win.kw + f) * length,
+              **_gemm((length, kg, f), 2 * n * f * kg * length))
     return dx, dweight.sum(axis=0).reshape(weight.shape), dbias.sum(axis=0)
 
 
@@ -260,9 +299,12 @@ def _linear(x: np.ndarray, weight: np.ndarray, bias) -> np.ndarray:
     out = np.empty((n, o), dtype=x.dtype)
     if not n:
         return out
-    size, _ = _batch_chunks(n, weight.nbytes, _LINEAR_CHUNKS)
-    run = _gemm_kernel("linear_forward", weight.shape + (size,), n * weight.size)
-    return run(x, weight, _no_bias(x.dtype) if bias is None else bias, size, out)
+    size, count = _batch_chunks(n, weight.nbytes, _LINEAR_CHUNKS)
+    bias = _no_bias(x.dtype) if bias is None else bias
+    in_pieces("linear_forward", (count,),
+              lambda i: (x[_samples(i, size)], weight, bias, size, out[_samples(i, size)]),
+              macs=size * weight.size, **_gemm(weight.shape + (size,), n * weight.size))
+    return out
 
 
 def _linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray):
@@ -274,8 +316,13 @@ def _linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray):
     size, count = _batch_chunks(n, weight.nbytes, _LINEAR_CHUNKS)
     dweight = np.empty((count,) + weight.shape, dtype=x.dtype)
     dbias = np.empty((count, len(weight)), dtype=x.dtype)
-    run = _gemm_kernel("linear_backward", weight.shape + (size,), 2 * n * weight.size)
-    run(dout, x, weight, size, dx, dweight, dbias)
+
+    def args_of(i):
+        s = _samples(i, size)
+        return dout[s], x[s], weight, size, dx[s], dweight[i], dbias[i]
+
+    in_pieces("linear_backward", (count,), args_of, macs=size * 2 * weight.size,
+              **_gemm(weight.shape + (size,), 2 * n * weight.size))
     return dx, dweight.sum(axis=0), dbias.sum(axis=0)
 
 
@@ -323,7 +370,9 @@ def _max_pool2d(x: np.ndarray, win: v.Window) -> tuple[np.ndarray, np.ndarray]:
     out = np.empty(shape, dtype=x.dtype)
     indices = np.empty(shape, dtype=np.int64)
     if shape[0]:
-        kernel("max_pool2d")(x, *win.params, out, indices)
+        # (a max-pool tap, a comparison and two selects, costs about two)
+        in_pieces("max_pool2d", shape[:2], lambda i: (x[i], *win.params, out[i], indices[i]),
+                  taps=_plane_taps(win, *x.shape[2:]) + win.kh * win.kw * win.oh * win.ow)
     return out, indices
 
 
@@ -370,7 +419,10 @@ def max_pool2d_backward(dout, indices, input_shape) -> np.ndarray:
 def _max_pool2d_backward(dout: np.ndarray, indices: np.ndarray, shape) -> np.ndarray:
     """:func:`max_pool2d_backward` of validated `dout`, in-range int64 `indices` and shape."""
     out = np.empty(shape, dtype=dout.dtype)
-    return kernel("max_pool2d_backward")(dout, indices, out) if shape[0] else out
+    if shape[0]:
+        in_pieces("max_pool2d_backward", shape[:2], lambda i: (dout[i], indices[i], out[i]),
+                  taps=dout.shape[2] * dout.shape[3] + shape[2] * shape[3])
+    return out
 
 
 def _avg_args(shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
@@ -418,7 +470,10 @@ def avg_pool2d(
     args, win = _avg_args(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
                           divisor_override)
     out = np.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
-    return kernel("avg_pool2d")(x, *args, out) if x.shape[0] else out
+    if x.shape[0]:
+        in_pieces("avg_pool2d", x.shape[:2], lambda i: (x[i], *args, out[i]),
+                  taps=_plane_taps(win, *x.shape[2:]))
+    return out
 
 
 def avg_pool2d_backward(
@@ -454,7 +509,10 @@ def avg_pool2d_backward(
     if dout.shape != expected:
         raise ValueError(f"dout must have the avg_pool2d output shape {expected}, got {dout.shape}")
     out = np.empty(shape, dtype=dout.dtype)
-    return kernel("avg_pool2d_backward")(dout, *args, out) if shape[0] else out
+    if shape[0]:
+        in_pieces("avg_pool2d_backward", shape[:2], lambda i: (dout[i], *args, out[i]),
+                  taps=_plane_taps(win, *shape[2:]))
+    return out
 
 
 # ---------------------------------------------------------------------------
