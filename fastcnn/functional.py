@@ -253,6 +253,12 @@ def conv2d_backward(dout, x, weight, stride=1, padding=0, dilation=1, groups=1):
 _MAX_CHUNKS = 32
 _CHUNK_GRAD_BYTES = 64 << 20
 
+# A long convolution backward gets more chunks, where the memory allows, of
+# about this long on one thread (estimated as in _backend.in_pieces): it
+# runs in pieces of whole chunks (so that every chunk sums as in one call),
+# and Ctrl-C should not wait for a long chunk.
+_CHUNK_SECONDS = 0.05
+
 
 def _batch_chunks(n: int, grad_bytes: int, most: int = _MAX_CHUNKS) -> tuple[int, int]:
     """``(samples per chunk, number of chunks)`` of a pass over `n` samples
@@ -270,18 +276,19 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int):
     dx = np.empty(x.shape, dtype=x.dtype)
     if not n:
         return dx, np.zeros_like(weight), np.zeros(f, x.dtype)
-    size, count = _batch_chunks(n, weight.nbytes)
+    macs, taps = 2 * f * kg * length, (3 * x.shape[1] * win.kh * win.kw + f) * length
+    seconds = n * (macs * _backend.MAC_SECONDS + taps * _backend.TAP_SECONDS)
+    size, count = _batch_chunks(n, weight.nbytes, max(_MAX_CHUNKS, int(seconds / _CHUNK_SECONDS)))
     dweight = np.empty((count, f, kg), dtype=x.dtype)
     dbias = np.empty((count, f), dtype=x.dtype)
     w = weight.reshape(f, kg)
 
-    def args_of(i):  # pieces of whole chunks, so every chunk sums as in one call
+    def args_of(i):
         s = _samples(i, size)
         return dout[s], x[s], w, *win, groups, size, dx[s], dweight[i], dbias[i]
 
-    in_pieces("conv2d_backward", (count,), args_of, macs=size * 2 * f * kg * length,
-              taps=size * (3 * x.shape[1] * win.kh * win.kw + f) * length,
-              **_gemm((length, kg, f), 2 * n * f * kg * length))
+    in_pieces("conv2d_backward", (count,), args_of, macs=size * macs, taps=size * taps,
+              **_gemm((length, kg, f), n * macs))
     return dx, dweight.sum(axis=0).reshape(weight.shape), dbias.sum(axis=0)
 
 

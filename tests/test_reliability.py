@@ -16,8 +16,9 @@ whole process group is killed when it runs out):
 * Ctrl-C: SIGINT during a call of several seconds raises KeyboardInterrupt
   within 0.5 s, leaves no thread computing, and the next call works. Long
   calls run in pieces (``_backend.in_pieces``); in-process tests below check
-  that pieces give the same bits as the whole call and that small calls are
-  one piece.
+  that pieces give the same bits as the whole call, that small calls are
+  one piece, and that a long convolution backward sums in short chunks
+  (pieces hold whole chunks).
 """
 
 from __future__ import annotations
@@ -242,27 +243,26 @@ def test_shapes_changed_between_validation_and_kernel_never_go_out_of_bounds():
 # ---------------------------------------------------------------------------
 # Ctrl-C
 
-# Each call takes seconds on two threads of the reference machine.
-# The arrays are filled with ones (quick to make); the values do not matter.
+# Each call takes 3-4 s on two threads of the reference machine (more when
+# other processes share its cores), with 0.4-1.6 GB of float64 arrays, filled
+# with ones (quick to make; the values do not matter).
 LONG_CALLS = {
     # a batch of one: pieces are channel ranges of the one sample
     "avg_pool2d": """
-        x = np.ones((1, 256, 256, 256))
+        x = np.ones((1, 384, 256, 256))
         def long_call():
             F.avg_pool2d(x, 21, stride=1)
     """,
     # pieces of samples
     "conv2d": """
-        x = np.ones((160, 64, 64, 64))
-        w = np.ones((64, 64, 3, 3))
+        x = np.ones((160, 128, 64, 64))
+        w = np.ones((128, 128, 3, 3))
         def long_call():
             F.conv2d(x, w, padding=1)
     """,
-    # pieces of whole chunks of samples: one sample per chunk here, and a
-    # piece is at least one chunk per thread, so a sample must be short
-    # (about 0.1 s); two seconds in all
+    # pieces of whole chunks of samples (two samples per chunk here)
     "conv2d_backward": """
-        x = np.ones((32, 64, 96, 96))
+        x = np.ones((256, 64, 64, 64))
         w = np.ones((64, 64, 3, 3))
         def long_call():
             F.conv2d_backward(x, x, w, padding=1)
@@ -417,3 +417,29 @@ def test_small_calls_are_one_piece_and_long_ones_cover_every_item(monkeypatch):
         fastcnn.set_num_threads(None)
     compiled = fastcnn.get_backend() == "cython"
     assert seen == ([(1, 2), (1, 2), (1, 1)] if compiled else [(1, 1)] * 5)
+
+
+def test_a_long_convolution_backward_sums_in_short_chunks(monkeypatch):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((48, 3, 8, 8))
+    w = rng.standard_normal((4, 3, 3, 3))
+    dy = rng.standard_normal((48, 4, 6, 6))
+    usual = F.conv2d_backward(dy, x, w)
+    # as if every sample took longer than a chunk should: one chunk per
+    # sample, more than the usual most of 32 chunks
+    monkeypatch.setattr(F, "_CHUNK_SECONDS", 1e-12)
+    chunks = []
+
+    def spy(kernel):
+        def call(*args):
+            chunks.append(len(args[16]))  # dweight_parts
+            return kernel(*args)
+        return call
+
+    compiled, twin = _backend.pair_of("conv2d_backward")
+    if compiled is not None:
+        monkeypatch.setitem(_backend._compiled, "conv2d_backward", spy(compiled))
+    monkeypatch.setattr(_backend.reference, "conv2d_backward", spy(twin))
+    for got, want in zip(F.conv2d_backward(dy, x, w), usual, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert chunks == [48]
