@@ -12,9 +12,11 @@ probabilities in double.
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport INFINITY, exp, expf, log
+from libc.math cimport INFINITY, NAN, exp, expf, log
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
+
+from indices cimport read_index
 
 
 cdef inline floating _exp(floating v) noexcept nogil:
@@ -41,6 +43,10 @@ cdef double _row(const floating* x, Py_ssize_t k, Py_ssize_t label, double n,
         total = total + v
     for j in range(k):
         out[j] = <floating> ((out[j] / total - (j == label)) / n)
+    # a label that another thread moved out of the row (indices.pxd): no
+    # read outside the row, a NaN loss
+    if <size_t> label >= <size_t> k:
+        return NAN
     return log(total) - <floating> (x[label] - top)
 
 
@@ -67,7 +73,7 @@ def softmax_cross_entropy(
     try:
         with nogil:
             for i in prange(n, schedule="static", num_threads=num_threads):
-                losses[i] = _row(&logits[i, 0], k, labels[i], n, &out[i, 0])
+                losses[i] = _row(&logits[i, 0], k, read_index(&labels[i]), n, &out[i, 0])
             for i in range(n):
                 total = total + losses[i]
     finally:

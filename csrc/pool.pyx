@@ -23,19 +23,9 @@ from libc.string cimport memset
 from simd cimport (
     FCNN_HAVE_STREAM, fcnn_set_simd_cap, fcnn_simd_level, fcnn_stream, fcnn_stream_fence,
 )
+from indices cimport read_index
 from scratch cimport per_thread_scratch
 from window cimport clip, end_inside, first_inside
-
-
-cdef extern from *:
-    """
-    /* One read of an index that another thread may be changing, so that the
-       value checked is the value used (a plain read may be done twice). */
-    static inline int64_t fcnn_read_index(const int64_t *p) {
-        return *(const volatile int64_t *)p;
-    }
-    """
-    int64_t fcnn_read_index(const int64_t* p) noexcept nogil
 
 
 cdef extern from "pool_simd.h" nogil:
@@ -189,14 +179,13 @@ cdef int _tiles_plane(
 cdef void _scatter_plane(
     const floating* g, const int64_t* idx, floating* dst, Py_ssize_t HW, Py_ssize_t L,
 ) noexcept nogil:
-    # The indices were validated, but they are the caller's array: another
-    # thread may have changed them since. One that left the plane is
-    # skipped (the gradient is garbage then, as the indices are).
+    # An index that another thread moved out of the plane (indices.pxd) is
+    # skipped: the gradient is garbage then, as the indices are.
     cdef Py_ssize_t k
     cdef int64_t i
     memset(dst, 0, HW * sizeof(floating))
     for k in range(L):
-        i = fcnn_read_index(&idx[k])
+        i = read_index(&idx[k])
         if <uint64_t> i < <uint64_t> HW:
             dst[i] += g[k]
 

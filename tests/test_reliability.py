@@ -10,9 +10,10 @@ whole process group is killed when it runs out):
   parent's results bit for bit. (libgomp's thread pool does not survive a
   fork: a child that opens a team of two threads waits forever.)
 * races: while the main thread calls the ops, another thread writes
-  out-of-range values into ``max_pool2d_backward``'s indices, or changes the
-  shape attribute of the arrays passed in (between validation and kernel);
-  the process must survive (errors are fine, out-of-bounds accesses are not).
+  out-of-range values into ``max_pool2d_backward``'s indices or the labels
+  of ``softmax_cross_entropy``, or changes the shape attribute of the arrays
+  passed in (between validation and kernel); the process must survive
+  (errors are fine, out-of-bounds accesses are not).
 * Ctrl-C: SIGINT during a call of several seconds raises KeyboardInterrupt
   within 0.5 s, leaves no thread computing, and the next call works. Long
   calls run in pieces (``_backend.in_pieces``); in-process tests below check
@@ -177,7 +178,7 @@ RACE_PRELUDE = """
 
 
 @needs_compiled
-def test_indices_changed_during_max_pool2d_backward_never_go_out_of_bounds():
+def test_indices_and_labels_changed_during_a_call_never_go_out_of_bounds():
     out = _run(RACE_PRELUDE + """
     rng = np.random.default_rng(0)
     for shape, k, dtype in (((8, 16, 64, 64), 2, np.float64), ((4, 8, 64, 64), 3, np.float32)):
@@ -194,6 +195,20 @@ def test_indices_changed_during_max_pool2d_backward_never_go_out_of_bounds():
             idx[...] = good
 
         print(hammer(1.0, lambda: F.max_pool2d_backward(y, idx, x.shape), mutate))
+
+    from fastcnn.losses import softmax_cross_entropy
+    logits = rng.standard_normal((4096, 10))
+    labels = rng.integers(0, 10, 4096)
+    good = labels.copy()
+
+    def mutate():
+        labels[::7] = 1 << 40
+        pause()
+        labels[::7] = -(1 << 40)
+        pause()
+        labels[...] = good
+
+    print(hammer(1.0, lambda: softmax_cross_entropy(logits, labels), mutate))
     print("survived")
     """, timeout=60)
     assert "survived" in out
