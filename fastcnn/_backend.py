@@ -350,9 +350,9 @@ TAP_SECONDS = 4e-9
 MAC_SECONDS = 2e-10
 
 
-def in_pieces(name: str, counts, args_of, *, taps: int = 0, macs: int = 0,
+def in_pieces(name: str, counts, args, piece=None, *, taps: int = 0, macs: int = 0,
               parallel: bool | None = None, twin: bool = False) -> None:
-    """Run kernel `name` on all of a call's work, in pieces if it is long.
+    """Run kernel `name` on `args`, in pieces if the call is long.
 
     A call estimated to take more than twice :data:`PIECE_SECONDS` runs in
     consecutive pieces of about that long (at least one item per thread of
@@ -371,22 +371,24 @@ def in_pieces(name: str, counts, args_of, *, taps: int = 0, macs: int = 0,
         ``(N, C)``: the (n, c) planes of a kernel that works plane by plane;
         a piece holds whole samples or, when one sample is longer than a
         piece, a range of one sample's channels.
-    args_of : callable
-        ``args_of(index)`` -> the kernel's arguments for the items at
-        `index`: ``(slice(lo, hi),)`` of units or samples, or
-        ``(slice(n, n + 1), slice(lo, hi))`` of one sample's channels. The
-        pieces' results together must be the whole call's, bit for bit:
-        items must be independent (a chunk of a GEMM driver sums its
-        samples in order, so pieces hold whole chunks).
+    args : tuple
+        The arguments of the whole call.
+    piece : callable, optional
+        ``piece(index)`` -> the arguments for the items at `index`:
+        ``(slice(lo, hi),)`` of units or samples, or
+        ``(slice(n, n + 1), slice(lo, hi))`` of one sample's channels. By
+        default every array of `args` indexed by `index`. The pieces'
+        results together must be the whole call's, bit for bit: items must
+        be independent (a chunk of a GEMM driver sums its samples in order,
+        so pieces hold whole chunks).
     taps, macs : int
         Rough work of one item (one unit, or one plane for ``(N, C)``):
         cells touched and GEMM multiply-adds (:data:`TAP_SECONDS`,
         :data:`MAC_SECONDS`).
     """
-    units = counts[0]
-    args = args_of((slice(0, units),))
     parallel = _parallel(parallel, args)
     run = kernel(name, parallel, twin)
+    units = counts[0]
     planes = counts[1] if len(counts) > 1 else 1
     item = taps * TAP_SECONDS + macs * MAC_SECONDS  # seconds of one item on one thread
     work = units * planes * item
@@ -396,6 +398,9 @@ def in_pieces(name: str, counts, args_of, *, taps: int = 0, macs: int = 0,
     if work <= 2 * PIECE_SECONDS * threads:
         run(*args)
         return
+    if piece is None:
+        def piece(index):
+            return tuple(a[index] if isinstance(a, np.ndarray) else a for a in args)
     by_units = planes == 1 or planes * item <= PIECE_SECONDS * threads
     if by_units:
         item *= planes
@@ -412,7 +417,7 @@ def in_pieces(name: str, counts, args_of, *, taps: int = 0, macs: int = 0,
                 hi = end
             index = (slice(lo, hi),) if by_units else (slice(n, n + 1), slice(lo, hi))
             start = time.perf_counter()
-            run(*args_of(index))
+            run(*piece(index))
             rate = (hi - lo) / max(time.perf_counter() - start, 1e-9)
             lo = hi
 

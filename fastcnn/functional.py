@@ -58,7 +58,7 @@ def _unfold(x: np.ndarray, win: v.Window) -> np.ndarray:
     k = win.kh * win.kw
     out = np.empty((n, c * k, win.oh * win.ow), dtype=x.dtype)
     if n:
-        in_pieces("im2col", (n, c), lambda i: (x[i], *win, out[_rows(i, k)]),
+        in_pieces("im2col", (n, c), (x, *win, out), lambda i: (x[i], *win, out[_rows(i, k)]),
                   taps=_plane_taps(win, h, w))
     return out
 
@@ -67,8 +67,8 @@ def _fold(cols: np.ndarray, shape, win: v.Window) -> np.ndarray:
     out = np.empty(shape, dtype=cols.dtype)
     if shape[0]:
         k = win.kh * win.kw
-        in_pieces("col2im", shape[:2], lambda i: (cols[_rows(i, k)], *win, out[i]),
-                  taps=_plane_taps(win, *shape[2:]))
+        in_pieces("col2im", shape[:2], (cols, *win, out),
+                  lambda i: (cols[_rows(i, k)], *win, out[i]), taps=_plane_taps(win, *shape[2:]))
     return out
 
 
@@ -208,7 +208,8 @@ def _conv2d(x, weight, bias, win: v.Window, groups: int) -> np.ndarray:
     kg, length = weight[0].size, win.oh * win.ow
     weight = weight.reshape(f, kg)
     bias = _no_bias(x.dtype) if bias is None else bias
-    in_pieces("conv2d_forward", (n,), lambda i: (x[i], weight, bias, *win, groups, out[i]),
+    in_pieces("conv2d_forward", (n,), (x, weight, bias, *win, groups, out),
+              lambda i: (x[i], weight, bias, *win, groups, out[i]),
               macs=f * kg * length, taps=(x.shape[1] * win.kh * win.kw + f) * length,
               **_gemm((length, kg, f), n * f * kg * length))
     return out
@@ -283,12 +284,12 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int):
     dbias = np.empty((count, f), dtype=x.dtype)
     w = weight.reshape(f, kg)
 
-    def args_of(i):
+    def piece(i):
         s = _samples(i, size)
         return dout[s], x[s], w, *win, groups, size, dx[s], dweight[i], dbias[i]
 
-    in_pieces("conv2d_backward", (count,), args_of, macs=size * macs, taps=size * taps,
-              **_gemm((length, kg, f), n * macs))
+    in_pieces("conv2d_backward", (count,), (dout, x, w, *win, groups, size, dx, dweight, dbias),
+              piece, macs=size * macs, taps=size * taps, **_gemm((length, kg, f), n * macs))
     return dx, dweight.sum(axis=0).reshape(weight.shape), dbias.sum(axis=0)
 
 
@@ -308,7 +309,7 @@ def _linear(x: np.ndarray, weight: np.ndarray, bias) -> np.ndarray:
         return out
     size, count = _batch_chunks(n, weight.nbytes, _LINEAR_CHUNKS)
     bias = _no_bias(x.dtype) if bias is None else bias
-    in_pieces("linear_forward", (count,),
+    in_pieces("linear_forward", (count,), (x, weight, bias, size, out),
               lambda i: (x[_samples(i, size)], weight, bias, size, out[_samples(i, size)]),
               macs=size * weight.size, **_gemm(weight.shape + (size,), n * weight.size))
     return out
@@ -324,12 +325,12 @@ def _linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray):
     dweight = np.empty((count,) + weight.shape, dtype=x.dtype)
     dbias = np.empty((count, len(weight)), dtype=x.dtype)
 
-    def args_of(i):
+    def piece(i):
         s = _samples(i, size)
         return dout[s], x[s], weight, size, dx[s], dweight[i], dbias[i]
 
-    in_pieces("linear_backward", (count,), args_of, macs=size * 2 * weight.size,
-              **_gemm(weight.shape + (size,), 2 * n * weight.size))
+    in_pieces("linear_backward", (count,), (dout, x, weight, size, dx, dweight, dbias), piece,
+              macs=size * 2 * weight.size, **_gemm(weight.shape + (size,), 2 * n * weight.size))
     return dx, dweight.sum(axis=0), dbias.sum(axis=0)
 
 
@@ -378,7 +379,7 @@ def _max_pool2d(x: np.ndarray, win: v.Window) -> tuple[np.ndarray, np.ndarray]:
     indices = np.empty(shape, dtype=np.int64)
     if shape[0]:
         # (a max-pool tap, a comparison and two selects, costs about two)
-        in_pieces("max_pool2d", shape[:2], lambda i: (x[i], *win.params, out[i], indices[i]),
+        in_pieces("max_pool2d", shape[:2], (x, *win.params, out, indices),
                   taps=_plane_taps(win, *x.shape[2:]) + win.kh * win.kw * win.oh * win.ow)
     return out, indices
 
@@ -427,7 +428,7 @@ def _max_pool2d_backward(dout: np.ndarray, indices: np.ndarray, shape) -> np.nda
     """:func:`max_pool2d_backward` of validated `dout`, in-range int64 `indices` and shape."""
     out = np.empty(shape, dtype=dout.dtype)
     if shape[0]:
-        in_pieces("max_pool2d_backward", shape[:2], lambda i: (dout[i], indices[i], out[i]),
+        in_pieces("max_pool2d_backward", shape[:2], (dout, indices, out),
                   taps=dout.shape[2] * dout.shape[3] + shape[2] * shape[3])
     return out
 
@@ -478,8 +479,7 @@ def avg_pool2d(
                           divisor_override)
     out = np.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
     if x.shape[0]:
-        in_pieces("avg_pool2d", x.shape[:2], lambda i: (x[i], *args, out[i]),
-                  taps=_plane_taps(win, *x.shape[2:]))
+        in_pieces("avg_pool2d", x.shape[:2], (x, *args, out), taps=_plane_taps(win, *x.shape[2:]))
     return out
 
 
@@ -517,7 +517,7 @@ def avg_pool2d_backward(
         raise ValueError(f"dout must have the avg_pool2d output shape {expected}, got {dout.shape}")
     out = np.empty(shape, dtype=dout.dtype)
     if shape[0]:
-        in_pieces("avg_pool2d_backward", shape[:2], lambda i: (dout[i], *args, out[i]),
+        in_pieces("avg_pool2d_backward", shape[:2], (dout, *args, out),
                   taps=_plane_taps(win, *shape[2:]))
     return out
 
