@@ -13,7 +13,10 @@ any of them runs (:func:`blas_single_threaded`): the team is the only
 parallelism, so nothing oversubscribes the cores. NumPy's own BLAS is
 never touched. Every kernel splits its work in a way that depends on the
 sizes only, so results do not depend on the thread count, nor on what
-other Python threads do meanwhile.
+other Python threads do meanwhile. A forked child process runs one thread.
+
+Long calls run in pieces (:func:`in_pieces`), with Python between them, so
+that Ctrl-C interrupts them; the pieces give the whole call's bits.
 """
 
 from __future__ import annotations
