@@ -631,3 +631,24 @@ def test_repr_shows_non_default_arguments():
     assert repr(conv) == "Conv2D(3, 8, kernel_size=(3, 3), padding=(1, 1))"
     assert repr(MaxPool2D(2)) == "MaxPool2D(kernel_size=(2, 2))"
     assert repr(Dropout(0.25)) == "Dropout(p=0.25)"
+
+
+@pytest.mark.parametrize("make, kind, name, bad", [
+    (lambda: Conv2D(3, 4, 3), "params", "weight", np.ones((8, 400, 3, 3), np.float32)),
+    (lambda: Conv2D(3, 4, 3), "params", "bias", np.ones(1, np.float32)),
+    (lambda: Dense(5, 2), "params", "weight", np.ones((2, 5), np.float32)[:, ::-1]),
+    (lambda: BatchNorm2D(3), "params", "weight", np.ones(1, np.float32)),
+    (lambda: BatchNorm2D(3), "state", "running_mean", np.zeros(1, np.float32)),
+    (lambda: BatchNorm2D(3), "grads", "bias", np.zeros(1, np.float32)),
+    (lambda: Dense(5, 2), "params", "bias", [0.0, 0.0]),
+])
+def test_replaced_arrays_of_the_wrong_kind_are_refused(make, kind, name, bad):
+    # The kernels read parameters and state without re-checking them: a
+    # replaced array of another shape would make them read out of bounds.
+    layer = make()
+    shape = (2, 3, 6, 6) if not isinstance(layer, Dense) else (2, 5)
+    x = np.ones(shape, np.float32)
+    layer.forward(x, training=False)  # state seen as made
+    getattr(layer, kind)[name] = bad
+    with pytest.raises(ValueError, match=rf"{kind}\['{name}'\] must be"):
+        layer.forward(x, training=False)

@@ -9,6 +9,7 @@ import numpy as np
 from .. import _npz
 from .._validation import (
     SUPPORTED_DTYPES,
+    _describe,
     Window,
     as_float_array,
     flag,
@@ -168,6 +169,9 @@ class Layer:
         self._out_dtype: np.dtype | None = None
         # The last window computed by _kept_window, and what it was made from.
         self._window_key = self._window = None
+        # The shape of every parameter, gradient and state array, as made
+        # (see _check_arrays).
+        self._shapes: dict[tuple[str, str], tuple[int, ...]] = {}
 
     def _kept_window(self, make, shape, *geometry) -> Window:
         """``make(shape, *geometry)``, computed again only when it can change.
@@ -184,6 +188,27 @@ class Layer:
     def _add_param(self, name: str, value: np.ndarray) -> None:
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
+        self._shapes["params", name] = self._shapes["grads", name] = value.shape
+
+    def _check_arrays(self) -> None:
+        """Refuse parameters, gradients or state that were replaced by arrays
+        the kernels cannot take as they are: the kernels read them without
+        further checks, so a wrong shape would read or write out of bounds.
+
+        Shapes are those of :meth:`_add_param` (state arrays: as first seen).
+        """
+        for kind in ("params", "grads", "state"):
+            for name, value in getattr(self, kind).items():
+                shape = self._shapes.setdefault((kind, name), np.shape(value))
+                if not (isinstance(value, np.ndarray) and value.shape == shape
+                        and value.dtype in SUPPORTED_DTYPES and value.flags.c_contiguous
+                        and value.flags.aligned and value.flags.writeable):
+                    raise ValueError(
+                        f"{type(self).__name__}.{kind}[{name!r}] must be a writeable, "
+                        f"C-contiguous float32/float64 ndarray of shape {shape}, got "
+                        f"{_describe(value)}; change its values in place instead "
+                        "of replacing it"
+                    )
 
     def _mode(self, training) -> bool:
         """`training` if given, else the layer's own mode (see :meth:`train`)."""
@@ -208,6 +233,7 @@ class Layer:
             Same dtype as `x`; shape given by :meth:`output_shape`.
         """
         given, x = x, as_float_array(x, "x")
+        self._check_arrays()
         out, self._cache = self._forward(x, self._mode(training))
         # A ufunc of a 0-d array gives a NumPy scalar: the contract is an ndarray.
         out = given_back(np.asarray(out), x, given)
@@ -243,6 +269,7 @@ class Layer:
                 "first, it stores what backward needs"
             )
         given, dout = dout, as_float_array(dout, "dout")
+        self._check_arrays()
         if dout.shape != self._out_shape:
             raise ValueError(
                 f"dout must have the shape of the last forward output {self._out_shape}, "
