@@ -4,14 +4,14 @@ Compiled (Cython, OpenMP) kernels with pure-NumPy twins, and the semantics of
 ``torch.nn.functional``. The operations are in :mod:`fastcnn.functional`, the
 layers in :mod:`fastcnn.layers` (both also here), the model container is
 :class:`Sequential`; :mod:`fastcnn.losses`, :mod:`fastcnn.optim`,
-:mod:`fastcnn.gradcheck` and the drop-ins of :mod:`fastcnn.compat` (for
+:mod:`fastcnn.init`, :mod:`fastcnn.gradcheck` and the drop-ins of :mod:`fastcnn.compat` (for
 CS231n, hipsternet and ML-From-Scratch code) complete the set.
 ``fastcnn.show_config()`` says how this copy was built.
 """
 
 __version__ = "0.1.0"
 
-from . import functional, gradcheck, layers, losses, optim, reference
+from . import functional, gradcheck, init, layers, losses, optim, reference
 from ._backend import get_backend, get_num_threads, set_backend, set_num_threads, use_backend
 from ._info import show_config
 from .functional import (
@@ -54,6 +54,7 @@ __all__ = [
     "losses",
     "optim",
     "gradcheck",
+    "init",
     "get_backend",
     "set_backend",
     "use_backend",

@@ -11,10 +11,13 @@ line by line, so results agree with it to rounding; each parameter's update
 is one kernel call (:mod:`fastcnn.functional`'s ``_*_step``), weight decay
 and ``maximize`` included. :func:`clip_grad_norm_`
 and :func:`clip_grad_value_` rescale or clamp the gradients before a step,
-as ``torch.nn.utils`` does.
+as ``torch.nn.utils`` does. Learning-rate schedules are in
+:mod:`fastcnn.optim.lr_scheduler`.
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 
@@ -29,6 +32,7 @@ __all__ = [
     "Adadelta",
     "RMSprop",
     "Adam",
+    "AdamW",
     "clip_grad_norm_",
     "clip_grad_value_",
 ]
@@ -292,6 +296,43 @@ class Adam(Optimizer):
                      **self._common())
 
 
+class AdamW(Adam):
+    """Adam with decoupled weight decay, as ``torch.optim.AdamW``.
+
+    Each step first shrinks the parameter, ``param *= 1 - lr * weight_decay``,
+    then applies the Adam update of the (undecayed) gradient.
+
+    Parameters
+    ----------
+    model : Sequential, Layer or list of layers
+    lr : float, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-8
+    weight_decay : float, default 1e-2
+        Decoupled: never added to the gradient.
+    amsgrad : bool, default False
+    maximize : bool, default False
+    """
+
+    def __init__(
+        self,
+        model,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=1e-2,
+        amsgrad=False,
+        maximize=False,
+    ) -> None:
+        super().__init__(model, lr, betas, eps, weight_decay, amsgrad, maximize)
+
+    def _update(self, param, grad, state):
+        if self.weight_decay != 0:
+            param *= 1 - self.lr * self.weight_decay
+        F._adam_step(param, grad, state, betas=self.betas, eps=self.eps, amsgrad=self.amsgrad,
+                     lr=self.lr, weight_decay=0.0, maximize=self.maximize)
+
+
 def clip_grad_norm_(model, max_norm, norm_type=2.0) -> float:
     """Scale all gradients so that their joint norm is at most `max_norm`, as ``torch.nn.utils``.
 
@@ -336,3 +377,10 @@ def clip_grad_value_(model, clip_value) -> None:
     clip_value = real(clip_value, "clip_value", low=0)
     for _, grad in _named_arrays(model, "grads"):
         np.clip(grad, -clip_value, clip_value, out=grad)
+
+
+# Imported last: the schedulers need Optimizer. Registered as a submodule too, as
+# os.path is, so that ``from fastcnn.optim.lr_scheduler import StepLR`` works.
+from . import lr_scheduler  # noqa: E402
+
+sys.modules[f"{__name__}.lr_scheduler"] = lr_scheduler

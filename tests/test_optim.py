@@ -7,7 +7,7 @@ import pytest
 
 from fastcnn.layers import BatchNorm1D, Dense, ReLU
 from fastcnn.model import Sequential
-from fastcnn.optim import SGD, Adadelta, Adagrad, Adam, RMSprop
+from fastcnn.optim import SGD, Adadelta, Adagrad, Adam, AdamW, RMSprop
 
 
 def one_param_layer(values, grad):
@@ -32,12 +32,16 @@ P, G = np.array([[1.0, 2.0]]), np.array([[0.5, -1.0]])
     (lambda m: SGD(m, lr=0.1, momentum=0.9, nesterov=True), 2, P - 0.1 * 1.9 * G - 0.1 * 2.71 * G),
     # First step of the adaptive methods, with bias correction where they have it.
     (lambda m: Adam(m, lr=0.1), 1, P - 0.1 * G / (np.abs(G) + 1e-8)),
+    # AdamW shrinks the parameter first; the decay never enters the moments.
+    (lambda m: AdamW(m, lr=0.1, weight_decay=0.5), 1,
+     P * (1 - 0.05) - 0.1 * G / (np.abs(G) + 1e-8)),
     (lambda m: Adagrad(m, lr=0.1), 1, P - 0.1 * G / (np.abs(G) + 1e-10)),
     (lambda m: Adagrad(m, lr=0.1, lr_decay=0.5), 2,
      P - 0.1 * G / (np.abs(G) + 1e-10) - 0.1 / 1.5 * G / (np.sqrt(2) * np.abs(G) + 1e-10)),
     (lambda m: RMSprop(m, lr=0.1), 1, P - 0.1 * G / (0.1 * np.abs(G) + 1e-8)),
     (lambda m: Adadelta(m), 1, P - np.sqrt(1e-6) / np.sqrt(0.1 * G**2 + 1e-6) * G),
-], ids=["sgd", "sgd-wd", "sgd-max", "momentum", "dampening", "nesterov", "adam", "adagrad",
+], ids=["sgd", "sgd-wd", "sgd-max", "momentum", "dampening", "nesterov", "adam", "adamw",
+        "adagrad",
         "adagrad-decay", "rmsprop", "adadelta"])
 def test_steps_by_hand(make, steps, expected):
     layer = one_param_layer(P, G)
@@ -68,6 +72,9 @@ CONFIGS = [
     (Adam, "Adam", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
     (Adam, "Adam", dict(lr=0.01, amsgrad=True)),
     (Adam, "Adam", dict(lr=0.01, amsgrad=True, maximize=True, weight_decay=0.01)),
+    (AdamW, "AdamW", dict()),
+    (AdamW, "AdamW", dict(lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.3)),
+    (AdamW, "AdamW", dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True)),
 ]
 
 
@@ -157,6 +164,8 @@ def test_learning_rate_can_change_between_steps():
     (lambda m: Adam(m, betas=0.9), TypeError, "pair"),
     (lambda m: Adam(m, lr=float("nan")), ValueError, "lr"),
     (lambda m: Adam(m, amsgrad=None), TypeError, "amsgrad"),
+    (lambda m: AdamW(m, weight_decay=-0.1), ValueError, "weight_decay"),
+    (lambda m: AdamW(m, betas=(0.9, 1.0)), ValueError, r"betas\[1\]"),
 ])
 def test_hyperparameters_are_validated(make, error, match):
     with pytest.raises(error, match=match):
