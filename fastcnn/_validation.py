@@ -34,6 +34,9 @@ __all__ = [
     "pool_window",
     "col2im_window",
     "conv_padding",
+    "spatial_size",
+    "choice",
+    "check_param_shape",
 ]
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -386,3 +389,38 @@ def input_shape_4d(input_shape, name: str = "input_shape") -> tuple[int, int, in
     if min(shape[1:]) == 0:
         raise ValueError(f"{name} must have C, H, W >= 1, got {shape}")
     return shape
+
+
+def spatial_size(value, name: str, allow_none: bool = False) -> tuple:
+    """Normalise an int or a pair to ``(h, w)`` of positive ints; with `allow_none`,
+    either entry (or the whole value) may be None ("keep the input's size")."""
+    if allow_none and value is None:
+        return (None, None)
+    what = "an int or a pair of ints" + (" (or None)" if allow_none else "")
+    if isinstance(value, (tuple, list)) or (isinstance(value, np.ndarray) and value.ndim > 0):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+        items = tuple(value)
+    else:
+        items = (value, value)
+    result = tuple(
+        None if allow_none and item is None else integer(item, name, what) for item in items
+    )
+    if any(item is not None and item < 1 for item in result):
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return result
+
+
+def choice(value, name: str, choices) -> str:
+    """Require `value` to be one of the strings `choices`."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(
+            f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+        )
+    return value
+
+
+def check_param_shape(array, name: str, shape: tuple) -> None:
+    """Require an affine parameter (weight, bias) of exactly `shape`."""
+    if array is not None and array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")

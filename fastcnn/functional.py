@@ -10,6 +10,8 @@ int or an ``(h, w)`` pair.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _backend
@@ -25,6 +27,20 @@ __all__ = [
     "max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "pad",
+    "pad_backward",
+    "interpolate",
+    "interpolate_backward",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool2d_backward",
+    "max_unpool2d",
+    "max_unpool2d_backward",
+    "group_norm",
+    "group_norm_backward",
+    "layer_norm",
+    "layer_norm_backward",
 ]
 
 
@@ -787,3 +803,740 @@ def _adadelta_step(param, grad, state, *, lr, rho, eps, weight_decay, maximize):
     state["step"] += 1
     kernel("adadelta_update")(_flat(param), _flat(grad), _flat(state["square_avg"]),
                               _flat(state["acc_delta"]), lr, rho, eps, weight_decay, maximize)
+
+
+# -- padding and resampling ------------------------------------------------
+# Each of these ops gathers input cells along H and along W separately, so
+# forward and backward are two 1-D gathers and their adjoints (scatter-adds).
+
+
+def _scatter_add(values: np.ndarray, index: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Adjoint of ``np.take(x, index, axis)``: sum `values` into `size` cells along `axis`."""
+    shape = list(values.shape)
+    shape[axis] = size
+    out = np.zeros(shape, dtype=values.dtype)
+    lead = (slice(None),) * (axis % values.ndim)
+    if len(index) and np.all(index[1:] >= index[:-1]):
+        # Sorted (resampling): each target's sources are one run, summed by reduceat,
+        # many times faster than np.add.at.
+        starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+        out[lead + (index[starts],)] = np.add.reduceat(values, starts, axis=axis)
+    else:
+        np.add.at(out, lead + (index,), values)
+    return out
+
+
+_PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
+def _pad_args(pad, mode):
+    """Validate pad() arguments apart from the input size; return
+    ``((left, right, top, bottom), mode)``."""
+    mode = v.choice(mode, "mode", _PAD_MODES)
+    if not isinstance(pad, (tuple, list)) or len(pad) not in (2, 4):
+        raise ValueError(
+            f"pad must be a tuple (left, right, top, bottom) or (left, right), got {pad!r}"
+        )
+    if len(pad) == 2 and mode != "constant":
+        raise ValueError(
+            f"pad must have 4 entries (left, right, top, bottom) for mode={mode!r}, got {pad!r}"
+        )
+    return tuple(v.integer(p, "pad", "a tuple of ints") for p in (*pad, 0, 0)[:4]), mode
+
+
+def _pad_plan(shape, pad, mode):
+    """Validate pad() arguments for an input of `shape`; return the source index of
+    every output row and column (-1 where the constant goes) and the mode."""
+    (left, right, top, bottom), mode = _pad_args(pad, mode)
+    _, _, h, w = shape
+    sources = []
+    for size, before, after, axis in ((h, top, bottom, "H"), (w, left, right, "W")):
+        if size + before + after < 1:
+            raise ValueError(
+                f"pad={tuple(pad)} would leave nothing of input {axis}={size}"
+            )
+        if mode == "reflect" and max(before, after) >= size:
+            raise ValueError(
+                f"pad for mode='reflect' must be less than the input size along {axis}={size}, "
+                f"got {(before, after)}"
+            )
+        if mode == "circular":
+            # As PyTorch: crop first, then wrap around what is left.
+            kept = np.arange(max(-before, 0), size - max(-after, 0))
+            if max(before, after) > min(size, len(kept)):
+                raise ValueError(
+                    f"pad for mode='circular' must be at most the (cropped) input size along "
+                    f"{axis}={len(kept)} (it wraps around once), got {(before, after)}"
+                )
+            wrapped = np.arange(-max(before, 0), len(kept) + max(after, 0)) % len(kept)
+            sources.append(kept[wrapped])
+            continue
+        idx = np.arange(-before, size + after)
+        if mode == "constant":
+            idx[(idx < 0) | (idx >= size)] = -1
+        elif mode == "reflect":
+            idx = np.abs(idx)
+            idx = np.where(idx >= size, 2 * (size - 1) - idx, idx)
+        else:
+            idx = np.clip(idx, 0, size - 1)
+        sources.append(idx)
+    return sources[0], sources[1], mode
+
+
+def _inside(index: np.ndarray):
+    """The output slice whose sources are inside the input, and that input slice
+    (constant padding: the sources of a row or column are consecutive)."""
+    valid = np.flatnonzero(index >= 0)
+    if not valid.size:
+        return slice(0, 0), slice(0, 0)
+    first, last = valid[0], valid[-1]
+    return slice(first, last + 1), slice(index[first], index[last] + 1)
+
+
+def pad(x, pad, mode="constant", value=0.0) -> np.ndarray:
+    """Pad (or, with negative amounts, crop) the spatial axes, as ``F.pad``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W), float32 or float64
+    pad : tuple of 4 ints (left, right, top, bottom)
+        Cells added on each side; negative values remove cells. ``mode="constant"``
+        also takes ``(left, right)`` (W only).
+    mode : {"constant", "reflect", "replicate", "circular"}
+        ``reflect`` mirrors without repeating the edge (each pad less than
+        the input size on its axis), ``replicate`` repeats the edge,
+        ``circular`` wraps around (each pad at most the input size).
+    value : float
+        The fill of ``mode="constant"``.
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, H + top + bottom, W + left + right), dtype of `x`
+    """
+    x = v.as_float_array(x, "x")
+    v.check_nchw(x, "x")
+    rows, cols, mode = _pad_plan(x.shape, pad, mode)
+    value = v.real(value, "value") if mode == "constant" else 0.0
+    if mode != "constant":
+        return np.take(np.take(x, rows, axis=2), cols, axis=3)
+    out = np.full(x.shape[:2] + (len(rows), len(cols)), value, dtype=x.dtype)
+    (out_h, in_h), (out_w, in_w) = _inside(rows), _inside(cols)
+    out[:, :, out_h, out_w] = x[:, :, in_h, in_w]
+    return out
+
+
+def pad_backward(dout, input_shape, pad, mode="constant") -> np.ndarray:
+    """Gradient of :func:`pad` with respect to its input.
+
+    Parameters
+    ----------
+    dout : array_like, shape of the pad output, float32 or float64
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)`` of the forward input.
+    pad, mode
+        The arguments of the forward call.
+
+    Returns
+    -------
+    dx : ndarray, shape `input_shape`, dtype of `dout`
+        Every output cell's gradient goes to the input cell it was copied
+        from (reflected and wrapped copies add up); padding constants and
+        cropped cells get none.
+    """
+    dout = v.as_float_array(dout, "dout")
+    v.check_nchw(dout, "dout")
+    shape = v.input_shape_4d(input_shape)
+    rows, cols, mode = _pad_plan(shape, pad, mode)
+    expected = shape[:2] + (len(rows), len(cols))
+    if dout.shape != expected:
+        raise ValueError(f"dout must have the pad output shape {expected}, got {dout.shape}")
+    if mode != "constant":
+        return _scatter_add(_scatter_add(dout, rows, shape[2], 2), cols, shape[3], 3)
+    dx = np.zeros(shape, dtype=dout.dtype)
+    (out_h, in_h), (out_w, in_w) = _inside(rows), _inside(cols)
+    dx[:, :, in_h, in_w] = dout[:, :, out_h, out_w]
+    return dx
+
+
+_INTERPOLATE_MODES = ("nearest", "bilinear")
+
+
+def _interpolate_plan(shape, size, scale_factor, mode, align_corners, recompute_scale_factor):
+    """Validate interpolate() arguments; return ``(oh, ow, scales, mode, align_corners)``.
+
+    `scales` are the user's scale factors where PyTorch uses them to place
+    the samples (given, and not recomputed), else None.
+    """
+    mode = v.choice(mode, "mode", _INTERPOLATE_MODES)
+    if align_corners is not None:
+        if mode == "nearest":
+            raise ValueError(
+                "align_corners can only be set with mode='bilinear', got "
+                f"align_corners={align_corners!r} with mode='nearest'"
+            )
+        align_corners = v.flag(align_corners, "align_corners")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("exactly one of size and scale_factor must be given")
+    h, w = shape[2:]
+    if size is not None:
+        if recompute_scale_factor is not None:
+            raise ValueError("recompute_scale_factor only applies with scale_factor, not size")
+        oh, ow = v.spatial_size(size, "size")
+        return oh, ow, (None, None), mode, bool(align_corners)
+    if isinstance(scale_factor, (tuple, list)):
+        if len(scale_factor) != 2:
+            raise ValueError(f"scale_factor must be a float or a pair, got {scale_factor!r}")
+        factors = scale_factor
+    else:
+        factors = (scale_factor, scale_factor)
+    sh, sw = (v.real(f, "scale_factor", low=0, low_open=True) for f in factors)
+    oh, ow = int(h * sh), int(w * sw)
+    if oh < 1 or ow < 1:
+        raise ValueError(
+            f"output would be empty: input (H, W)={(h, w)} times scale_factor={scale_factor!r} "
+            f"gives {(oh, ow)}"
+        )
+    recompute = False if recompute_scale_factor is None else v.flag(
+        recompute_scale_factor, "recompute_scale_factor")
+    scales = (None, None) if recompute else (sh, sw)
+    return oh, ow, scales, mode, bool(align_corners)
+
+
+def _nearest_source(in_size: int, out_size: int, scale) -> np.ndarray:
+    """Source of every output index, as PyTorch's nearest_idx (float32 arithmetic)."""
+    o = np.arange(out_size)
+    if out_size == in_size:
+        return o
+    if out_size == 2 * in_size:
+        return o >> 1
+    step = np.float32(1.0 / scale) if scale else np.float32(in_size) / np.float32(out_size)
+    return np.minimum(np.floor(o.astype(np.float32) * step).astype(np.int64), in_size - 1)
+
+
+def _linear_taps(in_size, out_size, scale, align_corners, dtype):
+    """``(i0, i1, l0, l1)``: each output index reads ``l0 * x[i0] + l1 * x[i1]``,
+    computed in `dtype` as PyTorch's upsample_bilinear2d."""
+    o = np.arange(out_size).astype(dtype)
+    if align_corners:
+        step = dtype.type(in_size - 1) / dtype.type(out_size - 1) if out_size > 1 else dtype.type(0)
+        src = step * o
+    else:
+        step = dtype.type(1.0 / scale) if scale else dtype.type(in_size) / dtype.type(out_size)
+        src = np.maximum(step * (o + dtype.type(0.5)) - dtype.type(0.5), dtype.type(0))
+    i0 = src.astype(np.int64)
+    i1 = i0 + (i0 < in_size - 1)
+    l1 = np.clip(src - i0.astype(dtype), 0, 1).astype(dtype)
+    return i0, i1, (1 - l1).astype(dtype), l1
+
+
+def interpolate(
+    x, size=None, scale_factor=None, mode="nearest", align_corners=None,
+    recompute_scale_factor=None,
+) -> np.ndarray:
+    """Resample the spatial axes, as ``F.interpolate`` (modes nearest and bilinear).
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W), float32 or float64
+    size : int or (int, int), optional
+        Output ``(oh, ow)``. Exactly one of `size` and `scale_factor`.
+    scale_factor : float or (float, float), optional
+        ``oh = floor(H * scale_factor)``. Unless `recompute_scale_factor`,
+        the samples are placed by ``1 / scale_factor``, not ``H / oh``
+        (as PyTorch; the two differ when ``H * scale_factor`` is not whole).
+    mode : {"nearest", "bilinear"}
+        ``nearest`` copies ``x[floor(i * H / oh)]`` (PyTorch's legacy
+        nearest, in float32 arithmetic).
+    align_corners : bool, optional
+        Bilinear only (None means False). True maps the corner pixels'
+        centres onto each other; False treats pixels as areas.
+    recompute_scale_factor : bool, optional
+        With `scale_factor`: place the samples by ``H / oh`` instead.
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, oh, ow), dtype of `x`
+    """
+    x = v.as_float_array(x, "x")
+    v.check_nchw(x, "x")
+    oh, ow, (sh, sw), mode, align = _interpolate_plan(
+        x.shape, size, scale_factor, mode, align_corners, recompute_scale_factor)
+    h, w = x.shape[2:]
+    if mode == "nearest":
+        rows, cols = _nearest_source(h, oh, sh), _nearest_source(w, ow, sw)
+        return np.take(np.take(x, rows, axis=2), cols, axis=3)
+    h0, h1, hl0, hl1 = _linear_taps(h, oh, sh, align, x.dtype)
+    w0, w1, wl0, wl1 = _linear_taps(w, ow, sw, align, x.dtype)
+    # W first, then H: PyTorch's h0l * (w0l * x00 + w1l * x01) + h1l * (...), term by term.
+    t = wl0 * np.take(x, w0, axis=3) + wl1 * np.take(x, w1, axis=3)
+    return hl0[:, None] * np.take(t, h0, axis=2) + hl1[:, None] * np.take(t, h1, axis=2)
+
+
+def interpolate_backward(
+    dout, input_shape, size=None, scale_factor=None, mode="nearest", align_corners=None,
+    recompute_scale_factor=None,
+) -> np.ndarray:
+    """Gradient of :func:`interpolate` with respect to its input.
+
+    Parameters
+    ----------
+    dout : array_like, shape (N, C, oh, ow), float32 or float64
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)`` of the forward input.
+    size, scale_factor, mode, align_corners, recompute_scale_factor
+        The arguments of the forward call.
+
+    Returns
+    -------
+    dx : ndarray, shape `input_shape`, dtype of `dout`
+    """
+    dout = v.as_float_array(dout, "dout")
+    v.check_nchw(dout, "dout")
+    shape = v.input_shape_4d(input_shape)
+    oh, ow, (sh, sw), mode, align = _interpolate_plan(
+        shape, size, scale_factor, mode, align_corners, recompute_scale_factor)
+    expected = shape[:2] + (oh, ow)
+    if dout.shape != expected:
+        raise ValueError(
+            f"dout must have the interpolate output shape {expected}, got {dout.shape}"
+        )
+    h, w = shape[2:]
+    if mode == "nearest":
+        rows, cols = _nearest_source(h, oh, sh), _nearest_source(w, ow, sw)
+        return _scatter_add(_scatter_add(dout, rows, h, 2), cols, w, 3)
+    h0, h1, hl0, hl1 = _linear_taps(h, oh, sh, align, dout.dtype)
+    w0, w1, wl0, wl1 = _linear_taps(w, ow, sw, align, dout.dtype)
+    dt = _scatter_add(hl0[:, None] * dout, h0, h, 2) + _scatter_add(hl1[:, None] * dout, h1, h, 2)
+    return _scatter_add(wl0 * dt, w0, w, 3) + _scatter_add(wl1 * dt, w1, w, 3)
+
+
+# -- adaptive pooling and unpooling ----------------------------------------
+
+
+def _adaptive_plan(shape, output_size):
+    """Validate `output_size` for an input of `shape`; return the windows along H and W,
+    ``(starts, ends)`` each, as PyTorch: ``floor(i*H/oh)`` to ``ceil((i+1)*H/oh)``."""
+    oh, ow = v.spatial_size(output_size, "output_size", allow_none=True)
+    windows = []
+    for size, out in zip(shape[2:], (oh, ow)):
+        out = size if out is None else out
+        i = np.arange(out)
+        windows.append(((i * size) // out, ((i + 1) * size + out - 1) // out))
+    return windows
+
+
+def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
+    """Average pooling to a given output size, as ``F.adaptive_avg_pool2d``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W), float32 or float64
+    output_size : int, (int, int), or a pair with None
+        ``(oh, ow)``; None keeps the input's size on that axis.
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, oh, ow), dtype of `x`
+        Window i along H covers rows ``floor(i*H/oh)`` to ``ceil((i+1)*H/oh)``
+        (exclusive); windows overlap when oh does not divide H.
+    """
+    x = v.as_float_array(x, "x")
+    v.check_nchw(x, "x")
+    (hs, he), (ws, we) = _adaptive_plan(x.shape, output_size)
+    n, c, h, w = x.shape
+    oh, ow = len(hs), len(ws)
+    if h % oh == 0 and w % ow == 0:  # equal, disjoint windows
+        return x.reshape(n, c, oh, h // oh, ow, w // ow).mean(axis=(3, 5))
+    t = np.empty((n, c, h, ow), dtype=x.dtype)
+    for j in range(ow):
+        np.sum(x[..., ws[j]:we[j]], axis=3, out=t[..., j])
+    out = np.empty((n, c, oh, ow), dtype=x.dtype)
+    for i in range(oh):
+        np.sum(t[:, :, hs[i]:he[i], :], axis=2, out=out[:, :, i, :])
+    out /= ((he - hs)[:, None] * (we - ws)[None, :]).astype(x.dtype)
+    return out
+
+
+def adaptive_avg_pool2d_backward(dout, input_shape) -> np.ndarray:
+    """Gradient of :func:`adaptive_avg_pool2d` with respect to its input.
+
+    Parameters
+    ----------
+    dout : array_like, shape (N, C, oh, ow), float32 or float64
+    input_shape : tuple of 4 ints
+        ``(N, C, H, W)`` of the forward input; ``(oh, ow)`` is the forward's
+        output size.
+
+    Returns
+    -------
+    dx : ndarray, shape `input_shape`, dtype of `dout`
+    """
+    dout = v.as_float_array(dout, "dout")
+    v.check_nchw(dout, "dout")
+    shape = v.input_shape_4d(input_shape)
+    if dout.shape[:2] != shape[:2]:
+        raise ValueError(
+            f"dout's (N, C)={dout.shape[:2]} must match input_shape's (N, C)={shape[:2]}"
+        )
+    n, c, h, w = shape
+    oh, ow = dout.shape[2:]
+    (hs, he), (ws, we) = _adaptive_plan(shape, (oh, ow))
+    scaled = dout / ((he - hs)[:, None] * (we - ws)[None, :]).astype(dout.dtype)
+    if h % oh == 0 and w % ow == 0:
+        return np.repeat(np.repeat(scaled, h // oh, axis=2), w // ow, axis=3)
+    dt = np.zeros((n, c, h, ow), dtype=dout.dtype)
+    for i in range(oh):
+        dt[:, :, hs[i]:he[i], :] += scaled[:, :, i:i + 1, :]
+    dx = np.zeros(shape, dtype=dout.dtype)
+    for j in range(ow):
+        dx[..., ws[j]:we[j]] += dt[..., j:j + 1]
+    return dx
+
+
+def _window_argmax(values: np.ndarray) -> np.ndarray:
+    """Argmax along the last axis as PyTorch's pools scan: the first maximum,
+    or the last NaN if there is one."""
+    best = values.argmax(axis=-1)
+    nan = np.isnan(values)
+    if nan.any():
+        last_nan = values.shape[-1] - 1 - nan[..., ::-1].argmax(axis=-1)
+        best = np.where(nan.any(axis=-1), last_nan, best)
+    return best
+
+
+def adaptive_max_pool2d(x, output_size, return_indices=False):
+    """Max pooling to a given output size, as ``F.adaptive_max_pool2d``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W), float32 or float64
+    output_size : int, (int, int), or a pair with None
+        Windows as in :func:`adaptive_avg_pool2d`.
+    return_indices : bool
+        Also return the argmax of every window.
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, oh, ow), dtype of `x`
+        Ties go to the first maximum in row-major order; NaN propagates (its
+        index is the last NaN), as :func:`max_pool2d`.
+    indices : ndarray of int64, shape (N, C, oh, ow)
+        Only if `return_indices`: flat ``ih * W + iw`` in each plane, for
+        :func:`adaptive_max_pool2d_backward` or :func:`max_unpool2d`.
+    """
+    x = v.as_float_array(x, "x")
+    v.check_nchw(x, "x")
+    return_indices = v.flag(return_indices, "return_indices")
+    (hs, he), (ws, we) = _adaptive_plan(x.shape, output_size)
+    n, c, h, w = x.shape
+    oh, ow = len(hs), len(ws)
+    # The maximum of a rectangle is the maximum over its rows of each row's
+    # maximum; taking the first (or last NaN) at both stages keeps the scan order.
+    col_arg = np.empty((n, c, h, ow), dtype=np.int64)
+    for j in range(ow):
+        col_arg[..., j] = ws[j] + _window_argmax(x[..., ws[j]:we[j]])
+    col_max = np.take_along_axis(x, col_arg, axis=3)
+    out = np.empty((n, c, oh, ow), dtype=x.dtype)
+    indices = np.empty((n, c, oh, ow), dtype=np.int64)
+    for i in range(oh):
+        rows = hs[i] + _window_argmax(np.moveaxis(col_max[:, :, hs[i]:he[i], :], 2, 3))
+        out[:, :, i, :] = np.take_along_axis(col_max, rows[:, :, None, :], axis=2)[:, :, 0]
+        cols = np.take_along_axis(col_arg, rows[:, :, None, :], axis=2)[:, :, 0]
+        indices[:, :, i, :] = rows * w + cols
+    return (out, indices) if return_indices else out
+
+
+def adaptive_max_pool2d_backward(dout, indices, input_shape) -> np.ndarray:
+    """Gradient of :func:`adaptive_max_pool2d`: each output's gradient goes to its argmax.
+
+    The same scatter as :func:`max_pool2d_backward`, with the same arguments
+    and checks.
+    """
+    return max_pool2d_backward(dout, indices, input_shape)
+
+
+def _unpool_shape(shape, kernel_size, stride, padding, output_size):
+    """Validate max_unpool2d's geometry for an input of `shape`; return ``(oh, ow)``."""
+    kh, kw = v.pair(kernel_size, "kernel_size")
+    sh, sw = (kh, kw) if stride is None else v.pair(stride, "stride")
+    ph, pw = v.pair(padding, "padding", minimum=0)
+    default = tuple(
+        (size - 1) * s + k - 2 * p for size, s, k, p in zip(shape[2:], (sh, sw), (kh, kw), (ph, pw))
+    )
+    if output_size is None:
+        if min(default) < 1:
+            raise ValueError(
+                f"output would be empty: input (H, W)={shape[2:]} with kernel_size={(kh, kw)}, "
+                f"stride={(sh, sw)}, padding={(ph, pw)} gives {default}"
+            )
+        return default
+    size = v.shape_tuple(output_size, "output_size")
+    if len(size) == 4:
+        size = size[2:]
+    if len(size) != 2:
+        raise ValueError(f"output_size must be (H, W) or (N, C, H, W), got {output_size!r}")
+    for got, d, s, axis in zip(size, default, (sh, sw), "HW"):
+        if not d - s < got < d + s or got < 1:
+            raise ValueError(
+                f"output_size must be within ({d - s}, {d + s}) along {axis} for this input "
+                f"and stride, got {tuple(size)}"
+            )
+    return size
+
+
+def _unpool_indices(indices, shape, plane: int) -> np.ndarray:
+    """Validate unpooling indices: the input's shape, each in ``[0, plane)``."""
+    indices = v.as_indices(indices)
+    if indices.shape != tuple(shape):
+        raise ValueError(
+            f"indices must have the shape of x {tuple(shape)}, got {indices.shape}"
+        )
+    if indices.size and indices.view(np.uint64).max() >= plane:
+        raise ValueError(
+            f"indices must lie in [0, {plane}) (the output plane's oh*ow), got values in "
+            f"[{indices.min()}, {indices.max()}]"
+        )
+    return indices
+
+
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None) -> np.ndarray:
+    """Partial inverse of :func:`max_pool2d`, as ``F.max_unpool2d``: each value goes
+    to its index, every other cell is zero.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W), float32 or float64
+    indices : array_like of integers, shape of `x`
+        Flat ``ih * ow + iw`` in each output plane, e.g. from
+        ``max_pool2d(..., return_indices=True)``.
+    kernel_size, stride, padding : int or (int, int)
+        Those of the pooling; `stride` defaults to `kernel_size`.
+    output_size : (int, int) or (N, C, int, int), optional
+        Default ``((H - 1) * sh - 2 * ph + kh, ...)``; another size must lie
+        strictly within one stride of it. Pass the pooling's input size when
+        it was odd or pooled with ``ceil_mode``: the indices are flat in THAT
+        plane, and the default size may have another width.
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, oh, ow), dtype of `x`
+    """
+    x = v.as_float_array(x, "x")
+    v.check_nchw(x, "x")
+    oh, ow = _unpool_shape(x.shape, kernel_size, stride, padding, output_size)
+    indices = _unpool_indices(indices, x.shape, oh * ow)
+    n, c = x.shape[:2]
+    out = np.zeros((n, c, oh * ow), dtype=x.dtype)
+    np.put_along_axis(out, indices.reshape(n, c, -1), x.reshape(n, c, -1), axis=2)
+    return out.reshape(n, c, oh, ow)
+
+
+def max_unpool2d_backward(dout, indices) -> np.ndarray:
+    """Gradient of :func:`max_unpool2d` with respect to `x`: `dout` read at the indices.
+
+    Parameters
+    ----------
+    dout : array_like, shape (N, C, oh, ow), float32 or float64
+    indices : array_like of integers, shape (N, C, H, W)
+        The forward's indices.
+
+    Returns
+    -------
+    dx : ndarray, shape of `indices`, dtype of `dout`
+    """
+    dout = v.as_float_array(dout, "dout")
+    v.check_nchw(dout, "dout")
+    n, c, oh, ow = dout.shape
+    idx = np.asarray(indices)
+    if idx.ndim != 4 or idx.shape[:2] != (n, c):
+        raise ValueError(
+            f"indices must be 4-D with dout's (N, C)={(n, c)}, got shape {idx.shape}"
+        )
+    idx = _unpool_indices(idx, idx.shape, oh * ow)
+    gathered = np.take_along_axis(dout.reshape(n, c, -1), idx.reshape(n, c, -1), axis=2)
+    return gathered.reshape(idx.shape)
+
+
+# -- group and layer normalisation -----------------------------------------
+
+
+def _norm_operands(x, weight, bias, param_shape, eps, dout=None):
+    """Validate normalisation operands; return them (weight/bias may be None) and eps."""
+    v.check_same_dtype(x=x, weight=weight, bias=bias, dout=dout)
+    v.check_param_shape(weight, "weight", param_shape)
+    v.check_param_shape(bias, "bias", param_shape)
+    return v.real(eps, "eps", low=0, low_open=True)
+
+
+def _optional_array(value, name):
+    return None if value is None else v.as_float_array(value, name)
+
+
+def _normalize(x: np.ndarray, groups_shape, eps: float):
+    """``(x - mean) / sqrt(var + eps)`` over the last axis of `x` seen as `groups_shape`;
+    returns the normalised array (shape of x) and 1/sqrt(var + eps)."""
+    xg = x.reshape(groups_shape)
+    centred = xg - xg.mean(axis=-1, keepdims=True)
+    var = np.mean(centred * centred, axis=-1, keepdims=True)
+    rstd = 1 / np.sqrt(var + x.dtype.type(eps))
+    return (centred * rstd).reshape(x.shape), rstd
+
+
+def _normalize_backward(g: np.ndarray, xhat: np.ndarray, rstd, groups_shape) -> np.ndarray:
+    """Input gradient of a normalisation, from the gradient `g` of its normalised output."""
+    gg, xg = g.reshape(groups_shape), xhat.reshape(groups_shape)
+    dx = gg - gg.mean(axis=-1, keepdims=True) - xg * np.mean(gg * xg, axis=-1, keepdims=True)
+    return (dx * rstd).reshape(g.shape)
+
+
+def _group_norm_args(x, num_groups, weight, bias, eps, dout=None):
+    x = v.as_float_array(x, "x")
+    if x.ndim < 2 or min(x.shape[1:]) == 0:
+        raise ValueError(
+            f"x must be an array (N, C, ...) with C >= 1 and non-empty other dims, "
+            f"got shape {x.shape}"
+        )
+    num_groups = v.positive_int(num_groups, "num_groups")
+    c = x.shape[1]
+    if c % num_groups:
+        raise ValueError(f"num_groups={num_groups} must divide the channels C={c}")
+    weight, bias = _optional_array(weight, "weight"), _optional_array(bias, "bias")
+    eps = _norm_operands(x, weight, bias, (c,), eps, dout)
+    return x, num_groups, weight, bias, eps, (x.shape[0], num_groups, -1)
+
+
+def _channel_view(values: np.ndarray, ndim: int) -> np.ndarray:
+    return values.reshape((-1,) + (1,) * (ndim - 2))
+
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5) -> np.ndarray:
+    """Group normalisation, as ``F.group_norm``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, ...), float32 or float64
+    num_groups : int
+        Divides C; each sample's channels are split into this many groups,
+        each normalised over its channels and all other axes.
+    weight, bias : array_like, shape (C,), dtype of `x`, optional
+        Per-channel scale and shift.
+    eps : float
+        Added to the (biased) variance.
+
+    Returns
+    -------
+    out : ndarray, shape and dtype of `x`
+    """
+    x, g, weight, bias, eps, groups_shape = _group_norm_args(x, num_groups, weight, bias, eps)
+    if not x.shape[0]:
+        return np.empty_like(x)
+    out, _ = _normalize(x, groups_shape, eps)
+    if weight is not None:
+        out *= _channel_view(weight, x.ndim)
+    if bias is not None:
+        out += _channel_view(bias, x.ndim)
+    return out
+
+
+def group_norm_backward(dout, x, num_groups, weight=None, eps=1e-5):
+    """Gradients of :func:`group_norm` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    dout : array_like, shape and dtype of `x`
+    x, num_groups, weight, eps
+        The arguments of the forward call (the bias does not enter the gradients).
+
+    Returns
+    -------
+    dx : ndarray, shape of `x`
+    dweight, dbias : ndarray, shape (C,)
+        Returned whether or not the forward call had them.
+    """
+    dout = v.as_float_array(dout, "dout")
+    x, g, weight, _, eps, groups_shape = _group_norm_args(x, num_groups, weight, None, eps, dout)
+    if dout.shape != x.shape:
+        raise ValueError(f"dout must have the shape of x {x.shape}, got {dout.shape}")
+    axes = (0,) + tuple(range(2, x.ndim))
+    if not x.shape[0]:
+        zeros = np.zeros(x.shape[1], x.dtype)
+        return np.empty_like(x), zeros, zeros.copy()
+    xhat, rstd = _normalize(x, groups_shape, eps)
+    grad = dout if weight is None else dout * _channel_view(weight, x.ndim)
+    dx = _normalize_backward(grad, xhat, rstd, groups_shape)
+    return dx, np.sum(dout * xhat, axis=axes), np.sum(dout, axis=axes)
+
+
+def _layer_norm_args(x, normalized_shape, weight, bias, eps, dout=None):
+    x = v.as_float_array(x, "x")
+    if isinstance(normalized_shape, (tuple, list)):
+        shape = v.shape_tuple(normalized_shape, "normalized_shape")
+    else:
+        shape = (v.positive_int(normalized_shape, "normalized_shape"),)
+    if not shape or min(shape) < 1:
+        raise ValueError(f"normalized_shape must be positive ints, got {normalized_shape!r}")
+    if x.ndim < len(shape) or x.shape[x.ndim - len(shape):] != shape:
+        raise ValueError(
+            f"x's last {len(shape)} dims must be normalized_shape={shape}, got shape {x.shape}"
+        )
+    weight, bias = _optional_array(weight, "weight"), _optional_array(bias, "bias")
+    eps = _norm_operands(x, weight, bias, shape, eps, dout)
+    return x, shape, weight, bias, eps, (-1, math.prod(shape))
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> np.ndarray:
+    """Layer normalisation over the trailing axes, as ``F.layer_norm``.
+
+    Parameters
+    ----------
+    x : array_like, shape (..., *normalized_shape), float32 or float64
+    normalized_shape : int or tuple of ints
+        The trailing dims normalised together.
+    weight, bias : array_like, shape `normalized_shape`, dtype of `x`, optional
+        Element-wise scale and shift.
+    eps : float
+        Added to the (biased) variance.
+
+    Returns
+    -------
+    out : ndarray, shape and dtype of `x`
+    """
+    x, _, weight, bias, eps, groups_shape = _layer_norm_args(
+        x, normalized_shape, weight, bias, eps)
+    if not x.size:
+        return np.empty_like(x)
+    out, _ = _normalize(x, groups_shape, eps)
+    if weight is not None:
+        out *= weight
+    if bias is not None:
+        out += bias
+    return out
+
+
+def layer_norm_backward(dout, x, normalized_shape, weight=None, eps=1e-5):
+    """Gradients of :func:`layer_norm` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    dout : array_like, shape and dtype of `x`
+    x, normalized_shape, weight, eps
+        The arguments of the forward call.
+
+    Returns
+    -------
+    dx : ndarray, shape of `x`
+    dweight, dbias : ndarray, shape `normalized_shape`
+        Returned whether or not the forward call had them.
+    """
+    dout = v.as_float_array(dout, "dout")
+    x, shape, weight, _, eps, groups_shape = _layer_norm_args(
+        x, normalized_shape, weight, None, eps, dout)
+    if dout.shape != x.shape:
+        raise ValueError(f"dout must have the shape of x {x.shape}, got {dout.shape}")
+    axes = tuple(range(x.ndim - len(shape)))
+    if not x.size:
+        return np.empty_like(x), np.zeros(shape, x.dtype), np.zeros(shape, x.dtype)
+    xhat, rstd = _normalize(x, groups_shape, eps)
+    grad = dout if weight is None else dout * weight
+    dx = _normalize_backward(grad, xhat, rstd, groups_shape)
+    return dx, np.sum(dout * xhat, axis=axes), np.sum(dout, axis=axes)

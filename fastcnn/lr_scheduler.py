@@ -17,7 +17,7 @@ from collections import Counter
 
 import numpy as np
 
-from ._validation import flag, integer, positive_int, real
+from ._validation import choice, flag, integer, positive_int, real
 from .optim import Optimizer
 
 __all__ = [
@@ -37,12 +37,6 @@ def _optimizer(optimizer) -> Optimizer:
             f"optimizer must be a fastcnn.optim optimizer, got {type(optimizer).__name__}"
         )
     return optimizer
-
-
-def _choice(value, name: str, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
 
 
 class LRScheduler:
@@ -260,7 +254,7 @@ class OneCycleLR(LRScheduler):
         else:
             raise ValueError("OneCycleLR needs total_steps, or both epochs and steps_per_epoch")
         pct_start = real(pct_start, "pct_start", low=0, high=1)
-        self.anneal_strategy = _choice(anneal_strategy, "anneal_strategy", ("cos", "linear"))
+        self.anneal_strategy = choice(anneal_strategy, "anneal_strategy", ("cos", "linear"))
         max_lr = real(max_lr, "max_lr", low=0, low_open=True)
         div_factor = real(div_factor, "div_factor", low=0, low_open=True)
         final_div_factor = real(final_div_factor, "final_div_factor", low=0, low_open=True)
@@ -366,7 +360,7 @@ class ReduceLROnPlateau:
         eps=1e-8,
     ) -> None:
         self.optimizer = _optimizer(optimizer)
-        self.mode = _choice(mode, "mode", ("min", "max"))
+        self.mode = choice(mode, "mode", ("min", "max"))
         self.factor = real(factor, "factor", low=0, high=1, high_open=True)
         self.patience = integer(patience, "patience", "a non-negative int")
         self.cooldown = integer(cooldown, "cooldown", "a non-negative int")
@@ -374,7 +368,7 @@ class ReduceLROnPlateau:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {getattr(self, name)}")
         self.threshold = real(threshold, "threshold", low=0)
-        self.threshold_mode = _choice(threshold_mode, "threshold_mode", ("rel", "abs"))
+        self.threshold_mode = choice(threshold_mode, "threshold_mode", ("rel", "abs"))
         self.min_lr = real(min_lr, "min_lr", low=0)
         self.eps = real(eps, "eps", low=0)
         self.last_epoch = 0

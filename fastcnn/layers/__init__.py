@@ -15,7 +15,8 @@ Convolution and pooling call :mod:`fastcnn.functional`, which validates the
 geometry; the element-wise math lives here. Semantics follow ``torch.nn``.
 One module per family, as ``torch.nn.modules``: :mod:`.base` (the protocol),
 :mod:`.convolution`, :mod:`.linear`, :mod:`.normalization`, :mod:`.pooling`,
-:mod:`.flatten`, :mod:`.activation`, :mod:`.dropout` and :mod:`.container`
+:mod:`.padding`, :mod:`.upsampling`, :mod:`.flatten`, :mod:`.activation`,
+:mod:`.dropout` and :mod:`.container`
 (:class:`fastcnn.Sequential`, :class:`Residual`, :class:`Identity`).
 """
 
@@ -26,8 +27,17 @@ from .convolution import Conv2D
 from .dropout import Dropout
 from .flatten import Flatten
 from .linear import Dense
-from .normalization import BatchNorm1D, BatchNorm2D
-from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .normalization import BatchNorm1D, BatchNorm2D, GroupNorm, LayerNorm
+from .padding import Pad2D
+from .pooling import (
+    AdaptiveAvgPool2D,
+    AdaptiveMaxPool2D,
+    AvgPool2D,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    MaxUnpool2D,
+)
+from .upsampling import Upsample
 
 __all__ = [
     "Layer",
@@ -50,4 +60,11 @@ __all__ = [
     "Dropout",
     "Residual",
     "Identity",
+    "GroupNorm",
+    "LayerNorm",
+    "Pad2D",
+    "Upsample",
+    "AdaptiveAvgPool2D",
+    "AdaptiveMaxPool2D",
+    "MaxUnpool2D",
 ]

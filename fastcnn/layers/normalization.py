@@ -1,14 +1,14 @@
-"""Batch normalisation layers."""
+"""Normalisation layers: batch, group and layer normalisation."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .. import functional as F
-from .._validation import check_same_dtype, positive_int, real, shape_tuple
+from .._validation import check_same_dtype, flag, positive_int, real, shape_tuple
 from .base import Layer, _describe_args, _float_dtype
 
-__all__ = ["BatchNorm1D", "BatchNorm2D"]
+__all__ = ["BatchNorm1D", "BatchNorm2D", "GroupNorm", "LayerNorm"]
 
 
 class _BatchNorm(Layer):
@@ -104,3 +104,116 @@ class BatchNorm2D(_BatchNorm):
     """
 
     _ndims = (4,)
+
+
+class GroupNorm(Layer):
+    """Group normalisation, as ``torch.nn.GroupNorm``: statistics per sample and group,
+    the same in training and evaluation (no running statistics).
+
+    Parameters
+    ----------
+    num_groups : int
+        Divides `num_channels`.
+    num_channels : int
+    eps : float, default 1e-5
+    affine : bool, default True
+        Learn a per-channel ``weight`` (ones) and ``bias`` (zeros).
+    dtype : np.float32 or np.float64
+
+    Notes
+    -----
+    Input ``(N, C, ...)``, output of the same shape; works at batch size 1.
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32) -> None:
+        super().__init__()
+        self.num_groups = positive_int(num_groups, "num_groups")
+        self.num_channels = positive_int(num_channels, "num_channels")
+        if self.num_channels % self.num_groups:
+            raise ValueError(
+                f"num_groups={self.num_groups} must divide num_channels={self.num_channels}"
+            )
+        self.eps = real(eps, "eps", low=0, low_open=True)
+        self.affine = flag(affine, "affine")
+        self.dtype = _float_dtype(dtype)
+        if self.affine:
+            self._add_param("weight", np.ones(self.num_channels, self.dtype))
+            self._add_param("bias", np.zeros(self.num_channels, self.dtype))
+
+    def _forward(self, x, training):
+        if x.ndim < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(
+                f"x must have shape (N, {self.num_channels}, ...) for num_channels="
+                f"{self.num_channels}, got {x.shape}"
+            )
+        out = F.group_norm(x, self.num_groups, self.params.get("weight"),
+                           self.params.get("bias"), self.eps)
+        return out, x
+
+    def _backward(self, dout, x):
+        dx, dweight, dbias = F.group_norm_backward(
+            dout, x, self.num_groups, self.params.get("weight"), self.eps)
+        if self.affine:
+            self.grads["weight"][...] = dweight
+            self.grads["bias"][...] = dbias
+        return dx
+
+    def _extra_repr(self):
+        return _describe_args(
+            (self.num_groups, self.num_channels),
+            eps=(self.eps, 1e-5),
+            affine=(self.affine, True),
+            dtype=(self.dtype.name, "float32"),
+        )
+
+
+class LayerNorm(Layer):
+    """Layer normalisation over the trailing axes, as ``torch.nn.LayerNorm``.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of ints
+        The trailing dims of the input normalised together, e.g. ``(C, H, W)``.
+    eps : float, default 1e-5
+    elementwise_affine : bool, default True
+        Learn ``weight`` (ones) and ``bias`` (zeros) of shape `normalized_shape`.
+    dtype : np.float32 or np.float64
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True,
+                 dtype=np.float32) -> None:
+        super().__init__()
+        if isinstance(normalized_shape, (tuple, list)):
+            shape = shape_tuple(normalized_shape, "normalized_shape")
+        else:
+            shape = (positive_int(normalized_shape, "normalized_shape"),)
+        if not shape or min(shape) < 1:
+            raise ValueError(f"normalized_shape must be positive ints, got {normalized_shape!r}")
+        self.normalized_shape = shape
+        self.eps = real(eps, "eps", low=0, low_open=True)
+        self.elementwise_affine = flag(elementwise_affine, "elementwise_affine")
+        self.dtype = _float_dtype(dtype)
+        if self.elementwise_affine:
+            self._add_param("weight", np.ones(shape, self.dtype))
+            self._add_param("bias", np.zeros(shape, self.dtype))
+
+    def _forward(self, x, training):
+        out = F.layer_norm(x, self.normalized_shape, self.params.get("weight"),
+                           self.params.get("bias"), self.eps)
+        return out, x
+
+    def _backward(self, dout, x):
+        dx, dweight, dbias = F.layer_norm_backward(
+            dout, x, self.normalized_shape, self.params.get("weight"), self.eps)
+        if self.elementwise_affine:
+            self.grads["weight"][...] = dweight
+            self.grads["bias"][...] = dbias
+        return dx
+
+    def _extra_repr(self):
+        return _describe_args(
+            (self.normalized_shape,),
+            eps=(self.eps, 1e-5),
+            elementwise_affine=(self.elementwise_affine, True),
+            dtype=(self.dtype.name, "float32"),
+        )

@@ -5,10 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from .._validation import check_nchw, flag, input_shape_4d, pair, pool_window
+from .._validation import check_nchw, flag, input_shape_4d, pair, pool_window, spatial_size
 from .base import Layer, _describe_args
 
-__all__ = ["MaxPool2D", "AvgPool2D", "GlobalAvgPool2D"]
+__all__ = [
+    "MaxPool2D",
+    "AvgPool2D",
+    "GlobalAvgPool2D",
+    "AdaptiveAvgPool2D",
+    "AdaptiveMaxPool2D",
+    "MaxUnpool2D",
+]
 
 
 class _Pool2D(Layer):
@@ -150,3 +157,129 @@ class GlobalAvgPool2D(Layer):
 
     def output_shape(self, input_shape):
         return input_shape_4d(input_shape)[:2]
+
+
+class _AdaptivePool2D(Layer):
+    """What the adaptive pools share: the output size and its arithmetic."""
+
+    def __init__(self, output_size) -> None:
+        super().__init__()
+        spatial_size(output_size, "output_size", allow_none=True)  # validates
+        self.output_size = output_size
+
+    def output_shape(self, input_shape):
+        n, c, h, w = input_shape_4d(input_shape)
+        oh, ow = spatial_size(self.output_size, "output_size", allow_none=True)
+        return (n, c, h if oh is None else oh, w if ow is None else ow)
+
+    def _extra_repr(self):
+        return f"output_size={self.output_size!r}"
+
+
+class AdaptiveAvgPool2D(_AdaptivePool2D):
+    """Average pooling to a fixed output size, as ``torch.nn.AdaptiveAvgPool2d``.
+
+    Parameters
+    ----------
+    output_size : int, (int, int), or a pair with None
+        ``(oh, ow)``; None keeps the input's size on that axis.
+
+    Notes
+    -----
+    Input ``(N, C, H, W)``, output ``(N, C, oh, ow)``; ``AdaptiveAvgPool2D(1)``
+    is a global average pool that keeps the spatial axes.
+    """
+
+    def _forward(self, x, training):
+        return F.adaptive_avg_pool2d(x, self.output_size), x.shape
+
+    def _backward(self, dout, input_shape):
+        return F.adaptive_avg_pool2d_backward(dout, input_shape)
+
+
+class AdaptiveMaxPool2D(_AdaptivePool2D):
+    """Max pooling to a fixed output size, as ``torch.nn.AdaptiveMaxPool2d``.
+
+    Parameters
+    ----------
+    output_size : int, (int, int), or a pair with None
+
+    Attributes
+    ----------
+    indices : ndarray of int64 or None
+        The argmax of every window of the last forward (for :class:`MaxUnpool2D`).
+    """
+
+    def __init__(self, output_size) -> None:
+        super().__init__(output_size)
+        self.indices = None
+
+    def _forward(self, x, training):
+        out, self.indices = F.adaptive_max_pool2d(x, self.output_size, return_indices=True)
+        return out, (self.indices, x.shape)
+
+    def _backward(self, dout, cache):
+        indices, input_shape = cache
+        return F._max_pool2d_backward(dout, indices, input_shape)
+
+    def _forget_last_forward(self) -> None:
+        super()._forget_last_forward()
+        self.indices = None
+
+
+class MaxUnpool2D(Layer):
+    """Partial inverse of max pooling, as ``torch.nn.MaxUnpool2d``.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int, (int, int) or None
+        ``None`` means `kernel_size`.
+    padding : int or (int, int)
+
+    Notes
+    -----
+    ``forward(x, indices, output_size=None)`` puts each value of `x` at its
+    index (from ``MaxPool2D``/``max_pool2d(..., return_indices=True)``) in a
+    zero plane; pass the pooled input's ``(H, W)`` as `output_size` when it
+    was odd or pooled with ``ceil_mode``. ``backward(dout)`` returns the
+    gradient with respect to `x`.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0) -> None:
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = None if stride is None else pair(stride, "stride")
+        self.padding = pair(padding, "padding", minimum=0)
+        self._unpool_args = None
+
+    def forward(self, x, indices, output_size=None, training=None):
+        """Unpool `x` to the positions `indices` (shape of `x`); see the class notes."""
+        self._unpool_args = (indices, output_size)
+        try:
+            return super().forward(x, training)
+        finally:
+            self._unpool_args = None
+
+    def __call__(self, x, indices, output_size=None, training=None):
+        return self.forward(x, indices, output_size, training)
+
+    def _forward(self, x, training):
+        indices, output_size = self._unpool_args
+        out = F.max_unpool2d(x, indices, self.kernel_size, self.stride, self.padding, output_size)
+        return out, np.array(indices, dtype=np.int64)
+
+    def _backward(self, dout, indices):
+        return F.max_unpool2d_backward(dout, indices)
+
+    def output_shape(self, input_shape):
+        shape = input_shape_4d(input_shape)
+        return shape[:2] + F._unpool_shape(shape, self.kernel_size, self.stride, self.padding,
+                                            None)
+
+    def _extra_repr(self):
+        return _describe_args(
+            kernel_size=(self.kernel_size, None),
+            stride=(self.stride, None),
+            padding=(self.padding, (0, 0)),
+        )
