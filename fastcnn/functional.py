@@ -11,6 +11,7 @@ int or an ``(h, w)`` pair.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,6 +24,8 @@ __all__ = [
     "col2im",
     "conv2d",
     "conv2d_backward",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "avg_pool2d",
@@ -1540,3 +1543,168 @@ def layer_norm_backward(dout, x, normalized_shape, weight=None, eps=1e-5):
     grad = dout if weight is None else dout * weight
     dx = _normalize_backward(grad, xhat, rstd, groups_shape)
     return dx, np.sum(dout * xhat, axis=axes), np.sum(dout, axis=axes)
+
+
+# -- transposed convolution -------------------------------------------------
+# conv_transpose2d is the input gradient of conv2d: per sample and group, a
+# GEMM of the weight with the input gives the columns, and col2im sums them
+# into the output. Its input gradient is a conv2d of dout with the same
+# weight, its weight gradient conv2d's weight gradient with x and dout swapped.
+
+
+class _Transposed(NamedTuple):
+    """Geometry of a transposed convolution: output shape, the conv2d window that
+    maps the output back onto the input, and whether that window's extent is
+    larger than the input (output_padding >= stride)."""
+
+    out_shape: tuple
+    win: v.Window
+    oversized: bool
+
+
+def _conv_transpose_operands(x, weight, groups, stride, padding, output_padding, dilation,
+                             dout=None):
+    x = v.as_float_array(x, "x")
+    v.check_nchw(x, "x")
+    weight = v.as_float_array(weight, "weight")
+    if weight.ndim != 4 or min(weight.shape) == 0:
+        raise ValueError(
+            "weight must be a non-empty 4-D array (C_in, F/groups, kh, kw), "
+            f"got shape {weight.shape}"
+        )
+    groups = v.positive_int(groups, "groups")
+    c = x.shape[1]
+    if weight.shape[0] != c:
+        raise ValueError(
+            f"weight.shape[0] must be x's channels C_in={c}, got weight of shape {weight.shape}"
+        )
+    if c % groups:
+        raise ValueError(f"groups={groups} must divide in_channels={c}")
+    kh, kw = weight.shape[2:]
+    sh, sw = v.pair(stride, "stride")
+    ph, pw = v.pair(padding, "padding", minimum=0)
+    oph, opw = v.pair(output_padding, "output_padding", minimum=0)
+    dh, dw = v.pair(dilation, "dilation")
+    if oph >= max(sh, dh) or opw >= max(sw, dw):
+        raise ValueError(
+            f"output_padding must be smaller than stride or dilation, got output_padding="
+            f"{(oph, opw)} with stride={(sh, sw)} and dilation={(dh, dw)}"
+        )
+    n, _, h, w = x.shape
+    out_h = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
+    out_w = (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"output would be empty: input (H, W)={(h, w)} with kernel {(kh, kw)}, "
+            f"stride={(sh, sw)}, padding={(ph, pw)}, dilation={(dh, dw)} gives {(out_h, out_w)}"
+        )
+    out_shape = (n, weight.shape[1] * groups, out_h, out_w)
+    win = v.conv_window(out_shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    v.check_same_dtype(x=x, weight=weight, dout=dout)
+    return x, weight, groups, _Transposed(out_shape, win, (win.oh, win.ow) != (h, w))
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1) -> np.ndarray:
+    """2-D transposed convolution, as ``F.conv_transpose2d``.
+
+    The adjoint of :func:`conv2d` with the same weight and geometry (its
+    input gradient), e.g. a learnable upsampling with ``stride=2``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C_in, H, W), float32 or float64
+    weight : array_like, shape (C_in, F/groups, kh, kw), dtype of `x`
+    bias : array_like, shape (F,), dtype of `x`, optional
+    stride, padding, dilation : int or (int, int)
+        Those of the conv2d this is the adjoint of; `padding` removes that
+        many cells from each side of the full output.
+    output_padding : int or (int, int)
+        Cells added at the bottom/right (smaller than stride or dilation): picks
+        one of the input sizes that a strided conv2d maps to the same size.
+    groups : int
+        Divides C_in.
+
+    Returns
+    -------
+    out : ndarray, shape (N, F, oh, ow), dtype of `x`
+        ``oh = (H - 1) * sh - 2 * ph + dh * (kh - 1) + output_padding_h + 1``.
+    """
+    x, weight, groups, geo = _conv_transpose_operands(
+        x, weight, groups, stride, padding, output_padding, dilation)
+    if bias is not None:
+        bias = v.as_float_array(bias, "bias")
+        if bias.shape != (geo.out_shape[1],):
+            raise ValueError(f"bias must have shape ({geo.out_shape[1]},), got {bias.shape}")
+        v.check_same_dtype(x=x, bias=bias)
+    return _conv_transpose2d(x, weight, bias, geo, groups)
+
+
+def _conv_transpose2d(x, weight, bias, geo: _Transposed, groups: int) -> np.ndarray:
+    """:func:`conv_transpose2d` of validated operands and geometry."""
+    n, c, h, w = x.shape
+    kh, kw = weight.shape[2:]
+    rows = weight.shape[1] * kh * kw  # per group
+    wg = weight.reshape(groups, c // groups, rows).transpose(0, 2, 1)
+    cols = np.matmul(wg, x.reshape(n, groups, c // groups, h * w))
+    cols = cols.reshape(n, groups * rows, h * w)
+    win = geo.win
+    if not geo.oversized:
+        out = _fold(cols, geo.out_shape, win)
+    else:
+        # The conv2d window reaches past the input: fold onto the whole unpadded
+        # extent instead, then cut the padding off (and add output_padding).
+        full = v.Window(kh, kw, win.sh, win.sw, 0, 0, win.dh, win.dw, h, w)
+        full_h = (h - 1) * win.sh + win.dh * (kh - 1) + 1
+        full_w = (w - 1) * win.sw + win.dw * (kw - 1) + 1
+        canvas = _fold(cols, (n, geo.out_shape[1], full_h, full_w), full)
+        out_h, out_w = geo.out_shape[2:]
+        out = pad(canvas, (-win.pw, out_w - full_w + win.pw, -win.ph, out_h - full_h + win.ph))
+    if bias is not None:
+        out += bias[:, None, None]
+    return out
+
+
+def conv_transpose2d_backward(dout, x, weight, stride=1, padding=0, output_padding=0, groups=1,
+                              dilation=1):
+    """Gradients of :func:`conv_transpose2d` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    dout : array_like, shape (N, F, oh, ow), dtype of `x`
+    x, weight, stride, padding, output_padding, groups, dilation
+        The arguments of the forward call.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C_in, H, W)
+        ``conv2d(dout, weight, stride, padding, dilation, groups)``.
+    dweight : ndarray, shape (C_in, F/groups, kh, kw)
+    dbias : ndarray, shape (F,)
+        Returned whether or not the forward call had a bias.
+    """
+    dout = v.as_float_array(dout, "dout")
+    x, weight, groups, geo = _conv_transpose_operands(
+        x, weight, groups, stride, padding, output_padding, dilation, dout)
+    if dout.shape != geo.out_shape:
+        raise ValueError(
+            f"dout must have the conv_transpose2d output shape {geo.out_shape}, got {dout.shape}"
+        )
+    return _conv_transpose2d_backward(dout, x, weight, geo, groups)
+
+
+def _conv_transpose2d_backward(dout, x, weight, geo: _Transposed, groups: int):
+    """:func:`conv_transpose2d_backward` of validated operands and geometry."""
+    n, c, h, w = x.shape
+    dx = _conv2d(dout, weight, None, geo.win, groups)
+    cols = _unfold(dout, geo.win)
+    if geo.oversized:
+        dx = np.ascontiguousarray(dx[:, :, :h, :w])
+        shape = (n, cols.shape[1], geo.win.oh, geo.win.ow)
+        cols = np.ascontiguousarray(cols.reshape(shape)[:, :, :h, :w]).reshape(n, -1, h * w)
+    rows = cols.shape[1] // groups
+    dweight = np.matmul(
+        x.reshape(n, groups, c // groups, h * w),
+        cols.reshape(n, groups, rows, h * w).transpose(0, 1, 3, 2),
+    ).sum(axis=0)
+    return dx, dweight.reshape(weight.shape), dout.sum(axis=(0, 2, 3))

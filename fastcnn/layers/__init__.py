@@ -23,7 +23,7 @@ One module per family, as ``torch.nn.modules``: :mod:`.base` (the protocol),
 from .activation import ELU, SELU, LeakyReLU, ReLU, Sigmoid, Softmax, Softplus, Tanh
 from .base import Layer
 from .container import Identity, Residual
-from .convolution import Conv2D
+from .convolution import Conv2D, ConvTranspose2D
 from .dropout import Dropout
 from .flatten import Flatten
 from .linear import Dense
@@ -67,4 +67,5 @@ __all__ = [
     "AdaptiveAvgPool2D",
     "AdaptiveMaxPool2D",
     "MaxUnpool2D",
+    "ConvTranspose2D",
 ]

@@ -20,7 +20,7 @@ from .._validation import (
 )
 from .base import Layer, _describe_args, _float_dtype, _uniform
 
-__all__ = ["Conv2D"]
+__all__ = ["Conv2D", "ConvTranspose2D"]
 
 
 class Conv2D(Layer):
@@ -131,6 +131,127 @@ class Conv2D(Layer):
             padding=(self.padding, (0, 0)),
             dilation=(self.dilation, (1, 1)),
             groups=(self.groups, 1),
+            bias=("bias" in self.params, True),
+            dtype=(self.dtype.name, "float32"),
+        )
+
+
+class ConvTranspose2D(Layer):
+    """2-D transposed convolution, as ``torch.nn.ConvTranspose2d``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        C_in and F; both divisible by `groups`.
+    kernel_size, stride, dilation : int or (int, int)
+    padding : int or (int, int)
+    output_padding : int or (int, int)
+        Smaller than stride or dilation; added at the bottom/right.
+    groups : int, default 1
+    bias : bool, default True
+    dtype : np.float32 or np.float64
+    rng : numpy.random.Generator, int or None
+
+    Attributes
+    ----------
+    params : dict
+        ``weight`` of shape ``(C_in, F // groups, kh, kw)`` and, with `bias`,
+        ``bias`` of shape ``(F,)``, both uniform in ``+-1/sqrt(fan_in)`` with
+        ``fan_in = F // groups * kh * kw`` (PyTorch's init reads the fan of
+        the weight's second axis).
+
+    Notes
+    -----
+    Input ``(N, C_in, H, W)``, output ``(N, F, oh, ow)`` with
+    ``oh = (H - 1) * sh - 2 * ph + dh * (kh - 1) + output_padding_h + 1``.
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        groups=1,
+        bias=True,
+        dilation=1,
+        dtype=np.float32,
+        rng=None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = positive_int(in_channels, "in_channels")
+        self.out_channels = positive_int(out_channels, "out_channels")
+        self.groups = positive_int(groups, "groups")
+        for name in ("in_channels", "out_channels"):
+            if getattr(self, name) % self.groups:
+                raise ValueError(
+                    f"{name} must be divisible by groups={self.groups}, got {getattr(self, name)}"
+                )
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.padding = pair(padding, "padding", minimum=0)
+        self.output_padding = pair(output_padding, "output_padding", minimum=0)
+        self.dilation = pair(dilation, "dilation")
+        if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride,
+                                                    self.dilation)):
+            raise ValueError(
+                f"output_padding must be smaller than stride or dilation, got output_padding="
+                f"{self.output_padding} with stride={self.stride} and dilation={self.dilation}"
+            )
+        self.dtype = _float_dtype(dtype)
+        rng = np.random.default_rng(rng)
+        kh, kw = self.kernel_size
+        fan_in = self.out_channels // self.groups * kh * kw
+        bound = 1.0 / math.sqrt(fan_in)
+        shape = (self.in_channels, self.out_channels // self.groups, kh, kw)
+        self._add_param("weight", _uniform(rng, bound, shape, self.dtype))
+        if flag(bias, "bias"):
+            self._add_param("bias", _uniform(rng, bound, (self.out_channels,), self.dtype))
+
+    def _geometry(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding,
+                    output_padding=self.output_padding, groups=self.groups,
+                    dilation=self.dilation)
+
+    def _forward(self, x, training):
+        check_nchw(x, "x")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x must have in_channels={self.in_channels} channels, got shape {x.shape}"
+            )
+        x, weight, groups, geo = F._conv_transpose_operands(
+            x, self.params["weight"], **self._geometry())
+        return F._conv_transpose2d(x, weight, self.params.get("bias"), geo, groups), (x, geo)
+
+    def _backward(self, dout, cache):
+        x, geo = cache
+        dx, dweight, dbias = F._conv_transpose2d_backward(
+            dout, x, self.params["weight"], geo, self.groups)
+        self.grads["weight"][...] = dweight
+        if "bias" in self.grads:
+            self.grads["bias"][...] = dbias
+        return dx
+
+    def output_shape(self, input_shape):
+        n, c, h, w = input_shape_4d(input_shape)
+        if c != self.in_channels:
+            raise ValueError(f"input_shape[1] must be in_channels={self.in_channels}, got {c}")
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        (oph, opw), (dh, dw) = self.output_padding, self.dilation
+        return (n, self.out_channels, (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1,
+                (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1)
+
+    def _extra_repr(self):
+        return _describe_args(
+            (self.in_channels, self.out_channels),
+            kernel_size=(self.kernel_size, None),
+            stride=(self.stride, (1, 1)),
+            padding=(self.padding, (0, 0)),
+            output_padding=(self.output_padding, (0, 0)),
+            groups=(self.groups, 1),
+            dilation=(self.dilation, (1, 1)),
             bias=("bias" in self.params, True),
             dtype=(self.dtype.name, "float32"),
         )
