@@ -237,3 +237,57 @@ def test_a_plot_that_cannot_be_written_after_training_is_reported(monkeypatch, t
     err = capsys.readouterr().err
     assert err.startswith(f"fastcnn demo: error: cannot write --plot '{directory / 'c.png'}': ")
     assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_resnet_reaches_98_percent_on_the_digits(capsys):
+    """The README's promise for --model resnet (AdamW, cosine schedule, default epochs)."""
+    assert run_demo("--model", "resnet", "--quiet") == 0
+    out, _ = capsys.readouterr()
+    assert accuracy(out) >= 98, out
+    assert "after 10 epochs" in out
+
+
+def test_resnet_is_built_of_residual_blocks():
+    from fastcnn.layers import Residual
+
+    model = demo.build_resnet(1, 10, rng=0)
+    blocks = [layer for layer in model.modules() if isinstance(layer, Residual)]
+    assert len(blocks) == 3
+    assert blocks[0].shortcut is None  # same shape: identity
+    assert all(b.shortcut is not None for b in blocks[1:])  # strided 1x1 + BatchNorm
+    assert model(np.zeros((2, 1, 8, 8), np.float32)).shape == (2, 10)
+
+
+def reconstruction_errors(output: str) -> tuple[float, float]:
+    match = re.search(r"test reconstruction MSE: ([\d.]+) \(after the first epoch: ([\d.]+)\)",
+                      output)
+    assert match, output
+    return float(match.group(1)), float(match.group(2))
+
+
+def test_autoencoder_learns_and_plots_reconstructions(digits_subset, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "recon.png"
+    argv = ("--model", "autoencoder", "--data", digits_subset, "--epochs", 4, "--plot", png)
+    assert run_demo(*argv) == 0
+    out, err = capsys.readouterr()
+    last, first = reconstruction_errors(out)
+    assert last < 0.8 * first, out
+    assert "epoch 4/4" in err and "test_loss=" in err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"reconstructions saved to {png}" in out
+
+
+def test_autoencoder_needs_sizes_divisible_by_4(tmp_path, capsys):
+    path = tmp_path / "six.npz"
+    np.savez(path, x_train=np.zeros((4, 6, 6)), y_train=np.zeros(4, int),
+             x_test=np.zeros((2, 6, 6)), y_test=np.zeros(2, int))
+    assert run_demo("--model", "autoencoder", "--data", path, "--quiet") == 2
+    assert "multiples of 4" in capsys.readouterr().err
+
+
+def test_unknown_model_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_demo("--model", "vgg")
+    assert exc.value.code == 2
+    assert "--model" in capsys.readouterr().err
