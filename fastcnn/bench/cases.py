@@ -100,7 +100,11 @@ LARGE_SHAPE = "resnet"
 #: timed in conv2d and the training step).
 KERNEL_NAMES = ("im2col", "col2im", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
                 "avg_pool2d_backward")
-OPS = (*KERNEL_NAMES, "conv2d", "conv2d_fwd_bwd", "train_step", "copy")
+OPS = (*KERNEL_NAMES, "conv2d", "conv2d_fwd_bwd", "conv_transpose2d", "adaptive_avg_pool2d",
+       "adaptive_max_pool2d", "interpolate", "train_step", "copy")
+
+#: Output size of the adaptive pools (that of VGG's and AlexNet's classifier head).
+ADAPTIVE_OUTPUT = 7
 
 
 class _Bench(NamedTuple):
@@ -380,6 +384,51 @@ def _build_conv2d_fwd_bwd(shape, dtype, level, impls, threads, torch):
     return _Bench(fns, flops=3 * flops)
 
 
+def _build_conv_transpose2d(shape, dtype, level, impls, threads, torch):
+    """The transposed convolution from the conv's output back to its input
+    (the conv's input gradient, as a decoder layer computes it)."""
+    x, weight, bias, dout, flops = _conv_operands(shape, dtype)
+    p = shape.conv_padding
+    # conv2d's (F, C, k, k) weight is the (C_in, C_out, k, k) of its adjoint.
+    bias = _random((shape.x[1],), np.dtype(dtype).name, 2)
+    fns = _fastcnn_op_fns(impls, lambda: fn.conv_transpose2d(dout, weight, bias, padding=p))
+    if torch is not None and "torch" in impls:
+        td, tw, tb = (torch.from_numpy(a) for a in (dout, weight, bias))
+        conv_t = torch.nn.functional.conv_transpose2d
+
+        def torch_conv_transpose2d():
+            with torch.no_grad():
+                return conv_t(td, tw, tb, padding=p)
+
+        fns["torch"] = torch_conv_transpose2d
+    return _Bench(fns, flops=flops)
+
+
+def _build_adaptive_pool(kind, shape, dtype, level, impls, threads, torch):
+    x = _pool_inputs(shape, dtype)
+    size = ADAPTIVE_OUTPUT
+    ours = getattr(fn, f"adaptive_{kind}_pool2d")
+    nbytes = x.nbytes + math.prod(x.shape[:2]) * size * size * x.itemsize
+    fns = _fastcnn_op_fns(impls, lambda: ours(x, size))
+    if torch is not None and "torch" in impls:
+        tx = torch.from_numpy(x)
+        theirs = getattr(torch.nn.functional, f"adaptive_{kind}_pool2d")
+        fns["torch"] = lambda: theirs(tx, size)
+    return _Bench(fns, nbytes)
+
+
+def _build_interpolate(shape, dtype, level, impls, threads, torch):
+    """Bilinear upsampling by 2 of the pools' input, as a decoder or FPN does."""
+    x = _pool_inputs(shape, dtype)
+    nbytes = 5 * x.nbytes
+    fns = _fastcnn_op_fns(impls, lambda: fn.interpolate(x, scale_factor=2, mode="bilinear"))
+    if torch is not None and "torch" in impls:
+        tx = torch.from_numpy(x)
+        interpolate = torch.nn.functional.interpolate
+        fns["torch"] = lambda: interpolate(tx, scale_factor=2, mode="bilinear")
+    return _Bench(fns, nbytes)
+
+
 def _build_copy(shape, dtype, level, impls, threads, torch):
     x = _inputs(shape, dtype)
     fns = {}
@@ -520,6 +569,10 @@ BUILDERS = {
     "avg_pool2d_backward": _build_avg_pool2d_backward,
     "conv2d": _build_conv2d,
     "conv2d_fwd_bwd": _build_conv2d_fwd_bwd,
+    "conv_transpose2d": _build_conv_transpose2d,
+    "adaptive_avg_pool2d": functools.partial(_build_adaptive_pool, "avg"),
+    "adaptive_max_pool2d": functools.partial(_build_adaptive_pool, "max"),
+    "interpolate": _build_interpolate,
     "train_step": _build_train_step,
     "copy": _build_copy,
 }
