@@ -1392,7 +1392,35 @@ def _normalize_backward(g: np.ndarray, xhat: np.ndarray, rstd, groups_shape) -> 
     return (dx * rstd).reshape(g.shape)
 
 
+def _affine_norm(x, weight, bias, eps, groups_shape) -> np.ndarray:
+    """Normalise `x` over the last axis of `groups_shape`, then scale and shift by
+    `weight` and `bias` (None, or arrays that broadcast against `x`)."""
+    if not x.size:
+        return np.empty_like(x)
+    out, _ = _normalize(x, groups_shape, eps)
+    if weight is not None:
+        out *= weight
+    if bias is not None:
+        out += bias
+    return out
+
+
+def _affine_norm_backward(dout, x, weight, eps, groups_shape, axes, param_shape):
+    """``(dx, dweight, dbias)`` of :func:`_affine_norm`; the parameter gradients sum
+    over `axes` into `param_shape`."""
+    if dout.shape != x.shape:
+        raise ValueError(f"dout must have the shape of x {x.shape}, got {dout.shape}")
+    if not x.size:
+        return np.empty_like(x), np.zeros(param_shape, x.dtype), np.zeros(param_shape, x.dtype)
+    xhat, rstd = _normalize(x, groups_shape, eps)
+    grad = dout if weight is None else dout * weight
+    dx = _normalize_backward(grad, xhat, rstd, groups_shape)
+    return dx, np.sum(dout * xhat, axis=axes), np.sum(dout, axis=axes)
+
+
 def _group_norm_args(x, num_groups, weight, bias, eps, dout=None):
+    """Validated group_norm operands: ``(x, weight, bias, eps, groups_shape, axes,
+    param_shape)``, weight and bias shaped to broadcast over x's channels."""
     x = v.as_float_array(x, "x")
     if x.ndim < 2 or min(x.shape[1:]) == 0:
         raise ValueError(
@@ -1405,11 +1433,10 @@ def _group_norm_args(x, num_groups, weight, bias, eps, dout=None):
         raise ValueError(f"num_groups={num_groups} must divide the channels C={c}")
     weight, bias = _optional_array(weight, "weight"), _optional_array(bias, "bias")
     eps = _norm_operands(x, weight, bias, (c,), eps, dout)
-    return x, num_groups, weight, bias, eps, (x.shape[0], num_groups, -1)
-
-
-def _channel_view(values: np.ndarray, ndim: int) -> np.ndarray:
-    return values.reshape((-1,) + (1,) * (ndim - 2))
+    view = (c,) + (1,) * (x.ndim - 2)
+    weight, bias = (None if a is None else a.reshape(view) for a in (weight, bias))
+    axes = (0,) + tuple(range(2, x.ndim))
+    return x, weight, bias, eps, (x.shape[0], num_groups, -1), axes, (c,)
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5) -> np.ndarray:
@@ -1430,15 +1457,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5) -> np.ndarray:
     -------
     out : ndarray, shape and dtype of `x`
     """
-    x, g, weight, bias, eps, groups_shape = _group_norm_args(x, num_groups, weight, bias, eps)
-    if not x.shape[0]:
-        return np.empty_like(x)
-    out, _ = _normalize(x, groups_shape, eps)
-    if weight is not None:
-        out *= _channel_view(weight, x.ndim)
-    if bias is not None:
-        out += _channel_view(bias, x.ndim)
-    return out
+    x, weight, bias, eps, groups_shape, _, _ = _group_norm_args(x, num_groups, weight, bias, eps)
+    return _affine_norm(x, weight, bias, eps, groups_shape)
 
 
 def group_norm_backward(dout, x, num_groups, weight=None, eps=1e-5):
@@ -1457,20 +1477,13 @@ def group_norm_backward(dout, x, num_groups, weight=None, eps=1e-5):
         Returned whether or not the forward call had them.
     """
     dout = v.as_float_array(dout, "dout")
-    x, g, weight, _, eps, groups_shape = _group_norm_args(x, num_groups, weight, None, eps, dout)
-    if dout.shape != x.shape:
-        raise ValueError(f"dout must have the shape of x {x.shape}, got {dout.shape}")
-    axes = (0,) + tuple(range(2, x.ndim))
-    if not x.shape[0]:
-        zeros = np.zeros(x.shape[1], x.dtype)
-        return np.empty_like(x), zeros, zeros.copy()
-    xhat, rstd = _normalize(x, groups_shape, eps)
-    grad = dout if weight is None else dout * _channel_view(weight, x.ndim)
-    dx = _normalize_backward(grad, xhat, rstd, groups_shape)
-    return dx, np.sum(dout * xhat, axis=axes), np.sum(dout, axis=axes)
+    x, weight, _, eps, *geometry = _group_norm_args(x, num_groups, weight, None, eps, dout)
+    return _affine_norm_backward(dout, x, weight, eps, *geometry)
 
 
 def _layer_norm_args(x, normalized_shape, weight, bias, eps, dout=None):
+    """Validated layer_norm operands: ``(x, weight, bias, eps, groups_shape, axes,
+    param_shape)``."""
     x = v.as_float_array(x, "x")
     if isinstance(normalized_shape, (tuple, list)):
         shape = v.shape_tuple(normalized_shape, "normalized_shape")
@@ -1484,7 +1497,8 @@ def _layer_norm_args(x, normalized_shape, weight, bias, eps, dout=None):
         )
     weight, bias = _optional_array(weight, "weight"), _optional_array(bias, "bias")
     eps = _norm_operands(x, weight, bias, shape, eps, dout)
-    return x, shape, weight, bias, eps, (-1, math.prod(shape))
+    axes = tuple(range(x.ndim - len(shape)))
+    return x, weight, bias, eps, (-1, math.prod(shape)), axes, shape
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> np.ndarray:
@@ -1504,16 +1518,9 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> np.ndar
     -------
     out : ndarray, shape and dtype of `x`
     """
-    x, _, weight, bias, eps, groups_shape = _layer_norm_args(
+    x, weight, bias, eps, groups_shape, _, _ = _layer_norm_args(
         x, normalized_shape, weight, bias, eps)
-    if not x.size:
-        return np.empty_like(x)
-    out, _ = _normalize(x, groups_shape, eps)
-    if weight is not None:
-        out *= weight
-    if bias is not None:
-        out += bias
-    return out
+    return _affine_norm(x, weight, bias, eps, groups_shape)
 
 
 def layer_norm_backward(dout, x, normalized_shape, weight=None, eps=1e-5):
@@ -1532,17 +1539,8 @@ def layer_norm_backward(dout, x, normalized_shape, weight=None, eps=1e-5):
         Returned whether or not the forward call had them.
     """
     dout = v.as_float_array(dout, "dout")
-    x, shape, weight, _, eps, groups_shape = _layer_norm_args(
-        x, normalized_shape, weight, None, eps, dout)
-    if dout.shape != x.shape:
-        raise ValueError(f"dout must have the shape of x {x.shape}, got {dout.shape}")
-    axes = tuple(range(x.ndim - len(shape)))
-    if not x.size:
-        return np.empty_like(x), np.zeros(shape, x.dtype), np.zeros(shape, x.dtype)
-    xhat, rstd = _normalize(x, groups_shape, eps)
-    grad = dout if weight is None else dout * weight
-    dx = _normalize_backward(grad, xhat, rstd, groups_shape)
-    return dx, np.sum(dout * xhat, axis=axes), np.sum(dout, axis=axes)
+    x, weight, _, eps, *geometry = _layer_norm_args(x, normalized_shape, weight, None, eps, dout)
+    return _affine_norm_backward(dout, x, weight, eps, *geometry)
 
 
 # -- transposed convolution -------------------------------------------------

@@ -155,6 +155,11 @@ def ones_(array) -> np.ndarray:
     return _fill(_target(array), 1)
 
 
+def _xavier_std(array: np.ndarray, gain) -> float:
+    fan_in, fan_out = _fans(array)
+    return real(gain, "gain") * math.sqrt(2.0 / float(fan_in + fan_out))
+
+
 def xavier_uniform_(array, gain=1.0, rng=None) -> np.ndarray:
     """Glorot uniform: U(-a, a) with ``a = gain * sqrt(6 / (fan_in + fan_out))``, in place.
 
@@ -165,9 +170,7 @@ def xavier_uniform_(array, gain=1.0, rng=None) -> np.ndarray:
     rng : numpy.random.Generator, int or None
     """
     array = _target(array)
-    fan_in, fan_out = _fans(array)
-    std = real(gain, "gain") * math.sqrt(2.0 / float(fan_in + fan_out))
-    bound = math.sqrt(3.0) * std
+    bound = math.sqrt(3.0) * _xavier_std(array, gain)
     return _fill(array, np.random.default_rng(rng).uniform(-bound, bound, array.shape))
 
 
@@ -181,8 +184,7 @@ def xavier_normal_(array, gain=1.0, rng=None) -> np.ndarray:
     rng : numpy.random.Generator, int or None
     """
     array = _target(array)
-    fan_in, fan_out = _fans(array)
-    std = real(gain, "gain") * math.sqrt(2.0 / float(fan_in + fan_out))
+    std = _xavier_std(array, gain)
     return _fill(array, np.random.default_rng(rng).normal(0.0, std, array.shape))
 
 

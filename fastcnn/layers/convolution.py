@@ -23,6 +23,33 @@ from .base import Layer, _describe_args, _float_dtype, _uniform
 __all__ = ["Conv2D", "ConvTranspose2D"]
 
 
+def _set_channels(layer, in_channels, out_channels, groups, kernel_size, dtype) -> None:
+    """Validate and set what every convolution layer has: channels that `groups`
+    divides, the kernel size and the dtype."""
+    layer.in_channels = positive_int(in_channels, "in_channels")
+    layer.out_channels = positive_int(out_channels, "out_channels")
+    layer.groups = positive_int(groups, "groups")
+    for name in ("in_channels", "out_channels"):
+        channels = getattr(layer, name)
+        if channels % layer.groups:
+            raise ValueError(f"{name} must be divisible by groups={layer.groups}, got {channels}")
+    layer.kernel_size = pair(kernel_size, "kernel_size")
+    layer.dtype = _float_dtype(dtype)
+
+
+def _init_params(layer, weight_axes: tuple[int, int], bias, rng) -> None:
+    """PyTorch's default init of a weight of shape ``(*weight_axes, kh, kw)`` and an
+    optional bias of ``out_channels``: uniform in ``+-1/sqrt(fan_in)``, ``fan_in``
+    being the product of the weight's axes after the first (Kaiming-uniform with
+    a=sqrt(5) reduces to that bound)."""
+    rng = np.random.default_rng(rng)
+    shape = (*weight_axes, *layer.kernel_size)
+    bound = 1.0 / math.sqrt(math.prod(shape[1:]))
+    layer._add_param("weight", _uniform(rng, bound, shape, layer.dtype))
+    if flag(bias, "bias"):
+        layer._add_param("bias", _uniform(rng, bound, (layer.out_channels,), layer.dtype))
+
+
 class Conv2D(Layer):
     """2-D cross-correlation, as ``torch.nn.Conv2d``.
 
@@ -66,30 +93,12 @@ class Conv2D(Layer):
         rng=None,
     ) -> None:
         super().__init__()
-        self.in_channels = positive_int(in_channels, "in_channels")
-        self.out_channels = positive_int(out_channels, "out_channels")
-        self.groups = positive_int(groups, "groups")
-        for name in ("in_channels", "out_channels"):
-            channels = getattr(self, name)
-            if channels % self.groups:
-                raise ValueError(
-                    f"{name} must be divisible by groups={self.groups}, got {channels}"
-                )
-        self.kernel_size = pair(kernel_size, "kernel_size")
+        _set_channels(self, in_channels, out_channels, groups, kernel_size, dtype)
         self.stride = pair(stride, "stride")
         self.dilation = pair(dilation, "dilation")
         conv_padding(padding, self.kernel_size, self.stride, self.dilation)  # validates
         self.padding = padding if isinstance(padding, str) else pair(padding, "padding", minimum=0)
-        self.dtype = _float_dtype(dtype)
-        rng = np.random.default_rng(rng)
-        kh, kw = self.kernel_size
-        fan_in = self.in_channels // self.groups * kh * kw
-        # Kaiming-uniform with a=sqrt(5) reduces to a bound of 1/sqrt(fan_in).
-        bound = 1.0 / math.sqrt(fan_in)
-        shape = (self.out_channels, self.in_channels // self.groups, kh, kw)
-        self._add_param("weight", _uniform(rng, bound, shape, self.dtype))
-        if flag(bias, "bias"):
-            self._add_param("bias", _uniform(rng, bound, (self.out_channels,), self.dtype))
+        _init_params(self, (self.out_channels, self.in_channels // self.groups), bias, rng)
 
     def _check_window(self, x: np.ndarray) -> Window:
         """Check that `x` fits the layer and return the window of its convolution."""
@@ -181,15 +190,7 @@ class ConvTranspose2D(Layer):
         rng=None,
     ) -> None:
         super().__init__()
-        self.in_channels = positive_int(in_channels, "in_channels")
-        self.out_channels = positive_int(out_channels, "out_channels")
-        self.groups = positive_int(groups, "groups")
-        for name in ("in_channels", "out_channels"):
-            if getattr(self, name) % self.groups:
-                raise ValueError(
-                    f"{name} must be divisible by groups={self.groups}, got {getattr(self, name)}"
-                )
-        self.kernel_size = pair(kernel_size, "kernel_size")
+        _set_channels(self, in_channels, out_channels, groups, kernel_size, dtype)
         self.stride = pair(stride, "stride")
         self.padding = pair(padding, "padding", minimum=0)
         self.output_padding = pair(output_padding, "output_padding", minimum=0)
@@ -200,15 +201,7 @@ class ConvTranspose2D(Layer):
                 f"output_padding must be smaller than stride or dilation, got output_padding="
                 f"{self.output_padding} with stride={self.stride} and dilation={self.dilation}"
             )
-        self.dtype = _float_dtype(dtype)
-        rng = np.random.default_rng(rng)
-        kh, kw = self.kernel_size
-        fan_in = self.out_channels // self.groups * kh * kw
-        bound = 1.0 / math.sqrt(fan_in)
-        shape = (self.in_channels, self.out_channels // self.groups, kh, kw)
-        self._add_param("weight", _uniform(rng, bound, shape, self.dtype))
-        if flag(bias, "bias"):
-            self._add_param("bias", _uniform(rng, bound, (self.out_channels,), self.dtype))
+        _init_params(self, (self.in_channels, self.out_channels // self.groups), bias, rng)
 
     def _geometry(self) -> dict:
         return dict(stride=self.stride, padding=self.padding,
