@@ -101,7 +101,8 @@ def _option_blocks(help_text: str) -> dict[str, str]:
 @pytest.mark.parametrize("command, options", [
     ("bench", {"--kernels", "--shapes", "--dtypes", "--threads", "--impls", "--repeats", "--budget",
                "--json", "--plot"}),
-    ("demo", {"--data", "--epochs", "--batch-size", "--lr", "--seed", "--backend", "--threads", "--plot"}),
+    ("demo", {"--data", "--model", "--epochs", "--batch-size", "--lr", "--seed", "--backend",
+              "--threads", "--plot"}),
 ])  # fmt: skip
 def test_every_help_shows_the_defaults(capsys, command, options):
     status, out, _ = _command_line([command, "--help"], capsys)
