@@ -59,6 +59,11 @@ def _op_calls(dtype):
     dpool = rng.standard_normal(out.shape).astype(dtype)
     avg = dict(stride=2, padding=1, ceil_mode=True, count_include_pad=False)
     davg = rng.standard_normal(F.avg_pool2d(x, 3, **avg).shape).astype(dtype)
+    wt = rng.standard_normal((8, 6, 3, 3)).astype(dtype)
+    dyt = rng.standard_normal(F.conv_transpose2d(x, wt, stride=2, padding=1).shape).astype(dtype)
+    _, ada_idx = F.adaptive_max_pool2d(ties, (5, 7), return_indices=True)
+    dada = rng.standard_normal(ada_idx.shape).astype(dtype)
+    unpool = dict(stride=1, padding=1)  # the pool above: overlapping windows, repeated indices
     calls = {
         "im2col": lambda: F.im2col(x, 3, **geo),
         "col2im": lambda: F.col2im(dcols, (23, 19), 3, **geo),
@@ -71,6 +76,25 @@ def _op_calls(dtype):
         "avg_pool2d": lambda: F.avg_pool2d(x, 3, **avg),
         "avg_pool2d-divisor": lambda: F.avg_pool2d(x, 2, stride=1, divisor_override=3),
         "avg_pool2d_backward": lambda: F.avg_pool2d_backward(davg, x.shape, 3, **avg),
+        "conv_transpose2d": lambda: F.conv_transpose2d(x, wt, b[:6], stride=2, padding=1),
+        "conv_transpose2d_backward": lambda: F.conv_transpose2d_backward(dyt, x, wt, stride=2,
+                                                                         padding=1),
+        "pad": lambda: F.pad(x, (2, 1, 3, 0), "reflect"),
+        "pad_backward": lambda: F.pad_backward(x, (6, 8, 20, 16), (2, 1, 3, 0), "circular"),
+        "interpolate": lambda: F.interpolate(x, scale_factor=1.7, mode="bilinear"),
+        "interpolate_backward": lambda: F.interpolate_backward(x, (6, 8, 9, 11), size=(23, 19),
+                                                               mode="bilinear"),
+        "adaptive_avg_pool2d": lambda: F.adaptive_avg_pool2d(x, (5, 7)),
+        "adaptive_avg_pool2d_backward": lambda: F.adaptive_avg_pool2d_backward(x, (6, 8, 30, 40)),
+        "adaptive_max_pool2d": lambda: F.adaptive_max_pool2d(ties, (5, 7), return_indices=True),
+        "adaptive_max_pool2d_backward": lambda: F.adaptive_max_pool2d_backward(
+            dada, ada_idx, ties.shape),
+        "max_unpool2d": lambda: F.max_unpool2d(dpool, idx, 3, output_size=ties.shape, **unpool),
+        "max_unpool2d_backward": lambda: F.max_unpool2d_backward(ties, idx),
+        "group_norm": lambda: F.group_norm(x, 4, b[:8], b[4:]),
+        "group_norm_backward": lambda: F.group_norm_backward(ties, x, 2, b[:8]),
+        "layer_norm": lambda: F.layer_norm(x, (23, 19)),
+        "layer_norm_backward": lambda: F.layer_norm_backward(ties, x, 19, x[0, 0, 0]),
     }
     assert {name.split("-")[0] for name in calls} == set(F.__all__), "an op is missing here"
     calls["layers"] = lambda: _layer_stack_run(x)
