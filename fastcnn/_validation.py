@@ -391,9 +391,10 @@ def input_shape_4d(input_shape, name: str = "input_shape") -> tuple[int, int, in
     return shape
 
 
-def spatial_size(value, name: str, allow_none: bool = False) -> tuple:
-    """Normalise an int or a pair to ``(h, w)`` of positive ints; with `allow_none`,
-    either entry (or the whole value) may be None ("keep the input's size")."""
+def spatial_size(value, name: str, allow_none: bool = False, maximum: int | None = None) -> tuple:
+    """Normalise an int or a pair to ``(h, w)`` of positive ints (at most `maximum`);
+    with `allow_none`, either entry (or the whole value) may be None ("keep the
+    input's size")."""
     if allow_none and value is None:
         return (None, None)
     what = "an int or a pair of ints" + (" (or None)" if allow_none else "")
@@ -408,6 +409,8 @@ def spatial_size(value, name: str, allow_none: bool = False) -> tuple:
     )
     if any(item is not None and item < 1 for item in result):
         raise ValueError(f"{name} must be positive, got {value!r}")
+    if maximum is not None and any(item is not None and item > maximum for item in result):
+        raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
     return result
 
 

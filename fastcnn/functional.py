@@ -844,7 +844,21 @@ def _pad_args(pad, mode):
         raise ValueError(
             f"pad must have 4 entries (left, right, top, bottom) for mode={mode!r}, got {pad!r}"
         )
-    return tuple(v.integer(p, "pad", "a tuple of ints") for p in (*pad, 0, 0)[:4]), mode
+    amounts = tuple(v.integer(p, "pad", "a tuple of ints") for p in (*pad, 0, 0)[:4])
+    if max(abs(p) for p in amounts) > v.MAX_WINDOW_PARAM:
+        raise ValueError(f"pad amounts must be at most {v.MAX_WINDOW_PARAM} in size, got {pad!r}")
+    return amounts, mode
+
+
+def _pad_shape(shape, pad, mode) -> tuple:
+    """The output shape of pad() for an input of `shape`, every argument checked
+    but the limits of reflect and circular padding."""
+    (left, right, top, bottom), mode = _pad_args(pad, mode)
+    n, c, h, w = shape
+    for size, before, after, axis in ((h, top, bottom, "H"), (w, left, right, "W")):
+        if size + before + after < 1:
+            raise ValueError(f"pad={tuple(pad)} would leave nothing of input {axis}={size}")
+    return (n, c, h + top + bottom, w + left + right)
 
 
 def _pad_plan(shape, pad, mode):
@@ -853,11 +867,8 @@ def _pad_plan(shape, pad, mode):
     (left, right, top, bottom), mode = _pad_args(pad, mode)
     _, _, h, w = shape
     sources = []
+    _pad_shape(shape, pad, mode)
     for size, before, after, axis in ((h, top, bottom, "H"), (w, left, right, "W")):
-        if size + before + after < 1:
-            raise ValueError(
-                f"pad={tuple(pad)} would leave nothing of input {axis}={size}"
-            )
         if mode == "reflect" and max(before, after) >= size:
             raise ValueError(
                 f"pad for mode='reflect' must be less than the input size along {axis}={size}, "
@@ -918,8 +929,11 @@ def pad(x, pad, mode="constant", value=0.0) -> np.ndarray:
     """
     x = v.as_float_array(x, "x")
     v.check_nchw(x, "x")
-    rows, cols, mode = _pad_plan(x.shape, pad, mode)
+    out_shape = _pad_shape(x.shape, pad, mode)
     value = v.real(value, "value") if mode == "constant" else 0.0
+    if not x.shape[0]:  # (the index arrays could be larger than the empty result)
+        return np.empty(out_shape, dtype=x.dtype)
+    rows, cols, mode = _pad_plan(x.shape, pad, mode)
     if mode != "constant":
         return np.take(np.take(x, rows, axis=2), cols, axis=3)
     out = np.full(x.shape[:2] + (len(rows), len(cols)), value, dtype=x.dtype)
@@ -949,10 +963,12 @@ def pad_backward(dout, input_shape, pad, mode="constant") -> np.ndarray:
     dout = v.as_float_array(dout, "dout")
     v.check_nchw(dout, "dout")
     shape = v.input_shape_4d(input_shape)
-    rows, cols, mode = _pad_plan(shape, pad, mode)
-    expected = shape[:2] + (len(rows), len(cols))
+    expected = _pad_shape(shape, pad, mode)
     if dout.shape != expected:
         raise ValueError(f"dout must have the pad output shape {expected}, got {dout.shape}")
+    if not shape[0]:
+        return np.empty(shape, dtype=dout.dtype)
+    rows, cols, mode = _pad_plan(shape, pad, mode)
     if mode != "constant":
         return _scatter_add(_scatter_add(dout, rows, shape[2], 2), cols, shape[3], 3)
     dx = np.zeros(shape, dtype=dout.dtype)
@@ -984,7 +1000,7 @@ def _interpolate_plan(shape, size, scale_factor, mode, align_corners, recompute_
     if size is not None:
         if recompute_scale_factor is not None:
             raise ValueError("recompute_scale_factor only applies with scale_factor, not size")
-        oh, ow = v.spatial_size(size, "size")
+        oh, ow = v.spatial_size(size, "size", maximum=v.MAX_WINDOW_PARAM)
         return oh, ow, (None, None), mode, bool(align_corners)
     if isinstance(scale_factor, (tuple, list)):
         if len(scale_factor) != 2:
@@ -993,6 +1009,11 @@ def _interpolate_plan(shape, size, scale_factor, mode, align_corners, recompute_
     else:
         factors = (scale_factor, scale_factor)
     sh, sw = (v.real(f, "scale_factor", low=0, low_open=True) for f in factors)
+    if max(h * sh, w * sw) > v.MAX_WINDOW_PARAM:
+        raise ValueError(
+            f"scale_factor={scale_factor!r} makes an output side larger than "
+            f"{v.MAX_WINDOW_PARAM} for input (H, W)={(h, w)}"
+        )
     oh, ow = int(h * sh), int(w * sw)
     if oh < 1 or ow < 1:
         raise ValueError(
@@ -1065,6 +1086,8 @@ def interpolate(
     oh, ow, (sh, sw), mode, align = _interpolate_plan(
         x.shape, size, scale_factor, mode, align_corners, recompute_scale_factor)
     h, w = x.shape[2:]
+    if not x.shape[0]:
+        return np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
     if mode == "nearest":
         rows, cols = _nearest_source(h, oh, sh), _nearest_source(w, ow, sw)
         return np.take(np.take(x, rows, axis=2), cols, axis=3)
@@ -1104,6 +1127,8 @@ def interpolate_backward(
             f"dout must have the interpolate output shape {expected}, got {dout.shape}"
         )
     h, w = shape[2:]
+    if not shape[0]:
+        return np.empty(shape, dtype=dout.dtype)
     if mode == "nearest":
         rows, cols = _nearest_source(h, oh, sh), _nearest_source(w, ow, sw)
         return _scatter_add(_scatter_add(dout, rows, h, 2), cols, w, 3)
@@ -1119,13 +1144,21 @@ def interpolate_backward(
 def _adaptive_plan(shape, output_size):
     """Validate `output_size` for an input of `shape`; return the windows along H and W,
     ``(starts, ends)`` each, as PyTorch: ``floor(i*H/oh)`` to ``ceil((i+1)*H/oh)``."""
-    oh, ow = v.spatial_size(output_size, "output_size", allow_none=True)
+    oh, ow = v.spatial_size(output_size, "output_size", allow_none=True,
+                            maximum=v.MAX_WINDOW_PARAM)
     windows = []
     for size, out in zip(shape[2:], (oh, ow)):
         out = size if out is None else out
         i = np.arange(out)
         windows.append(((i * size) // out, ((i + 1) * size + out - 1) // out))
     return windows
+
+
+def _adaptive_shape(shape, output_size) -> tuple:
+    """The output shape of an adaptive pool of an input of `shape`."""
+    oh, ow = v.spatial_size(output_size, "output_size", allow_none=True,
+                            maximum=v.MAX_WINDOW_PARAM)
+    return tuple(shape[:2]) + (shape[2] if oh is None else oh, shape[3] if ow is None else ow)
 
 
 def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
@@ -1145,6 +1178,8 @@ def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
     """
     x = v.as_float_array(x, "x")
     v.check_nchw(x, "x")
+    if not x.shape[0]:
+        return np.empty(_adaptive_shape(x.shape, output_size), dtype=x.dtype)
     (hs, he), (ws, we) = _adaptive_plan(x.shape, output_size)
     n, c, h, w = x.shape
     oh, ow = len(hs), len(ws)
@@ -1183,6 +1218,8 @@ def adaptive_avg_pool2d_backward(dout, input_shape) -> np.ndarray:
         )
     n, c, h, w = shape
     oh, ow = dout.shape[2:]
+    if not n:
+        return np.empty(shape, dtype=dout.dtype)
     (hs, he), (ws, we) = _adaptive_plan(shape, (oh, ow))
     scaled = dout / ((he - hs)[:, None] * (we - ws)[None, :]).astype(dout.dtype)
     if h % oh == 0 and w % ow == 0:
@@ -1230,6 +1267,10 @@ def adaptive_max_pool2d(x, output_size, return_indices=False):
     x = v.as_float_array(x, "x")
     v.check_nchw(x, "x")
     return_indices = v.flag(return_indices, "return_indices")
+    if not x.shape[0]:
+        out_shape = _adaptive_shape(x.shape, output_size)
+        out, indices = np.empty(out_shape, dtype=x.dtype), np.empty(out_shape, dtype=np.int64)
+        return (out, indices) if return_indices else out
     (hs, he), (ws, we) = _adaptive_plan(x.shape, output_size)
     n, c, h, w = x.shape
     oh, ow = len(hs), len(ws)
@@ -1329,6 +1370,8 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     oh, ow = _unpool_shape(x.shape, kernel_size, stride, padding, output_size)
     indices = _unpool_indices(indices, x.shape, oh * ow)
     n, c = x.shape[:2]
+    if not n:
+        return np.empty((n, c, oh, ow), dtype=x.dtype)
     out = np.zeros((n, c, oh * ow), dtype=x.dtype)
     np.put_along_axis(out, indices.reshape(n, c, -1), x.reshape(n, c, -1), axis=2)
     return out.reshape(n, c, oh, ow)
@@ -1356,6 +1399,8 @@ def max_unpool2d_backward(dout, indices) -> np.ndarray:
             f"indices must be 4-D with dout's (N, C)={(n, c)}, got shape {idx.shape}"
         )
     idx = _unpool_indices(idx, idx.shape, oh * ow)
+    if not n:
+        return np.empty(idx.shape, dtype=dout.dtype)
     gathered = np.take_along_axis(dout.reshape(n, c, -1), idx.reshape(n, c, -1), axis=2)
     return gathered.reshape(idx.shape)
 

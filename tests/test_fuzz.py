@@ -247,8 +247,8 @@ def _fingerprint(a):
 # says why): products through two BLAS libraries (conv2d, Dense), BatchNorm's
 # and the loss's sums, tanh/exp against NumPy's vectorised ones; and any
 # layer stack that holds one.
-_ROUNDING_OPS = ("conv2d", "Conv2D", "Dense", "BatchNorm", "Tanh", "ELU", "SELU", "Sigmoid",
-                 "softmax_cross_entropy")
+_ROUNDING_OPS = ("conv2d", "Conv2D", "conv_transpose2d", "Dense", "BatchNorm", "Tanh", "ELU",
+                 "SELU", "Sigmoid", "softmax_cross_entropy")
 
 
 def _multiplies(spec) -> bool:
@@ -926,7 +926,10 @@ def _cost(spec):
         except TypeError:
             return cost
         bound.apply_defaults()
-        _op_cost(op[2:], bound.arguments, cost)
+        if op[2:].replace("_backward", "") in _RESAMPLE_OPS:
+            _resample_cost(op[2:], bound.arguments, cost)
+        else:
+            _op_cost(op[2:], bound.arguments, cost)
     elif op == "layer" or op.startswith("optim."):
         x = decode(spec["x"], False)
         add_arrays(x)
@@ -1001,6 +1004,58 @@ def _op_cost(name, a, cost):
                 )
                 if geo:
                     cost.window_op(shape[0], shape[1], shape[2:], geo, True)
+
+
+def _resample_cost(name, a, cost):
+    """The outputs of the padding, resampling and unpooling ops (all that they
+    allocate is at most a few times their inputs and outputs)."""
+    if name.endswith("_backward"):
+        try:
+            shape = tuple(int(v) for v in a.get("input_shape", ()))
+        except Exception:
+            shape = ()
+        if len(shape) == 4 and min(shape) >= 0:
+            cost.arrays.append(math.prod(shape))
+        return
+    x = _shape_of(a.get("x"))
+    if x is None or len(x) != 4:
+        return
+    n, c, h, w = x
+    if name == "pad":
+        amounts = a["pad"]
+        if isinstance(amounts, (tuple, list)) and all(
+            isinstance(p, numbers.Integral) and not isinstance(p, (bool, np.bool_)) for p in amounts
+        ) and len(amounts) in (2, 4):
+            left, right, top, bottom = (*map(int, amounts), 0, 0)[:4]
+            cost.arrays.append(n * c * max(h + top + bottom, 0) * max(w + left + right, 0))
+    elif name == "interpolate":
+        size = _int_pair(a["size"])
+        if size:
+            cost.arrays.append(n * c * size[0] * size[1])
+        elif isinstance(a["scale_factor"], numbers.Real) and not isinstance(a["scale_factor"], bool):
+            f = float(a["scale_factor"])
+            if math.isfinite(f) and 0 < f < 2**40:
+                cost.arrays.append(int(n * c * h * f * w * f))
+    elif name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
+        size = _int_pair(a["output_size"])
+        if size:
+            cost.arrays.append(n * c * size[0] * size[1])
+    elif name == "max_unpool2d":
+        k = _int_pair(a["kernel_size"])
+        s = k if a["stride"] is None else _int_pair(a["stride"])
+        if k and s:
+            cost.arrays.append(n * c * (h * s[0] + k[0]) * (w * s[1] + k[1]))
+    elif name == "conv_transpose2d":
+        weight, s, d = _shape_of(a["weight"]), _int_pair(a["stride"]), _int_pair(a["dilation"])
+        if weight is not None and len(weight) == 4 and s and d:
+            groups = a["groups"] if isinstance(a["groups"], int) and a["groups"] > 0 else 1
+            f = weight[1] * groups
+            cost.arrays.append(n * f * (h * s[0] + d[0] * weight[2]) * (w * s[1] + d[1] * weight[3]))
+            cost.arrays.append(n * f * weight[2] * weight[3] * h * w)  # the columns
+
+
+_RESAMPLE_OPS = ("pad", "interpolate", "adaptive_avg_pool2d", "adaptive_max_pool2d",
+                 "max_unpool2d", "conv_transpose2d")
 
 
 def _layer_cost(cls, args, kwargs, x, cost):
@@ -1570,7 +1625,161 @@ if __name__ != "__main__":
         args = [dout, size, kw.pop("kernel_size")]
         return call("F.avg_pool2d_backward", args, kw, draw(threads_st))
 
+    # The ops beyond plain stacks: a consistent call most of the time, hostile
+    # geometry now and then (their NumPy code is shared by both backends, so the
+    # contract is mostly about clear errors and untouched inputs).
+
+    amounts = weighted((st.integers(-3, 5), 20), (hostile, 1), (huge_ints, 1))
+
+    @st.composite
+    def pad_specs(draw, backward=False):
+        xs = draw(nchw())
+        n = draw(st.integers(2, 4)) if draw(st.integers(0, 9)) else draw(st.sampled_from([0, 1, 3, 5]))
+        pad = weighted((st.lists(amounts, min_size=n, max_size=n).map(lambda v: tup(*v)), 20),
+                       (hostile, 1))
+        kw = {}
+        if draw(keep):
+            kw["mode"] = draw(weighted(
+                (st.sampled_from(["constant", "reflect", "replicate", "circular"]), 20),
+                (st.sampled_from(["edge", "", None, 1]), 1)))
+        if backward:
+            size = mostly(draw, tup(*xs), shape_value(xs))
+            dout = draw(arrays(mostly(draw, xs[:2] + [draw(st.integers(1, 9)), 4], any_shape, 8)))
+            return call("F.pad_backward", [dout, size, draw(pad)], kw, draw(threads_st))
+        if draw(keep) == 0:
+            kw["value"] = draw(weighted((st.floats(-2, 2), 10), (hostile, 1)))
+        return call("F.pad", [draw(arrays(xs)), draw(pad)], kw, draw(threads_st))
+
+    @st.composite
+    def interpolate_specs(draw, backward=False):
+        xs = draw(nchw())
+        kw = {}
+        if draw(st.booleans()):
+            kw["size"] = draw(geom(1, 9))
+        if draw(st.booleans()) or "size" not in kw:
+            kw["scale_factor"] = draw(weighted(
+                (st.floats(0.2, 3.0), 10), (st.sampled_from([2, 0.5, tup(2, 1.5)]), 3),
+                (hostile, 1), (huge_ints, 1)))
+        if draw(keep):
+            kw["mode"] = draw(weighted((st.sampled_from(["nearest", "bilinear"]), 20),
+                                       (st.sampled_from(["bicubic", None]), 1)))
+        if draw(keep) == 0:
+            kw["align_corners"] = draw(flag())
+        if draw(keep) == 0:
+            kw["recompute_scale_factor"] = draw(flag())
+        if backward:
+            dout = draw(arrays(mostly(draw, xs[:2] + [draw(st.integers(1, 9))] * 2, any_shape, 8)))
+            size = mostly(draw, tup(*xs), shape_value(xs))
+            return call("F.interpolate_backward", [dout, size], kw, draw(threads_st))
+        return call("F.interpolate", [draw(arrays(xs))], kw, draw(threads_st))
+
+    adaptive_sizes = weighted(
+        (geom(1, 9), 12), (st.sampled_from([tup(None, 3), tup(2, None), None]), 2))
+
+    @st.composite
+    def adaptive_specs(draw, kind):
+        kw = {}
+        if kind == "max" and draw(st.booleans()):
+            kw["return_indices"] = draw(flag())
+        x = draw(arrays(draw(nchw())))
+        return call(f"F.adaptive_{kind}_pool2d", [x, draw(adaptive_sizes)], kw, draw(threads_st))
+
+    @st.composite
+    def adaptive_avg_backward_specs(draw):
+        xs = draw(nchw())
+        dout = draw(arrays(mostly(draw, xs[:2] + [draw(st.integers(1, 6))] * 2, any_shape, 8)))
+        size = mostly(draw, tup(*xs), shape_value(xs))
+        return call("F.adaptive_avg_pool2d_backward", [dout, size], {}, draw(threads_st))
+
+    @st.composite
+    def adaptive_max_backward_specs(draw):
+        spec = draw(max_pool2d_backward_specs())
+        return dict(spec, op="F.adaptive_max_pool2d_backward")
+
+    @st.composite
+    def max_unpool2d_specs(draw, backward=False):
+        xs = draw(nchw())
+        k = draw(st.integers(1, 3))
+        shape = xs if len(xs) == 4 else [1, 1, 2, 2]
+        plane = (shape[2] * k) * (shape[3] * k)
+        indices = draw(indices_recipe(mostly(draw, shape, any_shape, 8), plane))
+        if backward:
+            dout = draw(arrays(mostly(draw, shape[:2] + [shape[2] * k, shape[3] * k], any_shape, 8)))
+            return call("F.max_unpool2d_backward", [dout, indices], {}, draw(threads_st))
+        kw = optional(draw, {"stride": draw(geom(1, 3)), "padding": draw(geom(0, 1))}, ())
+        if draw(keep) == 0:
+            kw["output_size"] = mostly(draw, tup(shape[2] * k, shape[3] * k), shape_value(shape))
+        x = draw(arrays(xs))
+        return call("F.max_unpool2d", [x, indices, mostly(draw, k, geom(1, 3))], kw,
+                    draw(threads_st))
+
+    @st.composite
+    def conv_transpose2d_specs(draw, backward=False):
+        x, weight, f, dtype, geometry = draw(conv_parts())
+        geometry.pop("padding", None)
+        if draw(keep):
+            geometry["padding"] = draw(geom(0, 2))
+        if draw(keep) == 0:
+            geometry["output_padding"] = draw(geom(0, 1))
+        # conv_parts draws a conv2d weight (F, C/groups, kh, kw): read here as
+        # (C_in, F/groups, kh, kw), it fits an input of F channels.
+        xs = draw(nchw(c=weight["shape"][0] if isinstance(weight, dict) and "shape" in weight
+                       and weight["shape"] else None))
+        x = draw(arrays(xs, dtype))
+        if backward:
+            dout = draw(arrays(mostly(draw, xs[:1] + [3, 4, 4], any_shape, 4), dtype))
+            return call("F.conv_transpose2d_backward", [dout, x, weight], geometry,
+                        draw(threads_st))
+        if draw(st.booleans()):
+            geometry["bias"] = draw(arrays([draw(st.integers(0, 4))], dtype))
+        return call("F.conv_transpose2d", [x, weight], geometry, draw(threads_st))
+
+    @st.composite
+    def norm_specs(draw, kind, backward=False):
+        xs = draw(nchw())
+        dtype = draw(dtypes())
+        x = draw(arrays(xs, dtype))
+        c = xs[1] if len(xs) == 4 else 2
+        if kind == "group":
+            shape_arg = mostly(draw, draw(st.sampled_from([1, max(c, 1)])), weighted(
+                (st.integers(-1, 5), 4), (hostile, 1), (huge_ints, 1)))
+            param_shape = [c]
+        else:
+            trailing = list(xs[-2:]) if len(xs) >= 2 else [2]
+            shape_arg = mostly(draw, tup(*trailing), weighted(
+                (st.integers(-1, 5), 4), (hostile, 1), (huge_ints, 1)))
+            param_shape = trailing
+        args = [x, shape_arg]
+        kw = {}
+        if draw(st.booleans()):
+            kw["weight"] = draw(arrays(mostly(draw, param_shape, any_shape, 8),
+                                       mostly(draw, dtype, dtypes(), 8)))
+        if draw(keep) == 0:
+            kw["eps"] = draw(weighted((st.floats(1e-6, 1e-2), 8), (hostile, 1)))
+        if backward:
+            dout = draw(arrays(mostly(draw, xs, any_shape, 8), dtype))
+            return call(f"F.{kind}_norm_backward", [dout, *args], kw, draw(threads_st))
+        if draw(st.booleans()):
+            kw["bias"] = draw(arrays(mostly(draw, param_shape, any_shape, 8), dtype))
+        return call(f"F.{kind}_norm", args, kw, draw(threads_st))
+
     OP_SPECS = {
+        "pad": pad_specs(),
+        "pad_backward": pad_specs(backward=True),
+        "interpolate": interpolate_specs(),
+        "interpolate_backward": interpolate_specs(backward=True),
+        "adaptive_avg_pool2d": adaptive_specs("avg"),
+        "adaptive_max_pool2d": adaptive_specs("max"),
+        "adaptive_avg_pool2d_backward": adaptive_avg_backward_specs(),
+        "adaptive_max_pool2d_backward": adaptive_max_backward_specs(),
+        "max_unpool2d": max_unpool2d_specs(),
+        "max_unpool2d_backward": max_unpool2d_specs(backward=True),
+        "conv_transpose2d": conv_transpose2d_specs(),
+        "conv_transpose2d_backward": conv_transpose2d_specs(backward=True),
+        "group_norm": norm_specs("group"),
+        "group_norm_backward": norm_specs("group", backward=True),
+        "layer_norm": norm_specs("layer"),
+        "layer_norm_backward": norm_specs("layer", backward=True),
         "im2col": im2col_specs(),
         "col2im": col2im_specs(),
         "conv2d": conv2d_specs(),

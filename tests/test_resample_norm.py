@@ -444,3 +444,19 @@ def test_also_exported_at_the_top_level():
     assert fastcnn.pad is F.pad and fastcnn.group_norm is F.group_norm
     assert fastcnn.Upsample is Upsample and fastcnn.MaxUnpool2D is MaxUnpool2D
     assert MaxPool2D(2)  # the pool whose indices MaxUnpool2D reads
+
+
+def test_empty_batch_of_the_other_ops():
+    x, idx = np.empty((0, 2, 3, 3)), np.empty((0, 2, 3, 3), np.int64)
+    assert F.max_unpool2d(x, idx, 2).shape == (0, 2, 6, 6)
+    assert F.max_unpool2d_backward(np.empty((0, 2, 6, 6)), idx).shape == (0, 2, 3, 3)
+    assert F.pad_backward(np.empty((0, 2, 5, 5)), (0, 2, 3, 3), (1, 1, 1, 1)).shape == x.shape
+    assert F.interpolate_backward(np.empty((0, 2, 6, 6)), x.shape, scale_factor=2).shape == x.shape
+    assert F.adaptive_avg_pool2d_backward(np.empty((0, 2, 1, 1)), x.shape).shape == x.shape
+    out, indices = F.adaptive_max_pool2d(x, (2, None), return_indices=True)
+    assert out.shape == indices.shape == (0, 2, 2, 3)
+    # Huge output sizes are refused by value, not attempted.
+    with pytest.raises(ValueError, match="size must be at most"):
+        F.interpolate(x, size=2**40)
+    with pytest.raises(ValueError, match="pad amounts must be at most"):
+        F.pad(x, (2**40, 0, 0, 0))
