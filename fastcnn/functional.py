@@ -980,12 +980,10 @@ def pad_backward(dout, input_shape, pad, mode="constant") -> np.ndarray:
 _INTERPOLATE_MODES = ("nearest", "bilinear")
 
 
-def _interpolate_plan(shape, size, scale_factor, mode, align_corners, recompute_scale_factor):
-    """Validate interpolate() arguments; return ``(oh, ow, scales, mode, align_corners)``.
-
-    `scales` are the user's scale factors where PyTorch uses them to place
-    the samples (given, and not recomputed), else None.
-    """
+def _interpolate_args(size, scale_factor, mode, align_corners, recompute_scale_factor):
+    """Validate interpolate() arguments apart from the input size; return
+    ``(size, factors, mode, align_corners, recompute)``, one of `size` and
+    `factors` an ``(h, w)`` pair and the other None."""
     mode = v.choice(mode, "mode", _INTERPOLATE_MODES)
     if align_corners is not None:
         if mode == "nearest":
@@ -996,19 +994,35 @@ def _interpolate_plan(shape, size, scale_factor, mode, align_corners, recompute_
         align_corners = v.flag(align_corners, "align_corners")
     if (size is None) == (scale_factor is None):
         raise ValueError("exactly one of size and scale_factor must be given")
-    h, w = shape[2:]
     if size is not None:
         if recompute_scale_factor is not None:
             raise ValueError("recompute_scale_factor only applies with scale_factor, not size")
-        oh, ow = v.spatial_size(size, "size", maximum=v.MAX_WINDOW_PARAM)
-        return oh, ow, (None, None), mode, bool(align_corners)
+        size = v.spatial_size(size, "size", maximum=v.MAX_WINDOW_PARAM)
+        return size, None, mode, bool(align_corners), False
     if isinstance(scale_factor, (tuple, list)):
         if len(scale_factor) != 2:
             raise ValueError(f"scale_factor must be a float or a pair, got {scale_factor!r}")
         factors = scale_factor
     else:
         factors = (scale_factor, scale_factor)
-    sh, sw = (v.real(f, "scale_factor", low=0, low_open=True) for f in factors)
+    factors = tuple(v.real(f, "scale_factor", low=0, low_open=True) for f in factors)
+    recompute = False if recompute_scale_factor is None else v.flag(
+        recompute_scale_factor, "recompute_scale_factor")
+    return None, factors, mode, bool(align_corners), recompute
+
+
+def _interpolate_plan(shape, size, scale_factor, mode, align_corners, recompute_scale_factor):
+    """Validate interpolate() arguments; return ``(oh, ow, scales, mode, align_corners)``.
+
+    `scales` are the user's scale factors where PyTorch uses them to place
+    the samples (given, and not recomputed), else None.
+    """
+    size, factors, mode, align, recompute = _interpolate_args(
+        size, scale_factor, mode, align_corners, recompute_scale_factor)
+    if size is not None:
+        return *size, (None, None), mode, align
+    h, w = shape[2:]
+    sh, sw = factors
     if max(h * sh, w * sw) > v.MAX_WINDOW_PARAM:
         raise ValueError(
             f"scale_factor={scale_factor!r} makes an output side larger than "
@@ -1020,10 +1034,7 @@ def _interpolate_plan(shape, size, scale_factor, mode, align_corners, recompute_
             f"output would be empty: input (H, W)={(h, w)} times scale_factor={scale_factor!r} "
             f"gives {(oh, ow)}"
         )
-    recompute = False if recompute_scale_factor is None else v.flag(
-        recompute_scale_factor, "recompute_scale_factor")
-    scales = (None, None) if recompute else (sh, sw)
-    return oh, ow, scales, mode, bool(align_corners)
+    return oh, ow, (None, None) if recompute else (sh, sw), mode, align
 
 
 def _nearest_source(in_size: int, out_size: int, scale) -> np.ndarray:
