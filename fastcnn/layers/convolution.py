@@ -50,7 +50,31 @@ def _init_params(layer, weight_axes: tuple[int, int], bias, rng) -> None:
         layer._add_param("bias", _uniform(rng, bound, (layer.out_channels,), layer.dtype))
 
 
-class Conv2D(Layer):
+class _Convolution(Layer):
+    """What the convolution layers share: the input check and the gradient writes."""
+
+    def _check_input(self, x: np.ndarray) -> None:
+        check_nchw(x, "x")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x must have in_channels={self.in_channels} channels, got shape {x.shape}"
+            )
+
+    def _input_shape(self, input_shape) -> tuple[int, int, int, int]:
+        shape = input_shape_4d(input_shape)
+        if shape[1] != self.in_channels:
+            raise ValueError(
+                f"input_shape[1] must be in_channels={self.in_channels}, got {shape[1]}"
+            )
+        return shape
+
+    def _write_grads(self, dweight: np.ndarray, dbias: np.ndarray) -> None:
+        self.grads["weight"][...] = dweight
+        if "bias" in self.grads:
+            self.grads["bias"][...] = dbias
+
+
+class Conv2D(_Convolution):
     """2-D cross-correlation, as ``torch.nn.Conv2d``.
 
     Parameters
@@ -102,11 +126,7 @@ class Conv2D(Layer):
 
     def _check_window(self, x: np.ndarray) -> Window:
         """Check that `x` fits the layer and return the window of its convolution."""
-        check_nchw(x, "x")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"x must have in_channels={self.in_channels} channels, got shape {x.shape}"
-            )
+        self._check_input(x)
         check_same_dtype(x=x, weight=self.params["weight"])
         return self._kept_window(
             conv_window, x.shape, self.kernel_size, self.stride, self.padding, self.dilation
@@ -120,15 +140,11 @@ class Conv2D(Layer):
     def _backward(self, dout, cache):
         x, win = cache
         dx, dweight, dbias = F._conv2d_backward(dout, x, self.params["weight"], win, self.groups)
-        self.grads["weight"][...] = dweight
-        if "bias" in self.grads:
-            self.grads["bias"][...] = dbias
+        self._write_grads(dweight, dbias)
         return dx
 
     def output_shape(self, input_shape):
-        n, c, h, w = input_shape_4d(input_shape)
-        if c != self.in_channels:
-            raise ValueError(f"input_shape[1] must be in_channels={self.in_channels}, got {c}")
+        n, c, h, w = self._input_shape(input_shape)
         win = conv_window((n, c, h, w), self.kernel_size, self.stride, self.padding, self.dilation)
         return (n, self.out_channels, win.oh, win.ow)
 
@@ -145,7 +161,7 @@ class Conv2D(Layer):
         )
 
 
-class ConvTranspose2D(Layer):
+class ConvTranspose2D(_Convolution):
     """2-D transposed convolution, as ``torch.nn.ConvTranspose2d``.
 
     Parameters
@@ -209,11 +225,7 @@ class ConvTranspose2D(Layer):
                     dilation=self.dilation)
 
     def _forward(self, x, training):
-        check_nchw(x, "x")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"x must have in_channels={self.in_channels} channels, got shape {x.shape}"
-            )
+        self._check_input(x)
         x, weight, groups, geo = F._conv_transpose_operands(
             x, self.params["weight"], **self._geometry())
         return F._conv_transpose2d(x, weight, self.params.get("bias"), geo, groups), (x, geo)
@@ -222,15 +234,11 @@ class ConvTranspose2D(Layer):
         x, geo = cache
         dx, dweight, dbias = F._conv_transpose2d_backward(
             dout, x, self.params["weight"], geo, self.groups)
-        self.grads["weight"][...] = dweight
-        if "bias" in self.grads:
-            self.grads["bias"][...] = dbias
+        self._write_grads(dweight, dbias)
         return dx
 
     def output_shape(self, input_shape):
-        n, c, h, w = input_shape_4d(input_shape)
-        if c != self.in_channels:
-            raise ValueError(f"input_shape[1] must be in_channels={self.in_channels}, got {c}")
+        n, _, h, w = self._input_shape(input_shape)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         (oph, opw), (dh, dw) = self.output_padding, self.dilation
         return (n, self.out_channels, (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1,
