@@ -1172,6 +1172,32 @@ def _adaptive_shape(shape, output_size) -> tuple:
     return tuple(shape[:2]) + (shape[2] if oh is None else oh, shape[3] if ow is None else ow)
 
 
+# Windows of at most this many cells are reduced one offset at a time over the
+# whole output (PyTorch's order within a window: row by row), larger ones
+# (a global pool) row-sum by row-sum.
+_OFFSET_CELLS = 64
+
+
+def _small_windows(hs, he, ws, we) -> bool:
+    return int((he - hs).max()) * int((we - ws).max()) <= _OFFSET_CELLS
+
+
+def _window_offsets(x, hs, he, ws, we):
+    """For each offset ``(di, dj)`` of the largest window, in row-major order: the
+    ``(N, C, oh, ow)`` values ``x[hs + di, ws + dj]`` and whether each lies inside
+    its window (None: all do), then the flat indices ``(hs + di) * W + ws + dj``."""
+    w = x.shape[3]
+    for di in range(int((he - hs).max())):
+        rows = np.minimum(hs + di, he - 1)
+        row_inside = hs + di < he
+        x_rows = np.take(x, rows, axis=2)
+        for dj in range(int((we - ws).max())):
+            cols = np.minimum(ws + dj, we - 1)
+            inside = row_inside[:, None] & (ws + dj < we)[None, :]
+            yield (np.take(x_rows, cols, axis=3), None if inside.all() else inside), \
+                rows[:, None] * w + cols[None, :]
+
+
 def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
     """Average pooling to a given output size, as ``F.adaptive_avg_pool2d``.
 
@@ -1194,15 +1220,20 @@ def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
     (hs, he), (ws, we) = _adaptive_plan(x.shape, output_size)
     n, c, h, w = x.shape
     oh, ow = len(hs), len(ws)
-    if h % oh == 0 and w % ow == 0:  # equal, disjoint windows
-        return x.reshape(n, c, oh, h // oh, ow, w // ow).mean(axis=(3, 5))
+    counts = ((he - hs)[:, None] * (we - ws)[None, :]).astype(x.dtype)
+    if _small_windows(hs, he, ws, we):
+        out = np.zeros((n, c, oh, ow), dtype=x.dtype)
+        for (values, inside), _ in _window_offsets(x, hs, he, ws, we):
+            out += values if inside is None else np.where(inside, values, 0)
+        out /= counts
+        return out
     t = np.empty((n, c, h, ow), dtype=x.dtype)
     for j in range(ow):
         np.sum(x[..., ws[j]:we[j]], axis=3, out=t[..., j])
     out = np.empty((n, c, oh, ow), dtype=x.dtype)
     for i in range(oh):
         np.sum(t[:, :, hs[i]:he[i], :], axis=2, out=out[:, :, i, :])
-    out /= ((he - hs)[:, None] * (we - ws)[None, :]).astype(x.dtype)
+    out /= counts
     return out
 
 
@@ -1285,6 +1316,17 @@ def adaptive_max_pool2d(x, output_size, return_indices=False):
     (hs, he), (ws, we) = _adaptive_plan(x.shape, output_size)
     n, c, h, w = x.shape
     oh, ow = len(hs), len(ws)
+    if _small_windows(hs, he, ws, we):
+        # PyTorch's scan: -inf and the first cell, then `v > best or isnan(v)`.
+        out = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
+        indices = np.broadcast_to(hs[:, None] * w + ws[None, :], out.shape).copy()
+        for (values, inside), flat in _window_offsets(x, hs, he, ws, we):
+            better = (values > out) | np.isnan(values)
+            if inside is not None:
+                better &= inside
+            np.copyto(out, values, where=better)
+            np.copyto(indices, np.broadcast_to(flat, out.shape), where=better)
+        return (out, indices) if return_indices else out
     # The maximum of a rectangle is the maximum over its rows of each row's
     # maximum; taking the first (or last NaN) at both stages keeps the scan order.
     col_arg = np.empty((n, c, h, ow), dtype=np.int64)

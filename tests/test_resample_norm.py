@@ -163,6 +163,27 @@ def test_adaptive_max_pool_matches_torch_with_ties_and_nan(dtype, output_size):
     np.testing.assert_array_equal(layer.indices, idx)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("output_size", [(2, 3), (3, 2), 1, (1, 4)], ids=str)
+def test_adaptive_pools_with_large_windows_match_torch(dtype, output_size):
+    """Windows of more than 64 cells take the row-sum path: ties, NaN and -inf too."""
+    torch = pytest.importorskip("torch")
+    x = data((2, 3, 19, 23), dtype)
+    x[0, 0, 3:9, 2:7] = 2.5  # ties
+    x[0, 1, 4, 4] = x[0, 1, 12, 20] = np.nan
+    x[1, 2] = -np.inf
+    tx = torch.from_numpy(x)
+    t_out, t_idx = torch.nn.functional.adaptive_max_pool2d(tx, output_size, return_indices=True)
+    out, idx = F.adaptive_max_pool2d(x, output_size, return_indices=True)
+    np.testing.assert_array_equal(out, t_out.numpy())
+    np.testing.assert_array_equal(idx, t_idx.numpy())
+    x = data((2, 3, 19, 23), dtype)
+    expected, dout, (dx,) = torch_run(lambda t: torch.nn.functional.adaptive_avg_pool2d(
+        t, output_size), x)
+    np.testing.assert_allclose(F.adaptive_avg_pool2d(x, output_size), expected, **tol(dtype))
+    np.testing.assert_allclose(F.adaptive_avg_pool2d_backward(dout, x.shape), dx, **tol(dtype))
+
+
 # ---------------------------------------------------------------------------
 # max_unpool2d
 
