@@ -46,6 +46,7 @@ PY
 
 echo "== test suite against the debug build"
 cp -r "$work/src/tests" "$work/tests"
+cp "$work/src/README.md" "$work/"  # tests/test_readme.py runs its examples
 HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci} "$py" -m pytest -q -p no:cacheprovider \
     -c "$work/src/pyproject.toml" --rootdir "$work" "${@:-$work/tests}"
 echo "== debug build tests passed in $((SECONDS - start)) s"
