@@ -12,17 +12,41 @@ from .base import Layer
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "ELU", "SELU", "Softplus", "Softmax"]
 
 
-class ReLU(Layer):
-    """``max(x, 0)``; the gradient is 1 where ``x > 0`` and 0 elsewhere (as PyTorch)."""
+class _Elementwise(Layer):
+    """An activation computed by a functional pair, cell by cell.
+
+    ``_forward_op(x, *args)`` and ``_backward_op(dout, saved, *args)``, where
+    ``args`` are the attributes named in ``_arguments`` (shown by ``repr``)
+    and ``saved`` is the forward's input, or its output where the gradient is
+    computed from that (``_saves_output``).
+    """
+
+    _forward_op = _backward_op = None
+    _saves_output = False
+    _arguments: tuple = ()
+
+    def _args(self) -> tuple:
+        return tuple(getattr(self, name) for name in self._arguments)
 
     def _forward(self, x, training):
-        return F._relu(x), x
+        out = self._forward_op(x, *self._args())
+        return out, out if self._saves_output else x
 
-    def _backward(self, dout, x):
-        return F._relu_backward(dout, x)
+    def _backward(self, dout, saved):
+        return self._backward_op(dout, saved, *self._args())
+
+    def _extra_repr(self):
+        return ", ".join(f"{name}={getattr(self, name)}" for name in self._arguments)
 
 
-class LeakyReLU(Layer):
+class ReLU(_Elementwise):
+    """``max(x, 0)``; the gradient is 1 where ``x > 0`` and 0 elsewhere (as PyTorch)."""
+
+    _forward_op = staticmethod(F._relu)
+    _backward_op = staticmethod(F._relu_backward)
+
+
+class LeakyReLU(_Elementwise):
     """``x`` where ``x > 0``, else ``negative_slope * x`` (as ``torch.nn.LeakyReLU``).
 
     Parameters
@@ -30,43 +54,32 @@ class LeakyReLU(Layer):
     negative_slope : float, default 0.01
     """
 
+    _forward_op = staticmethod(F._leaky_relu)
+    _backward_op = staticmethod(F._leaky_relu_backward)
+    _arguments = ("negative_slope",)
+
     def __init__(self, negative_slope=0.01) -> None:
         super().__init__()
         self.negative_slope = real(negative_slope, "negative_slope")
 
-    def _forward(self, x, training):
-        return F._leaky_relu(x, self.negative_slope), x
 
-    def _backward(self, dout, x):
-        return F._leaky_relu_backward(dout, x, self.negative_slope)
-
-    def _extra_repr(self):
-        return f"negative_slope={self.negative_slope}"
-
-
-class Sigmoid(Layer):
+class Sigmoid(_Elementwise):
     """Logistic function ``1 / (1 + exp(-x))``, by ``scipy.special.expit`` (never overflows)."""
 
-    def _forward(self, x, training):
-        out = F._sigmoid(x)
-        return out, out
-
-    def _backward(self, dout, out):
-        return F._sigmoid_backward(dout, out)
+    _forward_op = staticmethod(F._sigmoid)
+    _backward_op = staticmethod(F._sigmoid_backward)
+    _saves_output = True
 
 
-class Tanh(Layer):
+class Tanh(_Elementwise):
     """Hyperbolic tangent."""
 
-    def _forward(self, x, training):
-        out = F._tanh(x)
-        return out, out
-
-    def _backward(self, dout, out):
-        return F._tanh_backward(dout, out)
+    _forward_op = staticmethod(F._tanh)
+    _backward_op = staticmethod(F._tanh_backward)
+    _saves_output = True
 
 
-class ELU(Layer):
+class ELU(_Elementwise):
     """``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)`` (as ``torch.nn.ELU``).
 
     Parameters
@@ -74,31 +87,25 @@ class ELU(Layer):
     alpha : float, default 1.0
     """
 
+    _forward_op = staticmethod(F._elu)
+    _backward_op = staticmethod(F._elu_backward)
+    _arguments = ("alpha",)
+
     def __init__(self, alpha=1.0) -> None:
         super().__init__()
         self.alpha = real(alpha, "alpha")
 
-    def _forward(self, x, training):
-        return F._elu(x, self.alpha), x
 
-    def _backward(self, dout, x):
-        return F._elu_backward(dout, x, self.alpha)
-
-    def _extra_repr(self):
-        return f"alpha={self.alpha}"
-
-
-class SELU(Layer):
+class SELU(_Elementwise):
     """Scaled ELU with PyTorch's constants ``scale * ELU(x, alpha)``."""
 
     ALPHA = 1.6732632423543772848170429916717
     SCALE = 1.0507009873554804934193349852946
+    _forward_op = staticmethod(F._elu)
+    _backward_op = staticmethod(F._elu_backward)
 
-    def _forward(self, x, training):
-        return F._elu(x, self.ALPHA, self.SCALE), x
-
-    def _backward(self, dout, x):
-        return F._elu_backward(dout, x, self.ALPHA, self.SCALE)
+    def _args(self) -> tuple:
+        return self.ALPHA, self.SCALE
 
 
 class Softplus(Layer):
