@@ -27,7 +27,34 @@ from libc.math cimport exp, expf, expm1, expm1f, tanh as c_tanh, tanhf
 from blocks cimport BLOCK, block_count, block_size
 
 
-cdef void _relu(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+# Every kernel takes two coefficients, unused by those that have fewer, so
+# that one loop splits the blocks over threads for all of them; a kernel is
+# called through a pointer once per block, as it would be called directly.
+
+cdef inline void _map(
+    void (*kernel)(const floating*, floating, floating, floating*, Py_ssize_t) noexcept nogil,
+    const floating[::1] x, floating p, floating q, floating[::1] out, int num_threads,
+) noexcept nogil:
+    """out = kernel(x, p, q) block by block."""
+    cdef Py_ssize_t n = x.shape[0], b
+    for b in prange(block_count(n), schedule="static", num_threads=num_threads):
+        kernel(&x[b * BLOCK], p, q, &out[b * BLOCK], block_size(n, b))
+
+
+cdef inline void _map2(
+    void (*kernel)(const floating*, const floating*, floating, floating, floating*,
+                   Py_ssize_t) noexcept nogil,
+    const floating[::1] dout, const floating[::1] x, floating p, floating q,
+    floating[::1] out, int num_threads,
+) noexcept nogil:
+    """out = kernel(dout, x, p, q) block by block."""
+    cdef Py_ssize_t n = x.shape[0], b
+    for b in prange(block_count(n), schedule="static", num_threads=num_threads):
+        kernel(&dout[b * BLOCK], &x[b * BLOCK], p, q, &out[b * BLOCK], block_size(n, b))
+
+
+cdef void _relu(const floating* x, floating p, floating q, floating* out,
+                Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating v
     for i in range(n):
@@ -41,15 +68,13 @@ def relu(const floating[::1] x, floating[::1] out not None, int num_threads):
 
     ``out = 0 where x <= 0, else x`` (NaN propagates).
     """
-    cdef Py_ssize_t n = x.shape[0], b
     with nogil:
-        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
-            _relu(&x[b * BLOCK], &out[b * BLOCK], block_size(n, b))
+        _map(_relu[floating], x, 0, 0, out, num_threads)
     return out.base
 
 
-cdef void _relu_backward(const floating* dout, const floating* x, floating* out,
-                         Py_ssize_t n) noexcept nogil:
+cdef void _relu_backward(const floating* dout, const floating* x, floating p, floating q,
+                         floating* out, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating g, v
     for i in range(n):
@@ -64,14 +89,12 @@ def relu_backward(const floating[::1] dout, const floating[::1] x, floating[::1]
 
     ``out = dout where x > 0, else 0`` (also where dout is inf or NaN).
     """
-    cdef Py_ssize_t n = x.shape[0], b
     with nogil:
-        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
-            _relu_backward(&dout[b * BLOCK], &x[b * BLOCK], &out[b * BLOCK], block_size(n, b))
+        _map2(_relu_backward[floating], dout, x, 0, 0, out, num_threads)
     return out.base
 
 
-cdef void _leaky_relu(const floating* x, floating slope, floating* out,
+cdef void _leaky_relu(const floating* x, floating slope, floating q, floating* out,
                       Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating v, one = 1
@@ -86,16 +109,13 @@ def leaky_relu(const floating[::1] x, double negative_slope, floating[::1] out n
 
     ``out = x where x > 0, else x * negative_slope``.
     """
-    cdef Py_ssize_t n = x.shape[0], b
-    cdef floating slope = <floating> negative_slope
     with nogil:
-        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
-            _leaky_relu(&x[b * BLOCK], slope, &out[b * BLOCK], block_size(n, b))
+        _map(_leaky_relu[floating], x, <floating> negative_slope, 0, out, num_threads)
     return out.base
 
 
 cdef void _leaky_relu_backward(const floating* dout, const floating* x, floating slope,
-                               floating* out, Py_ssize_t n) noexcept nogil:
+                               floating q, floating* out, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating g, v, one = 1
     for i in range(n):
@@ -110,12 +130,9 @@ def leaky_relu_backward(const floating[::1] dout, const floating[::1] x, double 
 
     ``out = dout where x > 0, else dout * negative_slope``.
     """
-    cdef Py_ssize_t n = x.shape[0], b
-    cdef floating slope = <floating> negative_slope
     with nogil:
-        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
-            _leaky_relu_backward(&dout[b * BLOCK], &x[b * BLOCK], slope, &out[b * BLOCK],
-                                 block_size(n, b))
+        _map2(_leaky_relu_backward[floating], dout, x, <floating> negative_slope, 0, out,
+              num_threads)
     return out.base
 
 
@@ -126,7 +143,8 @@ cdef inline floating _exp(floating v) noexcept nogil:
         return exp(v)
 
 
-cdef void _sigmoid(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+cdef void _sigmoid(const floating* x, floating p, floating q, floating* out,
+                   Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating one = 1
     for i in range(n):
@@ -139,15 +157,13 @@ def sigmoid(const floating[::1] x, floating[::1] out not None, int num_threads):
 
     ``out = 1 / (1 + exp(-x))``, as ``scipy.special.expit``.
     """
-    cdef Py_ssize_t n = x.shape[0], b
     with nogil:
-        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
-            _sigmoid(&x[b * BLOCK], &out[b * BLOCK], block_size(n, b))
+        _map(_sigmoid[floating], x, 0, 0, out, num_threads)
     return out.base
 
 
-cdef void _sigmoid_backward(const floating* dout, const floating* y, floating* out,
-                            Py_ssize_t n) noexcept nogil:
+cdef void _sigmoid_backward(const floating* dout, const floating* y, floating p, floating q,
+                            floating* out, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating one = 1
     for i in range(n):
@@ -160,14 +176,13 @@ def sigmoid_backward(const floating[::1] dout, const floating[::1] y, floating[:
 
     ``out = dout * y * (1 - y)`` for the forward's output y.
     """
-    cdef Py_ssize_t n = y.shape[0], b
     with nogil:
-        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
-            _sigmoid_backward(&dout[b * BLOCK], &y[b * BLOCK], &out[b * BLOCK], block_size(n, b))
+        _map2(_sigmoid_backward[floating], dout, y, 0, 0, out, num_threads)
     return out.base
 
 
-cdef void _tanh(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+cdef void _tanh(const floating* x, floating p, floating q, floating* out,
+                Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
         if floating is float:
@@ -178,15 +193,13 @@ cdef void _tanh(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
 
 def tanh(const floating[::1] x, floating[::1] out not None, int num_threads):
     """tanh(x, out, num_threads) -> out"""
-    cdef Py_ssize_t n = x.shape[0], b
     with nogil:
-        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
-            _tanh(&x[b * BLOCK], &out[b * BLOCK], block_size(n, b))
+        _map(_tanh[floating], x, 0, 0, out, num_threads)
     return out.base
 
 
-cdef void _tanh_backward(const floating* dout, const floating* y, floating* out,
-                         Py_ssize_t n) noexcept nogil:
+cdef void _tanh_backward(const floating* dout, const floating* y, floating p, floating q,
+                         floating* out, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating one = 1
     for i in range(n):
@@ -199,10 +212,8 @@ def tanh_backward(const floating[::1] dout, const floating[::1] y, floating[::1]
 
     ``out = dout * (1 - y * y)`` for the forward's output y.
     """
-    cdef Py_ssize_t n = y.shape[0], b
     with nogil:
-        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
-            _tanh_backward(&dout[b * BLOCK], &y[b * BLOCK], &out[b * BLOCK], block_size(n, b))
+        _map2(_tanh_backward[floating], dout, y, 0, 0, out, num_threads)
     return out.base
 
 
@@ -231,11 +242,8 @@ def elu(const floating[::1] x, double alpha, double scale, floating[::1] out not
     ``out = scale * (x where x > 0, else alpha * expm1(x))``: ELU with
     scale 1, SELU with its constants.
     """
-    cdef Py_ssize_t n = x.shape[0], b
     with nogil:
-        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
-            _elu(&x[b * BLOCK], <floating> alpha, <floating> scale, &out[b * BLOCK],
-                 block_size(n, b))
+        _map(_elu[floating], x, <floating> alpha, <floating> scale, out, num_threads)
     return out.base
 
 
@@ -255,9 +263,7 @@ def elu_backward(const floating[::1] dout, const floating[::1] x, double alpha, 
 
     ``out = dout * scale * (1 where x > 0, else alpha * exp(x))``.
     """
-    cdef Py_ssize_t n = x.shape[0], b
     with nogil:
-        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
-            _elu_backward(&dout[b * BLOCK], &x[b * BLOCK], <floating> alpha, <floating> scale,
-                          &out[b * BLOCK], block_size(n, b))
+        _map2(_elu_backward[floating], dout, x, <floating> alpha, <floating> scale, out,
+              num_threads)
     return out.base
