@@ -116,6 +116,17 @@ cdef inline Py_ssize_t _partial(const Tiling* t, Py_ssize_t b, Py_ssize_t c,
     return (b * t.C + c) * t.per_channel + j
 
 
+cdef inline double _channel_total(const Tiling* t, const double* partials,
+                                  Py_ssize_t c) noexcept nogil:
+    """Channel c's partials added in tile order, whatever the number of threads."""
+    cdef Py_ssize_t b, j
+    cdef double total = 0
+    for b in range(t.blocks):
+        for j in range(t.per_channel):
+            total = total + partials[_partial(t, b, c, j)]
+    return total
+
+
 cdef inline Py_ssize_t _partial_count(const Tiling* t, Py_ssize_t b, Py_ssize_t j) noexcept nogil:
     """How many cells partial (b, any channel, j) covers."""
     cdef Py_ssize_t rows = min(t.N, (b + 1) * t.rows) - b * t.rows
@@ -240,7 +251,7 @@ def batch_norm_stats(
     cdef Tiling t = _tiling(N, C, L)
     cdef Py_ssize_t tiles = t.pieces * t.blocks, partials = t.blocks * C * t.per_channel
     cdef Py_ssize_t i, c, b, j, idx, stride = 0
-    cdef double total, count, ym, d, m2, first
+    cdef double count, ym, d, m2, first
     cdef double* shift = NULL
     cdef double* psum = NULL
     cdef double* pm2 = NULL
@@ -266,11 +277,7 @@ def batch_norm_stats(
                             s + t.cells, psum, pm2)
         with nogil:
             for c in prange(C, schedule="static", num_threads=num_threads):
-                total = 0
-                for b in range(t.blocks):
-                    for j in range(t.per_channel):
-                        total = total + psum[_partial(&t, b, c, j)]
-                ym = total / (N * L)
+                ym = _channel_total(&t, psum, c) / (N * L)
                 # Tiles' squares about their means, plus their means' spread.
                 m2 = 0
                 for b in range(t.blocks):
@@ -429,8 +436,7 @@ def batch_norm_backward_reduce(
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Tiling t = _tiling(N, C, L)
     cdef Py_ssize_t tiles = t.pieces * t.blocks, partials = t.blocks * C * t.per_channel
-    cdef Py_ssize_t i, c, b, j, idx, stride = 0
-    cdef double s, s_xc
+    cdef Py_ssize_t i, c, stride = 0
     cdef double* psum = NULL
     cdef double* psum_xc = NULL
     cdef double* scratch = NULL
@@ -449,15 +455,8 @@ def batch_norm_backward_reduce(
                                       psum, psum_xc)
         with nogil:
             for c in prange(C, schedule="static", num_threads=num_threads):
-                s = 0
-                s_xc = 0
-                for b in range(t.blocks):
-                    for j in range(t.per_channel):
-                        idx = _partial(&t, b, c, j)
-                        s = s + psum[idx]
-                        s_xc = s_xc + psum_xc[idx]
-                sum_dout[c] = s
-                sum_dout_xc[c] = s_xc
+                sum_dout[c] = _channel_total(&t, psum, c)
+                sum_dout_xc[c] = _channel_total(&t, psum_xc, c)
     finally:
         free(psum)
         free(psum_xc)
