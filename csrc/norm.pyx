@@ -63,6 +63,8 @@ cdef struct Tiling:
     Py_ssize_t pieces
     Py_ssize_t rows          # rows per tile
     Py_ssize_t blocks        # blocks of rows
+    Py_ssize_t tiles         # pieces times blocks
+    Py_ssize_t partials      # one per row block, channel and piece of a channel
 
 
 cdef Tiling _tiling(Py_ssize_t N, Py_ssize_t C, Py_ssize_t L) noexcept nogil:
@@ -80,6 +82,8 @@ cdef Tiling _tiling(Py_ssize_t N, Py_ssize_t C, Py_ssize_t L) noexcept nogil:
         t.pieces = (C + t.channels - 1) // t.channels
     t.rows = max(1, TILE_CELLS // t.cells)
     t.blocks = (N + t.rows - 1) // t.rows
+    t.tiles = t.pieces * t.blocks
+    t.partials = t.blocks * C * t.per_channel
     return t
 
 
@@ -249,7 +253,6 @@ def batch_norm_stats(
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Tiling t = _tiling(N, C, L)
-    cdef Py_ssize_t tiles = t.pieces * t.blocks, partials = t.blocks * C * t.per_channel
     cdef Py_ssize_t i, c, b, j, idx, stride = 0
     cdef double count, ym, d, m2, first
     cdef double* shift = NULL
@@ -261,8 +264,8 @@ def batch_norm_stats(
         return mean.base, var.base
     try:
         shift = _doubles(C)
-        psum = _doubles(partials)
-        pm2 = _doubles(partials)
+        psum = _doubles(t.partials)
+        pm2 = _doubles(t.partials)
         scratch = <double*> per_thread_scratch(num_threads, 2 * t.cells, sizeof(double), &stride)
         for c in range(C):
             # A channel's first value brings the others near zero (a large
@@ -272,7 +275,7 @@ def batch_norm_stats(
             shift[c] = first if isfinite(first) else 0.0
         with nogil, parallel(num_threads=num_threads):
             s = scratch + threadid() * stride
-            for i in prange(tiles, schedule="static"):
+            for i in prange(t.tiles, schedule="static"):
                 _stats_tile(&x[0, 0, 0], &t, i // t.blocks, i % t.blocks, shift, s,
                             s + t.cells, psum, pm2)
         with nogil:
@@ -351,7 +354,6 @@ def batch_norm_elemt(
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Tiling t = _tiling(N, C, L)
-    cdef Py_ssize_t tiles = t.pieces * t.blocks
     cdef Py_ssize_t i, c, stride = 0, filled_stride = 0
     cdef double* scale = NULL
     cdef double* shift = NULL
@@ -374,7 +376,7 @@ def batch_norm_elemt(
             s = scratch + threadid() * stride
             piece_in_s = filled + threadid() * filled_stride
             piece_in_s[0] = -1
-            for i in prange(tiles, schedule="static"):
+            for i in prange(t.tiles, schedule="static"):
                 _elemt_tile(&x[0, 0, 0], &out[0, 0, 0], &t, i // t.blocks, i % t.blocks,
                             &mean[0], scale, shift, s, piece_in_s)
     finally:
@@ -435,7 +437,6 @@ def batch_norm_backward_reduce(
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Tiling t = _tiling(N, C, L)
-    cdef Py_ssize_t tiles = t.pieces * t.blocks, partials = t.blocks * C * t.per_channel
     cdef Py_ssize_t i, c, stride = 0
     cdef double* psum = NULL
     cdef double* psum_xc = NULL
@@ -444,12 +445,12 @@ def batch_norm_backward_reduce(
     if N * C * L == 0:
         return sum_dout.base, sum_dout_xc.base
     try:
-        psum = _doubles(partials)
-        psum_xc = _doubles(partials)
+        psum = _doubles(t.partials)
+        psum_xc = _doubles(t.partials)
         scratch = <double*> per_thread_scratch(num_threads, 3 * t.cells, sizeof(double), &stride)
         with nogil, parallel(num_threads=num_threads):
             w = scratch + threadid() * stride
-            for i in prange(tiles, schedule="static"):
+            for i in prange(t.tiles, schedule="static"):
                 _backward_reduce_tile(&dout[0, 0, 0], &x[0, 0, 0], &t, i // t.blocks,
                                       i % t.blocks, &mean[0], w, w + t.cells, w + 2 * t.cells,
                                       psum, psum_xc)
@@ -541,7 +542,6 @@ def batch_norm_backward_elemt(
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Tiling t = _tiling(N, C, L)
-    cdef Py_ssize_t tiles = t.pieces * t.blocks
     cdef Py_ssize_t i, c, stride = 0, filled_stride = 0
     cdef double count = N * L
     cdef double* coef = NULL
@@ -564,7 +564,7 @@ def batch_norm_backward_elemt(
             s = scratch + threadid() * stride
             piece_in_s = filled + threadid() * filled_stride
             piece_in_s[0] = -1
-            for i in prange(tiles, schedule="static"):
+            for i in prange(t.tiles, schedule="static"):
                 _backward_elemt_tile(&dout[0, 0, 0], &x[0, 0, 0], &out[0, 0, 0], &t,
                                      i // t.blocks, i % t.blocks, training, &mean[0], coef, s,
                                      piece_in_s)
