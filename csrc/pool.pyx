@@ -260,20 +260,26 @@ cdef inline Py_ssize_t _divisor(
     return (min(ih1, H) - max(ih0, 0)) * (min(iw1, W) - max(iw0, 0))
 
 
-cdef void _divisors(
-    floating* div, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+cdef int _divisor_table(
+    floating** div, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
     Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow,
     bint count_include_pad, Py_ssize_t divisor_override, Py_ssize_t padding,
-) noexcept nogil:
-    """Fill ``div[oy * ow + ox]`` with window (oy, ox)'s divisor, and the
-    `padding` cells after them with 1 (vector loads may read them)."""
-    cdef Py_ssize_t oy, ox
-    for oy in range(oh):
-        for ox in range(ow):
-            div[oy * ow + ox] = <floating> _divisor(oy * sh - ph, ox * sw - pw, H, W, kh, kw,
-                                                    ph, pw, count_include_pad, divisor_override)
-    for ox in range(padding):
-        div[oh * ow + ox] = 1
+) except -1:
+    """Allocate ``div[0]`` (the caller frees it) and fill ``div[0][oy * ow + ox]``
+    with window (oy, ox)'s divisor, and the `padding` cells after them with 1
+    (vector loads may read them)."""
+    cdef Py_ssize_t oy, ox, stride = 0
+    cdef floating* d = <floating*> per_thread_scratch(1, oh * ow + padding, sizeof(floating),
+                                                      &stride)
+    div[0] = d
+    with nogil:
+        for oy in range(oh):
+            for ox in range(ow):
+                d[oy * ow + ox] = <floating> _divisor(oy * sh - ph, ox * sw - pw, H, W, kh, kw,
+                                                      ph, pw, count_include_pad, divisor_override)
+        for ox in range(padding):
+            d[oh * ow + ox] = 1
+    return 0
 
 
 cdef void _avg_pool_plane(
@@ -307,13 +313,11 @@ def avg_pool2d(
     cdef Py_ssize_t plane, n, c
     cdef Py_ssize_t lanes = FCNN_VL_F32 if floating is float else FCNN_VL_F64
     cdef bint simd = _simd_window(H, W, kh, kw, sh, sw, 1, 1, False)
-    cdef Py_ssize_t div_stride = 0
-    cdef floating* div = <floating*> per_thread_scratch(1, oh * ow + lanes, sizeof(floating),
-                                                        &div_stride)
+    cdef floating* div = NULL
+    _divisor_table(&div, H, W, kh, kw, sh, sw, ph, pw, oh, ow, count_include_pad,
+                   divisor_override, lanes)
     try:
         with nogil:
-            _divisors(div, H, W, kh, kw, sh, sw, ph, pw, oh, ow, count_include_pad,
-                      divisor_override, lanes)
             for plane in prange(N * C, schedule="static", num_threads=num_threads):
                 n = plane // C
                 c = plane % C
@@ -365,17 +369,15 @@ def avg_pool2d_backward(
     # SIMD kernels: each thread's rows of shares, with +0.0 borders
     cdef Py_ssize_t wg = fcnn_pool_bwd_width(W, ow, lanes) if simd else 0
     cdef Py_ssize_t per_thread = oh * wg
-    cdef Py_ssize_t div_stride = 0, stride = 0
-    cdef floating* div = <floating*> per_thread_scratch(1, oh * ow + lanes, sizeof(floating),
-                                                        &div_stride)
+    cdef Py_ssize_t stride = 0
+    cdef floating* div = NULL
     cdef floating* shares = NULL
     cdef floating* g
+    _divisor_table(&div, H, W, kh, kw, sh, sw, ph, pw, oh, ow, count_include_pad,
+                   divisor_override, lanes)
     try:
         if simd:
             shares = <floating*> per_thread_scratch(num_threads, per_thread, sizeof(floating), &stride)
-        with nogil:
-            _divisors(div, H, W, kh, kw, sh, sw, ph, pw, oh, ow, count_include_pad,
-                      divisor_override, lanes)
         with nogil, parallel(num_threads=num_threads):
             g = shares + threadid() * stride
             if simd:
