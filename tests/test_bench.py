@@ -171,8 +171,10 @@ def test_impls_torch_without_pytorch_is_a_usage_error(tmp_path):
     (tmp_path / "torch" / "__init__.py").write_text('raise ImportError("No module named \'torch\'")\n')
     fastcnn_root = os.path.dirname(os.path.dirname(fastcnn.__file__))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), fastcnn_root]))
+    # (run from fastcnn's folder: `python -m` puts the working directory first)
     done = subprocess.run([sys.executable, "-m", "fastcnn", "bench", "--impls", "numpy,torch"],
-                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+                          env=env, cwd=fastcnn_root, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
     assert done.returncode == 2 and done.stdout == ""
     assert "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1] == (

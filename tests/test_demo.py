@@ -24,7 +24,11 @@ pytest.importorskip("sklearn", reason="the demo needs scikit-learn (fastcnn[demo
 pytest.importorskip("tqdm", reason="the demo needs tqdm (fastcnn[demo])")
 
 # The fastcnn under test, for `python -m fastcnn` in a subprocess.
-_ENV = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastcnn.__file__)))
+# Subprocesses import the fastcnn under test: `python -m` puts the working
+# directory first on sys.path, so they run from the folder that holds it (a
+# source checkout's root would otherwise shadow an installed build).
+_ROOT = os.path.dirname(os.path.dirname(fastcnn.__file__))
+_ENV = dict(os.environ, PYTHONPATH=_ROOT)
 
 
 def run_demo(*argv) -> int:
@@ -88,7 +92,7 @@ def test_plot_is_written(digits_subset, tmp_path, capsys):
 
 def test_command_line_in_a_subprocess(digits_subset):
     argv = ["--data", str(digits_subset), "--epochs", "1", "--quiet", "--backend", "numpy"]
-    done = subprocess.run([sys.executable, "-m", "fastcnn", "demo", *argv], env=_ENV,
+    done = subprocess.run([sys.executable, "-m", "fastcnn", "demo", *argv], env=_ENV, cwd=_ROOT,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "test accuracy" in done.stdout
@@ -193,7 +197,8 @@ def test_usage_error_and_divergence_in_a_subprocess(digits_subset):
 
     def fastcnn_demo(*argv):
         return subprocess.run([sys.executable, "-W", "error", "-m", "fastcnn", "demo", *argv],
-                              env=_ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+                              env=_ENV, cwd=_ROOT, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
 
     bad_flag = fastcnn_demo("--lr", "nan")
     assert bad_flag.returncode == 2 and bad_flag.stdout == ""

@@ -351,7 +351,7 @@ def test_sigkill_during_save_leaves_the_previous_file_loadable(tmp_path):
     delays = np.random.default_rng(0).uniform(0.0, 0.15, size=6)
     for delay in delays:
         proc = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(path)],
-                                stdout=subprocess.PIPE, env=env)
+                                stdout=subprocess.PIPE, env=env, cwd=package_root)
         try:
             ready, _, _ = select.select([proc.stdout], [], [], 60)
             assert ready and proc.stdout.readline() == b"saving\n"
