@@ -171,9 +171,12 @@ def test_impls_torch_without_pytorch_is_a_usage_error(tmp_path):
     (tmp_path / "torch" / "__init__.py").write_text('raise ImportError("No module named \'torch\'")\n')
     fastcnn_root = os.path.dirname(os.path.dirname(fastcnn.__file__))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), fastcnn_root]))
-    # (run from fastcnn's folder: `python -m` puts the working directory first)
+    # Run from tmp_path: `python -m` puts the working directory first on
+    # sys.path, so it must hold the failing torch and no other fastcnn (a
+    # source checkout's root would shadow the build, fastcnn's folder - an
+    # installed one's site-packages - may hold the real torch).
     done = subprocess.run([sys.executable, "-m", "fastcnn", "bench", "--impls", "numpy,torch"],
-                          env=env, cwd=fastcnn_root, capture_output=True, text=True,
+                          env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert done.returncode == 2 and done.stdout == ""
     assert "Traceback" not in done.stderr
