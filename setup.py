@@ -57,6 +57,13 @@ def _openmp_flags(compiler):
 
 
 class BuildExt(build_ext):
+    def finalize_options(self):
+        super().finalize_options()
+        # One compiler per core unless --parallel/-j says otherwise: the
+        # extensions are independent, and a build is mostly C compilation.
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
+
     def build_extensions(self):
         flag = _openmp_flags(self.compiler)
         if flag is None:
@@ -96,6 +103,7 @@ extensions = [
 setup(
     ext_modules=cythonize(
         extensions,
+        nthreads=os.cpu_count() or 1,
         include_path=["csrc"],
         compiler_directives={
             "language_level": 3,

@@ -143,13 +143,16 @@ def conv2d_backward(
 
     Samples ``[p*chunk, (p+1)*chunk)`` form chunk p: their weight gradient
     (F, C/groups*kh*kw) and bias gradient (F,) are summed, sample by sample
-    in order, into ``dweight_parts[p]`` and ``dbias_parts[p]``.
+    in order, into ``dweight_parts[p]`` and ``dbias_parts[p]``. A `dx` of
+    no samples asks for the parameter gradients only (a network's first
+    layer: nothing needs the gradient of the data).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = weight.shape[0], kg = weight.shape[1], fg = F // groups
     cdef Py_ssize_t L = oh * ow, rows = C * kh * kw, parts = dweight_parts.shape[0]
     cdef Py_ssize_t p, n, g, c, l, stride = 0, t_stride = 0
     cdef bint by_rows = fold_by_rows(W, kw, sw, pw, dw, ow, sizeof(floating), FOLD_CHUNKS_DEFAULT)
+    cdef bint want_dx = dx.shape[0] > 0
     # per thread: columns, their gradient, one sample's dweight and dbias, ones
     cdef Py_ssize_t cells = 2 * rows * L + F * kg + F + L
     cdef floating* scratch = NULL
@@ -181,8 +184,9 @@ def conv2d_backward(
                     for g in range(groups):
                         gemm("T", "N", kg, fg, L, cols + g * kg * L, L, d + g * fg * L, L,
                              dw1 + g * fg * kg, kg)
-                        gemm("N", "T", L, kg, fg, d + g * fg * L, L, &weight[g * fg, 0], kg,
-                             dcols + g * kg * L, L)
+                        if want_dx:
+                            gemm("N", "T", L, kg, fg, d + g * fg * L, L, &weight[g * fg, 0], kg,
+                                 dcols + g * kg * L, L)
                     row_sums(F, L, d, ones, db1)
                     if n == p * chunk:
                         memcpy(&dweight_parts[p, 0, 0], dw1, F * kg * sizeof(floating))
@@ -190,7 +194,7 @@ def conv2d_backward(
                     else:
                         add_into(&dweight_parts[p, 0, 0], dw1, F * kg)
                         add_into(&dbias_parts[p, 0], db1, F)
-                    for c in range(C):
+                    for c in range(C if want_dx else 0):
                         fold_plane(dcols + c * kh * kw * L, &dx[n, c, 0, 0], H, W,
                                    kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, by_rows,
                                    <const floating**> t, <ptrdiff_t*> (t + kh * kw),
@@ -244,15 +248,18 @@ def linear_backward(
 
     ``dx = dout @ weight``; rows ``[p*chunk, (p+1)*chunk)`` form chunk p, whose
     ``dout.T @ x`` (O, I) and column sums of dout (O,) go to
-    ``dweight_parts[p]`` and ``dbias_parts[p]``.
+    ``dweight_parts[p]`` and ``dbias_parts[p]``. A `dx` of no rows asks for
+    the parameter gradients only.
     """
     cdef Py_ssize_t N = x.shape[0], I = x.shape[1], O = weight.shape[0]
     cdef Py_ssize_t parts = dweight_parts.shape[0], p, m, lo, r
+    cdef bint want_dx = dx.shape[0] > 0
     with nogil:
         for p in prange(parts, schedule="dynamic", num_threads=num_threads):
             lo = p * chunk
             m = min(N, lo + chunk) - lo
-            gemm("N", "N", I, m, O, &weight[0, 0], I, &dout[lo, 0], O, &dx[lo, 0], I)
+            if want_dx:
+                gemm("N", "N", I, m, O, &weight[0, 0], I, &dout[lo, 0], O, &dx[lo, 0], I)
             gemm("N", "T", I, O, m, &x[lo, 0], I, &dout[lo, 0], O, &dweight_parts[p, 0, 0], I)
             memcpy(&dbias_parts[p, 0], &dout[lo, 0], O * sizeof(floating))
             for r in range(lo + 1, lo + m):

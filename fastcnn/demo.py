@@ -363,7 +363,7 @@ def _train_epoch(model, optimizers, data, order, args, bar, history) -> None:
                     f"{steps}; try a lower --lr (this run used --lr {args.lr:g})",
                     status=1,
                 )
-            model.backward(dlogits)
+            model.backward(dlogits, input_grad=False)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()

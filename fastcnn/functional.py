@@ -289,14 +289,18 @@ def _batch_chunks(n: int, grad_bytes: int, most: int = _MAX_CHUNKS) -> tuple[int
     return size, -(-n // size)
 
 
-def _conv2d_backward(dout, x, weight, win: v.Window, groups: int):
-    """:func:`conv2d_backward` of validated operands (C-contiguous, one dtype) and window."""
+def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bool = True):
+    """:func:`conv2d_backward` of validated operands (C-contiguous, one dtype) and window.
+
+    With ``input_grad=False`` the returned dx is None and is not computed.
+    """
     n, f = x.shape[0], weight.shape[0]
     kg, length = weight[0].size, win.oh * win.ow
-    dx = np.empty(x.shape, dtype=x.dtype)
+    dx = np.empty(x.shape if input_grad else (0, *x.shape[1:]), dtype=x.dtype)
     if not n:
-        return dx, np.zeros_like(weight), np.zeros(f, x.dtype)
-    macs, taps = 2 * f * kg * length, (3 * x.shape[1] * win.kh * win.kw + f) * length
+        return dx if input_grad else None, np.zeros_like(weight), np.zeros(f, x.dtype)
+    macs = (2 if input_grad else 1) * f * kg * length
+    taps = ((3 if input_grad else 1) * x.shape[1] * win.kh * win.kw + f) * length
     seconds = n * (macs * _backend.MAC_SECONDS + taps * _backend.TAP_SECONDS)
     size, count = _batch_chunks(n, weight.nbytes, max(_MAX_CHUNKS, int(seconds / _CHUNK_SECONDS)))
     dweight = np.empty((count, f, kg), dtype=x.dtype)
@@ -309,7 +313,8 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int):
 
     in_pieces("conv2d_backward", (count,), (dout, x, w, *win, groups, size, dx, dweight, dbias),
               piece, macs=size * macs, taps=size * taps, **_gemm((length, kg, f), n * macs))
-    return dx, dweight.sum(axis=0).reshape(weight.shape), dbias.sum(axis=0)
+    dweight, dbias = dweight.sum(axis=0).reshape(weight.shape), dbias.sum(axis=0)
+    return dx if input_grad else None, dweight, dbias
 
 
 # Every chunk of a linear layer's batch reads the whole weight: fewer, larger
@@ -334,12 +339,14 @@ def _linear(x: np.ndarray, weight: np.ndarray, bias) -> np.ndarray:
     return out
 
 
-def _linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray):
-    """Gradients ``(dx, dweight, dbias)`` of :func:`_linear`, from validated operands."""
+def _linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray,
+                     input_grad: bool = True):
+    """Gradients ``(dx, dweight, dbias)`` of :func:`_linear`, from validated
+    operands; dx is None and not computed if `input_grad` is False."""
     n = len(x)
-    dx = np.empty(x.shape, dtype=x.dtype)
+    dx = np.empty(x.shape if input_grad else (0, x.shape[1]), dtype=x.dtype)
     if not n:
-        return dx, np.zeros_like(weight), np.zeros(len(weight), x.dtype)
+        return dx if input_grad else None, np.zeros_like(weight), np.zeros(len(weight), x.dtype)
     size, count = _batch_chunks(n, weight.nbytes, _LINEAR_CHUNKS)
     dweight = np.empty((count,) + weight.shape, dtype=x.dtype)
     dbias = np.empty((count, len(weight)), dtype=x.dtype)
@@ -350,7 +357,7 @@ def _linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray):
 
     in_pieces("linear_backward", (count,), (dout, x, weight, size, dx, dweight, dbias), piece,
               macs=size * 2 * weight.size, **_gemm(weight.shape + (size,), 2 * n * weight.size))
-    return dx, dweight.sum(axis=0), dbias.sum(axis=0)
+    return dx if input_grad else None, dweight.sum(axis=0), dbias.sum(axis=0)
 
 
 def max_pool2d(

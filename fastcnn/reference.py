@@ -298,7 +298,8 @@ def conv2d_backward(dout, x, weight, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, gro
     weight : ndarray, shape (F, C/groups*kh*kw)
     chunk : int
         Samples ``[p*chunk, (p+1)*chunk)`` form chunk p.
-    dx : ndarray, shape (N, C, H, W), filled
+    dx : ndarray, shape (N, C, H, W), filled; or shape (0, C, H, W) for the
+        parameter gradients only
     dweight_parts : ndarray, shape (ceil(N/chunk), F, C/groups*kh*kw), filled
         Chunk p's weight gradient, summed over its samples in order.
     dbias_parts : ndarray, shape (ceil(N/chunk), F), filled
@@ -319,6 +320,8 @@ def conv2d_backward(dout, x, weight, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, gro
         # Summed over axis 0, sample after sample, as the compiled driver does.
         products.reshape(m, f, kg).sum(axis=0, out=dweight_parts[p])
         np.matmul(dout[part].reshape(m, f, length), ones).sum(axis=0, out=dbias_parts[p])
+        if not len(dx):
+            continue
         dcols = np.matmul(w_t, g)
         col2im(dcols.reshape(m, c * kh * kw, length), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
                dx[part])
@@ -354,7 +357,8 @@ def linear_backward(dout, x, weight, chunk, dx, dweight_parts, dbias_parts):
     weight : ndarray, shape (O, I)
     chunk : int
         Rows ``[p*chunk, (p+1)*chunk)`` form chunk p.
-    dx : ndarray, shape (N, I), filled with ``dout @ weight``
+    dx : ndarray, shape (N, I), filled with ``dout @ weight``; or shape
+        (0, I) for the parameter gradients only
     dweight_parts : ndarray, shape (ceil(N/chunk), O, I), filled
         Chunk p's ``dout.T @ x``.
     dbias_parts : ndarray, shape (ceil(N/chunk), O), filled
@@ -362,7 +366,8 @@ def linear_backward(dout, x, weight, chunk, dx, dweight_parts, dbias_parts):
     """
     for p in range(len(dweight_parts)):
         rows = slice(p * chunk, (p + 1) * chunk)
-        np.matmul(dout[rows], weight, out=dx[rows])
+        if len(dx):
+            np.matmul(dout[rows], weight, out=dx[rows])
         np.matmul(dout[rows].T, x[rows], out=dweight_parts[p])
         dout[rows].sum(axis=0, out=dbias_parts[p])
     return dx

@@ -528,3 +528,76 @@ def test_clip_grad_value_and_checks():
     with pytest.raises(TypeError, match="model must be"):
         clip_grad_value_("model", 1)
     assert clip_grad_norm_(ReLU(), 1.0) == 0.0
+
+
+# ---------------------------------------------------------------------------
+# backward(dout, input_grad=False): parameter gradients only
+
+
+def _first_layer_models(dtype):
+    """Models whose first layer has a cheaper parameter-only backward, or none."""
+    rng = np.random.default_rng(3)
+    return {
+        "conv": Sequential([Conv2D(1, 4, 3, padding=1, dtype=dtype, rng=rng), ReLU(),
+                            GlobalAvgPool2D(), Flatten(), Dense(4, 3, dtype=dtype, rng=rng)]),
+        "grouped conv": Sequential([Conv2D(2, 4, 3, stride=2, groups=2, dtype=dtype, rng=rng),
+                                    Flatten(), Dense(16, 3, dtype=dtype, rng=rng)]),
+        "dense": Sequential([Flatten(), Dense(36, 3, dtype=dtype, rng=rng)]),
+        "dense first": Sequential([Dense(6, 3, dtype=dtype, rng=rng)]),
+        "custom block": block_model(dtype=dtype),
+        "residual": Sequential([Residual(Conv2D(1, 1, 3, padding=1, dtype=dtype, rng=rng),
+                                         Conv2D(1, 1, 1, dtype=dtype, rng=rng)),
+                                Flatten(), Dense(36, 3, dtype=dtype, rng=rng)]),
+    }
+
+
+@pytest.mark.parametrize(
+    "backend", ["numpy", "cython"] if fastcnn._backend.compiled_available() else ["numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(_first_layer_models(np.float32)))
+def test_backward_without_input_grad_gives_the_same_parameter_gradients(name, dtype, backend):
+    with fastcnn.use_backend(backend):
+        x, labels = images(5, dtype=dtype)
+        if name == "dense first":
+            x = x.reshape(5, 6, 6)[:, 0]
+        elif name == "grouped conv":
+            x = np.concatenate([x, -x], axis=1)[..., :5, :5]
+        grads = []
+        for input_grad in (True, False):
+            model = _first_layer_models(dtype)[name]
+            model.eval()  # Dropout off: both passes see the same forward
+            _, dlogits = softmax_cross_entropy(model(x), labels)
+            dx = model.backward(dlogits, input_grad=input_grad)
+            assert (dx is None) == (not input_grad)
+            if input_grad:
+                assert dx.shape == x.shape
+            grads.append(named_grads(model))
+        assert grads[0].keys() == grads[1].keys()
+        for key in grads[0]:
+            np.testing.assert_array_equal(grads[0][key], grads[1][key], err_msg=key)
+
+
+def test_a_layer_backward_without_input_grad_returns_none_and_fills_grads():
+    conv = Conv2D(2, 3, 3, rng=0)
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    dout = np.ones_like(conv(x))
+    conv.grads["weight"][...] = np.nan
+    assert conv.backward(dout, input_grad=False) is None
+    assert np.isfinite(conv.grads["weight"]).all()
+    relu = ReLU()
+    relu(x)
+    assert relu.backward(np.ones_like(x), input_grad=False) is None
+
+
+@pytest.mark.parametrize("bad", [0, "no", None])
+def test_input_grad_must_be_a_bool(bad):
+    model = Sequential([Dense(2, 2, rng=0)])
+    model(np.ones((1, 2), np.float32))
+    with pytest.raises(TypeError, match="input_grad must be True or False"):
+        model.backward(np.ones((1, 2), np.float32), input_grad=bad)
+
+
+def test_empty_sequential_without_input_grad():
+    dout = np.ones((2, 3))
+    assert Sequential([]).backward(dout, input_grad=False) is None
+    assert Sequential([]).backward(dout) is dout

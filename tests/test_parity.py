@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 
 import fastcnn
 from fastcnn import _backend
+from fastcnn import _validation
 from fastcnn import functional as F
 
 from strategies import (
@@ -1021,3 +1022,44 @@ def test_kernel_optimizer_updates(call, n, dtype, kind, seed, nt):
     _assert_same(arrays_c[1], grad)  # the gradient is read only
     for got, expected in zip(arrays_c, arrays_r):
         _assert_same(got, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("geometry", [
+    dict(n=3, c=3, f=4, hw=(9, 7), k=3, stride=1, padding=1, dilation=1, groups=1),
+    dict(n=5, c=4, f=6, hw=(11, 12), k=2, stride=2, padding=0, dilation=2, groups=2),
+    dict(n=1, c=1, f=1, hw=(4, 4), k=4, stride=1, padding=0, dilation=1, groups=1),
+    dict(n=0, c=2, f=2, hw=(5, 5), k=3, stride=1, padding=0, dilation=1, groups=1),
+])
+def test_parameter_only_backward_equals_the_full_one(geometry, dtype, backend):
+    """Skipping the input gradient (a network's first layer) leaves the
+    parameter gradients bitwise the same, for the conv and linear drivers."""
+    g = geometry
+    rng = np.random.default_rng(g["c"])
+    x = rng.standard_normal((g["n"], g["c"], *g["hw"])).astype(dtype)
+    w = rng.standard_normal((g["f"], g["c"] // g["groups"], g["k"], g["k"])).astype(dtype)
+    kw = dict(stride=g["stride"], padding=g["padding"], dilation=g["dilation"])
+    with fastcnn.use_backend(backend):
+        dout = rng.standard_normal(F.conv2d(x, w, groups=g["groups"], **kw).shape).astype(dtype)
+        full = F.conv2d_backward(dout, x, w, groups=g["groups"], **kw)
+        win = _validation.conv_window(x.shape, w.shape[2:], **kw)
+        dx, dw, db = F._conv2d_backward(dout, x, w, win, g["groups"], input_grad=False)
+        assert dx is None
+        np.testing.assert_array_equal(dw, full[1], strict=True)
+        np.testing.assert_array_equal(db, full[2], strict=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("n, i, o", [(7, 5, 3), (1, 1, 1), (300, 20, 10), (0, 3, 2)])
+def test_parameter_only_linear_backward_equals_the_full_one(n, i, o, dtype, backend):
+    rng = np.random.default_rng(n)
+    x, w = rng.standard_normal((n, i)).astype(dtype), rng.standard_normal((o, i)).astype(dtype)
+    dout = rng.standard_normal((n, o)).astype(dtype)
+    with fastcnn.use_backend(backend):
+        full = F._linear_backward(dout, x, w)
+        dx, dw, db = F._linear_backward(dout, x, w, input_grad=False)
+    assert dx is None and full[0].shape == x.shape
+    np.testing.assert_array_equal(dw, full[1], strict=True)
+    np.testing.assert_array_equal(db, full[2], strict=True)

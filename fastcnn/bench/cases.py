@@ -536,7 +536,7 @@ def _build_train_step(shape, dtype, level, impls, threads, torch):
 
         def step(model=model, optimizer=optimizer, x=x, labels=labels):
             loss, dlogits = softmax_cross_entropy(model.forward(x), labels)
-            model.backward(dlogits)
+            model.backward(dlogits, input_grad=False)
             optimizer.step()
             return comparable(loss)
 

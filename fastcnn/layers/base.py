@@ -243,7 +243,7 @@ class Layer:
     def __call__(self, x, training: bool | None = None) -> np.ndarray:
         return self.forward(x, training)
 
-    def backward(self, dout) -> np.ndarray:
+    def backward(self, dout, input_grad: bool = True) -> np.ndarray | None:
         """Back-propagate `dout` through the last forward call.
 
         Parameters
@@ -251,12 +251,18 @@ class Layer:
         dout : array_like
             Gradient of the loss with respect to the output of the last
             :meth:`forward`: same shape and dtype as that output.
+        input_grad : bool, default True
+            False when nothing needs the gradient with respect to the input
+            (the data fed to a network's first layer, as PyTorch does for an
+            input without ``requires_grad``): only the parameter gradients
+            are computed, which saves a convolution's input-gradient GEMM.
 
         Returns
         -------
-        dx : ndarray
-            Gradient with respect to that forward's input, same shape and dtype.
-            Parameter gradients are written into :attr:`grads` in place.
+        dx : ndarray or None
+            Gradient with respect to that forward's input, same shape and
+            dtype; None if `input_grad` is False. Parameter gradients are
+            written into :attr:`grads` in place.
 
         Raises
         ------
@@ -280,6 +286,9 @@ class Layer:
                 f"dout must have the dtype of the last forward output {self._out_dtype}, "
                 f"got dout.dtype={dout.dtype} (fastcnn never promotes silently)"
             )
+        if not flag(input_grad, "input_grad"):
+            self._backward_params(dout, self._cache)
+            return None
         return given_back(np.asarray(self._backward(dout, self._cache)), dout, given)
 
     def output_shape(self, input_shape) -> tuple[int, ...]:
@@ -589,3 +598,8 @@ class Layer:
 
     def _backward(self, dout: np.ndarray, cache) -> np.ndarray:
         raise NotImplementedError
+
+    def _backward_params(self, dout: np.ndarray, cache) -> None:
+        """The parameter gradients of :meth:`_backward` alone; layers whose
+        input gradient costs something worth saving override it."""
+        self._backward(dout, cache)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import operator
 
 import numpy as np
@@ -123,17 +125,25 @@ class Sequential(Layer):
             x = layer.forward(x, training)
         return x
 
-    def backward(self, dout) -> np.ndarray:
+    def backward(self, dout, input_grad: bool = True) -> np.ndarray | None:
         """Back-propagate through every layer in reverse; fills each layer's ``grads``.
+
+        `input_grad` applies to the first layer (see
+        :meth:`fastcnn.layers.Layer.backward`): a training loop that does not
+        use the gradient of its data passes False.
 
         Returns
         -------
-        dx : ndarray
-            Gradient with respect to the input of the last forward.
+        dx : ndarray or None
+            Gradient with respect to the input of the last forward; None if
+            `input_grad` is False.
         """
-        for layer in reversed(self.layers):
+        input_grad = flag(input_grad, "input_grad")
+        if not self.layers:
+            return dout if input_grad else None
+        for layer in reversed(self.layers[1:]):
             dout = layer.backward(dout)
-        return dout
+        return _backward(self.layers[0], dout, input_grad)
 
     def output_shape(self, input_shape):
         shape = shape_tuple(input_shape)
@@ -148,6 +158,22 @@ class Sequential(Layer):
             if input_shape is not None:
                 input_shape = _output_shape_or_none(layer, input_shape)
         return shapes
+
+
+@functools.cache
+def _takes_input_grad(cls) -> bool:
+    return "input_grad" in inspect.signature(cls.backward).parameters
+
+
+def _backward(layer: Layer, dout, input_grad: bool):
+    """``layer.backward(dout, input_grad)``, also for a block whose own
+    backward takes `dout` only (its input gradient is then computed and dropped)."""
+    if input_grad:
+        return layer.backward(dout)
+    if _takes_input_grad(type(layer)):
+        return layer.backward(dout, input_grad=False)
+    layer.backward(dout)
+    return None
 
 
 class Identity(Layer):
@@ -196,12 +222,15 @@ class Residual(Layer):
             )
         return out + skip
 
-    def backward(self, dout) -> np.ndarray:
-        """The sum of the body's and the shortcut's input gradients for `dout`."""
-        dx = self.body.backward(dout)
+    def backward(self, dout, input_grad: bool = True) -> np.ndarray | None:
+        """The sum of the body's and the shortcut's input gradients for `dout`
+        (None if `input_grad` is False; see :meth:`fastcnn.layers.Layer.backward`)."""
+        input_grad = flag(input_grad, "input_grad")
+        dx = _backward(self.body, dout, input_grad)
         if self.shortcut is None:
-            return dx + as_float_array(dout, "dout")
-        return dx + self.shortcut.backward(dout)
+            return dx + as_float_array(dout, "dout") if input_grad else None
+        skip = _backward(self.shortcut, dout, input_grad)
+        return dx + skip if input_grad else None
 
     def output_shape(self, input_shape):
         shape = shape_tuple(input_shape)

@@ -137,11 +137,15 @@ class Conv2D(_Convolution):
         out = F._conv2d(x, self.params["weight"], self.params.get("bias"), win, self.groups)
         return out, (x, win)
 
-    def _backward(self, dout, cache):
+    def _backward(self, dout, cache, input_grad=True):
         x, win = cache
-        dx, dweight, dbias = F._conv2d_backward(dout, x, self.params["weight"], win, self.groups)
+        dx, dweight, dbias = F._conv2d_backward(dout, x, self.params["weight"], win, self.groups,
+                                                input_grad)
         self._write_grads(dweight, dbias)
         return dx
+
+    def _backward_params(self, dout, cache):
+        self._backward(dout, cache, input_grad=False)
 
     def output_shape(self, input_shape):
         n, c, h, w = self._input_shape(input_shape)

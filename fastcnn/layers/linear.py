@@ -60,12 +60,15 @@ class Dense(Layer):
         check_same_dtype(x=x, weight=self.params["weight"])
         return F._linear(x, self.params["weight"], self.params.get("bias")), x
 
-    def _backward(self, dout, x):
-        dx, dweight, dbias = F._linear_backward(dout, x, self.params["weight"])
+    def _backward(self, dout, x, input_grad=True):
+        dx, dweight, dbias = F._linear_backward(dout, x, self.params["weight"], input_grad)
         self.grads["weight"][...] = dweight
         if "bias" in self.grads:
             self.grads["bias"][...] = dbias
         return dx
+
+    def _backward_params(self, dout, x):
+        self._backward(dout, x, input_grad=False)
 
     def output_shape(self, input_shape):
         shape = shape_tuple(input_shape)
