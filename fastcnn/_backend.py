@@ -76,6 +76,12 @@ except ImportError as exc:  # a source checkout that was never built
     _compiled = {}
     _import_error = exc
 else:
+    # The AVX2 build of a module where the CPU has AVX2 (same results; see
+    # setup.py's AVX2_KERNELS). Importing it elsewhere could stop the
+    # process on an illegal instruction: the CPU is asked first.
+    _avx2 = _pool._simd_level() >= 1
+    if _avx2:
+        from ._kernels import norm_avx2 as _norm
     _compiled = {
         "im2col": _unfold.im2col,
         "col2im": _unfold.col2im,
@@ -523,4 +529,4 @@ def build_info() -> dict:
         return {"compiled": False, "error": str(_import_error)}
     simd = ("none", "avx2", "avx512")[_pool._simd_level()]
     return {"compiled": True, "openmp": _openmp.OPENMP, "compiler": _openmp.COMPILER,
-            "pool_simd": simd}
+            "pool_simd": simd, "norm_simd": "avx2" if _avx2 else "none"}

@@ -31,6 +31,7 @@ geometry on both backends, no integer overflow.
 from __future__ import annotations
 
 import contextlib
+import platform
 import dataclasses
 
 import numpy as np
@@ -680,16 +681,17 @@ def test_kernel_much_larger_than_input_is_a_global_pool():
 # backward's sums) add in another order (tiles of rows, four rows at a time)
 # and agree to rounding; the tolerances are in each test.
 
-from fastcnn._kernels import norm as _norm  # noqa: E402
+from fastcnn._backend import _norm  # noqa: E402  (the build in use: AVX2 where the CPU has it)
+from fastcnn._kernels import norm as _norm_baseline  # noqa: E402
 
 
 @contextlib.contextmanager
-def _norm_tiling(piece_cells, tile_cells):
-    previous = _norm._tiling_sizes(piece_cells, tile_cells)
+def _norm_tiling(piece_cells, tile_cells, module=_norm):
+    previous = module._tiling_sizes(piece_cells, tile_cells)
     try:
         yield
     finally:
-        _norm._tiling_sizes(*previous)
+        module._tiling_sizes(*previous)
 
 
 #: Offsets far larger than the spread: the statistics must keep their precision.
@@ -1063,3 +1065,43 @@ def test_parameter_only_linear_backward_equals_the_full_one(n, i, o, dtype, back
     assert dx is None and full[0].shape == x.shape
     np.testing.assert_array_equal(dw, full[1], strict=True)
     np.testing.assert_array_equal(db, full[2], strict=True)
+
+
+# ---------------------------------------------------------------------------
+# The AVX2 build of the batch-norm kernels (setup.py's AVX2_KERNELS) is the one
+# in use where the CPU has AVX2, and gives the baseline build's bits.
+
+_HAS_AVX2 = platform.machine().lower() in ("x86_64", "amd64") and _pool._simd_level() >= 1
+
+
+def test_the_avx2_build_is_used_where_the_cpu_has_avx2():
+    expected = "norm_avx2" if _HAS_AVX2 else "norm"
+    assert _norm.__name__ == f"fastcnn._kernels.{expected}"
+    assert _backend.pair_of("batch_norm_stats")[0] is _norm.batch_norm_stats
+    assert _backend.build_info()["norm_simd"] == ("avx2" if _HAS_AVX2 else "none")
+
+
+@pytest.mark.skipif(not _HAS_AVX2, reason="the CPU has no AVX2: there is no AVX2 build to run")
+@hsettings(60)
+@given(shape=bn_shapes(), dtype=dtypes, kind=bn_kinds, seed=seeds, nt=threads, tiling=tilings,
+       training=st.booleans())
+@example(shape=(37, 5, 1100), dtype=np.float32, kind="normal", seed=0, nt=2,
+         tiling=(1024, 16384), training=True)
+def test_avx2_batch_norm_build_equals_the_baseline_bitwise(shape, dtype, kind, seed, nt, tiling,
+                                                             training):
+    rng = np.random.default_rng(seed)
+    x, dout = _bn_values(rng, shape, dtype, kind), _bn_values(rng, shape, dtype, kind)
+    c = shape[1]
+    mean, inv_std = rng.standard_normal(c), rng.random(c) + 0.1
+    weight, bias = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    results = []
+    for module in (_norm_baseline, _norm):
+        with _norm_tiling(*tiling, module=module), np.errstate(all="ignore"):
+            stats = module.batch_norm_stats(x, np.empty(c), np.empty(c), nt)
+            out = module.batch_norm_elemt(x, mean, inv_std, weight, bias, np.empty_like(x), nt)
+            sums = module.batch_norm_backward_reduce(dout, x, mean, np.empty(c), np.empty(c), nt)
+            dx = module.batch_norm_backward_elemt(dout, x, mean, inv_std, weight, *sums,
+                                                  training, np.empty_like(x), nt)
+        results.append([*stats, out, *sums, dx])
+    for got, expected in zip(*results):
+        assert got.tobytes() == expected.tobytes()

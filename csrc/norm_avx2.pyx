@@ -1,0 +1,2 @@
+# norm.pyx compiled with AVX2 enabled (see setup.py's AVX2_KERNELS).
+include "norm.pyx"
