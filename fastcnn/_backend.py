@@ -70,6 +70,7 @@ try:
     from ._kernels import openmp as _openmp
     from ._kernels import optim as _optim
     from ._kernels import pool as _pool
+    from ._kernels import resample as _resample
     from ._kernels import unfold as _unfold
 except ImportError as exc:  # a source checkout that was never built
     _openmp = None
@@ -114,6 +115,14 @@ else:
         "rmsprop_update": _optim.rmsprop_update,
         "adadelta_update": _optim.adadelta_update,
     }
+    _compiled.update({
+        "interpolate_nearest": _resample.interpolate_nearest,
+        "interpolate_nearest_backward": _resample.interpolate_nearest_backward,
+        "interpolate_bilinear": _resample.interpolate_bilinear,
+        "interpolate_bilinear_backward": _resample.interpolate_bilinear_backward,
+        "max_unpool2d": _resample.max_unpool2d,
+        "max_unpool2d_backward": _resample.max_unpool2d_backward,
+    })
     _import_error = None
 
 

@@ -1056,19 +1056,42 @@ def _nearest_source(in_size: int, out_size: int, scale) -> np.ndarray:
 
 
 def _linear_taps(in_size, out_size, scale, align_corners, dtype):
-    """``(i0, i1, l0, l1)``: each output index reads ``l0 * x[i0] + l1 * x[i1]``,
-    computed in `dtype` as PyTorch's upsample_bilinear2d."""
-    o = np.arange(out_size).astype(dtype)
+    """``(index, weights)``, each ``(2, out_size)``: output index o reads
+    ``weights[0, o] * x[index[0, o]] + weights[1, o] * x[index[1, o]]``,
+    computed in `dtype` as PyTorch's compute_source_index_and_lambda."""
+    o = np.arange(out_size)
+    if out_size == in_size:  # PyTorch copies, whatever the scale factor
+        return np.stack([o, o]), np.stack([np.ones(out_size, dtype), np.zeros(out_size, dtype)])
+    o = o.astype(dtype)
     if align_corners:
         step = dtype.type(in_size - 1) / dtype.type(out_size - 1) if out_size > 1 else dtype.type(0)
         src = step * o
     else:
         step = dtype.type(1.0 / scale) if scale else dtype.type(in_size) / dtype.type(out_size)
         src = np.maximum(step * (o + dtype.type(0.5)) - dtype.type(0.5), dtype.type(0))
-    i0 = src.astype(np.int64)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     i1 = i0 + (i0 < in_size - 1)
     l1 = np.clip(src - i0.astype(dtype), 0, 1).astype(dtype)
-    return i0, i1, (1 - l1).astype(dtype), l1
+    return np.stack([i0, i1]), np.stack([(1 - l1).astype(dtype), l1])
+
+
+def _interpolate_tables(shape, oh, ow, scales, mode, align, dtype):
+    """The kernel (name) and per-axis tables of interpolate() from an
+    (N, C, H, W) input to (oh, ow)."""
+    (h, w), (sh, sw) = shape[2:], scales
+    if mode == "nearest":
+        return "interpolate_nearest", (_nearest_source(h, oh, sh), _nearest_source(w, ow, sw))
+    return "interpolate_bilinear", (*_linear_taps(h, oh, sh, align, dtype),
+                                    *_linear_taps(w, ow, sw, align, dtype))
+
+
+def _resample(name, src, tables, out, taps):
+    """Run interpolate's kernel `name` from `src` into `out`, the tables shared by
+    every (n, c) plane."""
+    if out.shape[0]:
+        in_pieces(name, out.shape[:2], (src, *tables, out),
+                  lambda i: (src[i], *tables, out[i]), taps=taps)
+    return out
 
 
 def interpolate(
@@ -1098,22 +1121,17 @@ def interpolate(
     Returns
     -------
     out : ndarray, shape (N, C, oh, ow), dtype of `x`
+        An axis whose size does not change is copied, as in PyTorch.
     """
     x = v.as_float_array(x, "x")
     v.check_nchw(x, "x")
-    oh, ow, (sh, sw), mode, align = _interpolate_plan(
+    oh, ow, scales, mode, align = _interpolate_plan(
         x.shape, size, scale_factor, mode, align_corners, recompute_scale_factor)
-    h, w = x.shape[2:]
-    if not x.shape[0]:
-        return np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
-    if mode == "nearest":
-        rows, cols = _nearest_source(h, oh, sh), _nearest_source(w, ow, sw)
-        return np.take(np.take(x, rows, axis=2), cols, axis=3)
-    h0, h1, hl0, hl1 = _linear_taps(h, oh, sh, align, x.dtype)
-    w0, w1, wl0, wl1 = _linear_taps(w, ow, sw, align, x.dtype)
-    # W first, then H: PyTorch's h0l * (w0l * x00 + w1l * x01) + h1l * (...), term by term.
-    t = wl0 * np.take(x, w0, axis=3) + wl1 * np.take(x, w1, axis=3)
-    return hl0[:, None] * np.take(t, h0, axis=2) + hl1[:, None] * np.take(t, h1, axis=2)
+    out = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
+    if not x.shape[0]:  # (the tables could be larger than the empty result)
+        return out
+    name, tables = _interpolate_tables(x.shape, oh, ow, scales, mode, align, x.dtype)
+    return _resample(name, x, tables, out, taps=4 * oh * ow + x.shape[2] * x.shape[3])
 
 
 def interpolate_backward(
@@ -1133,27 +1151,24 @@ def interpolate_backward(
     Returns
     -------
     dx : ndarray, shape `input_shape`, dtype of `dout`
+        Summed along H, then along W, each cell's terms in output order.
     """
     dout = v.as_float_array(dout, "dout")
     v.check_nchw(dout, "dout")
     shape = v.input_shape_4d(input_shape)
-    oh, ow, (sh, sw), mode, align = _interpolate_plan(
+    oh, ow, scales, mode, align = _interpolate_plan(
         shape, size, scale_factor, mode, align_corners, recompute_scale_factor)
     expected = shape[:2] + (oh, ow)
     if dout.shape != expected:
         raise ValueError(
             f"dout must have the interpolate output shape {expected}, got {dout.shape}"
         )
-    h, w = shape[2:]
+    out = np.empty(shape, dtype=dout.dtype)
     if not shape[0]:
-        return np.empty(shape, dtype=dout.dtype)
-    if mode == "nearest":
-        rows, cols = _nearest_source(h, oh, sh), _nearest_source(w, ow, sw)
-        return _scatter_add(_scatter_add(dout, rows, h, 2), cols, w, 3)
-    h0, h1, hl0, hl1 = _linear_taps(h, oh, sh, align, dout.dtype)
-    w0, w1, wl0, wl1 = _linear_taps(w, ow, sw, align, dout.dtype)
-    dt = _scatter_add(hl0[:, None] * dout, h0, h, 2) + _scatter_add(hl1[:, None] * dout, h1, h, 2)
-    return _scatter_add(wl0 * dt, w0, w, 3) + _scatter_add(wl1 * dt, w1, w, 3)
+        return out
+    name, tables = _interpolate_tables(shape, oh, ow, scales, mode, align, dout.dtype)
+    return _resample(name + "_backward", dout, tables, out,
+                     taps=4 * oh * ow + 2 * shape[2] * ow + shape[2] * shape[3])
 
 
 # -- adaptive pooling and unpooling ----------------------------------------
@@ -1429,12 +1444,11 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     v.check_nchw(x, "x")
     oh, ow = _unpool_shape(x.shape, kernel_size, stride, padding, output_size)
     indices = _unpool_indices(indices, x.shape, oh * ow)
-    n, c = x.shape[:2]
-    if not n:
-        return np.empty((n, c, oh, ow), dtype=x.dtype)
-    out = np.zeros((n, c, oh * ow), dtype=x.dtype)
-    np.put_along_axis(out, indices.reshape(n, c, -1), x.reshape(n, c, -1), axis=2)
-    return out.reshape(n, c, oh, ow)
+    out = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
+    if x.shape[0]:
+        in_pieces("max_unpool2d", x.shape[:2], (x, indices, out),
+                  taps=oh * ow + x.shape[2] * x.shape[3])
+    return out
 
 
 def max_unpool2d_backward(dout, indices) -> np.ndarray:
@@ -1459,10 +1473,10 @@ def max_unpool2d_backward(dout, indices) -> np.ndarray:
             f"indices must be 4-D with dout's (N, C)={(n, c)}, got shape {idx.shape}"
         )
     idx = _unpool_indices(idx, idx.shape, oh * ow)
-    if not n:
-        return np.empty(idx.shape, dtype=dout.dtype)
-    gathered = np.take_along_axis(dout.reshape(n, c, -1), idx.reshape(n, c, -1), axis=2)
-    return gathered.reshape(idx.shape)
+    out = np.empty(idx.shape, dtype=dout.dtype)
+    if n:
+        in_pieces("max_unpool2d_backward", (n, c), (dout, idx, out), taps=2 * idx.shape[2] * idx.shape[3])
+    return out
 
 
 # -- group and layer normalisation -----------------------------------------

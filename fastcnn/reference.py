@@ -55,6 +55,12 @@ __all__ = [
     "adagrad_update",
     "rmsprop_update",
     "adadelta_update",
+    "interpolate_nearest",
+    "interpolate_nearest_backward",
+    "interpolate_bilinear",
+    "interpolate_bilinear_backward",
+    "max_unpool2d",
+    "max_unpool2d_backward",
 ]
 
 
@@ -766,3 +772,135 @@ def adadelta_update(param, grad, square_avg, acc_delta, lr, rho, eps, weight_dec
     acc_delta += t(1 - rho) * delta * delta
     param -= t(lr) * delta
     return param
+
+
+# Resampling. interpolate's twins take the per-axis tables that
+# fastcnn.functional computes: the source row (column) of every output row
+# (column) for nearest; for bilinear, ``(2, oh)`` neighbours and their
+# weights, output row i reading ``rw[0, i] * row r[0, i] + rw[1, i] * row
+# r[1, i]`` (likewise along W). The backward twins sum along H, then along
+# W, each cell's terms in the order of the outputs they come from (tap 0
+# before tap 1), as the compiled kernels.
+
+
+def _scatter_along(values, index, weights, size, axis):
+    """Adjoint of reading `values` through `index` along `axis`: ``(taps, L)``
+    tables of targets in ``[0, size)`` (and `weights`, or None) for the ``L``
+    cells of `values` along `axis`. Each target's terms are added in the
+    order (source, tap)."""
+    taps, length = index.shape
+    shape = list(values.shape)
+    shape[axis] = size
+    out = np.zeros(shape, dtype=values.dtype)
+    sources = np.repeat(np.arange(length), taps)
+    terms = np.take(values, sources, axis=axis)
+    if weights is not None:
+        terms *= weights.T.reshape((-1,) + (1,) * (values.ndim - 1 - axis))
+    # np.add.at adds in index order: for each target, its terms in order.
+    np.add.at(out, (slice(None),) * axis + (index.T.reshape(-1),), terms)
+    return out
+
+
+def interpolate_nearest(x, rows, cols, out):
+    """Nearest-neighbour resampling: ``out[..., i, j] = x[..., rows[i], cols[j]]``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    rows, cols : ndarray of int64, shapes (oh,) and (ow,)
+        The source row of every output row, in ``[0, H)``; likewise columns.
+    out : ndarray, shape (N, C, oh, ow), same dtype as `x`
+    """
+    out[...] = np.take(np.take(x, rows, axis=2), cols, axis=3)
+    return out
+
+
+def interpolate_nearest_backward(dout, rows, cols, out):
+    """Gradient of :func:`interpolate_nearest`: each output's gradient summed
+    into its source.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, C, oh, ow)
+    rows, cols : ndarray of int64, shapes (oh,) and (ow,)
+        As for :func:`interpolate_nearest`.
+    out : ndarray, shape (N, C, H, W), same dtype as `dout`
+    """
+    h, w = out.shape[2:]
+    by_rows = _scatter_along(dout, rows[None], None, h, 2)
+    out[...] = _scatter_along(by_rows, cols[None], None, w, 3)
+    return out
+
+
+def interpolate_bilinear(x, rows, row_weights, cols, col_weights, out):
+    """Bilinear resampling: ``rw0 * (cw0 * x00 + cw1 * x01) + rw1 * (cw0 * x10 + cw1 * x11)``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    rows : ndarray of int64, shape (2, oh)
+        The two source rows of every output row, in ``[0, H)``.
+    row_weights : ndarray, shape (2, oh), same dtype as `x`
+        Their weights.
+    cols, col_weights : ndarray, shapes (2, ow)
+        The same along W.
+    out : ndarray, shape (N, C, oh, ow), same dtype as `x`
+    """
+    # Along W first, every input row, then pairs of those rows along H.
+    t = col_weights[0] * np.take(x, cols[0], axis=3) + col_weights[1] * np.take(x, cols[1], axis=3)
+    out[...] = (row_weights[0][:, None] * np.take(t, rows[0], axis=2)
+                + row_weights[1][:, None] * np.take(t, rows[1], axis=2))
+    return out
+
+
+def interpolate_bilinear_backward(dout, rows, row_weights, cols, col_weights, out):
+    """Gradient of :func:`interpolate_bilinear` with respect to its input.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, C, oh, ow)
+    rows, row_weights, cols, col_weights
+        As for :func:`interpolate_bilinear`.
+    out : ndarray, shape (N, C, H, W), same dtype as `dout`
+    """
+    h, w = out.shape[2:]
+    by_rows = _scatter_along(dout, rows, row_weights, h, 2)
+    out[...] = _scatter_along(by_rows, cols, col_weights, w, 3)
+    return out
+
+
+def max_unpool2d(x, indices, out):
+    """Scatter each value to its index in its (n, c) plane, zeros elsewhere.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    indices : ndarray of int64, shape (N, C, H, W), each in ``[0, oh*ow)``
+    out : ndarray, shape (N, C, oh, ow), same dtype as `x`
+        Where indices repeat in a plane, the value last in the input's
+        row-major order stays (as PyTorch's loop).
+    """
+    n, c, oh, ow = out.shape
+    planes = np.arange(n * c)[:, None] * (oh * ow)
+    targets = (indices.reshape(n * c, -1) + planes).ravel()
+    # each target's last source: its first one in the reversed order
+    last = targets.size - 1 - np.unique(targets[::-1], return_index=True)[1]
+    flat = out.reshape(-1)
+    flat.fill(0)
+    flat[targets[last]] = x.reshape(-1)[last]
+    return out
+
+
+def max_unpool2d_backward(dout, indices, out):
+    """Gradient of :func:`max_unpool2d`: `dout` read at the indices.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, C, oh, ow)
+    indices : ndarray of int64, shape (N, C, H, W), each in ``[0, oh*ow)``
+    out : ndarray, shape (N, C, H, W), same dtype as `dout`
+    """
+    n, c = out.shape[:2]
+    gathered = np.take_along_axis(dout.reshape(n, c, -1), indices.reshape(n, c, -1), axis=2)
+    out[...] = gathered.reshape(out.shape)
+    return out

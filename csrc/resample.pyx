@@ -1,0 +1,416 @@
+# Compiler directives (bounds checks off unless FASTCNN_DEBUG) are set in setup.py.
+"""Compiled resampling: interpolate (nearest, bilinear) and max_unpool2d, forward and backward.
+
+Python twins: the functions of the same names in ``fastcnn.reference``.
+Work is split by (n, c) plane, so no two threads write one element, and
+every plane's sums are made by one thread in a fixed order: results do not
+depend on the thread count.
+
+interpolate's kernels read per-axis tables that ``fastcnn.functional``
+computes: the source row (column) of every output row (column), and for
+bilinear both neighbours and their weights. They are copied here, each
+index checked against its axis first. Bilinear works axis by axis: the
+forward blends input rows along W, then pairs of those rows along H,
+``h0 * (w0 * x00 + w1 * x01) + h1 * (w0 * x10 + w1 * x11)`` as PyTorch; the
+backward, its adjoint, sums along H first, then along W. Every cell's
+terms are added in the order of the outputs they come from, tap 0 before
+tap 1, as in the twins.
+
+max_unpool2d's indices come from the caller: Python checks them, and the
+kernels read each one once and check it again where they use it
+(``indices.pxd``).
+"""
+
+from cython cimport floating
+from cython.parallel cimport parallel, prange, threadid
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport free
+from libc.string cimport memcpy, memset
+
+from indices cimport read_index
+from scratch cimport per_thread_scratch
+
+
+cdef Py_ssize_t* _checked_copy(const int64_t* src, Py_ssize_t n, Py_ssize_t size,
+                               str name) except NULL:
+    """A private copy of ``src[:n]`` (free it with ``free``), each value checked in ``[0, size)``."""
+    cdef Py_ssize_t i, stride = 0
+    cdef Py_ssize_t* copy = <Py_ssize_t*> per_thread_scratch(1, n, sizeof(Py_ssize_t), &stride)
+    for i in range(n):
+        copy[i] = src[i]
+        if <uint64_t> copy[i] >= <uint64_t> size:
+            free(copy)
+            raise ValueError(f"{name} must lie in [0, {size}), got {src[i]}")
+    return copy
+
+
+cdef int _nearest_shape(const int64_t[::1] table, Py_ssize_t length, str name) except -1:
+    if table.shape[0] != length:
+        raise ValueError(f"{name} must hold {length} indices, got {table.shape[0]}")
+    return 0
+
+
+cdef int _linear_shapes(const int64_t[:, ::1] table, const floating[:, ::1] weights,
+                        Py_ssize_t length, str name) except -1:
+    if table.shape[0] != 2 or table.shape[1] != length:
+        raise ValueError(f"{name} must have shape (2, {length}), "
+                         f"got ({table.shape[0]}, {table.shape[1]})")
+    if weights.shape[0] != 2 or weights.shape[1] != length:
+        raise ValueError(f"{name}' weights must have shape (2, {length}), "
+                         f"got ({weights.shape[0]}, {weights.shape[1]})")
+    return 0
+
+
+cdef Py_ssize_t* _adjoint(const int64_t* index, Py_ssize_t taps, Py_ssize_t length,
+                          Py_ssize_t size, str name, const floating* weights,
+                          floating** sorted_weights) except NULL:
+    """`index` ((taps, length) targets, each checked in ``[0, size)``) read by target.
+
+    Returns a block (free it with ``free``) of size + 1 starts, then
+    taps * length sources: target t sums cells ``sources[starts[t]:starts[t + 1]]``,
+    in (cell, tap) order. With `weights` ((taps, length) too, or NULL),
+    ``sorted_weights[0]`` gets their weights in that order (free it too).
+    """
+    cdef Py_ssize_t n = taps * length, t, j, tap, e, stride = 0
+    cdef Py_ssize_t* copy = _checked_copy(index, n, size, name)
+    cdef Py_ssize_t* block = NULL
+    cdef Py_ssize_t* starts
+    cdef Py_ssize_t* sources
+    cdef floating* w = NULL
+    try:
+        block = <Py_ssize_t*> per_thread_scratch(1, size + 1 + n, sizeof(Py_ssize_t), &stride)
+        if weights != NULL:
+            w = <floating*> per_thread_scratch(1, n, sizeof(floating), &stride)
+    except MemoryError:
+        free(copy)
+        free(block)
+        raise
+    starts = block
+    sources = block + size + 1
+    memset(starts, 0, (size + 1) * sizeof(Py_ssize_t))
+    for e in range(n):
+        starts[copy[e] + 1] += 1
+    for t in range(size):
+        starts[t + 1] += starts[t]
+    # each target's cursor runs from its start to the next one's...
+    for j in range(length):
+        for tap in range(taps):
+            t = copy[tap * length + j]
+            sources[starts[t]] = j
+            if w != NULL:
+                w[starts[t]] = weights[tap * length + j]
+            starts[t] += 1
+    # ...which moves every start one target on: move them back
+    for t in range(size, 0, -1):
+        starts[t] = starts[t - 1]
+    starts[0] = 0
+    free(copy)
+    if sorted_weights != NULL:
+        sorted_weights[0] = w
+    return block
+
+
+cdef void _backward_plane(
+    const floating* dout, floating* dx, floating* t, Py_ssize_t H, Py_ssize_t W, Py_ssize_t ow,
+    const Py_ssize_t* row_starts, const Py_ssize_t* row_sources, const floating* row_weights,
+    const Py_ssize_t* col_starts, const Py_ssize_t* col_sources, const floating* col_weights,
+) noexcept nogil:
+    # Input row by input row: its output rows summed into t (along H), then
+    # each cell its columns of t (along W). Weights NULL: nearest, all 1.
+    cdef Py_ssize_t ih, j, k, e
+    cdef const floating* g
+    cdef floating* line
+    cdef floating w, acc
+    for ih in range(H):
+        memset(t, 0, ow * sizeof(floating))
+        for e in range(row_starts[ih], row_starts[ih + 1]):
+            g = dout + row_sources[e] * ow
+            if row_weights == NULL:
+                for j in range(ow):
+                    t[j] += g[j]
+            else:
+                w = row_weights[e]
+                for j in range(ow):
+                    t[j] += w * g[j]
+        line = dx + ih * W
+        for k in range(W):
+            acc = 0
+            if col_weights == NULL:
+                for e in range(col_starts[k], col_starts[k + 1]):
+                    acc += t[col_sources[e]]
+            else:
+                for e in range(col_starts[k], col_starts[k + 1]):
+                    acc += col_weights[e] * t[col_sources[e]]
+            line[k] = acc
+
+
+cdef object _backward(
+    const floating[:, :, :, ::1] dout, floating[:, :, :, ::1] out, int num_threads,
+    const int64_t* rows, const int64_t* cols, Py_ssize_t taps,
+    const floating* row_weights, const floating* col_weights,
+):
+    """interpolate's backward for (taps, oh) `rows` and (taps, ow) `cols`
+    (and their weights, or NULL for nearest)."""
+    cdef Py_ssize_t N = out.shape[0], C = out.shape[1], H = out.shape[2], W = out.shape[3]
+    cdef Py_ssize_t oh = dout.shape[2], ow = dout.shape[3]
+    cdef Py_ssize_t plane, n, c, stride = 0
+    cdef floating* rw = NULL
+    cdef floating* cw = NULL
+    cdef Py_ssize_t* r = _adjoint(rows, taps, oh, H, "rows", row_weights, &rw)
+    cdef Py_ssize_t* q = NULL
+    cdef floating* scratch = NULL
+    cdef floating* t
+    try:
+        q = _adjoint(cols, taps, ow, W, "cols", col_weights, &cw)
+        scratch = <floating*> per_thread_scratch(num_threads, ow, sizeof(floating), &stride)
+        with nogil, parallel(num_threads=num_threads):
+            t = scratch + threadid() * stride
+            for plane in prange(N * C, schedule="static"):
+                n = plane // C
+                c = plane % C
+                _backward_plane(&dout[n, c, 0, 0], &out[n, c, 0, 0], t, H, W, ow,
+                                r, r + H + 1, rw, q, q + W + 1, cw)
+    finally:
+        free(r)
+        free(q)
+        free(rw)
+        free(cw)
+        free(scratch)
+    return out.base
+
+
+# -- nearest -----------------------------------------------------------------
+
+
+cdef void _nearest_plane(
+    const floating* x, floating* out, Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow,
+    const Py_ssize_t* rows, const Py_ssize_t* cols,
+) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef const floating* line
+    cdef floating* o
+    for i in range(oh):
+        o = out + i * ow
+        if i > 0 and rows[i] == rows[i - 1]:  # upsampling repeats whole rows
+            memcpy(o, o - ow, ow * sizeof(floating))
+            continue
+        line = x + rows[i] * W
+        for j in range(ow):
+            o[j] = line[cols[j]]
+
+
+def interpolate_nearest(
+    const floating[:, :, :, ::1] x,
+    const int64_t[::1] rows not None,
+    const int64_t[::1] cols not None,
+    floating[:, :, :, ::1] out not None,
+    int num_threads,
+):
+    """interpolate_nearest(x, rows, cols, out, num_threads) -> out"""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t oh = out.shape[2], ow = out.shape[3]
+    cdef Py_ssize_t plane, n, c
+    cdef Py_ssize_t* r
+    cdef Py_ssize_t* q = NULL
+    _nearest_shape(rows, oh, "rows")
+    _nearest_shape(cols, ow, "cols")
+    r = _checked_copy(&rows[0], oh, H, "rows")
+    try:
+        q = _checked_copy(&cols[0], ow, W, "cols")
+        with nogil:
+            for plane in prange(N * C, schedule="static", num_threads=num_threads):
+                n = plane // C
+                c = plane % C
+                _nearest_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], W, oh, ow, r, q)
+    finally:
+        free(r)
+        free(q)
+    return out.base
+
+
+def interpolate_nearest_backward(
+    const floating[:, :, :, ::1] dout,
+    const int64_t[::1] rows not None,
+    const int64_t[::1] cols not None,
+    floating[:, :, :, ::1] out not None,
+    int num_threads,
+):
+    """interpolate_nearest_backward(dout, rows, cols, out, num_threads) -> out"""
+    _nearest_shape(rows, dout.shape[2], "rows")
+    _nearest_shape(cols, dout.shape[3], "cols")
+    return _backward(dout, out, num_threads, &rows[0], &cols[0], 1, NULL, NULL)
+
+
+# -- bilinear ----------------------------------------------------------------
+
+
+cdef void _blend_columns(
+    const floating* line, floating* t, Py_ssize_t ow, const Py_ssize_t* c0,
+    const Py_ssize_t* c1, const floating* w0, const floating* w1,
+) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(ow):
+        t[j] = w0[j] * line[c0[j]] + w1[j] * line[c1[j]]
+
+
+cdef floating* _blended_row(
+    Py_ssize_t row, Py_ssize_t keep, Py_ssize_t* tags, floating* slots, Py_ssize_t stride,
+    const floating* x, Py_ssize_t W, Py_ssize_t ow, const Py_ssize_t* c0, const Py_ssize_t* c1,
+    const floating* w0, const floating* w1,
+) noexcept nogil:
+    """Input `row` blended along W, from one of two slots (`tags` says which
+    rows they hold); a missing row replaces the one that is not `keep`."""
+    cdef Py_ssize_t k
+    if tags[0] == row:
+        return slots
+    if tags[1] == row:
+        return slots + stride
+    k = 1 if tags[0] == keep else 0
+    tags[k] = row
+    _blend_columns(x + row * W, slots + k * stride, ow, c0, c1, w0, w1)
+    return slots + k * stride
+
+
+cdef void _bilinear_plane(
+    const floating* x, floating* out, floating* slots, Py_ssize_t stride,
+    Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow,
+    const Py_ssize_t* r0, const Py_ssize_t* r1, const floating* rw0, const floating* rw1,
+    const Py_ssize_t* c0, const Py_ssize_t* c1, const floating* cw0, const floating* cw1,
+) noexcept nogil:
+    # Each output row blends two input rows blended along W; with the rows
+    # in order, as interpolate's are, each of those is blended once.
+    cdef Py_ssize_t i, j
+    cdef Py_ssize_t tags[2]
+    cdef const floating* a
+    cdef const floating* b
+    cdef floating* o
+    cdef floating wa, wb
+    tags[0] = -1
+    tags[1] = -1
+    for i in range(oh):
+        a = _blended_row(r0[i], r1[i], tags, slots, stride, x, W, ow, c0, c1, cw0, cw1)
+        b = _blended_row(r1[i], r0[i], tags, slots, stride, x, W, ow, c0, c1, cw0, cw1)
+        o = out + i * ow
+        wa = rw0[i]
+        wb = rw1[i]
+        for j in range(ow):
+            o[j] = wa * a[j] + wb * b[j]
+
+
+def interpolate_bilinear(
+    const floating[:, :, :, ::1] x,
+    const int64_t[:, ::1] rows not None,
+    const floating[:, ::1] row_weights not None,
+    const int64_t[:, ::1] cols not None,
+    const floating[:, ::1] col_weights not None,
+    floating[:, :, :, ::1] out not None,
+    int num_threads,
+):
+    """interpolate_bilinear(x, rows, row_weights, cols, col_weights, out, num_threads) -> out"""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t oh = out.shape[2], ow = out.shape[3]
+    cdef Py_ssize_t plane, n, c, stride = 0
+    cdef Py_ssize_t* r
+    cdef Py_ssize_t* q = NULL
+    cdef floating* scratch = NULL
+    cdef floating* slots
+    _linear_shapes(rows, row_weights, oh, "rows")
+    _linear_shapes(cols, col_weights, ow, "cols")
+    r = _checked_copy(&rows[0, 0], 2 * oh, H, "rows")
+    try:
+        q = _checked_copy(&cols[0, 0], 2 * ow, W, "cols")
+        scratch = <floating*> per_thread_scratch(num_threads, 2 * ow, sizeof(floating), &stride)
+        with nogil, parallel(num_threads=num_threads):
+            slots = scratch + threadid() * stride
+            for plane in prange(N * C, schedule="static"):
+                n = plane // C
+                c = plane % C
+                _bilinear_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], slots, ow, W, oh, ow,
+                                r, r + oh, &row_weights[0, 0], &row_weights[1, 0],
+                                q, q + ow, &col_weights[0, 0], &col_weights[1, 0])
+    finally:
+        free(r)
+        free(q)
+        free(scratch)
+    return out.base
+
+
+def interpolate_bilinear_backward(
+    const floating[:, :, :, ::1] dout,
+    const int64_t[:, ::1] rows not None,
+    const floating[:, ::1] row_weights not None,
+    const int64_t[:, ::1] cols not None,
+    const floating[:, ::1] col_weights not None,
+    floating[:, :, :, ::1] out not None,
+    int num_threads,
+):
+    """interpolate_bilinear_backward(dout, rows, row_weights, cols, col_weights, out, num_threads) -> out"""
+    _linear_shapes(rows, row_weights, dout.shape[2], "rows")
+    _linear_shapes(cols, col_weights, dout.shape[3], "cols")
+    return _backward(dout, out, num_threads, &rows[0, 0], &cols[0, 0], 2,
+                     &row_weights[0, 0], &col_weights[0, 0])
+
+
+# -- max_unpool2d -------------------------------------------------------------
+
+
+cdef void _unpool_plane(
+    const floating* x, const int64_t* idx, floating* out, Py_ssize_t L, Py_ssize_t plane,
+) noexcept nogil:
+    # In input order, so where indices repeat the last value stays, as in
+    # PyTorch. An index that another thread moved out of the plane is skipped.
+    cdef Py_ssize_t k
+    cdef int64_t i
+    memset(out, 0, plane * sizeof(floating))
+    for k in range(L):
+        i = read_index(&idx[k])
+        if <uint64_t> i < <uint64_t> plane:
+            out[i] = x[k]
+
+
+def max_unpool2d(
+    const floating[:, :, :, ::1] x,
+    const int64_t[:, :, :, ::1] indices,
+    floating[:, :, :, ::1] out not None,
+    int num_threads,
+):
+    """max_unpool2d(x, indices, out, num_threads) -> out"""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2] * x.shape[3]
+    cdef Py_ssize_t size = out.shape[2] * out.shape[3]
+    cdef Py_ssize_t plane, n, c
+    with nogil:
+        for plane in prange(N * C, schedule="static", num_threads=num_threads):
+            n = plane // C
+            c = plane % C
+            _unpool_plane(&x[n, c, 0, 0], &indices[n, c, 0, 0], &out[n, c, 0, 0], L, size)
+    return out.base
+
+
+cdef void _unpool_backward_plane(
+    const floating* dout, const int64_t* idx, floating* dx, Py_ssize_t L, Py_ssize_t plane,
+) noexcept nogil:
+    # An index that another thread moved out of the plane reads nothing: 0.
+    cdef Py_ssize_t k
+    cdef int64_t i
+    for k in range(L):
+        i = read_index(&idx[k])
+        dx[k] = dout[i] if <uint64_t> i < <uint64_t> plane else 0
+
+
+def max_unpool2d_backward(
+    const floating[:, :, :, ::1] dout,
+    const int64_t[:, :, :, ::1] indices,
+    floating[:, :, :, ::1] out not None,
+    int num_threads,
+):
+    """max_unpool2d_backward(dout, indices, out, num_threads) -> out"""
+    cdef Py_ssize_t N = out.shape[0], C = out.shape[1], L = out.shape[2] * out.shape[3]
+    cdef Py_ssize_t size = dout.shape[2] * dout.shape[3]
+    cdef Py_ssize_t plane, n, c
+    with nogil:
+        for plane in prange(N * C, schedule="static", num_threads=num_threads):
+            n = plane // C
+            c = plane % C
+            _unpool_backward_plane(&dout[n, c, 0, 0], &indices[n, c, 0, 0], &out[n, c, 0, 0],
+                                   L, size)
+    return out.base
