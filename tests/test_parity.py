@@ -419,6 +419,8 @@ def test_registry_pairs_every_kernel():
         "softmax_cross_entropy", "sgd_update", "adam_update", "adagrad_update", "rmsprop_update",
         "adadelta_update", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "elu",
         "elu_backward",
+        "interpolate_nearest", "interpolate_nearest_backward", "interpolate_bilinear",
+        "interpolate_bilinear_backward", "max_unpool2d", "max_unpool2d_backward",
     }
     for name in _backend.KERNEL_NAMES:
         compiled, reference = _backend.pair_of(name)
@@ -1105,3 +1107,179 @@ def test_avx2_batch_norm_build_equals_the_baseline_bitwise(shape, dtype, kind, s
         results.append([*stats, out, *sums, dx])
     for got, expected in zip(*results):
         assert got.tobytes() == expected.tobytes()
+
+
+# ---------------------------------------------------------------------------
+# Resampling: interpolate (nearest, bilinear) and max_unpool2d. interpolate's
+# kernels take the per-axis tables of functional._interpolate_tables (the
+# same for both sets); the backward ones sum each cell's terms in output
+# order (tap 0 before tap 1) in both sets, and max_unpool2d keeps the last
+# of repeated indices in both: exact.
+
+
+@st.composite
+def interpolate_problems(draw, max_n=3):
+    """(x shape, keyword arguments of F.interpolate, (oh, ow), scales, mode, align)."""
+    shape = (draw(st.integers(0, max_n)), draw(st.integers(1, 3)), draw(st.integers(1, 13)),
+             draw(st.integers(1, 13)))
+    mode = draw(st.sampled_from(["nearest", "bilinear"]))
+    kwargs = {"mode": mode}
+    if mode == "bilinear":
+        kwargs["align_corners"] = draw(st.sampled_from([None, False, True]))
+    if draw(st.booleans()):
+        kwargs["size"] = (draw(st.integers(1, 29)), draw(st.integers(1, 29)))
+    else:
+        factor = st.one_of(st.sampled_from([0.5, 1, 1.1, 2, 3, 2.5]),
+                           st.floats(0.25, 3.5).map(lambda f: round(f, 3)))
+        kwargs["scale_factor"] = draw(st.one_of(factor, st.tuples(factor, factor)))
+        kwargs["recompute_scale_factor"] = draw(st.sampled_from([None, True]))
+    try:
+        plan = F._interpolate_plan(shape, kwargs.get("size"), kwargs.get("scale_factor"), mode,
+                                   kwargs.get("align_corners"),
+                                   kwargs.get("recompute_scale_factor"))
+    except ValueError:  # an empty output
+        plan = draw(st.nothing())
+    oh, ow, scales, mode, align = plan
+    return shape, kwargs, (oh, ow), scales, mode, align
+
+
+def _random_tables(rng, mode, shape, oh, ow, dtype, kind):
+    """interpolate tables of any in-range indices (repeated, out of order) and any weights."""
+    h, w = shape[2:]
+    if mode == "nearest":
+        return rng.integers(0, h, oh), rng.integers(0, w, ow)
+    return (rng.integers(0, h, (2, oh)), make_values(rng, (2, oh), dtype, kind),
+            rng.integers(0, w, (2, ow)), make_values(rng, (2, ow), dtype, kind))
+
+
+@hsettings(250)
+@given(problem=interpolate_problems(), dtype=dtypes,
+       kind=st.sampled_from(["normal", "ties", "special", "zeros"]), seed=seeds, nt=threads,
+       any_tables=st.booleans())
+@example(problem=((2, 3, 5, 7), {"mode": "bilinear", "scale_factor": 2}, (10, 14), (2, 2),
+                  "bilinear", False), dtype=np.float32, kind="normal", seed=0, nt=2,
+         any_tables=False)
+@example(problem=((1, 2, 9, 4), {"mode": "nearest", "size": (4, 11)}, (4, 11), (None, None),
+                  "nearest", False), dtype=np.float64, kind="zeros", seed=1, nt=3,
+         any_tables=False)
+def test_kernel_interpolate(problem, dtype, kind, seed, nt, any_tables):
+    # Forward: the same expression in the same order. Backward: each input
+    # cell's terms summed in output order. Exact, for the tables of any
+    # geometry and for any in-range tables and weights.
+    shape, _, (oh, ow), scales, mode, align = problem
+    rng = np.random.default_rng(seed)
+    name, tables = F._interpolate_tables(shape, oh, ow, scales, mode, align, np.dtype(dtype))
+    if any_tables:
+        tables = _random_tables(rng, mode, shape, oh, ow, dtype, kind)
+    x = make_values(rng, shape, dtype, kind)
+    dout = make_values(rng, shape[:2] + (oh, ow), dtype, kind)
+    for kernel, src, result in ((name, x, shape[:2] + (oh, ow)), (name + "_backward", dout, shape)):
+        compiled, reference = _pair(kernel)
+        out_c = _garbage(result, dtype, 7.0)
+        out_r = _garbage(result, dtype, -3.0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            assert compiled(src, *tables, out_c, nt) is out_c
+            assert reference(src, *tables, out_r) is out_r
+        _assert_same(out_c, out_r)
+
+
+def _unpool_indices(rng, g, how):
+    """Indices of max_unpool2d from the pooling of geometry g into its (h, w)
+    plane, or any in that plane (many repeated)."""
+    if how == "pool":
+        x = make_values(rng, g.shape, np.float64, "ties")
+        return fastcnn.reference.max_pool2d(x, *g.pool_params(), np.empty(g.pool_shape),
+                                            np.empty(g.pool_shape, np.int64))[1]
+    plane = g.h * g.w if how == "any" else min(3, g.h * g.w)
+    return rng.integers(0, plane, size=g.pool_shape, dtype=np.int64)
+
+
+@hsettings(200)
+@given(g=pool_geometries(), dtype=dtypes, kind=st.sampled_from(["normal", "ties", "special"]),
+       seed=seeds, nt=threads, how=st.sampled_from(["pool", "any", "crowded"]))
+@example(g=Geometry(2, 2, 7, 9, 2, 2, 2, 2, 0, 0, 1, 1, True), dtype=np.float32, kind="normal",
+         seed=0, nt=2, how="pool")  # ceil mode: the last windows hang over
+@example(g=Geometry(1, 3, 6, 7, 3, 3, 1, 1, 1, 1), dtype=np.float64, kind="ties", seed=1, nt=3,
+         how="crowded")
+def test_kernel_max_unpool2d(g, dtype, kind, seed, nt, how):
+    # Forward: a scatter in input order, the last of repeated indices
+    # staying. Backward: a gather. Exact.
+    rng = np.random.default_rng(seed)
+    idx = _unpool_indices(rng, g, how)
+    x = make_values(rng, g.pool_shape, dtype, kind)
+    dout = make_values(rng, g.shape, dtype, kind)
+    for name, src, result in (("max_unpool2d", x, g.shape),
+                              ("max_unpool2d_backward", dout, g.pool_shape)):
+        compiled, reference = _pair(name)
+        out_c = _garbage(result, dtype, 7.0)
+        out_r = _garbage(result, dtype, -3.0)
+        assert compiled(src, idx, out_c, nt) is out_c
+        assert reference(src, idx, out_r) is out_r
+        _assert_same(out_c, out_r)
+
+
+def test_kernel_max_unpool2d_last_repeated_index_wins():
+    x = np.arange(1.0, 7.0).reshape(1, 1, 2, 3)
+    idx = np.array([[[[4, 0, 4], [1, 0, 4]]]])
+    expected = np.array([[[[5.0, 4.0], [0.0, 0.0], [6.0, 0.0]]]])
+    for kernel, extra in zip(_pair("max_unpool2d"), ((1,), ())):
+        np.testing.assert_array_equal(kernel(x, idx, _garbage((1, 1, 3, 2), x.dtype, 7.0), *extra),
+                                      expected)
+
+
+@pytest.mark.parametrize("name, bad", [
+    ("interpolate_nearest", "rows"), ("interpolate_nearest_backward", "cols"),
+    ("interpolate_bilinear", "rows"), ("interpolate_bilinear_backward", "cols"),
+])
+def test_kernel_interpolate_checks_its_tables(name, bad):
+    # The compiled kernels address memory through the tables: an index out
+    # of its axis, or a table of the wrong length, is an error, not a read
+    # out of bounds.
+    compiled, _ = _pair(name)
+    shape, (oh, ow) = (2, 2, 5, 6), (7, 4)
+    mode = name.split("_")[1]
+    good = F._interpolate_tables(shape, oh, ow, (None, None), mode, False, np.dtype(np.float64))[1]
+    src, out = (np.ones(shape), np.empty((2, 2, oh, ow)))
+    if name.endswith("backward"):
+        src, out = out, src
+    axis = {"rows": 0, "cols": 1 if mode == "nearest" else 2}[bad]
+    for wrong in (5 if bad == "rows" else 6, -1):
+        tables = list(good)
+        tables[axis] = tables[axis].copy()
+        tables[axis].reshape(-1)[-1] = wrong
+        with pytest.raises(ValueError, match=f"{bad} must lie in"):
+            compiled(src, *tables, out, 1)
+    tables = list(good)
+    tables[axis] = tables[axis][..., :-1].copy()
+    with pytest.raises(ValueError, match=bad):
+        compiled(src, *tables, out, 1)
+
+
+@hsettings(100)
+@given(problem=interpolate_problems(max_n=2), dtype=dtypes,
+       kind=st.sampled_from(["normal", "ties", "special"]), seed=seeds, layout=layouts)
+def test_public_interpolate_and_backward(problem, dtype, kind, seed, layout):
+    shape, kwargs, (oh, ow), *_ = problem
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, shape, dtype, kind)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = _all_ways(F.interpolate, [x], layout, **kwargs)
+        assert out.shape == shape[:2] + (oh, ow) and out.dtype == dtype
+        dout = make_values(rng, out.shape, dtype, kind)
+        dx = _all_ways(F.interpolate_backward, [dout], layout, input_shape=shape, **kwargs)
+    assert dx.shape == shape and dx.dtype == dtype
+
+
+@hsettings(100)
+@given(g=pool_geometries(dilation=False), dtype=dtypes, seed=seeds, layout=layouts,
+       index_dtype=index_dtypes, how=st.sampled_from(["pool", "crowded"]))
+def test_public_max_unpool2d_and_backward(g, dtype, seed, layout, index_dtype, how):
+    rng = np.random.default_rng(seed)
+    idx = _unpool_indices(rng, g, how).astype(index_dtype)
+    x = make_values(rng, g.pool_shape, dtype, "normal")
+    out = _all_ways(F.max_unpool2d, [x, idx], layout, kernel_size=(g.kh, g.kw),
+                    stride=(g.sh, g.sw), padding=(g.ph, g.pw), output_size=(g.h, g.w))
+    assert out.shape == g.shape and out.dtype == dtype
+    dx = _all_ways(F.max_unpool2d_backward, [make_values(rng, g.shape, dtype, "normal"), idx],
+                   layout)
+    assert dx.shape == g.pool_shape and dx.dtype == dtype
