@@ -99,7 +99,26 @@ def _run_all_kernels(g, dtype, nt):
             args = (*g.avg_params(), cip, div)
             outs.append(k["avg_pool2d"](x, *args, np.empty(avg_shape, dtype), nt))
             outs.append(k["avg_pool2d_backward"](dout, *args, np.empty(g.shape, dtype), nt))
-    return outs + _run_gemm_kernels(g, dtype, nt, k)
+    return outs + _run_resample_kernels(g, dtype, nt, k, idx) + _run_gemm_kernels(g, dtype, nt, k)
+
+
+def _run_resample_kernels(g, dtype, nt, k, idx):
+    """interpolate (up along H, down along W) and max_unpool2d with max_pool2d's
+    indices `idx` on geometry g with nt threads."""
+    rng = np.random.default_rng(13)
+    x = make_values(rng, g.shape, dtype, "normal")
+    size = (2 * g.h + 3, g.w // 2 + 1)
+    dout = make_values(rng, g.shape[:2] + size, dtype, "normal")
+    outs = []
+    for mode, align in (("nearest", False), ("bilinear", False), ("bilinear", True)):
+        name, tables = F._interpolate_tables(g.shape, *size, (None, None), mode, align,
+                                             np.dtype(dtype))
+        outs.append(k[name](x, *tables, np.empty(dout.shape, dtype), nt))
+        outs.append(k[name + "_backward"](dout, *tables, np.empty(g.shape, dtype), nt))
+    pooled = make_values(rng, g.pool_shape, dtype, "normal")
+    outs.append(k["max_unpool2d"](pooled, idx, np.empty(g.shape, dtype), nt))
+    outs.append(k["max_unpool2d_backward"](x, idx, np.empty(g.pool_shape, dtype), nt))
+    return outs
 
 
 def _run_gemm_kernels(g, dtype, nt, k):
@@ -153,6 +172,11 @@ def _run_public(dtype):
     avg = F.avg_pool2d(x, 3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)
     res += [avg, F.avg_pool2d_backward(avg, x.shape, 3, stride=2, padding=1, ceil_mode=True,
                                        count_include_pad=False)]
+    for kwargs in (dict(scale_factor=1.7), dict(size=(13, 61), mode="bilinear", align_corners=True)):
+        up = F.interpolate(x, **kwargs)
+        res += [up, F.interpolate_backward(up, x.shape, **kwargs)]
+    res += [F.max_unpool2d(pooled, idx, 3, stride=1, padding=1, output_size=x.shape),
+            F.max_unpool2d_backward(x, idx)]
     return res
 
 
@@ -589,6 +613,15 @@ def test_dispatch_really_switches(monkeypatch, name):
         "tanh_backward": lambda: F._tanh_backward(x, x),
         "elu": lambda: F._elu(x, 1.0),
         "elu_backward": lambda: F._elu_backward(x, x, 1.0),
+        "interpolate_nearest": lambda: F.interpolate(x, scale_factor=1.5),
+        "interpolate_nearest_backward": lambda: F.interpolate_backward(x, (2, 3, 3, 3),
+                                                                       scale_factor=2),
+        "interpolate_bilinear": lambda: F.interpolate(x, size=4, mode="bilinear"),
+        "interpolate_bilinear_backward": lambda: F.interpolate_backward(
+            x, (2, 3, 4, 4), size=6, mode="bilinear", align_corners=True),
+        "max_unpool2d": lambda: F.max_unpool2d(x, np.zeros(x.shape, np.int64), 2),
+        "max_unpool2d_backward": lambda: F.max_unpool2d_backward(
+            x, np.zeros((2, 3, 3, 3), np.int64)),
     }[name]
     with fastcnn.use_backend("numpy"):
         op()
