@@ -27,6 +27,11 @@ installed:
 * optimizer steps: every optimizer of ``fastcnn.optim`` with its options,
   over many steps of random gradients, BITWISE equal to the optimizer's
   NumPy update, parameters and state alike.
+* resampling layers: ``Upsample`` (nearest, bilinear) and ``MaxUnpool2D``
+  against torch's modules: nearest's forward and both of max-unpooling's
+  passes (repeated indices included: the last one wins) equal bit for bit;
+  bilinear's passes and nearest's backward to rounding (torch fuses
+  multiply-adds and sums each input cell in another order).
 
 Every entry point reaches its twin under the "numpy" backend and only the
 compiled kernel under "cython" (test_threads.py, test_dispatch_really_switches).
@@ -53,9 +58,11 @@ from fastcnn.layers import (
     BatchNorm2D,
     Dense,
     LeakyReLU,
+    MaxUnpool2D,
     ReLU,
     Sigmoid,
     Tanh,
+    Upsample,
 )
 
 BACKENDS = ("cython", "numpy") if _backend.compiled_available() else ("numpy",)
@@ -458,3 +465,59 @@ def test_optimizer_steps_equal_the_optimizers_bitwise(backend, dtype, cls, optio
                 got = states[name][key]
                 assert (got.tobytes() == value.tobytes() if isinstance(value, np.ndarray)
                         else got == value), (name, key)
+
+
+# ---------------------------------------------------------------------------
+# Resampling layers
+
+UPSAMPLE_OPTIONS = [
+    dict(scale_factor=2), dict(scale_factor=1.7), dict(size=(4, 11)), dict(scale_factor=(1.1, 0.5)),
+    dict(scale_factor=2, mode="bilinear"), dict(scale_factor=(0.6, 1.3), mode="bilinear"),
+    dict(size=(13, 9), mode="bilinear", align_corners=True),
+    dict(size=(1, 7), mode="bilinear", align_corners=True),
+]
+
+
+@backends
+@dtypes
+@pytest.mark.parametrize("options", UPSAMPLE_OPTIONS, ids=str)
+def test_upsample_matches_torch(backend, dtype, options):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 6, 7)).astype(dtype)
+    tx = torch.tensor(x, requires_grad=True)
+    t_out = torch.nn.Upsample(**options)(tx)
+    dout = rng.standard_normal(tuple(t_out.shape)).astype(dtype)
+    t_out.backward(torch.tensor(dout))
+    layer = Upsample(**options)
+    with fastcnn.use_backend(backend):
+        out, dx = layer(x), layer.backward(dout)
+    if options.get("mode", "nearest") == "nearest":
+        np.testing.assert_array_equal(out, t_out.detach().numpy(), strict=True)
+    else:
+        _close(out, t_out.detach().numpy(), dtype)
+    _close(dx, tx.grad.numpy(), dtype, scale=4.0)
+
+
+@backends
+@dtypes
+@pytest.mark.parametrize("k, s, p, ceil_mode, indices", [
+    (2, 2, 0, False, "pool"), (3, 2, 1, True, "pool"), (3, 1, 1, False, "pool"),
+    (2, 2, 0, False, "repeated"),
+])
+def test_max_unpool_matches_torch(backend, dtype, k, s, p, ceil_mode, indices):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(k + s)
+    x = rng.standard_normal((2, 3, 7, 9)).astype(dtype)
+    pooled, idx = F.max_pool2d(x, k, s, p, ceil_mode=ceil_mode, return_indices=True)
+    if indices == "repeated":
+        idx = rng.integers(0, 5, idx.shape)
+    tp = torch.tensor(pooled, requires_grad=True)
+    t_out = torch.nn.MaxUnpool2d(k, s, p)(tp, torch.from_numpy(idx), output_size=x.shape)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    t_out.backward(torch.tensor(dout))
+    layer = MaxUnpool2D(k, s, p)
+    with fastcnn.use_backend(backend):
+        out, dx = layer(pooled, idx, x.shape), layer.backward(dout)
+    np.testing.assert_array_equal(out, t_out.detach().numpy(), strict=True)
+    np.testing.assert_array_equal(dx, tp.grad.numpy(), strict=True)

@@ -78,6 +78,8 @@ INTERP_CASES = [
     dict(size=(9, 4)), dict(size=(10, 14)), dict(size=3), dict(size=(5, 7)),
     dict(scale_factor=2), dict(scale_factor=1.7), dict(scale_factor=(2, 0.6)),
     dict(scale_factor=0.35), dict(scale_factor=1.7, recompute_scale_factor=True),
+    # sizes that do not change: copied, whatever the factor says
+    dict(scale_factor=1.1), dict(scale_factor=(1.1, 2)),
 ]
 MODES = [("nearest", None), ("bilinear", None), ("bilinear", False), ("bilinear", True)]
 
@@ -105,6 +107,21 @@ def test_interpolate_places_samples_by_the_given_scale_factor():
     assert by_factor.shape == recomputed.shape == (1, 1, 1, 5)
     np.testing.assert_array_equal(by_factor[0, 0, 0], [0, 1, 3, 5, 7])
     np.testing.assert_array_equal(recomputed[0, 0, 0], [0, 2, 4, 6, 8])
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_interpolate_copies_an_axis_whose_size_does_not_change(mode):
+    # PyTorch reads row i for output row i (a bilinear weight of 0 on the
+    # same row): an inf stays in its row and column.
+    TF = pytest.importorskip("torch.nn.functional")
+    torch = pytest.importorskip("torch")
+    x = data((1, 2, 5, 4))
+    x[0, 1, 2, 1] = np.inf
+    for options in (dict(scale_factor=(1.1, 1.9)), dict(size=(5, 9))):
+        expected = TF.interpolate(torch.from_numpy(x), mode=mode, **options).numpy()
+        out = F.interpolate(x, mode=mode, **options)
+        np.testing.assert_allclose(out, expected, **tol(np.float64))
+        assert np.isfinite(out[0, 1, [0, 1, 3, 4]]).all() and np.isfinite(out[0, 0]).all()
 
 
 def test_upsample_layer_matches_torch():
