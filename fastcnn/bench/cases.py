@@ -99,7 +99,7 @@ LARGE_SHAPE = "resnet"
 #: The memory-bound kernels, timed raw and as ops (the GEMM drivers are
 #: timed in conv2d and the training step).
 KERNEL_NAMES = ("im2col", "col2im", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
-                "avg_pool2d_backward")
+                "avg_pool2d_backward", "max_unpool2d")
 OPS = (*KERNEL_NAMES, "conv2d", "conv2d_fwd_bwd", "conv_transpose2d", "adaptive_avg_pool2d",
        "adaptive_max_pool2d", "interpolate", "train_step", "copy")
 
@@ -331,6 +331,31 @@ def _build_avg_pool2d_backward(shape, dtype, level, impls, threads, torch):
             # What autograd calls for F.avg_pool2d's backward, without building a graph.
             op = torch.ops.aten.avg_pool2d_backward.default
             fns["torch"] = lambda: op(tdout, tx, ks, ss, ps, False, True, None)
+    return _Bench(fns, nbytes)
+
+
+def _build_max_unpool2d(shape, dtype, level, impls, threads, torch):
+    """max_pool2d 2x2's output put back where its indices say, as a decoder
+    (SegNet-style) unpools the pools' input."""
+    x = _pool_inputs(shape, dtype)
+    pooled, indices = fn.max_pool2d(x, 2, return_indices=True)
+    size = x.shape[2:]
+    nbytes = pooled.nbytes + indices.nbytes + x.nbytes
+    if level == "kernel":
+        fns = _kernel_fns(
+            "max_unpool2d", impls, threads, lambda: (pooled, indices, np.empty_like(x))
+        )
+        if torch is not None and "torch" in impls:
+            tp, tidx = torch.from_numpy(pooled), torch.from_numpy(indices)
+            tout = torch.from_numpy(np.empty_like(x))
+            op = torch.ops.aten.max_unpool2d.out
+            fns["torch"] = lambda: op(tp, tidx, list(size), out=tout)
+    else:
+        fns = _fastcnn_op_fns(impls, lambda: fn.max_unpool2d(pooled, indices, 2, output_size=size))
+        if torch is not None and "torch" in impls:
+            tp, tidx = torch.from_numpy(pooled), torch.from_numpy(indices)
+            unpool = torch.nn.functional.max_unpool2d
+            fns["torch"] = lambda: unpool(tp, tidx, 2, output_size=size)
     return _Bench(fns, nbytes)
 
 
@@ -567,6 +592,7 @@ BUILDERS = {
     "max_pool2d_backward": _build_max_pool2d_backward,
     "avg_pool2d": _build_avg_pool2d,
     "avg_pool2d_backward": _build_avg_pool2d_backward,
+    "max_unpool2d": _build_max_unpool2d,
     "conv2d": _build_conv2d,
     "conv2d_fwd_bwd": _build_conv2d_fwd_bwd,
     "conv_transpose2d": _build_conv_transpose2d,
