@@ -16,9 +16,9 @@ backward, its adjoint, sums along H first, then along W. Every cell's
 terms are added in the order of the outputs they come from, tap 0 before
 tap 1, as in the twins.
 
-max_unpool2d's indices come from the caller: Python checks them, and the
-kernels read each one once and check it again where they use it
-(``indices.pxd``).
+max_unpool2d's indices come from the caller and are not checked before:
+the kernels read each one once (``indices.pxd``), use it only if it lies
+in its plane, and raise ValueError afterwards if one did not.
 """
 
 from cython cimport floating
@@ -354,18 +354,28 @@ def interpolate_bilinear_backward(
 # -- max_unpool2d -------------------------------------------------------------
 
 
-cdef void _unpool_plane(
+cdef Py_ssize_t _unpool_plane(
     const floating* x, const int64_t* idx, floating* out, Py_ssize_t L, Py_ssize_t plane,
 ) noexcept nogil:
     # In input order, so where indices repeat the last value stays, as in
-    # PyTorch. An index that another thread moved out of the plane is skipped.
-    cdef Py_ssize_t k
+    # PyTorch. Returns how many indices were outside the plane (skipped).
+    cdef Py_ssize_t k, outside = 0
     cdef int64_t i
     memset(out, 0, plane * sizeof(floating))
     for k in range(L):
         i = read_index(&idx[k])
         if <uint64_t> i < <uint64_t> plane:
             out[i] = x[k]
+        else:
+            outside += 1
+    return outside
+
+
+cdef int _check_outside(Py_ssize_t outside, Py_ssize_t plane) except -1:
+    # Python does not check the indices first: the kernels do, at no cost.
+    if outside:
+        raise ValueError(f"indices must lie in [0, {plane}), got {outside} outside")
+    return 0
 
 
 def max_unpool2d(
@@ -374,27 +384,37 @@ def max_unpool2d(
     floating[:, :, :, ::1] out not None,
     int num_threads,
 ):
-    """max_unpool2d(x, indices, out, num_threads) -> out"""
+    """max_unpool2d(x, indices, out, num_threads) -> out
+
+    Raises ValueError if an index lies outside its plane (out is then undefined).
+    """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2] * x.shape[3]
     cdef Py_ssize_t size = out.shape[2] * out.shape[3]
-    cdef Py_ssize_t plane, n, c
+    cdef Py_ssize_t plane, n, c, outside = 0
     with nogil:
         for plane in prange(N * C, schedule="static", num_threads=num_threads):
             n = plane // C
             c = plane % C
-            _unpool_plane(&x[n, c, 0, 0], &indices[n, c, 0, 0], &out[n, c, 0, 0], L, size)
+            outside += _unpool_plane(&x[n, c, 0, 0], &indices[n, c, 0, 0], &out[n, c, 0, 0],
+                                     L, size)
+    _check_outside(outside, size)
     return out.base
 
 
-cdef void _unpool_backward_plane(
+cdef Py_ssize_t _unpool_backward_plane(
     const floating* dout, const int64_t* idx, floating* dx, Py_ssize_t L, Py_ssize_t plane,
 ) noexcept nogil:
-    # An index that another thread moved out of the plane reads nothing: 0.
-    cdef Py_ssize_t k
+    # An index outside the plane reads nothing (0); returns how many were.
+    cdef Py_ssize_t k, outside = 0
     cdef int64_t i
     for k in range(L):
         i = read_index(&idx[k])
-        dx[k] = dout[i] if <uint64_t> i < <uint64_t> plane else 0
+        if <uint64_t> i < <uint64_t> plane:
+            dx[k] = dout[i]
+        else:
+            dx[k] = 0
+            outside += 1
+    return outside
 
 
 def max_unpool2d_backward(
@@ -403,14 +423,18 @@ def max_unpool2d_backward(
     floating[:, :, :, ::1] out not None,
     int num_threads,
 ):
-    """max_unpool2d_backward(dout, indices, out, num_threads) -> out"""
+    """max_unpool2d_backward(dout, indices, out, num_threads) -> out
+
+    Raises ValueError if an index lies outside its plane (out is then undefined).
+    """
     cdef Py_ssize_t N = out.shape[0], C = out.shape[1], L = out.shape[2] * out.shape[3]
     cdef Py_ssize_t size = dout.shape[2] * dout.shape[3]
-    cdef Py_ssize_t plane, n, c
+    cdef Py_ssize_t plane, n, c, outside = 0
     with nogil:
         for plane in prange(N * C, schedule="static", num_threads=num_threads):
             n = plane // C
             c = plane % C
-            _unpool_backward_plane(&dout[n, c, 0, 0], &indices[n, c, 0, 0], &out[n, c, 0, 0],
-                                   L, size)
+            outside += _unpool_backward_plane(&dout[n, c, 0, 0], &indices[n, c, 0, 0],
+                                              &out[n, c, 0, 0], L, size)
+    _check_outside(outside, size)
     return out.base

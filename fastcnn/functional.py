@@ -1403,19 +1403,28 @@ def _unpool_shape(shape, kernel_size, stride, padding, output_size):
     return size
 
 
-def _unpool_indices(indices, shape, plane: int) -> np.ndarray:
-    """Validate unpooling indices: the input's shape, each in ``[0, plane)``."""
+def _unpool_indices(indices, shape) -> np.ndarray:
+    """Validate unpooling indices' dtype and shape (the kernels check their range)."""
     indices = v.as_indices(indices)
     if indices.shape != tuple(shape):
         raise ValueError(
             f"indices must have the shape of x {tuple(shape)}, got {indices.shape}"
         )
-    if indices.size and indices.view(np.uint64).max() >= plane:
-        raise ValueError(
-            f"indices must lie in [0, {plane}) (the output plane's oh*ow), got values in "
-            f"[{indices.min()}, {indices.max()}]"
-        )
     return indices
+
+
+def _unpool(name, src, indices, out, plane: int, taps: int) -> np.ndarray:
+    """Run max_unpool2d's kernel `name` on (n, c) planes of `plane` cells; an
+    index outside one is the kernel's ValueError, said here in full."""
+    if out.shape[0]:
+        try:
+            in_pieces(name, out.shape[:2], (src, indices, out), taps=taps)
+        except ValueError:
+            raise ValueError(
+                f"indices must lie in [0, {plane}) (the output plane's oh*ow), got values in "
+                f"[{indices.min()}, {indices.max()}]"
+            ) from None
+    return out
 
 
 def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None) -> np.ndarray:
@@ -1443,12 +1452,9 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     x = v.as_float_array(x, "x")
     v.check_nchw(x, "x")
     oh, ow = _unpool_shape(x.shape, kernel_size, stride, padding, output_size)
-    indices = _unpool_indices(indices, x.shape, oh * ow)
+    indices = _unpool_indices(indices, x.shape)
     out = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
-    if x.shape[0]:
-        in_pieces("max_unpool2d", x.shape[:2], (x, indices, out),
-                  taps=oh * ow + x.shape[2] * x.shape[3])
-    return out
+    return _unpool("max_unpool2d", x, indices, out, oh * ow, taps=oh * ow + x.shape[2] * x.shape[3])
 
 
 def max_unpool2d_backward(dout, indices) -> np.ndarray:
@@ -1472,11 +1478,10 @@ def max_unpool2d_backward(dout, indices) -> np.ndarray:
         raise ValueError(
             f"indices must be 4-D with dout's (N, C)={(n, c)}, got shape {idx.shape}"
         )
-    idx = _unpool_indices(idx, idx.shape, oh * ow)
+    idx = _unpool_indices(idx, idx.shape)
     out = np.empty(idx.shape, dtype=dout.dtype)
-    if n:
-        in_pieces("max_unpool2d_backward", (n, c), (dout, idx, out), taps=2 * idx.shape[2] * idx.shape[3])
-    return out
+    return _unpool("max_unpool2d_backward", dout, idx, out, oh * ow,
+                   taps=2 * idx.shape[2] * idx.shape[3])
 
 
 # -- group and layer normalisation -----------------------------------------

@@ -869,18 +869,29 @@ def interpolate_bilinear_backward(dout, rows, row_weights, cols, col_weights, ou
     return out
 
 
+def _check_plane_indices(indices, plane):
+    """max_unpool2d's indices are checked by its kernels (the compiled ones as
+    they read them), with the same error."""
+    # Seen as unsigned, a negative index is huge: one pass checks both ends.
+    outside = np.count_nonzero(indices.view(np.uint64) >= plane)
+    if outside:
+        raise ValueError(f"indices must lie in [0, {plane}), got {outside} outside")
+
+
 def max_unpool2d(x, indices, out):
     """Scatter each value to its index in its (n, c) plane, zeros elsewhere.
 
     Parameters
     ----------
     x : ndarray, shape (N, C, H, W)
-    indices : ndarray of int64, shape (N, C, H, W), each in ``[0, oh*ow)``
+    indices : ndarray of int64, shape (N, C, H, W)
+        Each in ``[0, oh*ow)``, else ValueError.
     out : ndarray, shape (N, C, oh, ow), same dtype as `x`
         Where indices repeat in a plane, the value last in the input's
         row-major order stays (as PyTorch's loop).
     """
     n, c, oh, ow = out.shape
+    _check_plane_indices(indices, oh * ow)
     planes = np.arange(n * c)[:, None] * (oh * ow)
     targets = (indices.reshape(n * c, -1) + planes).ravel()
     # each target's last source: its first one in the reversed order
@@ -897,10 +908,12 @@ def max_unpool2d_backward(dout, indices, out):
     Parameters
     ----------
     dout : ndarray, shape (N, C, oh, ow)
-    indices : ndarray of int64, shape (N, C, H, W), each in ``[0, oh*ow)``
+    indices : ndarray of int64, shape (N, C, H, W)
+        Each in ``[0, oh*ow)``, else ValueError.
     out : ndarray, shape (N, C, H, W), same dtype as `dout`
     """
     n, c = out.shape[:2]
+    _check_plane_indices(indices, dout.shape[2] * dout.shape[3])
     gathered = np.take_along_axis(dout.reshape(n, c, -1), indices.reshape(n, c, -1), axis=2)
     out[...] = gathered.reshape(out.shape)
     return out

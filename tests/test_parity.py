@@ -1227,6 +1227,20 @@ def test_kernel_max_unpool2d_last_repeated_index_wins():
                                       expected)
 
 
+@pytest.mark.parametrize("name", ["max_unpool2d", "max_unpool2d_backward"])
+@pytest.mark.parametrize("wrong", [-1, 12, 2**63 - 1])
+def test_kernel_max_unpool2d_checks_its_indices(name, wrong):
+    # Python does not check the indices' range first: both kernel sets do,
+    # with one error (the compiled kernels as they read them).
+    idx = np.zeros((2, 3, 2, 2), np.int64)
+    idx[1, 2, 1, 0] = wrong
+    small, large = np.ones((2, 3, 2, 2)), np.ones((2, 3, 3, 4))
+    src, out = (small, large) if name == "max_unpool2d" else (large, small)
+    for kernel, extra in zip(_pair(name), ((2,), ())):
+        with pytest.raises(ValueError, match=r"indices must lie in \[0, 12\), got 1 outside"):
+            kernel(src, idx, out.copy(), *extra)
+
+
 @pytest.mark.parametrize("name, bad", [
     ("interpolate_nearest", "rows"), ("interpolate_nearest_backward", "cols"),
     ("interpolate_bilinear", "rows"), ("interpolate_bilinear_backward", "cols"),
