@@ -371,36 +371,6 @@ cdef Py_ssize_t _unpool_plane(
     return outside
 
 
-cdef int _check_outside(Py_ssize_t outside, Py_ssize_t plane) except -1:
-    # Python does not check the indices first: the kernels do, at no cost.
-    if outside:
-        raise ValueError(f"indices must lie in [0, {plane}), got {outside} outside")
-    return 0
-
-
-def max_unpool2d(
-    const floating[:, :, :, ::1] x,
-    const int64_t[:, :, :, ::1] indices,
-    floating[:, :, :, ::1] out not None,
-    int num_threads,
-):
-    """max_unpool2d(x, indices, out, num_threads) -> out
-
-    Raises ValueError if an index lies outside its plane (out is then undefined).
-    """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2] * x.shape[3]
-    cdef Py_ssize_t size = out.shape[2] * out.shape[3]
-    cdef Py_ssize_t plane, n, c, outside = 0
-    with nogil:
-        for plane in prange(N * C, schedule="static", num_threads=num_threads):
-            n = plane // C
-            c = plane % C
-            outside += _unpool_plane(&x[n, c, 0, 0], &indices[n, c, 0, 0], &out[n, c, 0, 0],
-                                     L, size)
-    _check_outside(outside, size)
-    return out.base
-
-
 cdef Py_ssize_t _unpool_backward_plane(
     const floating* dout, const int64_t* idx, floating* dx, Py_ssize_t L, Py_ssize_t plane,
 ) noexcept nogil:
@@ -417,24 +387,48 @@ cdef Py_ssize_t _unpool_backward_plane(
     return outside
 
 
+cdef object _unpool(
+    const floating[:, :, :, ::1] src, const int64_t[:, :, :, ::1] indices,
+    floating[:, :, :, ::1] out, int num_threads, bint backward,
+):
+    """max_unpool2d (a scatter from `src` into `out` by index) or its backward
+    (a gather); Python does not check the indices first: this raises
+    ValueError (with `out` undefined) if one lies outside its plane."""
+    cdef Py_ssize_t N = indices.shape[0], C = indices.shape[1]
+    cdef Py_ssize_t L = indices.shape[2] * indices.shape[3]
+    cdef Py_ssize_t size = (src.shape[2] * src.shape[3] if backward
+                            else out.shape[2] * out.shape[3])
+    cdef Py_ssize_t plane, n, c, outside = 0
+    with nogil:
+        for plane in prange(N * C, schedule="static", num_threads=num_threads):
+            n = plane // C
+            c = plane % C
+            if backward:
+                outside += _unpool_backward_plane(&src[n, c, 0, 0], &indices[n, c, 0, 0],
+                                                  &out[n, c, 0, 0], L, size)
+            else:
+                outside += _unpool_plane(&src[n, c, 0, 0], &indices[n, c, 0, 0],
+                                         &out[n, c, 0, 0], L, size)
+    if outside:
+        raise ValueError(f"indices must lie in [0, {size}), got {outside} outside")
+    return out.base
+
+
+def max_unpool2d(
+    const floating[:, :, :, ::1] x,
+    const int64_t[:, :, :, ::1] indices,
+    floating[:, :, :, ::1] out not None,
+    int num_threads,
+):
+    """max_unpool2d(x, indices, out, num_threads) -> out (ValueError for an index outside its plane)"""
+    return _unpool(x, indices, out, num_threads, False)
+
+
 def max_unpool2d_backward(
     const floating[:, :, :, ::1] dout,
     const int64_t[:, :, :, ::1] indices,
     floating[:, :, :, ::1] out not None,
     int num_threads,
 ):
-    """max_unpool2d_backward(dout, indices, out, num_threads) -> out
-
-    Raises ValueError if an index lies outside its plane (out is then undefined).
-    """
-    cdef Py_ssize_t N = out.shape[0], C = out.shape[1], L = out.shape[2] * out.shape[3]
-    cdef Py_ssize_t size = dout.shape[2] * dout.shape[3]
-    cdef Py_ssize_t plane, n, c, outside = 0
-    with nogil:
-        for plane in prange(N * C, schedule="static", num_threads=num_threads):
-            n = plane // C
-            c = plane % C
-            outside += _unpool_backward_plane(&dout[n, c, 0, 0], &indices[n, c, 0, 0],
-                                              &out[n, c, 0, 0], L, size)
-    _check_outside(outside, size)
-    return out.base
+    """max_unpool2d_backward(dout, indices, out, num_threads) -> out (ValueError for an index outside its plane)"""
+    return _unpool(dout, indices, out, num_threads, True)
