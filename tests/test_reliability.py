@@ -372,6 +372,13 @@ def _ops(dtype):
         "conv2d_backward-chunks": lambda: F.conv2d_backward(dbig, big, w[:, :2], stride=1),
         "linear": lambda: F._linear(flat, dense, dflat[0]),
         "linear_backward": lambda: F._linear_backward(dflat, flat, dense),
+        "interpolate-nearest": lambda: F.interpolate(x, scale_factor=1.5),
+        "interpolate-bilinear": lambda: F.interpolate(x, size=(9, 31), mode="bilinear"),
+        "interpolate_backward": lambda: F.interpolate_backward(
+            dp, x.shape, size=(9, 8), mode="bilinear", align_corners=True),
+        "max_unpool2d": lambda: F.max_unpool2d(dp, idx, 3, stride=2, padding=1,
+                                               output_size=x.shape),
+        "max_unpool2d_backward": lambda: F.max_unpool2d_backward(x, idx),
     }
 
 
