@@ -1087,7 +1087,8 @@ def _interpolate_tables(shape, oh, ow, scales, mode, align, dtype):
 
 def _resample(name, src, tables, out, taps):
     """Run interpolate's kernel `name` from `src` into `out`, the tables shared by
-    every (n, c) plane."""
+    every (n, c) plane. (Its kernels take about a tap's time per cell read or
+    written: the taps of a plane are its input and output cells.)"""
     if out.shape[0]:
         in_pieces(name, out.shape[:2], (src, *tables, out),
                   lambda i: (src[i], *tables, out[i]), taps=taps)
@@ -1131,7 +1132,7 @@ def interpolate(
     if not x.shape[0]:  # (the tables could be larger than the empty result)
         return out
     name, tables = _interpolate_tables(x.shape, oh, ow, scales, mode, align, x.dtype)
-    return _resample(name, x, tables, out, taps=4 * oh * ow + x.shape[2] * x.shape[3])
+    return _resample(name, x, tables, out, taps=oh * ow + x.shape[2] * x.shape[3])
 
 
 def interpolate_backward(
@@ -1167,8 +1168,7 @@ def interpolate_backward(
     if not shape[0]:
         return out
     name, tables = _interpolate_tables(shape, oh, ow, scales, mode, align, dout.dtype)
-    return _resample(name + "_backward", dout, tables, out,
-                     taps=4 * oh * ow + 2 * shape[2] * ow + shape[2] * shape[3])
+    return _resample(name + "_backward", dout, tables, out, taps=oh * ow + shape[2] * shape[3])
 
 
 # -- adaptive pooling and unpooling ----------------------------------------
