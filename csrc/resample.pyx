@@ -374,16 +374,16 @@ cdef Py_ssize_t _unpool_plane(
 cdef Py_ssize_t _unpool_backward_plane(
     const floating* dout, const int64_t* idx, floating* dx, Py_ssize_t L, Py_ssize_t plane,
 ) noexcept nogil:
-    # An index outside the plane reads nothing (0); returns how many were.
+    # Returns how many indices were outside the plane; those read cell 0
+    # (the caller raises: dx is undefined then). Selects, not branches.
     cdef Py_ssize_t k, outside = 0
     cdef int64_t i
+    cdef bint inside
     for k in range(L):
         i = read_index(&idx[k])
-        if <uint64_t> i < <uint64_t> plane:
-            dx[k] = dout[i]
-        else:
-            dx[k] = 0
-            outside += 1
+        inside = <uint64_t> i < <uint64_t> plane
+        outside += not inside
+        dx[k] = dout[i if inside else 0]
     return outside
 
 
