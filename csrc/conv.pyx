@@ -145,14 +145,17 @@ def conv2d_backward(
     (F, C/groups*kh*kw) and bias gradient (F,) are summed, sample by sample
     in order, into ``dweight_parts[p]`` and ``dbias_parts[p]``. A `dx` of
     no samples asks for the parameter gradients only (a network's first
-    layer: nothing needs the gradient of the data).
+    layer: nothing needs the gradient of the data); `dweight_parts` and
+    `dbias_parts` of no chunks for the input gradient only (the direct
+    kernels of csrc/direct.pyx compute the others).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = weight.shape[0], kg = weight.shape[1], fg = F // groups
-    cdef Py_ssize_t L = oh * ow, rows = C * kh * kw, parts = dweight_parts.shape[0]
+    cdef bint want_dx = dx.shape[0] > 0, want_dw = dweight_parts.shape[0] > 0
+    cdef Py_ssize_t L = oh * ow, rows = C * kh * kw
+    cdef Py_ssize_t parts = dweight_parts.shape[0] if want_dw else (N + chunk - 1) // chunk
     cdef Py_ssize_t p, n, g, c, l, stride = 0, t_stride = 0
     cdef bint by_rows = fold_by_rows(W, kw, sw, pw, dw, ow, sizeof(floating), FOLD_CHUNKS_DEFAULT)
-    cdef bint want_dx = dx.shape[0] > 0
     # per thread: columns, their gradient, one sample's dweight and dbias, ones
     cdef Py_ssize_t cells = 2 * rows * L + F * kg + F + L
     cdef floating* scratch = NULL
@@ -178,22 +181,25 @@ def conv2d_backward(
             t = tables + threadid() * t_stride
             for p in prange(parts, schedule="dynamic"):
                 for n in range(p * chunk, min(N, (p + 1) * chunk)):
-                    unfold_sample(&x[n, 0, 0, 0], cols, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw,
-                                  oh, ow)
+                    if want_dw:
+                        unfold_sample(&x[n, 0, 0, 0], cols, C, H, W, kh, kw, sh, sw, ph, pw, dh,
+                                      dw, oh, ow)
                     d = &dout[n, 0, 0, 0]
                     for g in range(groups):
-                        gemm("T", "N", kg, fg, L, cols + g * kg * L, L, d + g * fg * L, L,
-                             dw1 + g * fg * kg, kg)
+                        if want_dw:
+                            gemm("T", "N", kg, fg, L, cols + g * kg * L, L, d + g * fg * L, L,
+                                 dw1 + g * fg * kg, kg)
                         if want_dx:
                             gemm("N", "T", L, kg, fg, d + g * fg * L, L, &weight[g * fg, 0], kg,
                                  dcols + g * kg * L, L)
-                    row_sums(F, L, d, ones, db1)
-                    if n == p * chunk:
-                        memcpy(&dweight_parts[p, 0, 0], dw1, F * kg * sizeof(floating))
-                        memcpy(&dbias_parts[p, 0], db1, F * sizeof(floating))
-                    else:
-                        add_into(&dweight_parts[p, 0, 0], dw1, F * kg)
-                        add_into(&dbias_parts[p, 0], db1, F)
+                    if want_dw:
+                        row_sums(F, L, d, ones, db1)
+                        if n == p * chunk:
+                            memcpy(&dweight_parts[p, 0, 0], dw1, F * kg * sizeof(floating))
+                            memcpy(&dbias_parts[p, 0], db1, F * sizeof(floating))
+                        else:
+                            add_into(&dweight_parts[p, 0, 0], dw1, F * kg)
+                            add_into(&dbias_parts[p, 0], db1, F)
                     for c in range(C if want_dx else 0):
                         fold_plane(dcols + c * kh * kw * L, &dx[n, c, 0, 0], H, W,
                                    kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, by_rows,

@@ -65,6 +65,7 @@ BACKENDS = ("cython", "numpy")
 try:
     from ._kernels import activation as _activation
     from ._kernels import conv as _conv
+    from ._kernels import direct as _direct
     from ._kernels import loss as _loss
     from ._kernels import norm as _norm
     from ._kernels import openmp as _openmp
@@ -74,6 +75,7 @@ try:
     from ._kernels import unfold as _unfold
 except ImportError as exc:  # a source checkout that was never built
     _openmp = None
+    _direct = None
     _compiled = {}
     _import_error = exc
 else:
@@ -92,6 +94,8 @@ else:
         "avg_pool2d_backward": _pool.avg_pool2d_backward,
         "conv2d_forward": _conv.conv2d_forward,
         "conv2d_backward": _conv.conv2d_backward,
+        "conv2d_direct_forward": _direct.conv2d_direct_forward,
+        "conv2d_direct_backward": _direct.conv2d_direct_backward,
         "linear_forward": _conv.linear_forward,
         "linear_backward": _conv.linear_backward,
         "batch_norm_stats": _norm.batch_norm_stats,
@@ -193,6 +197,41 @@ def use_backend(name: str):
         yield
     finally:
         _context_backend.reset(token)
+
+
+# Which convolution algorithm conv2d runs is decided per call from the
+# shapes (fastcnn.functional); tests and benchmarks force one here.
+
+#: ``"auto"`` (by shape), or the algorithm that conv2d and its backward run
+#: wherever it applies: ``"gemm"`` (im2col + GEMM, csrc/conv.pyx) or
+#: ``"direct"`` (csrc/direct.pyx, groups = 1).
+CONV_ALGORITHMS = ("auto", "gemm", "direct")
+_conv_algorithm: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "fastcnn_conv_algorithm", default="auto"
+)
+
+
+def conv_algorithm() -> str:
+    """The forced convolution algorithm of the current context, or ``"auto"``."""
+    return _conv_algorithm.get()
+
+
+@contextlib.contextmanager
+def use_conv_algorithm(name: str):
+    """Run the ``with`` block with convolutions forced to algorithm `name`
+    (one of :data:`CONV_ALGORITHMS`), in the current context only."""
+    if name not in CONV_ALGORITHMS:
+        raise ValueError(f"name must be one of {CONV_ALGORITHMS}, got {name!r}")
+    token = _conv_algorithm.set(name)
+    try:
+        yield
+    finally:
+        _conv_algorithm.reset(token)
+
+
+def direct_simd() -> bool:
+    """Whether the compiled direct convolution has its AVX2 kernels here."""
+    return _direct is not None and _direct._simd_level() > 0
 
 
 def _available_cpus() -> int:

@@ -218,6 +218,25 @@ def _no_bias(dtype) -> np.ndarray:
     return np.empty(0, dtype)
 
 
+# A convolution of at most this many taps per output (C/groups * kh * kw)
+# runs the direct kernels (csrc/direct.pyx) instead of im2col + GEMM, where
+# they have their AVX2 code: there the GEMM's inner dimension is too thin to
+# pay for the unfolding. (From side-by-side timings of both algorithms over
+# C 1..16, kernels 1..7, 4..64 filters, strides 1 and 2.)
+_DIRECT_MAX_TAPS = 32
+
+
+def _direct_eligible(x, weight, win: v.Window, groups: int) -> bool:
+    """Whether conv2d of these operands (forward, weight and bias gradients)
+    runs the direct kernels rather than the GEMM driver."""
+    if groups != 1:
+        return False
+    forced = _backend.conv_algorithm()
+    if forced != "auto":
+        return forced == "direct"
+    return x.shape[1] * win.kh * win.kw <= _DIRECT_MAX_TAPS and _backend.direct_simd()
+
+
 def _conv2d(x, weight, bias, win: v.Window, groups: int) -> np.ndarray:
     """:func:`conv2d` of validated operands (C-contiguous, one dtype) and window."""
     n, f = x.shape[0], weight.shape[0]
@@ -227,10 +246,17 @@ def _conv2d(x, weight, bias, win: v.Window, groups: int) -> np.ndarray:
     kg, length = weight[0].size, win.oh * win.ow
     weight = weight.reshape(f, kg)
     bias = _no_bias(x.dtype) if bias is None else bias
+    macs = f * kg * length
+    if _direct_eligible(x, weight, win, groups):
+        in_pieces("conv2d_direct_forward", (n,), (x, weight, bias, *win, out),
+                  lambda i: (x[i], weight, bias, *win, out[i]),
+                  macs=macs, taps=x[0].size + f * length,
+                  parallel=n * macs >= _backend.PARALLEL_MACS)
+        return out
     in_pieces("conv2d_forward", (n,), (x, weight, bias, *win, groups, out),
               lambda i: (x[i], weight, bias, *win, groups, out[i]),
-              macs=f * kg * length, taps=(x.shape[1] * win.kh * win.kw + f) * length,
-              **_gemm((length, kg, f), n * f * kg * length))
+              macs=macs, taps=(x.shape[1] * win.kh * win.kw + f) * length,
+              **_gemm((length, kg, f), n * macs))
     return out
 
 
@@ -293,26 +319,44 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bo
     """:func:`conv2d_backward` of validated operands (C-contiguous, one dtype) and window.
 
     With ``input_grad=False`` the returned dx is None and is not computed.
+    Where the direct kernels apply (:func:`_direct_eligible`) they compute
+    the weight and bias gradients, and the GEMM driver only dx.
     """
     n, f = x.shape[0], weight.shape[0]
     kg, length = weight[0].size, win.oh * win.ow
     dx = np.empty(x.shape if input_grad else (0, *x.shape[1:]), dtype=x.dtype)
     if not n:
         return dx if input_grad else None, np.zeros_like(weight), np.zeros(f, x.dtype)
-    macs = (2 if input_grad else 1) * f * kg * length
-    taps = ((3 if input_grad else 1) * x.shape[1] * win.kh * win.kw + f) * length
-    seconds = n * (macs * _backend.MAC_SECONDS + taps * _backend.TAP_SECONDS)
+    product = f * kg * length  # multiply-adds of one sample's dx, or of its dweight
+    columns = x.shape[1] * win.kh * win.kw * length  # cells of one sample's im2col
+    seconds = n * ((1 + input_grad) * product * _backend.MAC_SECONDS
+                   + ((1 + 2 * input_grad) * columns + f * length) * _backend.TAP_SECONDS)
     size, count = _batch_chunks(n, weight.nbytes, max(_MAX_CHUNKS, int(seconds / _CHUNK_SECONDS)))
     dweight = np.empty((count, f, kg), dtype=x.dtype)
     dbias = np.empty((count, f), dtype=x.dtype)
     w = weight.reshape(f, kg)
+    direct = _direct_eligible(x, w, win, groups)
+    if direct:
+        def direct_piece(i):
+            s = _samples(i, size)
+            return dout[s], x[s], *win, size, dweight[i], dbias[i]
 
-    def piece(i):
-        s = _samples(i, size)
-        return dout[s], x[s], w, *win, groups, size, dx[s], dweight[i], dbias[i]
+        in_pieces("conv2d_direct_backward", (count,), (dout, x, *win, size, dweight, dbias),
+                  direct_piece, macs=size * product, taps=size * (x[0].size + f * length),
+                  parallel=n * product >= _backend.PARALLEL_MACS)
+    if input_grad or not direct:
+        # after the direct kernel, the GEMM driver gets chunks of no gradients: dx only
+        dw_parts, db_parts = (dweight[:0], dbias[:0]) if direct else (dweight, dbias)
+        macs = (input_grad + (not direct)) * product
+        taps = (2 * input_grad + (not direct)) * columns + f * length
 
-    in_pieces("conv2d_backward", (count,), (dout, x, w, *win, groups, size, dx, dweight, dbias),
-              piece, macs=size * macs, taps=size * taps, **_gemm((length, kg, f), n * macs))
+        def piece(i):
+            s = _samples(i, size)
+            return dout[s], x[s], w, *win, groups, size, dx[s], dw_parts[i], db_parts[i]
+
+        in_pieces("conv2d_backward", (count,),
+                  (dout, x, w, *win, groups, size, dx, dw_parts, db_parts),
+                  piece, macs=size * macs, taps=size * taps, **_gemm((length, kg, f), n * macs))
     dweight, dbias = dweight.sum(axis=0).reshape(weight.shape), dbias.sum(axis=0)
     return dx if input_grad else None, dweight, dbias
 

@@ -33,6 +33,8 @@ __all__ = [
     "avg_pool2d_backward",
     "conv2d_forward",
     "conv2d_backward",
+    "conv2d_direct_forward",
+    "conv2d_direct_backward",
     "linear_forward",
     "linear_backward",
     "batch_norm_stats",
@@ -293,6 +295,23 @@ def conv2d_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, grou
     return out
 
 
+def _chunk_param_grads(dout, x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, dweight,
+                       dbias):
+    """Weight (F, C/groups*kh*kw) and bias (F,) gradients of a chunk of samples
+    (dout, x), each sample's by a GEMM, summed over the samples in order into
+    `dweight` and `dbias`."""
+    m, c = x.shape[:2]
+    f, kg = dweight.shape
+    fg, length = f // groups, oh * ow
+    cols = im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
+                  np.empty((m, c * kh * kw, length), x.dtype))
+    g = dout.reshape(m, groups, fg, length)
+    products = np.matmul(g, cols.reshape(m, groups, kg, length).transpose(0, 1, 3, 2))
+    # Summed over axis 0, sample after sample, as the compiled drivers do.
+    products.reshape(m, f, kg).sum(axis=0, out=dweight)
+    np.matmul(dout.reshape(m, f, length), np.ones(length, x.dtype)).sum(axis=0, out=dbias)
+
+
 def conv2d_backward(dout, x, weight, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, chunk,
                     dx, dweight_parts, dbias_parts):
     """Gradients of :func:`conv2d_forward` with respect to x, weight and bias.
@@ -307,31 +326,79 @@ def conv2d_backward(dout, x, weight, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, gro
     dx : ndarray, shape (N, C, H, W), filled; or shape (0, C, H, W) for the
         parameter gradients only
     dweight_parts : ndarray, shape (ceil(N/chunk), F, C/groups*kh*kw), filled
-        Chunk p's weight gradient, summed over its samples in order.
+        Chunk p's weight gradient, summed over its samples in order; or shape
+        (0, F, C/groups*kh*kw) for the input gradient only.
     dbias_parts : ndarray, shape (ceil(N/chunk), F), filled
-        Chunk p's bias gradient, likewise.
+        Chunk p's bias gradient, likewise; shape (0, F) with the former.
     """
     n, c = x.shape[:2]
     f, kg = weight.shape
     fg, length = f // groups, oh * ow
     w_t = weight.reshape(groups, fg, kg).transpose(0, 2, 1)
-    ones = np.ones(length, x.dtype)
-    for p in range(len(dweight_parts)):
+    for p in range(-(-n // chunk)):
         part = slice(p * chunk, min(n, (p + 1) * chunk))
         m = part.stop - part.start
-        cols = im2col(x[part], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
-                      np.empty((m, c * kh * kw, length), x.dtype))
-        g = dout[part].reshape(m, groups, fg, length)
-        products = np.matmul(g, cols.reshape(m, groups, kg, length).transpose(0, 1, 3, 2))
-        # Summed over axis 0, sample after sample, as the compiled driver does.
-        products.reshape(m, f, kg).sum(axis=0, out=dweight_parts[p])
-        np.matmul(dout[part].reshape(m, f, length), ones).sum(axis=0, out=dbias_parts[p])
+        if len(dweight_parts):
+            _chunk_param_grads(dout[part], x[part], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
+                               groups, dweight_parts[p], dbias_parts[p])
         if not len(dx):
             continue
-        dcols = np.matmul(w_t, g)
+        dcols = np.matmul(w_t, dout[part].reshape(m, groups, fg, length))
         col2im(dcols.reshape(m, c * kh * kw, length), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
                dx[part])
     return dx
+
+
+def conv2d_direct_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
+    """Convolution (cross-correlation) with groups = 1, tap by tap.
+
+    Each output is ``+0.0`` plus the rounded products of its taps in order
+    (c, i, j), padding cells (+0.0) included, then plus the bias, as in the
+    compiled kernel: the same bits.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    weight : ndarray, shape (F, C*kh*kw)
+    bias : ndarray, shape (F,) or (0,) for none
+    out : ndarray, shape (N, F, oh, ow), same dtype as `x`
+    """
+    c = x.shape[1]
+    xp = _pad_to_cover(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, 0)
+    out[...] = 0
+    for ch in range(c):
+        for i in range(kh):
+            for j in range(kw):
+                taps = _offset_view(xp[:, ch : ch + 1], i, j, sh, sw, dh, dw, oh, ow)
+                out += weight[:, (ch * kh + i) * kw + j, None, None] * taps
+    if bias.size:
+        out += bias.reshape(-1, 1, 1)
+    return out
+
+
+def conv2d_direct_backward(dout, x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, chunk,
+                           dweight_parts, dbias_parts):
+    """Weight and bias gradients of :func:`conv2d_direct_forward`, chunk by chunk.
+
+    The GEMM driver's sums (:func:`conv2d_backward`); the compiled kernel
+    adds each output's products in another order and agrees to rounding.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, F, oh, ow)
+    x : ndarray, shape (N, C, H, W)
+    chunk : int
+        Samples ``[p*chunk, (p+1)*chunk)`` form chunk p.
+    dweight_parts : ndarray, shape (ceil(N/chunk), F, C*kh*kw), filled
+        Chunk p's weight gradient, summed over its samples in order.
+    dbias_parts : ndarray, shape (ceil(N/chunk), F), filled
+        Chunk p's bias gradient, likewise.
+    """
+    for p in range(len(dweight_parts)):
+        part = slice(p * chunk, (p + 1) * chunk)
+        _chunk_param_grads(dout[part], x[part], kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, 1,
+                           dweight_parts[p], dbias_parts[p])
+    return dweight_parts
 
 
 def linear_forward(x, weight, bias, chunk, out):

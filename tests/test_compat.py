@@ -24,7 +24,7 @@ from originals.cs231n import optim as course_optim
 from originals.mlfromscratch import layers as mlfs_layers
 
 import fastcnn
-from fastcnn import reference
+from fastcnn import _backend, reference
 from fastcnn.compat import cs231n
 from fastcnn.gradcheck import numerical_gradient
 
@@ -96,7 +96,12 @@ def test_fast_variants_are_one_implementation():
         assert getattr(cs231n, f"max_pool_backward_{variant}") is cs231n.max_pool_backward_fast
 
 
-def test_naive_variants_run_the_reference_kernels(monkeypatch):
+@pytest.mark.parametrize("algorithm, conv_drivers", [
+    ("gemm", ["conv2d_forward", "conv2d_backward"]),
+    # the direct kernels, and the GEMM driver for dx
+    ("direct", ["conv2d_direct_forward", "conv2d_direct_backward", "conv2d_backward"]),
+])
+def test_naive_variants_run_the_reference_kernels(monkeypatch, algorithm, conv_drivers):
     """Timing naive against fast must not compare fastcnn with itself."""
     calls = []
 
@@ -106,7 +111,8 @@ def test_naive_variants_run_the_reference_kernels(monkeypatch):
             return kernel(*args)
         return counted
 
-    for name in ("conv2d_forward", "conv2d_backward", "im2col", "col2im", "max_pool2d",
+    for name in ("conv2d_forward", "conv2d_backward", "conv2d_direct_forward",
+                 "conv2d_direct_backward", "im2col", "col2im", "max_pool2d",
                  "max_pool2d_backward"):
         monkeypatch.setattr(reference, name, spy(name, getattr(reference, name)))
     backend = fastcnn.get_backend()
@@ -116,8 +122,10 @@ def test_naive_variants_run_the_reference_kernels(monkeypatch):
     results = {}
     for variant in ("fast", "naive"):
         calls.clear()
-        out, cache = getattr(cs231n, f"conv_forward_{variant}")(x, w, b, {"stride": 1, "pad": 1})
-        grads = getattr(cs231n, f"conv_backward_{variant}")(np.ones_like(out), cache)
+        with _backend.use_conv_algorithm(algorithm):
+            out, cache = getattr(cs231n, f"conv_forward_{variant}")(x, w, b,
+                                                                    {"stride": 1, "pad": 1})
+            grads = getattr(cs231n, f"conv_backward_{variant}")(np.ones_like(out), cache)
         pooled, pool_cache = getattr(cs231n, f"max_pool_forward_{variant}")(out, pool_param)
         dpool = getattr(cs231n, f"max_pool_backward_{variant}")(np.ones_like(pooled), pool_cache)
         results[variant] = [out, *grads, pooled, dpool]
@@ -126,7 +134,7 @@ def test_naive_variants_run_the_reference_kernels(monkeypatch):
     # (the convolution twins unfold and fold through the reference im2col/col2im,
     # the backward once per chunk of samples)
     drivers = [c for c in calls if c not in ("im2col", "col2im")]
-    assert drivers == ["conv2d_forward", "conv2d_backward", "max_pool2d", "max_pool2d_backward"]
+    assert drivers == [*conv_drivers, "max_pool2d", "max_pool2d_backward"]
     assert {"im2col", "col2im"} <= set(calls)
     for got, want in zip(results["naive"], results["fast"]):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

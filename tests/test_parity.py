@@ -413,7 +413,8 @@ def test_col2im_by_rows_default_bound(g, dtype):
 def test_registry_pairs_every_kernel():
     assert set(_backend.KERNEL_NAMES) == {
         "im2col", "col2im", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
-        "avg_pool2d_backward", "conv2d_forward", "conv2d_backward", "linear_forward",
+        "avg_pool2d_backward", "conv2d_forward", "conv2d_backward", "conv2d_direct_forward",
+        "conv2d_direct_backward", "linear_forward",
         "linear_backward", "batch_norm_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
         "batch_norm_backward_elemt", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
         "softmax_cross_entropy", "sgd_update", "adam_update", "adagrad_update", "rmsprop_update",

@@ -441,12 +441,16 @@ def test_small_calls_are_one_piece_and_long_ones_cover_every_item(monkeypatch):
     assert seen == ([(1, 2), (1, 2), (1, 1)] if compiled else [(1, 1)] * 5)
 
 
-def test_a_long_convolution_backward_sums_in_short_chunks(monkeypatch):
+@pytest.mark.parametrize("algorithm, name, parts_arg", [
+    ("gemm", "conv2d_backward", 16), ("direct", "conv2d_direct_backward", 13)])
+def test_a_long_convolution_backward_sums_in_short_chunks(monkeypatch, algorithm, name,
+                                                          parts_arg):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((48, 3, 8, 8))
     w = rng.standard_normal((4, 3, 3, 3))
     dy = rng.standard_normal((48, 4, 6, 6))
-    usual = F.conv2d_backward(dy, x, w)
+    with _backend.use_conv_algorithm(algorithm):
+        usual = F.conv2d_backward(dy, x, w)
     # as if every sample took longer than a chunk should: one chunk per
     # sample, more than the usual most of 32 chunks
     monkeypatch.setattr(F, "_CHUNK_SECONDS", 1e-12)
@@ -454,14 +458,15 @@ def test_a_long_convolution_backward_sums_in_short_chunks(monkeypatch):
 
     def spy(kernel):
         def call(*args):
-            chunks.append(len(args[16]))  # dweight_parts
+            chunks.append(len(args[parts_arg]))  # dweight_parts
             return kernel(*args)
         return call
 
-    compiled, twin = _backend.pair_of("conv2d_backward")
+    compiled, twin = _backend.pair_of(name)
     if compiled is not None:
-        monkeypatch.setitem(_backend._compiled, "conv2d_backward", spy(compiled))
-    monkeypatch.setattr(_backend.reference, "conv2d_backward", spy(twin))
-    for got, want in zip(F.conv2d_backward(dy, x, w), usual, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        monkeypatch.setitem(_backend._compiled, name, spy(compiled))
+    monkeypatch.setattr(_backend.reference, name, spy(twin))
+    with _backend.use_conv_algorithm(algorithm):
+        for got, want in zip(F.conv2d_backward(dy, x, w), usual, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     assert chunks == [48]

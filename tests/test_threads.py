@@ -286,11 +286,13 @@ def _recording(monkeypatch, name, seen, record=lambda args: args[-1]):
 @needs_compiled
 def test_small_work_runs_on_the_callers_thread(monkeypatch):
     # Below PARALLEL_BYTES a kernel gets one thread, at or above it the team;
-    # GEMM drivers below PARALLEL_MACS multiply-adds get one thread too.
+    # GEMM drivers (and the direct convolution, which this one runs) below
+    # PARALLEL_MACS multiply-adds get one thread too.
     fastcnn.set_num_threads(2)
     seen = []
     _recording(monkeypatch, "max_pool2d", seen)
     _recording(monkeypatch, "conv2d_forward", seen)
+    _recording(monkeypatch, "conv2d_direct_forward", seen)
     x = np.ones((2, 3, 8, 8), np.float32)
     w = np.ones((4, 3, 3, 3), np.float32)
     with fastcnn.use_backend("cython"):
@@ -564,6 +566,11 @@ def _batch_norm_round_trip(x, training):
     F._batch_norm_backward(out, cache, w)
 
 
+def _forced(algorithm, op, *args):
+    with _backend.use_conv_algorithm(algorithm):
+        return op(*args)
+
+
 @pytest.mark.parametrize("name", _backend.KERNEL_NAMES)
 def test_dispatch_really_switches(monkeypatch, name):
     # Count calls into the NumPy twin: the "numpy" backend must use it and the
@@ -580,8 +587,12 @@ def test_dispatch_really_switches(monkeypatch, name):
             np.ones((2, 3, 3, 3)), np.zeros((2, 3, 3, 3), np.int64), x.shape),
         "avg_pool2d": lambda: F.avg_pool2d(x, 2),
         "avg_pool2d_backward": lambda: F.avg_pool2d_backward(np.ones((2, 3, 3, 3)), x.shape, 2),
-        "conv2d_forward": lambda: F.conv2d(x, np.ones((2, 3, 2, 2))),
-        "conv2d_backward": lambda: F.conv2d_backward(np.ones((2, 2, 5, 5)), x, np.ones((2, 3, 2, 2))),
+        "conv2d_forward": lambda: _forced("gemm", F.conv2d, x, np.ones((2, 3, 2, 2))),
+        "conv2d_backward": lambda: _forced("gemm", F.conv2d_backward, np.ones((2, 2, 5, 5)), x,
+                                           np.ones((2, 3, 2, 2))),
+        "conv2d_direct_forward": lambda: _forced("direct", F.conv2d, x, np.ones((2, 3, 2, 2))),
+        "conv2d_direct_backward": lambda: _forced("direct", F.conv2d_backward,
+                                                  np.ones((2, 2, 5, 5)), x, np.ones((2, 3, 2, 2))),
         "linear_forward": lambda: F._linear(x.reshape(2, -1), np.ones((4, 108)), None),
         "linear_backward": lambda: F._linear_backward(np.ones((2, 4)), x.reshape(2, -1),
                                                       np.ones((4, 108))),

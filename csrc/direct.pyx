@@ -1,0 +1,262 @@
+# Compiler directives (bounds checks off unless FASTCNN_DEBUG) are set in setup.py.
+"""Compiled direct convolution for layers of few input channels: forward,
+and the weight and bias gradients.
+
+Python twins: ``fastcnn.reference.conv2d_direct_forward`` and
+``conv2d_direct_backward``.
+
+Where C*kh*kw is small (a network's first layer: C = 1 or 3), the GEMM of
+the im2col driver (csrc/conv.pyx) has a thin inner dimension and the
+unfolding costs as much as the products. These kernels copy each sample's
+input once into a zero-padded per-thread scratch and accumulate every tap
+in registers (``direct_simd.h`` describes the layout and the blocking).
+groups = 1 only; the Python layer decides where they run.
+
+The forward spreads (sample, band of output rows) items over the OpenMP
+team; each output is summed in a fixed order, so the split does not matter.
+The weight gradient goes as the GEMM driver's: the caller's chunks of
+samples (a partition of the batch that depends on the sizes only), each
+summing its samples in order into its own slot of ``dweight_parts`` /
+``dbias_parts``, which the caller adds in chunk order.
+"""
+
+from cython cimport floating
+from cython.parallel cimport parallel, prange, threadid
+from libc.stddef cimport ptrdiff_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+
+from scratch cimport per_thread_scratch
+from simd cimport fcnn_set_simd_cap
+
+
+cdef extern from "direct_simd.h" nogil:
+    const Py_ssize_t FCNN_DIRECT_SEG_F32, FCNN_DIRECT_SEG_F64
+    int fcnn_direct_level()
+    void fcnn_direct_pad_f32(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t row0, Py_ssize_t rows, Py_ssize_t R, Py_ssize_t sw,
+                             Py_ssize_t pw, Py_ssize_t PW, float* s)
+    void fcnn_direct_pad_f64(const double* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t row0, Py_ssize_t rows, Py_ssize_t R, Py_ssize_t sw,
+                             Py_ssize_t pw, Py_ssize_t PW, double* s)
+    void fcnn_direct_pack_f32(const float* w, Py_ssize_t F, Py_ssize_t K, float* wp)
+    void fcnn_direct_pack_f64(const double* w, Py_ssize_t F, Py_ssize_t K, double* wp)
+    void fcnn_direct_row_f32(const float* base, const ptrdiff_t* offs, Py_ssize_t K,
+                             const float* w, const float* bias, Py_ssize_t F, float* out,
+                             Py_ssize_t L, Py_ssize_t ow)
+    void fcnn_direct_row_f64(const double* base, const ptrdiff_t* offs, Py_ssize_t K,
+                             const double* w, const double* bias, Py_ssize_t F, double* out,
+                             Py_ssize_t L, Py_ssize_t ow)
+    void fcnn_direct_row_f32_avx2(const float* base, const ptrdiff_t* offs, Py_ssize_t K,
+                                  const float* w, const float* bias, Py_ssize_t F, float* out,
+                                  Py_ssize_t L, Py_ssize_t ow)
+    void fcnn_direct_row_f64_avx2(const double* base, const ptrdiff_t* offs, Py_ssize_t K,
+                                  const double* w, const double* bias, Py_ssize_t F,
+                                  double* out, Py_ssize_t L, Py_ssize_t ow)
+    void fcnn_direct_wgrad_f32(const float* xs, const ptrdiff_t* offs, Py_ssize_t K,
+                               const float* d, Py_ssize_t F, Py_ssize_t oh, Py_ssize_t ow,
+                               Py_ssize_t rstep, float* dw, float* db)
+    void fcnn_direct_wgrad_f64(const double* xs, const ptrdiff_t* offs, Py_ssize_t K,
+                               const double* d, Py_ssize_t F, Py_ssize_t oh, Py_ssize_t ow,
+                               Py_ssize_t rstep, double* dw, double* db)
+    void fcnn_direct_wgrad_f32_avx2(const float* xs, const ptrdiff_t* offs, Py_ssize_t K,
+                                    const float* d, Py_ssize_t F, Py_ssize_t oh, Py_ssize_t ow,
+                                    Py_ssize_t rstep, float* dw, float* db)
+    void fcnn_direct_wgrad_f64_avx2(const double* xs, const ptrdiff_t* offs, Py_ssize_t K,
+                                    const double* d, Py_ssize_t F, Py_ssize_t oh, Py_ssize_t ow,
+                                    Py_ssize_t rstep, double* dw, double* db)
+
+
+# Output rows per forward work item: enough items to share a small batch
+# between threads, and a band's padded input stays in the first-level cache.
+cdef Py_ssize_t BAND_ROWS = 8
+
+
+def _cap_simd(int level):
+    """Use SIMD kernels up to `level` (0 none, 1 AVX2); returns the previous cap.
+
+    For the tests, which run every instruction set the machine has. The
+    forward gives the same bits at every level, the weight gradient the
+    same to rounding.
+    """
+    return fcnn_set_simd_cap(level)
+
+
+def _simd_level():
+    """1 where the AVX2 kernels run here, else 0 (see :func:`_cap_simd`)."""
+    return fcnn_direct_level()
+
+
+cdef inline Py_ssize_t padded_width(Py_ssize_t ow, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t dw,
+                                    Py_ssize_t seg) noexcept nogil:
+    """Cells per column phase of a scratch row: whole segments of outputs,
+    plus the reach of the widest tap."""
+    return (ow + seg - 1) // seg * seg + (kw - 1) * dw // sw
+
+
+cdef ptrdiff_t* tap_offsets(Py_ssize_t C, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sw,
+                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t R,
+                            Py_ssize_t PW) except NULL:
+    """Offset of tap (c, i, j) (at index (c*kh + i)*kw + j) from the start of
+    an output row's data in the scratch. Free it with ``free``."""
+    cdef ptrdiff_t* offs = <ptrdiff_t*> malloc(max(C * kh * kw, 1) * sizeof(ptrdiff_t))
+    if offs == NULL:
+        raise MemoryError("cannot allocate the tap offsets")
+    cdef Py_ssize_t c, i, j
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                offs[(c * kh + i) * kw + j] = ((c * R + i * dh) * sw + j * dw % sw) * PW + j * dw // sw
+    return offs
+
+
+cdef inline void pad_rows(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                          Py_ssize_t row0, Py_ssize_t rows, Py_ssize_t R, Py_ssize_t sw,
+                          Py_ssize_t pw, Py_ssize_t PW, floating* s) noexcept nogil:
+    if floating is float:
+        fcnn_direct_pad_f32(x, C, H, W, row0, rows, R, sw, pw, PW, s)
+    else:
+        fcnn_direct_pad_f64(x, C, H, W, row0, rows, R, sw, pw, PW, s)
+
+
+def conv2d_direct_forward(
+    const floating[:, :, :, ::1] x,
+    const floating[:, ::1] weight,
+    const floating[::1] bias,
+    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+    Py_ssize_t oh, Py_ssize_t ow,
+    floating[:, :, :, ::1] out not None,
+    int num_threads,
+):
+    """conv2d_direct_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out,
+    num_threads) -> out
+
+    `weight` is (F, C*kh*kw), `bias` (F,) or empty for none, `out` (N, F, oh, ow).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = weight.shape[0], K = weight.shape[1], L = oh * ow
+    cdef bint simd = fcnn_direct_level() > 0
+    cdef Py_ssize_t seg = FCNN_DIRECT_SEG_F32 if floating is float else FCNN_DIRECT_SEG_F64
+    cdef Py_ssize_t PW = padded_width(ow, kw, sw, dw, seg)
+    cdef Py_ssize_t band = min(oh, BAND_ROWS), bands = (oh + band - 1) // band
+    cdef Py_ssize_t R = (band - 1) * sh + (kh - 1) * dh + 1
+    cdef Py_ssize_t stride = 0, item, n, y, y0, y1
+    cdef const floating* b = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef floating* scratch = NULL
+    cdef floating* packed = NULL
+    cdef const floating* w = &weight[0, 0]
+    cdef ptrdiff_t* offs = NULL
+    cdef floating* s
+    cdef floating* base
+    try:
+        scratch = <floating*> per_thread_scratch(num_threads, C * R * sw * PW, sizeof(floating),
+                                                 &stride)
+        offs = tap_offsets(C, kh, kw, sw, dh, dw, R, PW)
+        if simd:
+            packed = <floating*> malloc(F * K * sizeof(floating))
+            if packed == NULL:
+                raise MemoryError("cannot allocate the packed weights")
+            if floating is float:
+                fcnn_direct_pack_f32(w, F, K, packed)
+            else:
+                fcnn_direct_pack_f64(w, F, K, packed)
+            w = packed
+        with nogil, parallel(num_threads=num_threads):
+            s = scratch + threadid() * stride
+            for item in prange(N * bands, schedule="dynamic"):
+                n = item // bands
+                y0 = item % bands * band
+                y1 = min(oh, y0 + band)
+                pad_rows(&x[n, 0, 0, 0], C, H, W, y0 * sh - ph, (y1 - y0 - 1) * sh + (kh - 1) * dh + 1,
+                         R, sw, pw, PW, s)
+                for y in range(y0, y1):
+                    base = s + (y - y0) * sh * sw * PW
+                    if floating is float:
+                        if simd:
+                            fcnn_direct_row_f32_avx2(base, offs, K, w, b, F, &out[n, 0, y, 0], L, ow)
+                        else:
+                            fcnn_direct_row_f32(base, offs, K, w, b, F, &out[n, 0, y, 0], L, ow)
+                    else:
+                        if simd:
+                            fcnn_direct_row_f64_avx2(base, offs, K, w, b, F, &out[n, 0, y, 0], L, ow)
+                        else:
+                            fcnn_direct_row_f64(base, offs, K, w, b, F, &out[n, 0, y, 0], L, ow)
+    finally:
+        free(scratch)
+        free(packed)
+        free(offs)
+    return out.base
+
+
+def conv2d_direct_backward(
+    const floating[:, :, :, ::1] dout,
+    const floating[:, :, :, ::1] x,
+    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+    Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t chunk,
+    floating[:, :, ::1] dweight_parts not None,
+    floating[:, ::1] dbias_parts not None,
+    int num_threads,
+):
+    """conv2d_direct_backward(dout, x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, chunk,
+    dweight_parts, dbias_parts, num_threads) -> dweight_parts
+
+    Samples ``[p*chunk, (p+1)*chunk)`` form chunk p: their weight gradient
+    (F, C*kh*kw) and bias gradient (F,) are summed, sample by sample in
+    order, into ``dweight_parts[p]`` and ``dbias_parts[p]``.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = dout.shape[1], K = C * kh * kw, parts = dweight_parts.shape[0]
+    cdef bint simd = fcnn_direct_level() > 0
+    cdef Py_ssize_t seg = FCNN_DIRECT_SEG_F32 if floating is float else FCNN_DIRECT_SEG_F64
+    cdef Py_ssize_t PW = padded_width(ow, kw, sw, dw, seg)
+    cdef Py_ssize_t R = (oh - 1) * sh + (kh - 1) * dh + 1, rstep = sh * sw * PW
+    cdef Py_ssize_t stride = 0, p, n, i
+    cdef floating* scratch = NULL
+    cdef ptrdiff_t* offs = NULL
+    cdef floating* s
+    cdef floating* dw1
+    cdef floating* db1
+    cdef floating* pw_dw
+    cdef floating* pw_db
+    try:
+        # per thread: the padded sample, one sample's dweight and dbias
+        scratch = <floating*> per_thread_scratch(num_threads, C * R * sw * PW + F * K + F,
+                                                 sizeof(floating), &stride)
+        offs = tap_offsets(C, kh, kw, sw, dh, dw, R, PW)
+        with nogil, parallel(num_threads=num_threads):
+            s = scratch + threadid() * stride
+            dw1 = s + C * R * sw * PW
+            db1 = dw1 + F * K
+            for p in prange(parts, schedule="dynamic"):
+                pw_dw = &dweight_parts[p, 0, 0]
+                pw_db = &dbias_parts[p, 0]
+                for n in range(p * chunk, min(N, (p + 1) * chunk)):
+                    pad_rows(&x[n, 0, 0, 0], C, H, W, -ph, R, R, sw, pw, PW, s)
+                    if floating is float:
+                        if simd:
+                            fcnn_direct_wgrad_f32_avx2(s, offs, K, &dout[n, 0, 0, 0], F, oh, ow,
+                                                       rstep, dw1, db1)
+                        else:
+                            fcnn_direct_wgrad_f32(s, offs, K, &dout[n, 0, 0, 0], F, oh, ow,
+                                                  rstep, dw1, db1)
+                    else:
+                        if simd:
+                            fcnn_direct_wgrad_f64_avx2(s, offs, K, &dout[n, 0, 0, 0], F, oh, ow,
+                                                       rstep, dw1, db1)
+                        else:
+                            fcnn_direct_wgrad_f64(s, offs, K, &dout[n, 0, 0, 0], F, oh, ow,
+                                                  rstep, dw1, db1)
+                    if n == p * chunk:
+                        memcpy(pw_dw, dw1, F * K * sizeof(floating))
+                        memcpy(pw_db, db1, F * sizeof(floating))
+                    else:
+                        for i in range(F * K):
+                            pw_dw[i] += dw1[i]
+                        for i in range(F):
+                            pw_db[i] += db1[i]
+    finally:
+        free(scratch)
+        free(offs)
+    return dweight_parts.base
