@@ -54,6 +54,8 @@ def _op_calls(dtype):
     dcols = rng.standard_normal(cols.shape).astype(dtype)
     y = F.conv2d(x, w, b, padding=1)
     dy = rng.standard_normal(y.shape).astype(dtype)
+    x3, w3 = x[:, :3], w[:, :3]  # few channels: the direct convolution (forced below)
+    dy3 = rng.standard_normal((6, 12, 23, 19)).astype(dtype)
     pool = dict(stride=1, padding=1, ceil_mode=True)  # overlapping windows
     out, idx = F.max_pool2d(ties, 3, return_indices=True, **pool)
     dpool = rng.standard_normal(out.shape).astype(dtype)
@@ -70,6 +72,9 @@ def _op_calls(dtype):
         "conv2d": lambda: F.conv2d(x, w, b, padding="same"),
         "conv2d-groups": lambda: F.conv2d(x, wg, b, stride=2, groups=4),
         "conv2d_backward": lambda: F.conv2d_backward(dy, x, w, padding=1),
+        "conv2d-direct": lambda: _direct(F.conv2d, x3, w3, b, stride=(1, 2), padding=1),
+        "conv2d_backward-direct": lambda: _direct(F.conv2d_backward, dy3, x3, w3, padding=2,
+                                                  dilation=2),
         "max_pool2d": lambda: F.max_pool2d(ties, 3, return_indices=True, **pool),
         "max_pool2d-dilated": lambda: F.max_pool2d(x, 2, stride=1, dilation=2, return_indices=True),
         "max_pool2d_backward": lambda: F.max_pool2d_backward(dpool, idx, ties.shape),
@@ -99,6 +104,11 @@ def _op_calls(dtype):
     assert {name.split("-")[0] for name in calls} == set(F.__all__), "an op is missing here"
     calls["layers"] = lambda: _layer_stack_run(x)
     return calls
+
+
+def _direct(op, *args, **kwargs):
+    with _backend.use_conv_algorithm("direct"):
+        return op(*args, **kwargs)
 
 
 def _layer_stack_run(x):

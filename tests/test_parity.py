@@ -545,6 +545,128 @@ def test_public_conv2d_and_backward(problem, dtype, kind, seed, layout, with_bia
     assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (f,)
 
 
+# ---------------------------------------------------------------------------
+# The direct convolution (csrc/direct.pyx, groups = 1) at every instruction
+# set this machine has. Its forward gives the twin's bits (products rounded,
+# then added tap by tap from +0.0, at every level); its weight and bias
+# gradients add in another order than the twin's GEMMs: equal to rounding,
+# with NaN and infinities where the twin has them.
+
+from fastcnn._kernels import direct as _direct  # noqa: E402
+
+DIRECT_LEVELS = list(range(_direct._simd_level() + 1))
+
+
+@contextlib.contextmanager
+def _direct_cap(level):
+    previous = _direct._cap_simd(level)
+    try:
+        yield
+    finally:
+        _direct._cap_simd(previous)
+
+
+def _assert_sum_close(got, expected, bound):
+    """The same NaNs and infinities; finite values within rounding of sums
+    whose terms' magnitudes add up to `bound` (same shape)."""
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(got[~finite], expected[~finite])
+    tol = 1e-5 if got.dtype == np.float32 else 1e-13
+    assert np.all(np.abs(got[finite] - expected[finite]) <= tol * (bound[finite] + 1))
+
+
+@hsettings(200)
+@given(g=conv_geometries(max_n=5, max_c=8, max_k=7, max_d=2, max_p=3, extra=40),
+       f=st.integers(1, 14), dtype=dtypes, kind=st.sampled_from(["normal", "ties", "special", "zeros"]),
+       seed=seeds, nt=threads, level=st.sampled_from(DIRECT_LEVELS), chunk=st.integers(1, 3),
+       with_bias=st.booleans())
+@example(g=Geometry(2, 3, 32, 32, 3, 3, 1, 1, 1, 1), f=32, dtype=np.float32, kind="normal",
+         seed=0, nt=2, level=DIRECT_LEVELS[-1], chunk=1, with_bias=True)  # cifar's first layer
+@example(g=Geometry(3, 1, 28, 28, 5, 5, 1, 1, 2, 2), f=8, dtype=np.float64, kind="special",
+         seed=1, nt=1, level=DIRECT_LEVELS[-1], chunk=2, with_bias=True)  # rows of 1.75 segments
+@example(g=Geometry(1, 2, 5, 3, 2, 3, 2, 1, 3, 0, 2, 1), f=7, dtype=np.float32, kind="zeros",
+         seed=2, nt=3, level=DIRECT_LEVELS[-1], chunk=1, with_bias=False)  # rows under a vector
+@example(g=Geometry(5, 4, 9, 47, 7, 1, 3, 3, 0, 3, 1, 2), f=13, dtype=np.float64, kind="ties",
+         seed=3, nt=2, level=DIRECT_LEVELS[-1], chunk=3, with_bias=True)  # strided, dilated
+def test_kernel_conv2d_direct(g, f, dtype, kind, seed, nt, level, chunk, with_bias):
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, g.shape, dtype, kind)
+    k = g.c * g.kh * g.kw
+    w = make_values(rng, (f, k), dtype, kind)
+    b = make_values(rng, (f,) if with_bias else (0,), dtype, kind)
+    out_shape = (g.n, f, g.conv_oh, g.conv_ow)
+    compiled, reference = _pair("conv2d_direct_forward")
+    with _direct_cap(level), np.errstate(invalid="ignore"):
+        out_c = compiled(x, w, b, *g.conv_params(), _garbage(out_shape, dtype, 7.0), nt)
+        out_r = reference(x, w, b, *g.conv_params(), _garbage(out_shape, dtype, -3.0))
+    _assert_same(out_c, out_r)
+
+    dout = make_values(rng, out_shape, dtype, kind)
+    parts = -(-g.n // chunk)
+    compiled, reference = _pair("conv2d_direct_backward")
+    grads = []
+    with _direct_cap(level), np.errstate(invalid="ignore"):
+        for run, fill in ((lambda *a: compiled(*a, nt), 7.0), (reference, -3.0)):
+            dw, db = _garbage((parts, f, k), dtype, fill), _garbage((parts, f), dtype, fill)
+            assert run(dout, x, *g.conv_params(), chunk, dw, db) is dw
+            grads.append((dw, db))
+        bound_w = reference(np.abs(dout), np.abs(x), *g.conv_params(), chunk,
+                            np.empty((parts, f, k), dtype), np.empty((parts, f), dtype))
+    bound_b = np.add.reduceat(np.abs(dout).sum(axis=(2, 3)), np.arange(0, g.n, chunk))
+    (dw_c, db_c), (dw_r, db_r) = grads
+    _assert_sum_close(dw_c, dw_r, bound_w)
+    _assert_sum_close(db_c, db_r, bound_b)
+
+
+@hsettings(80)
+@given(problem=conv_problems(), f=st.integers(1, 9), dtype=dtypes,
+       kind=st.sampled_from(["normal", "ties", "special"]), seed=seeds, layout=layouts,
+       with_bias=st.booleans(), n=st.integers(0, 5))
+def test_public_conv2d_direct_equals_gemm(problem, f, dtype, kind, seed, layout, with_bias, n):
+    # Forced direct: every backend and layout gives one result (the direct
+    # forward's bits on both backends), and the GEMM driver's to rounding,
+    # NaN and infinities included (special values in x and the weight).
+    g, _, _, kwargs = problem
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, (n, *g.shape[1:]), dtype, kind)
+    w = make_values(rng, (f, g.c, g.kh, g.kw), dtype, kind)
+    b = make_values(rng, (f,), dtype, kind)
+    arrays = [x, w, b] if with_bias else [x, w]
+    with np.errstate(invalid="ignore"):
+        with _backend.use_conv_algorithm("direct"):
+            out = _all_ways(F.conv2d, arrays, layout, **kwargs)
+        with _backend.use_conv_algorithm("gemm"):
+            expected = F.conv2d(*arrays, **kwargs)
+        _assert_sum_close(out, expected, F.conv2d(*[np.abs(a) for a in arrays], **kwargs))
+        dout = make_values(rng, out.shape, dtype, kind)
+        with _backend.use_conv_algorithm("direct"):
+            grads = _all_ways(lambda d, x_, w_: F.conv2d_backward(d, x_, w_, **kwargs),
+                              [dout, x, w], layout, gemm=True)
+        with _backend.use_conv_algorithm("gemm"):
+            expected = F.conv2d_backward(dout, x, w, **kwargs)
+            bounds = F.conv2d_backward(np.abs(dout), np.abs(x), np.abs(w), **kwargs)
+    for got, want, bound in zip(grads, expected, bounds):
+        _assert_sum_close(got, want, bound)
+
+
+def test_direct_convolution_is_chosen_for_few_taps():
+    x, win = np.ones((2, 3, 8, 8)), _validation.conv_window((2, 3, 8, 8), 3, 1, 1, 1)
+    many = _validation.conv_window((2, 16, 8, 8), 3, 1, 1, 1)
+    assert F._direct_eligible(x, np.ones((4, 27)), win, 1) == _backend.direct_simd()
+    assert not F._direct_eligible(np.ones((2, 16, 8, 8)), np.ones((4, 144)), many, 1)
+    assert not F._direct_eligible(x, np.ones((3, 9)), win, 3)  # groups: GEMM only
+    with _backend.use_conv_algorithm("direct"):
+        assert F._direct_eligible(np.ones((2, 16, 8, 8)), np.ones((4, 144)), many, 1)
+        assert not F._direct_eligible(x, np.ones((3, 9)), win, 3)
+    with _backend.use_conv_algorithm("gemm"):
+        assert not F._direct_eligible(x, np.ones((4, 27)), win, 1)
+    with pytest.raises(ValueError, match="name"):
+        with _backend.use_conv_algorithm("winograd?"):
+            pass  # pragma: no cover
+
+
 @hsettings(100)
 @given(g=pool_geometries(), dtype=dtypes,
        kind=st.sampled_from(["normal", "ties", "special", "neg_inf", "zeros"]), seed=seeds,

@@ -99,7 +99,8 @@ def _run_all_kernels(g, dtype, nt):
             args = (*g.avg_params(), cip, div)
             outs.append(k["avg_pool2d"](x, *args, np.empty(avg_shape, dtype), nt))
             outs.append(k["avg_pool2d_backward"](dout, *args, np.empty(g.shape, dtype), nt))
-    return outs + _run_resample_kernels(g, dtype, nt, k, idx) + _run_gemm_kernels(g, dtype, nt, k)
+    return (outs + _run_resample_kernels(g, dtype, nt, k, idx) + _run_gemm_kernels(g, dtype, nt, k)
+            + _run_direct_kernels(g, dtype, nt, k))
 
 
 def _run_resample_kernels(g, dtype, nt, k, idx):
@@ -141,6 +142,21 @@ def _run_gemm_kernels(g, dtype, nt, k):
                      np.empty((parts, 7), dtype))
     k["linear_backward"](yl, flat, wl, chunk, dxl, dwl, dbl, nt)
     return [y, dx, dw, db, yl, dxl, dwl, dbl]
+
+
+def _run_direct_kernels(g, dtype, nt, k):
+    """The direct convolution on geometry g (13 filters) with nt threads."""
+    rng = np.random.default_rng(16)
+    x = make_values(rng, (g.n * 3, 3, g.h, g.w), dtype, "normal")
+    f, kk = 13, 3 * g.kh * g.kw
+    w = make_values(rng, (f, kk), dtype, "normal")
+    b = make_values(rng, (f,), dtype, "normal")
+    shape = (x.shape[0], f, g.conv_oh, g.conv_ow)
+    y = k["conv2d_direct_forward"](x, w, b, *g.conv_params(), np.empty(shape, dtype), nt)
+    chunk, parts = 2, -(-x.shape[0] // 2)
+    dw, db = np.empty((parts, f, kk), dtype), np.empty((parts, f), dtype)
+    k["conv2d_direct_backward"](y, x, *g.conv_params(), chunk, dw, db, nt)
+    return [y, dw, db]
 
 
 @needs_compiled

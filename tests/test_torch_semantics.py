@@ -115,11 +115,15 @@ def conv_cases(draw):
 @backends
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 @hsettings(100)
-@given(case=conv_cases(), dtype=dtypes, seed=seeds, with_bias=st.booleans())
+@given(case=conv_cases(), dtype=dtypes, seed=seeds, with_bias=st.booleans(),
+       algorithm=st.sampled_from(_backend.CONV_ALGORITHMS))
 @example(case=dict(shape=(2, 4, 5, 6), wshape=(4, 1, 2, 4),
                    kwargs=dict(stride=1, padding="same", dilation=(2, 1), groups=4)),
-         dtype=np.float64, seed=0, with_bias=True)
-def test_conv2d_and_backward_match_torch(backend, case, dtype, seed, with_bias):
+         dtype=np.float64, seed=0, with_bias=True, algorithm="auto")
+@example(case=dict(shape=(2, 3, 9, 13), wshape=(7, 3, 3, 3),
+                   kwargs=dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=1)),
+         dtype=np.float32, seed=1, with_bias=True, algorithm="direct")
+def test_conv2d_and_backward_match_torch(backend, case, dtype, seed, with_bias, algorithm):
     rng = np.random.default_rng(seed)
     x = make_values(rng, case["shape"], dtype, "normal")
     w = make_values(rng, case["wshape"], dtype, "normal")
@@ -130,7 +134,7 @@ def test_conv2d_and_backward_match_torch(backend, case, dtype, seed, with_bias):
     tout = TF.conv2d(tx, tw, tb, **kw)
     dout = make_values(rng, tuple(tout.shape), dtype, "normal")
     tout.backward(T(dout))
-    with fastcnn.use_backend(backend):
+    with fastcnn.use_backend(backend), _backend.use_conv_algorithm(algorithm):
         out = F.conv2d(x, w, b, **kw)
         dx, dw, db = F.conv2d_backward(dout, x, w, **kw)
     assert_close(out, N(tout))
@@ -141,6 +145,29 @@ def test_conv2d_and_backward_match_torch(backend, case, dtype, seed, with_bias):
         assert_close(db, N(tb.grad))
     else:
         assert_close(db, dout.sum(axis=(0, 2, 3)))
+
+
+@pytest.mark.parametrize("algorithm", ["gemm", "direct"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_conv2d_with_nan_and_inf_inputs_matches_torch(algorithm, dtype):
+    # NaN and infinities in the input: NaN where torch has NaN (a NaN tap,
+    # inf - inf), the same infinities elsewhere, with either algorithm.
+    # (Both algorithms multiply the padding's zeros too, so an infinite
+    # WEIGHT gives NaN at the borders where torch skips the padding.)
+    rng = np.random.default_rng(7)
+    x = make_values(rng, (3, 2, 11, 9), dtype, "special")
+    w = make_values(rng, (5, 2, 3, 3), dtype, "ties")
+    b = make_values(rng, (5,), dtype, "ties")
+    dout = make_values(rng, (3, 5, 11, 9), dtype, "ties")
+    tx, tw, tb = T(x, grad=True), T(w, grad=True), T(b, grad=True)
+    tout = TF.conv2d(tx, tw, tb, padding=1)
+    tout.backward(T(dout))
+    with np.errstate(invalid="ignore"), _backend.use_conv_algorithm(algorithm):
+        out = F.conv2d(x, w, b, padding=1)
+        _, dw, db = F.conv2d_backward(dout, x, w, padding=1)
+    for got, expected in ((out, N(tout)), (dw, N(tw.grad)), (db, N(tb.grad))):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        assert_close(got, expected)
 
 
 # ---------------------------------------------------------------------------
