@@ -656,6 +656,7 @@ def test_direct_convolution_is_chosen_for_few_taps():
     many = _validation.conv_window((2, 16, 8, 8), 3, 1, 1, 1)
     assert F._direct_eligible(x, np.ones((4, 27)), win, 1) == _backend.direct_simd()
     assert not F._direct_eligible(np.ones((2, 16, 8, 8)), np.ones((4, 144)), many, 1)
+    assert not F._direct_eligible(x, np.ones((64, 27)), win, 1)  # many filters
     assert not F._direct_eligible(x, np.ones((3, 9)), win, 3)  # groups: GEMM only
     with _backend.use_conv_algorithm("direct"):
         assert F._direct_eligible(np.ones((2, 16, 8, 8)), np.ones((4, 144)), many, 1)
