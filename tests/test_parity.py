@@ -215,21 +215,24 @@ def test_kernel_avg_pool2d_backward(g, dtype, kind, seed, nt, count_include_pad,
 # on the same cases: padding, ceil mode, rows shorter than a vector, partial
 # vector blocks, more outputs per row than one chunk of blocks, odd sizes.
 
+from fastcnn._kernels import direct as _direct  # noqa: E402
 from fastcnn._kernels import pool as _pool  # noqa: E402
 from fastcnn._kernels import unfold as _unfold  # noqa: E402
 
 SIMD_LEVELS = list(range(_pool._simd_level() + 1))
+_CAPPED = (_pool, _unfold, _direct)
 
 
 @contextlib.contextmanager
 def _simd_cap(level):
-    """Both kernel modules (each has its own cap) on instruction sets up to `level`."""
-    previous = _pool._cap_simd(level), _unfold._cap_simd(level)
+    """The kernel modules with SIMD code (each has its own cap) on
+    instruction sets up to `level`."""
+    previous = [module._cap_simd(level) for module in _CAPPED]
     try:
         yield
     finally:
-        _pool._cap_simd(previous[0])
-        _unfold._cap_simd(previous[1])
+        for module, cap in zip(_CAPPED, previous):
+            module._cap_simd(cap)
 
 
 @pytest.fixture(params=SIMD_LEVELS, ids=lambda level: f"simd{level}")
@@ -552,20 +555,6 @@ def test_public_conv2d_and_backward(problem, dtype, kind, seed, layout, with_bia
 # gradients add in another order than the twin's GEMMs: equal to rounding,
 # with NaN and infinities where the twin has them.
 
-from fastcnn._kernels import direct as _direct  # noqa: E402
-
-DIRECT_LEVELS = list(range(_direct._simd_level() + 1))
-
-
-@contextlib.contextmanager
-def _direct_cap(level):
-    previous = _direct._cap_simd(level)
-    try:
-        yield
-    finally:
-        _direct._cap_simd(previous)
-
-
 def _assert_sum_close(got, expected, bound):
     """The same NaNs and infinities; finite values within rounding of sums
     whose terms' magnitudes add up to `bound` (same shape)."""
@@ -580,16 +569,16 @@ def _assert_sum_close(got, expected, bound):
 @hsettings(200)
 @given(g=conv_geometries(max_n=5, max_c=8, max_k=7, max_d=2, max_p=3, extra=40),
        f=st.integers(1, 14), dtype=dtypes, kind=st.sampled_from(["normal", "ties", "special", "zeros"]),
-       seed=seeds, nt=threads, level=st.sampled_from(DIRECT_LEVELS), chunk=st.integers(1, 3),
+       seed=seeds, nt=threads, level=st.sampled_from(SIMD_LEVELS), chunk=st.integers(1, 3),
        with_bias=st.booleans())
 @example(g=Geometry(2, 3, 32, 32, 3, 3, 1, 1, 1, 1), f=32, dtype=np.float32, kind="normal",
-         seed=0, nt=2, level=DIRECT_LEVELS[-1], chunk=1, with_bias=True)  # cifar's first layer
+         seed=0, nt=2, level=SIMD_LEVELS[-1], chunk=1, with_bias=True)  # cifar's first layer
 @example(g=Geometry(3, 1, 28, 28, 5, 5, 1, 1, 2, 2), f=8, dtype=np.float64, kind="special",
-         seed=1, nt=1, level=DIRECT_LEVELS[-1], chunk=2, with_bias=True)  # rows of 1.75 segments
+         seed=1, nt=1, level=SIMD_LEVELS[-1], chunk=2, with_bias=True)  # rows of 1.75 segments
 @example(g=Geometry(1, 2, 5, 3, 2, 3, 2, 1, 3, 0, 2, 1), f=7, dtype=np.float32, kind="zeros",
-         seed=2, nt=3, level=DIRECT_LEVELS[-1], chunk=1, with_bias=False)  # rows under a vector
+         seed=2, nt=3, level=SIMD_LEVELS[-1], chunk=1, with_bias=False)  # rows under a vector
 @example(g=Geometry(5, 4, 9, 47, 7, 1, 3, 3, 0, 3, 1, 2), f=13, dtype=np.float64, kind="ties",
-         seed=3, nt=2, level=DIRECT_LEVELS[-1], chunk=3, with_bias=True)  # strided, dilated
+         seed=3, nt=2, level=SIMD_LEVELS[-1], chunk=3, with_bias=True)  # strided, dilated
 def test_kernel_conv2d_direct(g, f, dtype, kind, seed, nt, level, chunk, with_bias):
     rng = np.random.default_rng(seed)
     x = make_values(rng, g.shape, dtype, kind)
@@ -598,7 +587,7 @@ def test_kernel_conv2d_direct(g, f, dtype, kind, seed, nt, level, chunk, with_bi
     b = make_values(rng, (f,) if with_bias else (0,), dtype, kind)
     out_shape = (g.n, f, g.conv_oh, g.conv_ow)
     compiled, reference = _pair("conv2d_direct_forward")
-    with _direct_cap(level), np.errstate(invalid="ignore"):
+    with _simd_cap(level), np.errstate(invalid="ignore"):
         out_c = compiled(x, w, b, *g.conv_params(), _garbage(out_shape, dtype, 7.0), nt)
         out_r = reference(x, w, b, *g.conv_params(), _garbage(out_shape, dtype, -3.0))
     _assert_same(out_c, out_r)
@@ -607,7 +596,7 @@ def test_kernel_conv2d_direct(g, f, dtype, kind, seed, nt, level, chunk, with_bi
     parts = -(-g.n // chunk)
     compiled, reference = _pair("conv2d_direct_backward")
     grads = []
-    with _direct_cap(level), np.errstate(invalid="ignore"):
+    with _simd_cap(level), np.errstate(invalid="ignore"):
         for run, fill in ((lambda *a: compiled(*a, nt), 7.0), (reference, -3.0)):
             dw, db = _garbage((parts, f, k), dtype, fill), _garbage((parts, f), dtype, fill)
             assert run(dout, x, *g.conv_params(), chunk, dw, db) is dw
