@@ -29,35 +29,11 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.stddef cimport ptrdiff_t
 from libc.stdlib cimport free
 from libc.string cimport memcpy
-from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
+from gemm cimport gemm, row_sums
 from planes cimport FOLD_CHUNKS_DEFAULT, fold_by_rows, fold_plane, fold_tables, im2col_rows
 from scratch cimport per_thread_scratch
 from window cimport clip, end_inside, first_inside
-
-
-cdef inline void gemm(char* ta, char* tb, int m, int n, int k,
-                      const floating* a, int lda, const floating* b, int ldb,
-                      floating* c, int ldc) noexcept nogil:
-    """Column-major ``c = op(a) @ op(b)`` (m x n, inner size k)."""
-    cdef floating one = 1, zero = 0
-    if floating is float:
-        sgemm(ta, tb, &m, &n, &k, &one, <float*> a, &lda, <float*> b, &ldb, &zero, c, &ldc)
-    else:
-        dgemm(ta, tb, &m, &n, &k, &one, <double*> a, &lda, <double*> b, &ldb, &zero, c, &ldc)
-
-
-cdef inline void row_sums(int rows, int length, const floating* a, const floating* ones,
-                          floating* out) noexcept nogil:
-    """``out[r] = sum(a[r, :length])`` of a row-major (rows, length) `a`, as
-    NumPy's ``a @ ones`` computes it (a BLAS GEMV)."""
-    cdef floating one = 1, zero = 0
-    cdef int inc = 1
-    if floating is float:
-        sgemv("T", &length, &rows, &one, <float*> a, &length, <float*> ones, &inc, &zero, out, &inc)
-    else:
-        dgemv("T", &length, &rows, &one, <double*> a, &length, <double*> ones, &inc, &zero, out,
-              &inc)
 
 
 cdef inline void add_into(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
@@ -193,7 +169,7 @@ def conv2d_backward(
                             gemm("N", "T", L, kg, fg, d + g * fg * L, L, &weight[g * fg, 0], kg,
                                  dcols + g * kg * L, L)
                     if want_dw:
-                        row_sums(F, L, d, ones, db1)
+                        row_sums(F, L, d, L, ones, 0, db1)
                         if n == p * chunk:
                             memcpy(&dweight_parts[p, 0, 0], dw1, F * kg * sizeof(floating))
                             memcpy(&dbias_parts[p, 0], db1, F * sizeof(floating))

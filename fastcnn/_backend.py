@@ -59,7 +59,8 @@ __all__ = [
 #: The registry: every kernel of the reference set, which the compiled set mirrors.
 KERNEL_NAMES = tuple(reference.__all__)
 #: The kernels that call BLAS (see :func:`blas_single_threaded`).
-GEMM_KERNELS = frozenset({"conv2d_forward", "conv2d_backward", "linear_forward", "linear_backward"})
+GEMM_KERNELS = frozenset({"conv2d_forward", "conv2d_backward", "linear_forward", "linear_backward",
+                          "winograd_conv2d", "winograd_conv2d_backward"})
 BACKENDS = ("cython", "numpy")
 
 try:
@@ -73,6 +74,7 @@ try:
     from ._kernels import pool as _pool
     from ._kernels import resample as _resample
     from ._kernels import unfold as _unfold
+    from ._kernels import winograd as _winograd
 except ImportError as exc:  # a source checkout that was never built
     _openmp = None
     _direct = None
@@ -98,6 +100,9 @@ else:
         "conv2d_direct_backward": _direct.conv2d_direct_backward,
         "linear_forward": _conv.linear_forward,
         "linear_backward": _conv.linear_backward,
+        "winograd_weight": _winograd.winograd_weight,
+        "winograd_conv2d": _winograd.winograd_conv2d,
+        "winograd_conv2d_backward": _winograd.winograd_conv2d_backward,
         "batch_norm_stats": _norm.batch_norm_stats,
         "batch_norm_elemt": _norm.batch_norm_elemt,
         "batch_norm_backward_reduce": _norm.batch_norm_backward_reduce,
@@ -203,9 +208,11 @@ def use_backend(name: str):
 # shapes (fastcnn.functional); tests and benchmarks force one here.
 
 #: ``"auto"`` (by shape), or the algorithm that conv2d and its backward run
-#: wherever it applies: ``"gemm"`` (im2col + GEMM, csrc/conv.pyx) or
-#: ``"direct"`` (csrc/direct.pyx, groups = 1).
-CONV_ALGORITHMS = ("auto", "gemm", "direct")
+#: wherever it applies: ``"gemm"`` (im2col + GEMM, csrc/conv.pyx),
+#: ``"direct"`` (csrc/direct.pyx, groups = 1) or ``"winograd"``
+#: (csrc/winograd.pyx: 3x3 kernels, stride 1, dilation 1, groups = 1; what
+#: it finds not finite is computed by im2col + GEMM instead).
+CONV_ALGORITHMS = ("auto", "gemm", "direct", "winograd")
 _conv_algorithm: contextvars.ContextVar[str] = contextvars.ContextVar(
     "fastcnn_conv_algorithm", default="auto"
 )

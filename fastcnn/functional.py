@@ -3,7 +3,8 @@
 Every function validates its arguments once (:mod:`fastcnn._validation`),
 allocates its result and hands the loops to the active kernel set
 (:mod:`fastcnn._backend`). Convolutions are im2col + BLAS GEMMs, sample by
-sample, in compiled code, or direct for few input channels (see :func:`conv2d`). Arrays are NCHW,
+sample, in compiled code, direct for few input channels, or by Winograd's
+algorithm for 3x3 kernels of stride 1 (see :func:`conv2d`). Arrays are NCHW,
 float32 or float64; `kernel_size`, `stride`, `padding` and `dilation` take an
 int or an ``(h, w)`` pair.
 """
@@ -190,10 +191,18 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
     Each sample is unfolded (im2col) into a buffer that stays in cache
     while BLAS multiplies it by the weight; a layer of few input channels
     (at most 32 taps ``C*kh*kw`` and 32 filters, groups = 1) runs a direct
-    convolution instead, accumulating every tap in vector registers. :func:`fastcnn.set_num_threads`
-    governs the whole op: the samples are spread over that many threads,
-    each calling a one-thread BLAS. The result does not depend on the
-    number of threads.
+    convolution instead, accumulating every tap in vector registers, and 3x3
+    kernels of stride 1 and dilation 1 (one group) with at least 4 input
+    channels, on outputs of at least 8x8, run Winograd's F(4x4, 3x3), which
+    needs a quarter of the multiplications; its results differ from
+    im2col's by rounding (within 1e-5 of the largest output in float32, also
+    with 512 channels), and a call with a NaN or an infinity in its inputs
+    runs im2col, so that those values reach the same outputs as in PyTorch.
+    :func:`conv2d_backward` computes the gradients by Winograd likewise (the
+    input gradient where C is at least F/2).
+    :func:`fastcnn.set_num_threads` governs the whole op: the samples are
+    spread over that many threads, each calling a one-thread BLAS. The
+    result does not depend on the number of threads.
     """
     x, weight, groups = _conv_operands(x, weight, groups)
     if bias is not None:
@@ -243,11 +252,126 @@ def _direct_eligible(x, weight, win: v.Window, groups: int) -> bool:
             and len(weight) <= _DIRECT_MAX_FILTERS and _backend.direct_simd())
 
 
+# 3x3 convolutions of stride 1 run Winograd's F(4x4, 3x3) (csrc/winograd.pyx)
+# where it is eligible and pays: 36 multiply-adds per 16 outputs and channel
+# instead of 144, plus transforms whose cost grows with C + F rather than
+# C * F. The input gradient of such a convolution is one too: that of dout
+# padded by 2 - padding with the kernels turned by 180 degrees, in and out
+# channels swapped; the weight gradient is Winograd's F(3x3, 4x4).
+
+#: Tiles of the input that one block of a Winograd call transforms and
+#: multiplies at once (one GEMM per transformed position): enough columns
+#: for BLAS, few enough that the block's transforms stay in cache.
+_WINOGRAD_TILES = 64
+
+# Where "auto" picks Winograd, from side-by-side timings of both algorithms
+# (batches of 64, one thread): it pays from 4 input channels C on, for any
+# number of output channels F, but not on planes under 8x8, whose tiles are
+# too few to amortise the transforms. The input gradient by im2col multiplies
+# dout by the weight in one large GEMM (F deep, 9*C wide), which outruns
+# Winograd's transforms of F planes when C is under F/2.
+
+#: The fewest input channels with which "auto" picks Winograd.
+_WINOGRAD_MIN_CHANNELS = 4
+#: The smallest output plane (both sides) on which "auto" picks Winograd.
+_WINOGRAD_MIN_SIZE = 8
+
+
+def _winograd_eligible(win: v.Window, groups: int, c: int, f: int, part: str) -> bool:
+    """Whether `part` ("forward", "input" or "weight" gradient) of a
+    convolution of window `win` from `c` to `f` channels runs Winograd
+    (:func:`fastcnn._backend.use_conv_algorithm`)."""
+    algorithm = _backend.conv_algorithm()
+    if (algorithm not in ("auto", "winograd")
+            or (*win.params[:4], *win.params[6:], groups) != (3, 3, 1, 1, 1, 1, 1)):
+        return False
+    if algorithm == "winograd":
+        return True
+    if c < _WINOGRAD_MIN_CHANNELS or min(win.oh, win.ow) < _WINOGRAD_MIN_SIZE:
+        return False
+    return part != "input" or 2 * c >= f
+
+
+def _winograd_blocks(n: int, oh: int, ow: int) -> tuple[int, int]:
+    """``(samples, tile rows)`` of a Winograd call's blocks (from the sizes only)."""
+    th, tw = -(-oh // 4), -(-ow // 4)
+    if th * tw >= _WINOGRAD_TILES:
+        return 1, max(1, _WINOGRAD_TILES // tw)
+    return min(n, _WINOGRAD_TILES // (th * tw)), th
+
+
+def _winograd(x, weight, bias, ph: int, pw: int, out: np.ndarray) -> bool:
+    """Fill `out` (N, F, oh, ow) with the 3x3 convolution of stride 1 of `x`
+    (N, C, H, W) with `weight` (F, C, 3, 3) and `bias` (or None), top/left
+    padding (ph, pw), by Winograd. False if a value read or computed was not
+    finite: a NaN or infinity spreads over Winograd's tiles, so the caller
+    computes the convolution directly instead (`out` is then garbage)."""
+    n, c = x.shape[:2]
+    f, (oh, ow) = weight.shape[0], out.shape[2:]
+    u = np.empty((36, f, c), x.dtype)
+    in_pieces("winograd_weight", (1,), (weight, u))
+    if not np.isfinite(u).all():
+        return False
+    samples, rows = _winograd_blocks(n, oh, ow)
+    th, tw = -(-oh // 4), -(-ow // 4)
+    row_blocks, count = -(-th // rows), -(-n // samples)  # per group, groups of samples
+    nonfinite = np.empty(count * row_blocks, np.uint8)
+    bias = _no_bias(x.dtype) if bias is None else bias
+    tiles = samples * th * tw  # of a group
+    columns = samples * min(rows, th) * tw  # of a block's GEMMs
+
+    def piece(i):
+        s = _samples(i, samples)
+        return (x[s], u, bias, ph, pw, samples, rows, out[s],
+                nonfinite[i[0].start * row_blocks : i[0].stop * row_blocks])
+
+    in_pieces("winograd_conv2d", (count,),
+              (x, u, bias, ph, pw, samples, rows, out, nonfinite), piece,
+              macs=36 * f * c * tiles, taps=36 * (c + f) * tiles,
+              **_gemm((columns, c, f), 36 * f * c * tiles * count))
+    return not nonfinite.any()
+
+
+def _winograd_weight_grads(dout, x, weight, ph: int, pw: int):
+    """``(dweight, dbias)`` of the 3x3 convolution of stride 1 of `x` (N, C, H, W)
+    with top/left padding (ph, pw) whose output gradient is `dout` (N, F, oh, ow),
+    by Winograd; None if a value read or computed was not finite (see
+    :func:`_winograd`)."""
+    n, c = x.shape[:2]
+    f, oh, ow = dout.shape[1:]
+    samples, rows = _winograd_blocks(n, oh, ow)
+    th, tw = -(-oh // 4), -(-ow // 4)
+    tiles = samples * th * tw  # of a group of samples
+    macs, taps = 36 * f * c * tiles, 36 * (c + f) * tiles
+    groups = -(-n // samples)
+    seconds = groups * (macs * _backend.MAC_SECONDS + taps * _backend.TAP_SECONDS)
+    size, count = _batch_chunks(groups, weight.nbytes,
+                                max(_MAX_CHUNKS, int(seconds / _CHUNK_SECONDS)))
+    dweight = np.empty((count, f, c * 9), x.dtype)
+    dbias = np.empty((count, f), x.dtype)
+
+    def piece(i):
+        s = _samples(i, size * samples)
+        return dout[s], x[s], ph, pw, samples, rows, size, dweight[i], dbias[i]
+
+    in_pieces("winograd_conv2d_backward", (count,),
+              (dout, x, ph, pw, samples, rows, size, dweight, dbias), piece,
+              macs=size * macs, taps=size * taps,
+              **_gemm((samples * min(rows, th) * tw, c, f), groups * macs))
+    dweight, dbias = dweight.sum(axis=0).reshape(weight.shape), dbias.sum(axis=0)
+    if not (np.isfinite(dweight).all() and np.isfinite(dbias).all()):
+        return None
+    return dweight, dbias
+
+
 def _conv2d(x, weight, bias, win: v.Window, groups: int) -> np.ndarray:
     """:func:`conv2d` of validated operands (C-contiguous, one dtype) and window."""
     n, f = x.shape[0], weight.shape[0]
     out = np.empty((n, f, win.oh, win.ow), dtype=x.dtype)
     if not n:  # (an empty batch's output planes may be huge)
+        return out
+    if (_winograd_eligible(win, groups, x.shape[1], f, "forward")
+            and _winograd(x, weight, bias, win.ph, win.pw, out)):
         return out
     kg, length = weight[0].size, win.oh * win.ow
     weight = weight.reshape(f, kg)
@@ -325,23 +449,36 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bo
     """:func:`conv2d_backward` of validated operands (C-contiguous, one dtype) and window.
 
     With ``input_grad=False`` the returned dx is None and is not computed.
-    Where the direct kernels apply (:func:`_direct_eligible`) they compute
-    the weight and bias gradients, and the GEMM driver only dx.
+    Where Winograd's kernels apply (:func:`_winograd_eligible`) they compute
+    dx, or the weight and bias gradients, or both; where the direct kernels
+    apply (:func:`_direct_eligible`) they compute the weight and bias
+    gradients; the GEMM driver computes the rest.
     """
     n, f = x.shape[0], weight.shape[0]
     kg, length = weight[0].size, win.oh * win.ow
     dx = np.empty(x.shape if input_grad else (0, *x.shape[1:]), dtype=x.dtype)
     if not n:
         return dx if input_grad else None, np.zeros_like(weight), np.zeros(f, x.dtype)
+    c = x.shape[1]
+    # By Winograd where eligible (see _winograd); what it could not compute, by the others
+    dx_done = not input_grad or _winograd_eligible(win, groups, c, f, "input") and _winograd(
+        dout, np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), None,
+        2 - win.ph, 2 - win.pw, dx)
+    grads = None
+    if _winograd_eligible(win, groups, c, f, "weight"):
+        grads = _winograd_weight_grads(dout, x, weight, win.ph, win.pw)
+    if dx_done and grads is not None:
+        return dx if input_grad else None, *grads
+    want_dx, want_grads = not dx_done, grads is None
     product = f * kg * length  # multiply-adds of one sample's dx, or of its dweight
-    columns = x.shape[1] * win.kh * win.kw * length  # cells of one sample's im2col
-    seconds = n * ((1 + input_grad) * product * _backend.MAC_SECONDS
-                   + ((1 + 2 * input_grad) * columns + f * length) * _backend.TAP_SECONDS)
+    columns = c * win.kh * win.kw * length  # cells of one sample's im2col
+    seconds = n * ((want_dx + want_grads) * product * _backend.MAC_SECONDS
+                   + ((2 * want_dx + want_grads) * columns + f * length) * _backend.TAP_SECONDS)
     size, count = _batch_chunks(n, weight.nbytes, max(_MAX_CHUNKS, int(seconds / _CHUNK_SECONDS)))
     dweight = np.empty((count, f, kg), dtype=x.dtype)
     dbias = np.empty((count, f), dtype=x.dtype)
     w = weight.reshape(f, kg)
-    direct = _direct_eligible(x, w, win, groups)
+    direct = want_grads and _direct_eligible(x, w, win, groups)
     if direct:
         def direct_piece(i):
             s = _samples(i, size)
@@ -350,21 +487,24 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bo
         in_pieces("conv2d_direct_backward", (count,), (dout, x, *win, size, dweight, dbias),
                   direct_piece, macs=size * product, taps=size * (x[0].size + f * length),
                   parallel=n * product >= _backend.PARALLEL_MACS)
-    if input_grad or not direct:
-        # after the direct kernel, the GEMM driver gets chunks of no gradients: dx only
-        dw_parts, db_parts = (dweight[:0], dbias[:0]) if direct else (dweight, dbias)
-        macs = (input_grad + (not direct)) * product
-        taps = (2 * input_grad + (not direct)) * columns + f * length
+    gemm_grads = want_grads and not direct
+    if want_dx or gemm_grads:
+        # chunks of no gradients: dx only; a dx of no samples: the gradients only
+        dw_parts, db_parts = (dweight, dbias) if gemm_grads else (dweight[:0], dbias[:0])
+        dx_part = dx if want_dx else dx[:0]
+        macs = (want_dx + gemm_grads) * product
+        taps = (2 * want_dx + gemm_grads) * columns + f * length
 
         def piece(i):
             s = _samples(i, size)
-            return dout[s], x[s], w, *win, groups, size, dx[s], dw_parts[i], db_parts[i]
+            return dout[s], x[s], w, *win, groups, size, dx_part[s], dw_parts[i], db_parts[i]
 
         in_pieces("conv2d_backward", (count,),
-                  (dout, x, w, *win, groups, size, dx, dw_parts, db_parts),
+                  (dout, x, w, *win, groups, size, dx_part, dw_parts, db_parts),
                   piece, macs=size * macs, taps=size * taps, **_gemm((length, kg, f), n * macs))
-    dweight, dbias = dweight.sum(axis=0).reshape(weight.shape), dbias.sum(axis=0)
-    return dx if input_grad else None, dweight, dbias
+    if want_grads:
+        grads = dweight.sum(axis=0).reshape(weight.shape), dbias.sum(axis=0)
+    return dx if input_grad else None, *grads
 
 
 # Every chunk of a linear layer's batch reads the whole weight: fewer, larger

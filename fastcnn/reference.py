@@ -37,6 +37,9 @@ __all__ = [
     "conv2d_direct_backward",
     "linear_forward",
     "linear_backward",
+    "winograd_weight",
+    "winograd_conv2d",
+    "winograd_conv2d_backward",
     "batch_norm_stats",
     "batch_norm_elemt",
     "batch_norm_backward_reduce",
@@ -444,6 +447,207 @@ def linear_backward(dout, x, weight, chunk, dx, dweight_parts, dbias_parts):
         np.matmul(dout[rows].T, x[rows], out=dweight_parts[p])
         dout[rows].sum(axis=0, out=dbias_parts[p])
     return dx
+
+
+# ---------------------------------------------------------------------------
+# Winograd convolution F(4x4, 3x3) (csrc/winograd.pyx; the transforms and
+# the choice of points are explained in csrc/winograd.h). The transforms are
+# the compiled kernel's expressions, operation by operation: the same bits.
+# The products go through NumPy's BLAS: equal to rounding.
+
+
+def _winograd_weight_1d(g, t):
+    """The 6 transformed taps of 3 taps `g` (arrays), in arithmetic of type `t`."""
+    g0, g1, g2 = g
+    s = g0 + g2
+    third, c15, m4c15 = t(1.0 / 3.0), t(1.0 / 15.0), t(-4.0 / 15.0)
+    return [g0, (g1 - s) * third, (s + g1) * third, (t(4) * g0 + g2 + t(2) * g1) * m4c15,
+            (g0 + t(4) * g2 - t(2) * g1) * c15, g2]
+
+
+def _winograd_input_1d(d, t):
+    """The 6 transformed cells of 6 input cells `d`."""
+    d0, d1, d2, d3, d4, d5 = d
+    a, b = d3 - d1, d4 - d2
+    half, two, c1_5, c2_5 = t(0.5), t(2), t(1.5), t(2.5)
+    return [d0 + d4 - two * d2 + c1_5 * a, b + half * a + c1_5 * (d1 - d2),
+            b + c2_5 * a + c1_5 * (d1 + d2), b + two * a, b - half * a,
+            d1 - two * d3 + d5 + c1_5 * b]
+
+
+def _winograd_dout_1d(g, t):
+    """The 6 transformed cells of 4 output-gradient cells `g` (F(3x3, 4x4)'s G)."""
+    g0, g1, g2, g3 = g
+    even, odd = g0 + g2, g1 + g3
+    third, two, four, eight = t(1.0 / 3.0), t(2), t(4), t(8)
+    return [g0, (odd - even) * third, (even + odd) * third,
+            (eight * g0 + four * g1 + two * g2 + g3) * t(-2.0 / 15.0),
+            (g0 - two * g1 + four * g2 - eight * g3) * t(1.0 / 15.0), g3]
+
+
+def _winograd_output_1d(m, t, cells=4):
+    """The 4 output cells of 6 products `m`, or the 3 weight-gradient taps
+    (``cells=3``: F(3x3, 4x4)'s A transposed, whose last row alone differs)."""
+    m0, m1, m2, m3, m4, m5 = m
+    p, q = m2 + m1, m2 - m1
+    y2 = p + (t(0.25) * m3 + t(4) * m4)
+    head = [m0 + p + (m3 + m4), q + (t(0.5) * m3 - t(2) * m4)]
+    if cells == 3:
+        return head + [y2 + m5]
+    return head + [y2, q + (t(0.125) * m3 - t(8) * m4) + m5]
+
+
+def winograd_weight(weight, out):
+    """The transformed kernels of the Winograd convolution.
+
+    Parameters
+    ----------
+    weight : ndarray, shape (F, C, 3, 3)
+    out : ndarray, shape (36, F, C), filled
+        ``out[6*r + s, f, c] = (G @ weight[f, c] @ G.T)[r, s]``.
+    """
+    t = weight.dtype.type
+    g = weight.transpose(2, 3, 0, 1)  # (3 rows, 3 columns, F, C)
+    with np.errstate(invalid="ignore", over="ignore"):  # the caller checks for those
+        cols = _winograd_weight_1d(g, t)  # each kernel column: 3 rows -> 6
+        for r in range(6):  # then each transformed row: 3 columns -> 6
+            out[6 * r : 6 * r + 6] = _winograd_weight_1d(cols[r], t)
+    return out
+
+
+def winograd_conv2d(x, u, bias, ph, pw, samples, rows, out, nonfinite):
+    """3x3 convolution, stride 1, by Winograd's F(4x4, 3x3).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    u : ndarray, shape (36, F, C)
+        The transformed kernels (:func:`winograd_weight`).
+    bias : ndarray, shape (F,) or (0,) for none
+    ph, pw : int
+        Top/left padding; negative crops.
+    samples, rows : int
+        Blocks of the batch: samples ``[g*samples, (g+1)*samples)``, tile
+        rows ``[b*rows, (b+1)*rows)`` (all when ``samples > 1``), each block
+        one GEMM per transformed position, numbered ``g*ceil(ceil(oh/4)/rows) + b``.
+    out : ndarray, shape (N, F, oh, ow), filled
+    nonfinite : ndarray, shape (number of blocks,), uint8, filled
+        1 where one of the block's output tiles (before clipping and bias)
+        holds a NaN or an infinity, else 0.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):  # such blocks are flagged
+        return _winograd_conv2d(x, u, bias, ph, pw, samples, rows, out, nonfinite)
+
+
+def _winograd_blocks(n, oh, samples, rows):
+    """Each block of a Winograd kernel's batch, in order: (samples, first tile row, tile rows)."""
+    th = -(-oh // 4)
+    for lo in range(0, n, samples):
+        for ty0 in range(0, th, rows):
+            yield slice(lo, min(n, lo + samples)), ty0, min(th, ty0 + rows) - ty0
+
+
+def _winograd_input_tiles(x, ph, pw, oh, ow, part, ty0, nt):
+    """The transformed 6x6 input tiles of tile rows ``[ty0, ty0 + nt)`` of samples
+    `part` (cells outside what a direct convolution reads are zero): (36, C, tiles)."""
+    _, c, h, w = x.shape
+    tw = -(-ow // 4)
+    t = x.dtype.type
+    # a direct 3x3 convolution reads rows [-ph, oh + 2 - ph): the rest is zero
+    hr, wr = min(h, oh + 2 - ph), min(w, ow + 2 - pw)
+    c0 = max(0, -pw)
+    c1 = max(c0, min(wr, 4 * tw + 2 - pw))
+    r0 = max(0, 4 * ty0 - ph)
+    r1 = max(r0, min(hr, 4 * (ty0 + nt) + 2 - ph))
+    m = part.stop - part.start
+    tiles = np.zeros((m, c, 4 * nt + 2, 4 * tw + 2), x.dtype)
+    tiles[:, :, r0 + ph - 4 * ty0 : r1 + ph - 4 * ty0, c0 + pw : c1 + pw] = \
+        x[part, :, r0:r1, c0:c1]
+    d = as_strided(tiles, (6, 6, m, c, nt, tw),
+                   (tiles.strides[2], tiles.strides[3], *tiles.strides[:2],
+                    4 * tiles.strides[2], 4 * tiles.strides[3]), writeable=False)
+    e = _winograd_input_1d(d, t)  # each tile column: 6 rows -> 6, then each row
+    v = np.stack([s for r in range(6) for s in _winograd_input_1d(e[r], t)])
+    return v.transpose(0, 2, 1, 3, 4).reshape(36, c, m * nt * tw)
+
+
+def _winograd_conv2d(x, u, bias, ph, pw, samples, rows, out, nonfinite):
+    f = u.shape[1]
+    oh, ow = out.shape[2:]
+    tw = -(-ow // 4)
+    t = x.dtype.type
+    for item, (part, ty0, nt) in enumerate(_winograd_blocks(len(x), oh, samples, rows)):
+        m = part.stop - part.start
+        prod = np.matmul(u, _winograd_input_tiles(x, ph, pw, oh, ow, part, ty0, nt))
+        prod = prod.reshape(6, 6, f, m, nt, tw)
+        hor = [_winograd_output_1d(prod[r], t) for r in range(6)]  # each row: 6 -> 4
+        y = [_winograd_output_1d([hor[r][j] for r in range(6)], t) for j in range(4)]
+        # y[j][i]: cell (i, j) of every tile, (F, m, nt, tw)
+        y = np.array(y)
+        nonfinite[item] = not np.isfinite(y).all()
+        y = y.transpose(3, 2, 4, 1, 5, 0).reshape(m, f, 4 * nt, 4 * tw)
+        y = y[:, :, : min(oh, 4 * (ty0 + nt)) - 4 * ty0, :ow]
+        if bias.size:
+            y = y + bias.reshape(f, 1, 1)
+        out[part, :, 4 * ty0 : 4 * ty0 + y.shape[2]] = y
+    return out
+
+
+def winograd_conv2d_backward(dout, x, ph, pw, samples, rows, chunk, dweight_parts, dbias_parts):
+    """Weight and bias gradients of :func:`winograd_conv2d` by Winograd's F(3x3, 4x4).
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, F, oh, ow)
+    x : ndarray, shape (N, C, H, W)
+        The input of the forward call (padding ph, pw; blocks `samples`, `rows`).
+    chunk : int
+        The blocks of groups ``[p*chunk, (p+1)*chunk)`` of `samples` samples
+        form chunk p.
+    dweight_parts : ndarray, shape (number of chunks, F, C*9), filled
+        Chunk p's weight gradient: its blocks' products of transformed
+        tiles, summed in order, then transformed into 3x3 kernels.
+    dbias_parts : ndarray, shape (number of chunks, F), filled
+        Chunk p's bias gradient: the sums of its blocks' rows of dout.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):  # the caller checks the results
+        return _winograd_conv2d_backward(dout, x, ph, pw, samples, rows, chunk, dweight_parts,
+                                         dbias_parts)
+
+
+def _winograd_conv2d_backward(dout, x, ph, pw, samples, rows, chunk, dweight_parts, dbias_parts):
+    c = x.shape[1]
+    f, oh, ow = dout.shape[1:]
+    tw = -(-ow // 4)
+    t = x.dtype.type
+    blocks = list(_winograd_blocks(len(x), oh, samples, rows))
+    per_chunk = len(blocks) // -(-len(x) // samples) * chunk
+    for p in range(len(dweight_parts)):
+        sums, biases = None, None
+        for part, ty0, nt in blocks[p * per_chunk : (p + 1) * per_chunk]:
+            m = part.stop - part.start
+            planes = dout[part, :, 4 * ty0 : 4 * (ty0 + nt)]
+            g = np.zeros((m, f, 4 * nt, 4 * tw), x.dtype)
+            g[:, :, : planes.shape[2], :ow] = planes
+            # (4 rows, 4 columns, m, F, nt, tw) tiles: each column 4 -> 6, then each row
+            e = _winograd_dout_1d(g.reshape(m, f, nt, 4, tw, 4).transpose(3, 5, 0, 1, 2, 4), t)
+            d = np.stack([s for r in range(6) for s in _winograd_dout_1d(e[r], t)])
+            d = d.transpose(0, 2, 1, 3, 4).reshape(36, f, m * nt * tw)
+            v = _winograd_input_tiles(x, ph, pw, oh, ow, part, ty0, nt)
+            prod = np.matmul(d, v.transpose(0, 2, 1))
+            sums = prod if sums is None else sums + prod
+            planes = planes.reshape(m, f, -1)
+            ones = np.ones(planes.shape[2], x.dtype)
+            for s in range(m):
+                b = planes[s] @ ones
+                biases = b if biases is None else biases + b
+        sums = sums.reshape(6, 6, f, c)
+        hor = [_winograd_output_1d(sums[r], t, 3) for r in range(6)]  # each row: 6 -> 3
+        taps = [_winograd_output_1d([hor[r][j] for r in range(6)], t, 3) for j in range(3)]
+        # taps[j][i]: tap (i, j) of every kernel, (F, C)
+        dweight_parts[p] = np.array(taps).transpose(2, 3, 1, 0).reshape(f, c * 9)
+        dbias_parts[p] = biases
+    return dweight_parts
 
 
 # ---------------------------------------------------------------------------

@@ -72,9 +72,13 @@ def _op_calls(dtype):
         "conv2d": lambda: F.conv2d(x, w, b, padding="same"),
         "conv2d-groups": lambda: F.conv2d(x, wg, b, stride=2, groups=4),
         "conv2d_backward": lambda: F.conv2d_backward(dy, x, w, padding=1),
-        "conv2d-direct": lambda: _direct(F.conv2d, x3, w3, b, stride=(1, 2), padding=1),
-        "conv2d_backward-direct": lambda: _direct(F.conv2d_backward, dy3, x3, w3, padding=2,
-                                                  dilation=2),
+        "conv2d-direct": lambda: _forced("direct", F.conv2d, x3, w3, b, stride=(1, 2),
+                                         padding=1),
+        "conv2d_backward-direct": lambda: _forced("direct", F.conv2d_backward, dy3, x3, w3,
+                                                  padding=2, dilation=2),
+        "conv2d-winograd": lambda: _forced("winograd", F.conv2d, x, w, b, padding=1),
+        "conv2d_backward-winograd": lambda: _forced("winograd", F.conv2d_backward, dy, x, w,
+                                                    padding=1),
         "max_pool2d": lambda: F.max_pool2d(ties, 3, return_indices=True, **pool),
         "max_pool2d-dilated": lambda: F.max_pool2d(x, 2, stride=1, dilation=2, return_indices=True),
         "max_pool2d_backward": lambda: F.max_pool2d_backward(dpool, idx, ties.shape),
@@ -106,8 +110,8 @@ def _op_calls(dtype):
     return calls
 
 
-def _direct(op, *args, **kwargs):
-    with _backend.use_conv_algorithm("direct"):
+def _forced(algorithm, op, *args, **kwargs):
+    with _backend.use_conv_algorithm(algorithm):
         return op(*args, **kwargs)
 
 

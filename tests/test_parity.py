@@ -17,11 +17,12 @@ values plus the same sign of every zero), including the
 floating-point sums (col2im, avg-pool forward/backward, max-pool backward),
 because the twin adds in the compiled kernel's order.
 ``np.testing.assert_array_equal`` is therefore used (it treats NaN as equal
-to NaN). The GEMM drivers (conv2d, linear) are the exception: the compiled
-ones call SciPy's BLAS and the twins NumPy's, which may pick different
-kernels for the same product (NumPy uses a GEMV when a dimension is 1), so
-the two sets agree to rounding; every other sum in them (bias, the chunks'
-gradients) is done in the same order.
+to NaN). The GEMM drivers (conv2d, linear, Winograd's conv2d) are the
+exception: the compiled ones call SciPy's BLAS and the twins NumPy's, which
+may pick different kernels for the same product (NumPy uses a GEMV when a
+dimension is 1), so the two sets agree to rounding; every other sum in them
+(bias, the chunks' gradients, Winograd's transforms) is done in the same
+order. (Winograd's kernels are tested in test_winograd.py.)
 
 A last section checks extreme but valid geometry values (strides near 2**63,
 a kernel far larger than the input): same answer as the equivalent small
@@ -413,12 +414,42 @@ def test_col2im_by_rows_default_bound(g, dtype):
             _assert_same(got, reference(cols, *g.conv_params(), _garbage(g.shape, dtype, -3.0)))
 
 
+@pytest.mark.parametrize("g", [Geometry(5, 4, 9, 8, 3, 3, 1, 1, 1, 1),
+                               Geometry(3, 6, 11, 7, 2, 3, 2, 1, 0, 1, 1, 2)])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_kernel_conv2d_backward_computes_only_what_is_asked(g, dtype):
+    # A dx of no samples skips the input gradient, parts of no chunks the
+    # weight and bias gradients; what is computed has the bits of the whole
+    # call, in either kernel set.
+    compiled, reference = _pair("conv2d_backward")
+    rng = np.random.default_rng(8)
+    groups, f = 2, 4
+    x = make_values(rng, (g.n, 2 * g.c, g.h, g.w), dtype)
+    w = make_values(rng, (f, g.c * g.kh * g.kw), dtype)
+    dout = make_values(rng, (g.n, f, g.conv_oh, g.conv_ow), dtype)
+    chunk, parts = 2, -(-g.n // 2)
+    for kernel, extra in ((compiled, (2,)), (reference, ())):
+        def run(with_dx, with_dweight):
+            dx = _garbage(x.shape if with_dx else (0,) + x.shape[1:], dtype, 7.0)
+            dw = _garbage((parts if with_dweight else 0, f, w.shape[1]), dtype, 7.0)
+            db = _garbage((parts if with_dweight else 0, f), dtype, 7.0)
+            kernel(dout, x, w, *g.conv_params(), groups, chunk, dx, dw, db, *extra)
+            return dx, dw, db
+
+        dx, dw, db = run(True, True)
+        _assert_same(run(True, False)[0], dx)
+        only = run(False, True)
+        _assert_same(only[1], dw)
+        _assert_same(only[2], db)
+
+
 def test_registry_pairs_every_kernel():
     assert set(_backend.KERNEL_NAMES) == {
         "im2col", "col2im", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
         "avg_pool2d_backward", "conv2d_forward", "conv2d_backward", "conv2d_direct_forward",
-        "conv2d_direct_backward", "linear_forward",
-        "linear_backward", "batch_norm_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
+        "conv2d_direct_backward", "linear_forward", "linear_backward", "winograd_weight",
+        "winograd_conv2d", "winograd_conv2d_backward", "batch_norm_stats", "batch_norm_elemt",
+        "batch_norm_backward_reduce",
         "batch_norm_backward_elemt", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
         "softmax_cross_entropy", "sgd_update", "adam_update", "adagrad_update", "rmsprop_update",
         "adadelta_update", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "elu",
@@ -1149,15 +1180,17 @@ def test_kernel_optimizer_updates(call, n, dtype, kind, seed, nt):
     dict(n=1, c=1, f=1, hw=(4, 4), k=4, stride=1, padding=0, dilation=1, groups=1),
     dict(n=0, c=2, f=2, hw=(5, 5), k=3, stride=1, padding=0, dilation=1, groups=1),
 ])
-def test_parameter_only_backward_equals_the_full_one(geometry, dtype, backend):
+@pytest.mark.parametrize("algorithm", ["gemm", "winograd"])
+def test_parameter_only_backward_equals_the_full_one(geometry, dtype, backend, algorithm):
     """Skipping the input gradient (a network's first layer) leaves the
-    parameter gradients bitwise the same, for the conv and linear drivers."""
+    parameter gradients bitwise the same, for the conv (by either algorithm
+    where Winograd's is eligible) and linear drivers."""
     g = geometry
     rng = np.random.default_rng(g["c"])
     x = rng.standard_normal((g["n"], g["c"], *g["hw"])).astype(dtype)
     w = rng.standard_normal((g["f"], g["c"] // g["groups"], g["k"], g["k"])).astype(dtype)
     kw = dict(stride=g["stride"], padding=g["padding"], dilation=g["dilation"])
-    with fastcnn.use_backend(backend):
+    with fastcnn.use_backend(backend), _backend.use_conv_algorithm(algorithm):
         dout = rng.standard_normal(F.conv2d(x, w, groups=g["groups"], **kw).shape).astype(dtype)
         full = F.conv2d_backward(dout, x, w, groups=g["groups"], **kw)
         win = _validation.conv_window(x.shape, w.shape[2:], **kw)

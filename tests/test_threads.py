@@ -5,8 +5,9 @@
   element and no sum depends on the thread count), both through
   ``fastcnn.set_num_threads`` and through
   ``threadpoolctl.threadpool_limits(1, user_api="openmp")``.
-* The GEMM drivers (conv2d, Dense): bitwise identical for 1 to 4 threads
-  (BatchNorm, chunked on one thread, as well); SciPy's BLAS, which they
+* The GEMM drivers (conv2d by im2col or by Winograd, Dense): bitwise
+  identical for 1 to 4 threads (BatchNorm, chunked on one thread, as
+  well); SciPy's BLAS, which they
   call, held at one thread while they run (also when two calls overlap)
   and restored afterwards (also after an error), NumPy's BLAS untouched;
   concurrent calls from Python threads give the result of the same call
@@ -141,7 +142,23 @@ def _run_gemm_kernels(g, dtype, nt, k):
     dxl, dwl, dbl = (np.empty(flat.shape, dtype), np.empty((parts, 7, flat.shape[1]), dtype),
                      np.empty((parts, 7), dtype))
     k["linear_backward"](yl, flat, wl, chunk, dxl, dwl, dbl, nt)
-    return [y, dx, dw, db, yl, dxl, dwl, dbl]
+    # Winograd: blocks of 2 samples, then of 3 tile rows (3x3, stride 1 only)
+    oh, ow = g.h + 2, g.w - 2  # padding (2, 0)
+    tile_rows = -(-oh // 4)
+    u = k["winograd_weight"](make_values(rng, (f, 2 * g.c, 3, 3), dtype, "normal"),
+                             np.empty((36, f, 2 * g.c), dtype), nt)
+    wins = [u]
+    for samples, rows in ((2, tile_rows), (1, 3)):
+        flags = np.empty(-(-len(x) // samples) * -(-tile_rows // rows), np.uint8)
+        wins.append(k["winograd_conv2d"](x, u, b, 2, 0, samples, rows,
+                                         np.empty((len(x), f, oh, ow), dtype), flags, nt))
+        wins.append(flags)
+        dout = wins[-2]
+        groups = -(-len(x) // samples)
+        wins += [np.empty((-(-groups // 2), f, 2 * g.c * 9), dtype),
+                 np.empty((-(-groups // 2), f), dtype)]
+        k["winograd_conv2d_backward"](dout, x, 2, 0, samples, rows, 2, *wins[-2:], nt)
+    return [y, dx, dw, db, yl, dxl, dwl, dbl, *wins]
 
 
 def _run_direct_kernels(g, dtype, nt, k):
@@ -193,6 +210,9 @@ def _run_public(dtype):
         res += [up, F.interpolate_backward(up, x.shape, **kwargs)]
     res += [F.max_unpool2d(pooled, idx, 3, stride=1, padding=1, output_size=x.shape),
             F.max_unpool2d_backward(x, idx)]
+    with _backend.use_conv_algorithm("winograd"):
+        out = F.conv2d(x, w[:, :2].repeat(4, axis=1), b, padding=1)
+        res += [out, *F.conv2d_backward(out, x, w[:, :2].repeat(4, axis=1), padding=1)]
     return res
 
 
@@ -582,9 +602,9 @@ def _batch_norm_round_trip(x, training):
     F._batch_norm_backward(out, cache, w)
 
 
-def _forced(algorithm, op, *args):
+def _forced(algorithm, op, *args, **kwargs):
     with _backend.use_conv_algorithm(algorithm):
-        return op(*args)
+        return op(*args, **kwargs)
 
 
 @pytest.mark.parametrize("name", _backend.KERNEL_NAMES)
@@ -612,6 +632,10 @@ def test_dispatch_really_switches(monkeypatch, name):
         "linear_forward": lambda: F._linear(x.reshape(2, -1), np.ones((4, 108)), None),
         "linear_backward": lambda: F._linear_backward(np.ones((2, 4)), x.reshape(2, -1),
                                                       np.ones((4, 108))),
+        "winograd_weight": lambda: _forced("winograd", F.conv2d, x, np.ones((2, 3, 3, 3))),
+        "winograd_conv2d": lambda: _forced("winograd", F.conv2d, x, np.ones((2, 3, 3, 3))),
+        "winograd_conv2d_backward": lambda: _forced("winograd", F.conv2d_backward,
+                                                    np.ones((2, 2, 4, 4)), x, np.ones((2, 3, 3, 3))),
         "batch_norm_stats": lambda: _batch_norm_round_trip(x, True),
         "batch_norm_elemt": lambda: _batch_norm_round_trip(x, False),
         "batch_norm_backward_reduce": lambda: _batch_norm_round_trip(x, False),
