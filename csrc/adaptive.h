@@ -63,109 +63,60 @@ static inline __m128i fcnn_blend(__m128i a, __m128i b, __m128i take)
     return _mm_or_si128(_mm_and_si128(take, b), _mm_andnot_si128(take, a));
 }
 
-/* Four float32 columns folded with the row at p, whose index is in each
- * 64-bit lane of `here`. */
-#define FCNN_MAX_STEP_F32(b, r0, r1, p)                                         \
-    {                                                                           \
-        __m128 v = _mm_loadu_ps(p);                                             \
-        __m128i take = _mm_castps_si128(                                        \
-            _mm_or_ps(_mm_cmplt_ps(b, v), _mm_cmpunord_ps(v, v)));              \
-        b = _mm_castsi128_ps(fcnn_blend(_mm_castps_si128(b), _mm_castps_si128(v), take)); \
-        r0 = fcnn_blend(r0, here, _mm_unpacklo_epi32(take, take));              \
-        r1 = fcnn_blend(r1, here, _mm_unpackhi_epi32(take, take));              \
-    }
-
-/* Two float64 columns folded with the row at p, likewise. */
-#define FCNN_MAX_STEP_F64(b, r, p)                                              \
-    {                                                                           \
-        __m128d v = _mm_loadu_pd(p);                                            \
-        __m128i take = _mm_castpd_si128(                                        \
-            _mm_or_pd(_mm_cmplt_pd(b, v), _mm_cmpunord_pd(v, v)));              \
-        b = _mm_castsi128_pd(fcnn_blend(_mm_castpd_si128(b), _mm_castpd_si128(v), take)); \
-        r = fcnn_blend(r, here, take);                                          \
-    }
-
-static void fcnn_max_columns_f32(const float *src, ptrdiff_t W, ptrdiff_t h0, ptrdiff_t h1,
-                                 float *best, int64_t *row_of)
+/* Four float32 columns down rows [h0, h1) from p, the column maxima and
+ * their rows in registers. */
+static inline void fcnn_max_block_f32(const float *p, ptrdiff_t W, ptrdiff_t h0, ptrdiff_t h1,
+                                      float *best, int64_t *row_of)
 {
-    ptrdiff_t col = 0;
-    for (; col + 8 <= W; col += 8) {
-        const float *p = src + h0 * W + col;
-        __m128 b0 = _mm_loadu_ps(p), b1 = _mm_loadu_ps(p + 4);
-        __m128i here = _mm_set1_epi64x(h0), one = _mm_set1_epi64x(1);
-        __m128i r0 = here, r1 = here, r2 = here, r3 = here;
-        for (ptrdiff_t ih = h0 + 1; ih < h1; ih++) {
-            p += W;
-            here = _mm_add_epi64(here, one);
-            FCNN_MAX_STEP_F32(b0, r0, r1, p)
-            FCNN_MAX_STEP_F32(b1, r2, r3, p + 4)
-        }
-        _mm_storeu_ps(best + col, b0);
-        _mm_storeu_ps(best + col + 4, b1);
-        _mm_storeu_si128((__m128i *)(row_of + col), r0);
-        _mm_storeu_si128((__m128i *)(row_of + col + 2), r1);
-        _mm_storeu_si128((__m128i *)(row_of + col + 4), r2);
-        _mm_storeu_si128((__m128i *)(row_of + col + 6), r3);
+    __m128 b = _mm_loadu_ps(p);
+    __m128i here = _mm_set1_epi64x(h0), one = _mm_set1_epi64x(1);
+    __m128i r0 = here, r1 = here;
+    for (ptrdiff_t ih = h0 + 1; ih < h1; ih++) {
+        p += W;
+        here = _mm_add_epi64(here, one);
+        __m128 v = _mm_loadu_ps(p);
+        __m128i take = _mm_castps_si128(_mm_or_ps(_mm_cmplt_ps(b, v), _mm_cmpunord_ps(v, v)));
+        b = _mm_castsi128_ps(fcnn_blend(_mm_castps_si128(b), _mm_castps_si128(v), take));
+        r0 = fcnn_blend(r0, here, _mm_unpacklo_epi32(take, take));
+        r1 = fcnn_blend(r1, here, _mm_unpackhi_epi32(take, take));
     }
-    if (col + 4 <= W) {
-        const float *p = src + h0 * W + col;
-        __m128 b0 = _mm_loadu_ps(p);
-        __m128i here = _mm_set1_epi64x(h0), one = _mm_set1_epi64x(1);
-        __m128i r0 = here, r1 = here;
-        for (ptrdiff_t ih = h0 + 1; ih < h1; ih++) {
-            p += W;
-            here = _mm_add_epi64(here, one);
-            FCNN_MAX_STEP_F32(b0, r0, r1, p)
-        }
-        _mm_storeu_ps(best + col, b0);
-        _mm_storeu_si128((__m128i *)(row_of + col), r0);
-        _mm_storeu_si128((__m128i *)(row_of + col + 2), r1);
-        col += 4;
-    }
-    for (; col < W; col++)
-        FCNN_MAX_COLUMN(float, fcnn_select_f32)
+    _mm_storeu_ps(best, b);
+    _mm_storeu_si128((__m128i *)row_of, r0);
+    _mm_storeu_si128((__m128i *)(row_of + 2), r1);
 }
 
-static void fcnn_max_columns_f64(const double *src, ptrdiff_t W, ptrdiff_t h0, ptrdiff_t h1,
-                                 double *best, int64_t *row_of)
+/* Two float64 columns, likewise. */
+static inline void fcnn_max_block_f64(const double *p, ptrdiff_t W, ptrdiff_t h0, ptrdiff_t h1,
+                                      double *best, int64_t *row_of)
 {
-    ptrdiff_t col = 0;
-    for (; col + 4 <= W; col += 4) {
-        const double *p = src + h0 * W + col;
-        __m128d b0 = _mm_loadu_pd(p), b1 = _mm_loadu_pd(p + 2);
-        __m128i here = _mm_set1_epi64x(h0), one = _mm_set1_epi64x(1);
-        __m128i r0 = here, r1 = here;
-        for (ptrdiff_t ih = h0 + 1; ih < h1; ih++) {
-            p += W;
-            here = _mm_add_epi64(here, one);
-            FCNN_MAX_STEP_F64(b0, r0, p)
-            FCNN_MAX_STEP_F64(b1, r1, p + 2)
-        }
-        _mm_storeu_pd(best + col, b0);
-        _mm_storeu_pd(best + col + 2, b1);
-        _mm_storeu_si128((__m128i *)(row_of + col), r0);
-        _mm_storeu_si128((__m128i *)(row_of + col + 2), r1);
+    __m128d b = _mm_loadu_pd(p);
+    __m128i here = _mm_set1_epi64x(h0), one = _mm_set1_epi64x(1);
+    __m128i r = here;
+    for (ptrdiff_t ih = h0 + 1; ih < h1; ih++) {
+        p += W;
+        here = _mm_add_epi64(here, one);
+        __m128d v = _mm_loadu_pd(p);
+        __m128i take = _mm_castpd_si128(_mm_or_pd(_mm_cmplt_pd(b, v), _mm_cmpunord_pd(v, v)));
+        b = _mm_castsi128_pd(fcnn_blend(_mm_castpd_si128(b), _mm_castpd_si128(v), take));
+        r = fcnn_blend(r, here, take);
     }
-    if (col + 2 <= W) {
-        const double *p = src + h0 * W + col;
-        __m128d b0 = _mm_loadu_pd(p);
-        __m128i here = _mm_set1_epi64x(h0), one = _mm_set1_epi64x(1);
-        __m128i r0 = here;
-        for (ptrdiff_t ih = h0 + 1; ih < h1; ih++) {
-            p += W;
-            here = _mm_add_epi64(here, one);
-            FCNN_MAX_STEP_F64(b0, r0, p)
-        }
-        _mm_storeu_pd(best + col, b0);
-        _mm_storeu_si128((__m128i *)(row_of + col), r0);
-        col += 2;
-    }
-    for (; col < W; col++)
-        FCNN_MAX_COLUMN(double, fcnn_select_f64)
+    _mm_storeu_pd(best, b);
+    _mm_storeu_si128((__m128i *)row_of, r);
 }
 
-#undef FCNN_MAX_STEP_F32
-#undef FCNN_MAX_STEP_F64
+#define FCNN_MAX_COLUMNS(name, T, S, block, lanes)                              \
+    static void name(const T *src, ptrdiff_t W, ptrdiff_t h0, ptrdiff_t h1,     \
+                     T *best, int64_t *row_of)                                  \
+    {                                                                           \
+        ptrdiff_t col = 0;                                                      \
+        for (; col + lanes <= W; col += lanes)                                  \
+            block(src + h0 * W + col, W, h0, h1, best + col, row_of + col);     \
+        for (; col < W; col++)                                                  \
+            FCNN_MAX_COLUMN(T, S)                                               \
+    }
+FCNN_MAX_COLUMNS(fcnn_max_columns_f32, float, fcnn_select_f32, fcnn_max_block_f32, 4)
+FCNN_MAX_COLUMNS(fcnn_max_columns_f64, double, fcnn_select_f64, fcnn_max_block_f64, 2)
+#undef FCNN_MAX_COLUMNS
 
 #else
 

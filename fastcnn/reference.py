@@ -139,6 +139,16 @@ def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
     return out
 
 
+def _scan_pick(values, valid):
+    """The position along the last axis that PyTorch's max scan keeps: the
+    last NaN, or else the first maximum of the `valid` entries (the first
+    valid one if all are -inf). The others must hold -inf."""
+    is_nan = np.isnan(values)
+    last_nan = values.shape[-1] - 1 - np.argmax(is_nan[..., ::-1], axis=-1)
+    first_best = np.argmax((values == values.max(axis=-1, keepdims=True)) & valid, axis=-1)
+    return np.where(is_nan.any(axis=-1), last_nan, first_best)
+
+
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out, indices):
     """Max pooling with argmax, as ``F.max_pool2d(..., return_indices=True)``.
 
@@ -161,13 +171,7 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out, indices):
     valid = _windows(_pad_to_cover(inside, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, False), *geometry)
     vals = vals.reshape(vals.shape[:4] + (kh * kw,))
     valid = valid.reshape(valid.shape[:4] + (kh * kw,))
-
-    is_nan = np.isnan(vals)
-    has_nan = is_nan.any(axis=-1)
-    last_nan = kh * kw - 1 - np.argmax(is_nan[..., ::-1], axis=-1)
-    best = vals.max(axis=-1)
-    first_best = np.argmax((vals == best[..., None]) & valid, axis=-1)
-    pos = np.where(has_nan, last_nan, first_best)
+    pos = _scan_pick(vals, valid)
 
     ih = np.arange(oh)[:, None] * sh - ph + (pos // kw) * dh
     iw = np.arange(ow)[None, :] * sw - pw + (pos % kw) * dw
@@ -260,11 +264,10 @@ def avg_pool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor
 
 # Adaptive pooling. Window i of n along an axis of `size` cells covers
 # cells floor(i*size/n) to ceil((i+1)*size/n) (exclusive), as PyTorch's. The
-# compiled kernels reduce each window in PyTorch's order, one cell after
-# the other, row by row: the twins gather every window's cells in that
-# order along a last axis (padded at its end with cells that change
-# nothing) and reduce along it, the sums by np.add.accumulate, which adds
-# one cell after the other too.
+# twins gather every window's cells in row-major order along a last axis
+# (padded at its end with cells that change nothing) and reduce along it:
+# the sums by np.add.accumulate, which adds one cell after the other, as
+# the compiled kernels (and PyTorch) do.
 
 
 def _adaptive_windows(size, n):
@@ -297,6 +300,15 @@ def _adaptive_cells(h, w, oh, ow):
     inside = k < kh * kw
     k = np.where(inside, k, 0)
     return (hs[:, None, None] + k // kw) * w + ws[None, :, None] + k % kw, inside
+
+
+def _per_window(a, h, w):
+    """`a` ``(..., oh, ow)`` divided by the height, then by the width, of each
+    window over an ``(h, w)`` input."""
+    hs, he = _adaptive_windows(h, a.shape[-2])
+    ws, we = _adaptive_windows(w, a.shape[-1])
+    t = a.dtype.type
+    return a / (he - hs).astype(t)[:, None] / (we - ws).astype(t)
 
 
 def _planes(a):
@@ -335,15 +347,12 @@ def adaptive_avg_pool2d_forward(x, out):
     """
     h, w = x.shape[2:]
     oh, ow = out.shape[2:]
-    t = x.dtype.type
     if oh == ow == 1:
-        out[..., 0, 0] = _plane_sums(x) / t(h) / t(w)
-        return out
-    cells, inside = _adaptive_cells(h, w, oh, ow)
-    terms = np.where(inside, _planes(x)[:, :, cells], 0)
-    hs, he = _adaptive_windows(h, oh)
-    ws, we = _adaptive_windows(w, ow)
-    out[...] = _sequential_sum(terms) / (he - hs).astype(t)[:, None] / (we - ws).astype(t)
+        sums = _plane_sums(x)[..., None, None]
+    else:
+        cells, inside = _adaptive_cells(h, w, oh, ow)
+        sums = _sequential_sum(np.where(inside, _planes(x)[:, :, cells], x.dtype.type(0)))
+    out[...] = _per_window(sums, h, w)
     return out
 
 
@@ -365,13 +374,8 @@ def adaptive_max_pool2d_forward(x, out, indices):
     h, w = x.shape[2:]
     oh, ow = out.shape[2:]
     cells, inside = _adaptive_cells(h, w, oh, ow)
-    # the padding cells at the end lose every comparison
-    values = np.where(inside, _planes(x)[:, :, cells], -np.inf).astype(x.dtype, copy=False)
-    pos = np.argmax(values, axis=-1)  # the first maximum (an all -inf window: its first cell)
-    nan = np.isnan(values)
-    has_nan = nan.any(axis=-1)
-    last_nan = values.shape[-1] - 1 - np.argmax(nan[..., ::-1], axis=-1)
-    pos = np.where(has_nan, last_nan, pos)
+    values = np.where(inside, _planes(x)[:, :, cells], x.dtype.type(-np.inf))
+    pos = _scan_pick(values, inside)
     # the chosen cell's own value: of tied -0.0 and 0.0 the first one wins
     out[...] = np.take_along_axis(values, pos[..., None], axis=-1)[..., 0]
     indices[...] = np.take_along_axis(np.broadcast_to(cells, values.shape), pos[..., None],
@@ -393,10 +397,9 @@ def adaptive_avg_pool2d_backward(dout, out):
     """
     h, w = out.shape[2:]
     oh, ow = dout.shape[2:]
-    t = dout.dtype.type
+    share = _per_window(dout, h, w)
     hs, he = _adaptive_windows(h, oh)
     ws, we = _adaptive_windows(w, ow)
-    share = dout / (he - hs).astype(t)[:, None] / (we - ws).astype(t)
     # the windows that hold each row (or column) are consecutive: from the
     # first that ends after it to the first that starts after it
     rows = np.arange(h)
@@ -413,8 +416,8 @@ def adaptive_avg_pool2d_backward(dout, out):
     ox = first_col[None, :, None, None] + b
     inside = (a < rows_held[:, None, None, None]) & (b < cols_held[None, :, None, None])
     flat = np.where(inside, oy * ow + ox, 0).reshape(h, w, -1)
-    terms = np.where(inside.reshape(h, w, -1), _planes(share)[:, :, flat], 0)
-    out[...] = _sequential_sum(terms.astype(dout.dtype, copy=False))
+    terms = np.where(inside.reshape(h, w, -1), _planes(share)[:, :, flat], dout.dtype.type(0))
+    out[...] = _sequential_sum(terms)
     return out
 
 
