@@ -22,8 +22,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNELS = ("unfold", "pool", "conv", "direct", "winograd", "openmp", "norm", "activation", "loss", "optim",
-           "resample")
+KERNELS = ("unfold", "pool", "adaptive", "conv", "direct", "winograd", "openmp", "norm",
+           "activation", "loss", "optim", "resample")
 # Modules built a second time for AVX2 (``csrc/NAME_avx2.pyx`` includes
 # ``NAME.pyx``), on x86-64 only; fastcnn imports that build where the CPU has
 # AVX2. Their loops compute every cell alone (no reassociation, no

@@ -65,6 +65,7 @@ BACKENDS = ("cython", "numpy")
 
 try:
     from ._kernels import activation as _activation
+    from ._kernels import adaptive as _adaptive
     from ._kernels import conv as _conv
     from ._kernels import direct as _direct
     from ._kernels import loss as _loss
@@ -94,6 +95,9 @@ else:
         "max_pool2d_backward": _pool.max_pool2d_backward,
         "avg_pool2d": _pool.avg_pool2d,
         "avg_pool2d_backward": _pool.avg_pool2d_backward,
+        "adaptive_avg_pool2d_forward": _adaptive.adaptive_avg_pool2d_forward,
+        "adaptive_avg_pool2d_backward": _adaptive.adaptive_avg_pool2d_backward,
+        "adaptive_max_pool2d_forward": _adaptive.adaptive_max_pool2d_forward,
         "conv2d_forward": _conv.conv2d_forward,
         "conv2d_backward": _conv.conv2d_backward,
         "conv2d_direct_forward": _direct.conv2d_direct_forward,

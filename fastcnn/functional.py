@@ -1364,50 +1364,18 @@ def interpolate_backward(
 # -- adaptive pooling and unpooling ----------------------------------------
 
 
-def _adaptive_plan(shape, output_size):
-    """Validate `output_size` for an input of `shape`; return the windows along H and W,
-    ``(starts, ends)`` each, as PyTorch: ``floor(i*H/oh)`` to ``ceil((i+1)*H/oh)``."""
-    oh, ow = v.spatial_size(output_size, "output_size", allow_none=True,
-                            maximum=v.MAX_WINDOW_PARAM)
-    windows = []
-    for size, out in zip(shape[2:], (oh, ow)):
-        out = size if out is None else out
-        i = np.arange(out)
-        windows.append(((i * size) // out, ((i + 1) * size + out - 1) // out))
-    return windows
-
-
 def _adaptive_shape(shape, output_size) -> tuple:
-    """The output shape of an adaptive pool of an input of `shape`."""
+    """Validate `output_size`; the output shape of an adaptive pool of an input of `shape`."""
     oh, ow = v.spatial_size(output_size, "output_size", allow_none=True,
                             maximum=v.MAX_WINDOW_PARAM)
     return tuple(shape[:2]) + (shape[2] if oh is None else oh, shape[3] if ow is None else ow)
 
 
-# Windows of at most this many cells are reduced one offset at a time over the
-# whole output (PyTorch's order within a window: row by row), larger ones
-# (a global pool) row-sum by row-sum.
-_OFFSET_CELLS = 64
-
-
-def _small_windows(hs, he, ws, we) -> bool:
-    return int((he - hs).max()) * int((we - ws).max()) <= _OFFSET_CELLS
-
-
-def _window_offsets(x, hs, he, ws, we):
-    """For each offset ``(di, dj)`` of the largest window, in row-major order: the
-    ``(N, C, oh, ow)`` values ``x[hs + di, ws + dj]`` and whether each lies inside
-    its window (None: all do), then the flat indices ``(hs + di) * W + ws + dj``."""
-    w = x.shape[3]
-    for di in range(int((he - hs).max())):
-        rows = np.minimum(hs + di, he - 1)
-        row_inside = hs + di < he
-        x_rows = np.take(x, rows, axis=2)
-        for dj in range(int((we - ws).max())):
-            cols = np.minimum(ws + dj, we - 1)
-            inside = row_inside[:, None] & (ws + dj < we)[None, :]
-            yield (np.take(x_rows, cols, axis=3), None if inside.all() else inside), \
-                rows[:, None] * w + cols[None, :]
+def _adaptive_taps(shape, oh: int, ow: int) -> int:
+    """Cells an adaptive pool kernel touches in one plane of `shape` (for in_pieces):
+    its windows' cells (a window holds at most ``H // oh + 2`` rows) and its outputs."""
+    h, w = shape[2:]
+    return (h + 2 * oh) * (w + 2 * ow) + oh * ow
 
 
 def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
@@ -1423,29 +1391,17 @@ def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
     -------
     out : ndarray, shape (N, C, oh, ow), dtype of `x`
         Window i along H covers rows ``floor(i*H/oh)`` to ``ceil((i+1)*H/oh)``
-        (exclusive); windows overlap when oh does not divide H.
+        (exclusive); windows overlap when oh does not divide H. Each window
+        is summed row by row and divided by its height, then by its width,
+        as PyTorch does (bit for bit, except for PyTorch's 1x1 output, a
+        mean summed in another order).
     """
     x = v.as_float_array(x, "x")
     v.check_nchw(x, "x")
-    if not x.shape[0]:
-        return np.empty(_adaptive_shape(x.shape, output_size), dtype=x.dtype)
-    (hs, he), (ws, we) = _adaptive_plan(x.shape, output_size)
-    n, c, h, w = x.shape
-    oh, ow = len(hs), len(ws)
-    counts = ((he - hs)[:, None] * (we - ws)[None, :]).astype(x.dtype)
-    if _small_windows(hs, he, ws, we):
-        out = np.zeros((n, c, oh, ow), dtype=x.dtype)
-        for (values, inside), _ in _window_offsets(x, hs, he, ws, we):
-            out += values if inside is None else np.where(inside, values, 0)
-        out /= counts
-        return out
-    t = np.empty((n, c, h, ow), dtype=x.dtype)
-    for j in range(ow):
-        np.sum(x[..., ws[j]:we[j]], axis=3, out=t[..., j])
-    out = np.empty((n, c, oh, ow), dtype=x.dtype)
-    for i in range(oh):
-        np.sum(t[:, :, hs[i]:he[i], :], axis=2, out=out[:, :, i, :])
-    out /= counts
+    out = np.empty(_adaptive_shape(x.shape, output_size), dtype=x.dtype)
+    if x.shape[0]:
+        in_pieces("adaptive_avg_pool2d_forward", x.shape[:2], (x, out),
+                  taps=_adaptive_taps(x.shape, *out.shape[2:]))
     return out
 
 
@@ -1462,6 +1418,9 @@ def adaptive_avg_pool2d_backward(dout, input_shape) -> np.ndarray:
     Returns
     -------
     dx : ndarray, shape `input_shape`, dtype of `dout`
+        Each window's gradient divided by its height, then by its width,
+        goes to each of its cells; a cell adds those of the windows that
+        hold it in row-major window order, as PyTorch does.
     """
     dout = v.as_float_array(dout, "dout")
     v.check_nchw(dout, "dout")
@@ -1470,32 +1429,12 @@ def adaptive_avg_pool2d_backward(dout, input_shape) -> np.ndarray:
         raise ValueError(
             f"dout's (N, C)={dout.shape[:2]} must match input_shape's (N, C)={shape[:2]}"
         )
-    n, c, h, w = shape
-    oh, ow = dout.shape[2:]
-    if not n:
-        return np.empty(shape, dtype=dout.dtype)
-    (hs, he), (ws, we) = _adaptive_plan(shape, (oh, ow))
-    scaled = dout / ((he - hs)[:, None] * (we - ws)[None, :]).astype(dout.dtype)
-    if h % oh == 0 and w % ow == 0:
-        return np.repeat(np.repeat(scaled, h // oh, axis=2), w // ow, axis=3)
-    dt = np.zeros((n, c, h, ow), dtype=dout.dtype)
-    for i in range(oh):
-        dt[:, :, hs[i]:he[i], :] += scaled[:, :, i:i + 1, :]
-    dx = np.zeros(shape, dtype=dout.dtype)
-    for j in range(ow):
-        dx[..., ws[j]:we[j]] += dt[..., j:j + 1]
-    return dx
-
-
-def _window_argmax(values: np.ndarray) -> np.ndarray:
-    """Argmax along the last axis as PyTorch's pools scan: the first maximum,
-    or the last NaN if there is one."""
-    best = values.argmax(axis=-1)
-    nan = np.isnan(values)
-    if nan.any():
-        last_nan = values.shape[-1] - 1 - nan[..., ::-1].argmax(axis=-1)
-        best = np.where(nan.any(axis=-1), last_nan, best)
-    return best
+    _adaptive_shape(shape, dout.shape[2:])
+    out = np.empty(shape, dtype=dout.dtype)
+    if shape[0]:
+        in_pieces("adaptive_avg_pool2d_backward", shape[:2], (dout, out),
+                  taps=_adaptive_taps(shape, *dout.shape[2:]))
+    return out
 
 
 def adaptive_max_pool2d(x, output_size, return_indices=False):
@@ -1521,37 +1460,12 @@ def adaptive_max_pool2d(x, output_size, return_indices=False):
     x = v.as_float_array(x, "x")
     v.check_nchw(x, "x")
     return_indices = v.flag(return_indices, "return_indices")
-    if not x.shape[0]:
-        out_shape = _adaptive_shape(x.shape, output_size)
-        out, indices = np.empty(out_shape, dtype=x.dtype), np.empty(out_shape, dtype=np.int64)
-        return (out, indices) if return_indices else out
-    (hs, he), (ws, we) = _adaptive_plan(x.shape, output_size)
-    n, c, h, w = x.shape
-    oh, ow = len(hs), len(ws)
-    if _small_windows(hs, he, ws, we):
-        # PyTorch's scan: -inf and the first cell, then `v > best or isnan(v)`.
-        out = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
-        indices = np.broadcast_to(hs[:, None] * w + ws[None, :], out.shape).copy()
-        for (values, inside), flat in _window_offsets(x, hs, he, ws, we):
-            better = (values > out) | np.isnan(values)
-            if inside is not None:
-                better &= inside
-            np.copyto(out, values, where=better)
-            np.copyto(indices, np.broadcast_to(flat, out.shape), where=better)
-        return (out, indices) if return_indices else out
-    # The maximum of a rectangle is the maximum over its rows of each row's
-    # maximum; taking the first (or last NaN) at both stages keeps the scan order.
-    col_arg = np.empty((n, c, h, ow), dtype=np.int64)
-    for j in range(ow):
-        col_arg[..., j] = ws[j] + _window_argmax(x[..., ws[j]:we[j]])
-    col_max = np.take_along_axis(x, col_arg, axis=3)
-    out = np.empty((n, c, oh, ow), dtype=x.dtype)
-    indices = np.empty((n, c, oh, ow), dtype=np.int64)
-    for i in range(oh):
-        rows = hs[i] + _window_argmax(np.moveaxis(col_max[:, :, hs[i]:he[i], :], 2, 3))
-        out[:, :, i, :] = np.take_along_axis(col_max, rows[:, :, None, :], axis=2)[:, :, 0]
-        cols = np.take_along_axis(col_arg, rows[:, :, None, :], axis=2)[:, :, 0]
-        indices[:, :, i, :] = rows * w + cols
+    shape = _adaptive_shape(x.shape, output_size)
+    out, indices = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int64)
+    if x.shape[0]:
+        # (a max-pool tap, a comparison and two selects, costs about two)
+        in_pieces("adaptive_max_pool2d_forward", x.shape[:2], (x, out, indices),
+                  taps=2 * _adaptive_taps(x.shape, *shape[2:]))
     return (out, indices) if return_indices else out
 
 

@@ -31,6 +31,9 @@ __all__ = [
     "max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "adaptive_avg_pool2d_forward",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d_forward",
     "conv2d_forward",
     "conv2d_backward",
     "conv2d_direct_forward",
@@ -139,6 +142,16 @@ def col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out):
     return out
 
 
+def _scan_pick(values, valid):
+    """The position along the last axis that PyTorch's max scan keeps: the
+    last NaN, or else the first maximum of the `valid` entries (the first
+    valid one if all are -inf). The others must hold -inf."""
+    is_nan = np.isnan(values)
+    last_nan = values.shape[-1] - 1 - np.argmax(is_nan[..., ::-1], axis=-1)
+    first_best = np.argmax((values == values.max(axis=-1, keepdims=True)) & valid, axis=-1)
+    return np.where(is_nan.any(axis=-1), last_nan, first_best)
+
+
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out, indices):
     """Max pooling with argmax, as ``F.max_pool2d(..., return_indices=True)``.
 
@@ -161,13 +174,7 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out, indices):
     valid = _windows(_pad_to_cover(inside, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, False), *geometry)
     vals = vals.reshape(vals.shape[:4] + (kh * kw,))
     valid = valid.reshape(valid.shape[:4] + (kh * kw,))
-
-    is_nan = np.isnan(vals)
-    has_nan = is_nan.any(axis=-1)
-    last_nan = kh * kw - 1 - np.argmax(is_nan[..., ::-1], axis=-1)
-    best = vals.max(axis=-1)
-    first_best = np.argmax((vals == best[..., None]) & valid, axis=-1)
-    pos = np.where(has_nan, last_nan, first_best)
+    pos = _scan_pick(vals, valid)
 
     ih = np.arange(oh)[:, None] * sh - ph + (pos // kw) * dh
     iw = np.arange(ow)[None, :] * sw - pw + (pos % kw) * dw
@@ -255,6 +262,165 @@ def avg_pool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor
         for j in reversed(range(kw)):
             _offset_view(acc, i, j, sh, sw, 1, 1, oh, ow)[...] += grad
     out[...] = acc[:, :, ph : ph + h, pw : pw + w]
+    return out
+
+
+# Adaptive pooling. Window i of n along an axis of `size` cells covers
+# cells floor(i*size/n) to ceil((i+1)*size/n) (exclusive), as PyTorch's. The
+# twins gather every window's cells in row-major order along a last axis
+# (padded at its end with cells that change nothing) and reduce along it:
+# the sums by np.add.accumulate, which adds one cell after the other, as
+# the compiled kernels (and PyTorch) do.
+
+
+def _adaptive_windows(size, n):
+    """Starts and ends of the `n` windows along an axis of `size` cells.
+
+    As the compiled kernels compute them, without forming ``i*size`` (which
+    can overflow): with ``size = q*n + r``, ``floor(i*size/n) = i*q +
+    floor(i*r/n)``, and ``i*r < n*n``.
+    """
+    i = np.arange(n, dtype=np.int64)
+    q, r = divmod(size, n)
+    return i * q + i * r // n, (i + 1) * q + ((i + 1) * r + n - 1) // n
+
+
+def _sequential_sum(terms):
+    """The sum along the last axis, one term after the other from +0.0."""
+    # accumulate starts from the first term; adding +0.0 at the end turns a
+    # -0.0 into the +0.0 that a sum from +0.0 gives (and changes nothing else)
+    return np.add.accumulate(terms, axis=-1)[..., -1] + terms.dtype.type(0)
+
+
+def _adaptive_cells(h, w, oh, ow):
+    """Every window's cells in row-major order: ``(oh, ow, K)`` flat indices
+    ``ih*W + iw`` (K the largest window's cell count) and whether each is one
+    of the window's cells (the rest, at the end, repeat its first cell)."""
+    hs, he = _adaptive_windows(h, oh)
+    ws, we = _adaptive_windows(w, ow)
+    kh, kw = (he - hs)[:, None, None], (we - ws)[None, :, None]
+    k = np.arange(int(kh.max()) * int(kw.max()))
+    inside = k < kh * kw
+    k = np.where(inside, k, 0)
+    return (hs[:, None, None] + k // kw) * w + ws[None, :, None] + k % kw, inside
+
+
+def _per_window(a, h, w):
+    """`a` ``(..., oh, ow)`` divided by the height, then by the width, of each
+    window over an ``(h, w)`` input."""
+    hs, he = _adaptive_windows(h, a.shape[-2])
+    ws, we = _adaptive_windows(w, a.shape[-1])
+    t = a.dtype.type
+    return a / (he - hs).astype(t)[:, None] / (we - ws).astype(t)
+
+
+def _planes(a):
+    """`a` ``(N, C, H, W)`` as ``(N, C, H*W)``."""
+    return a.reshape(a.shape[:2] + (a.shape[2] * a.shape[3],))
+
+
+#: A 1x1 adaptive average sums each plane in this many lanes (cell i in lane
+#: i % 16), each from +0.0 in order, then the lanes in order, as the compiled
+#: kernel does (PyTorch computes it as a mean, in yet another order).
+_PLANE_LANES = 16
+
+
+def _plane_sums(x):
+    """The ``(N, C)`` sums of the planes of `x` in :data:`_PLANE_LANES` lanes."""
+    n, c, h, w = x.shape
+    rows = -(-h * w // _PLANE_LANES)
+    # the lanes' last cells padded with +0.0, which changes no sum
+    cells = np.zeros((n, c, rows * _PLANE_LANES), dtype=x.dtype)
+    cells[..., : h * w] = _planes(x)
+    lanes = _sequential_sum(np.swapaxes(cells.reshape(n, c, rows, _PLANE_LANES), -1, -2))
+    return _sequential_sum(lanes)
+
+
+def adaptive_avg_pool2d_forward(x, out):
+    """Adaptive average pooling, as ``F.adaptive_avg_pool2d``.
+
+    Each window's cells are summed row by row from +0.0, the sum divided by
+    the window's height, then by its width (PyTorch's order); a 1x1 output
+    sums its plane in lanes (:data:`_PLANE_LANES`).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    out : ndarray, shape (N, C, oh, ow), same dtype as `x`
+    """
+    h, w = x.shape[2:]
+    oh, ow = out.shape[2:]
+    if oh == ow == 1:
+        sums = _plane_sums(x)[..., None, None]
+    else:
+        cells, inside = _adaptive_cells(h, w, oh, ow)
+        sums = _sequential_sum(np.where(inside, _planes(x)[:, :, cells], x.dtype.type(0)))
+    out[...] = _per_window(sums, h, w)
+    return out
+
+
+def adaptive_max_pool2d_forward(x, out, indices):
+    """Adaptive max pooling with argmax, as ``F.adaptive_max_pool2d(...,
+    return_indices=True)``.
+
+    Each window is scanned row by row keeping ``v > best or isnan(v)`` from
+    -inf and the window's first cell: ties go to the first maximum; a NaN
+    wins and the last NaN's index is kept.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    out : ndarray, shape (N, C, oh, ow), same dtype as `x`
+    indices : ndarray of int64, shape (N, C, oh, ow)
+        Flat index ``ih * W + iw`` of each maximum inside its (n, c) plane.
+    """
+    h, w = x.shape[2:]
+    oh, ow = out.shape[2:]
+    cells, inside = _adaptive_cells(h, w, oh, ow)
+    values = np.where(inside, _planes(x)[:, :, cells], x.dtype.type(-np.inf))
+    pos = _scan_pick(values, inside)
+    # the chosen cell's own value: of tied -0.0 and 0.0 the first one wins
+    out[...] = np.take_along_axis(values, pos[..., None], axis=-1)[..., 0]
+    indices[...] = np.take_along_axis(np.broadcast_to(cells, values.shape), pos[..., None],
+                                      axis=-1)[..., 0]
+    return out, indices
+
+
+def adaptive_avg_pool2d_backward(dout, out):
+    """Gradient of :func:`adaptive_avg_pool2d_forward`.
+
+    Each window's share is its gradient divided by its height, then by its
+    width; a cell receives the shares of the windows that hold it in
+    row-major window order, added from +0.0 (PyTorch's order).
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, C, oh, ow)
+    out : ndarray, shape (N, C, H, W), same dtype as `dout`
+    """
+    h, w = out.shape[2:]
+    oh, ow = dout.shape[2:]
+    share = _per_window(dout, h, w)
+    hs, he = _adaptive_windows(h, oh)
+    ws, we = _adaptive_windows(w, ow)
+    # the windows that hold each row (or column) are consecutive: from the
+    # first that ends after it to the first that starts after it
+    rows = np.arange(h)
+    first_row = np.searchsorted(he, rows, side="right")
+    rows_held = np.searchsorted(hs, rows, side="right") - first_row
+    cols = np.arange(w)
+    first_col = np.searchsorted(we, cols, side="right")
+    cols_held = np.searchsorted(ws, cols, side="right") - first_col
+    # (H, W, R*S) windows of each cell in row-major order, R and S the most
+    # windows that hold a row and a column
+    a = np.arange(int(rows_held.max()))[:, None]
+    b = np.arange(int(cols_held.max()))[None, :]
+    oy = first_row[:, None, None, None] + a
+    ox = first_col[None, :, None, None] + b
+    inside = (a < rows_held[:, None, None, None]) & (b < cols_held[None, :, None, None])
+    flat = np.where(inside, oy * ow + ox, 0).reshape(h, w, -1)
+    terms = np.where(inside.reshape(h, w, -1), _planes(share)[:, :, flat], dout.dtype.type(0))
+    out[...] = _sequential_sum(terms)
     return out
 
 

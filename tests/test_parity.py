@@ -13,8 +13,8 @@ Two levels:
 
 Exactness (established by running these tests, see the comments of each
 test): every kernel is BITWISE equal between the two sets (checked as equal
-values plus the same sign of every zero), including the
-floating-point sums (col2im, avg-pool forward/backward, max-pool backward),
+values plus the same sign of every zero), including the floating-point sums
+(col2im, avg-pool and adaptive avg-pool forward/backward, max-pool backward),
 because the twin adds in the compiled kernel's order.
 ``np.testing.assert_array_equal`` is therefore used (it treats NaN as equal
 to NaN). The GEMM drivers (conv2d, linear, Winograd's conv2d) are the
@@ -208,6 +208,107 @@ def test_kernel_avg_pool2d_backward(g, dtype, kind, seed, nt, count_include_pad,
         assert compiled(dout, *args, out_c, nt) is out_c
         assert reference(dout, *args, out_r) is out_r
     _assert_same(out_c, out_r)
+
+
+# ---------------------------------------------------------------------------
+# Adaptive pools, kernel level. Window i of n along an axis of `size` cells
+# covers floor(i*size/n) to ceil((i+1)*size/n), recomputed here with Python's
+# integers.
+
+
+def _adaptive_windows(size, n):
+    return [(i * size // n, -(-(i + 1) * size // n)) for i in range(n)]
+
+
+@st.composite
+def adaptive_problems(draw, max_n=3):
+    """(input shape, (oh, ow)): windows that overlap or tile the input, outputs
+    larger than the input, 1x1 and 1xW outputs, empty batches."""
+    n = draw(st.integers(0, max_n))
+    c = draw(st.integers(1, 3))
+    sizes = []
+    for _ in range(2):
+        size = draw(st.integers(1, 20))
+        out = draw(st.one_of(st.integers(1, 24), st.sampled_from(
+            [d for d in range(1, size + 1) if size % d == 0])))  # windows that tile
+        sizes.append((size, out))
+    (h, oh), (w, ow) = sizes
+    return (n, c, h, w), (oh, ow)
+
+
+adaptive_kinds = st.sampled_from(["normal", "ties", "special", "neg_inf", "nan", "zeros"])
+
+
+@hsettings(200)
+@given(problem=adaptive_problems(), dtype=dtypes, kind=adaptive_kinds, seed=seeds, nt=threads)
+@example(problem=((2, 3, 32, 32), (7, 7)), dtype=np.float32, kind="normal", seed=0, nt=2)
+@example(problem=((1, 2, 56, 56), (7, 7)), dtype=np.float64, kind="special", seed=1, nt=3)
+@example(problem=((2, 2, 19, 23), (1, 1)), dtype=np.float32, kind="zeros", seed=2, nt=1)
+@example(problem=((1, 2, 3, 5), (7, 11)), dtype=np.float64, kind="ties", seed=3, nt=2)
+def test_kernel_adaptive_avg_pool2d_and_backward(problem, dtype, kind, seed, nt):
+    # Each window summed in row-major order from +0.0, then / height / width
+    # (a 1x1 output in lanes); each cell's shares added in row-major window
+    # order from +0.0: the twin adds in the same order, exact. (inf - inf
+    # makes the twin warn.)
+    shape, (oh, ow) = problem
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, shape, dtype, kind)
+    dout = make_values(rng, shape[:2] + (oh, ow), dtype, kind)
+    for name, src, out_shape in (("adaptive_avg_pool2d_forward", x, shape[:2] + (oh, ow)),
+                                 ("adaptive_avg_pool2d_backward", dout, shape)):
+        compiled, reference = _pair(name)
+        out_c = _garbage(out_shape, dtype, 7.0)
+        out_r = _garbage(out_shape, dtype, -3.0)
+        with np.errstate(invalid="ignore"):
+            assert compiled(src, out_c, nt) is out_c
+            assert reference(src, out_r) is out_r
+        _assert_same(out_c, out_r)
+
+
+@hsettings(200)
+@given(problem=adaptive_problems(), dtype=dtypes, kind=adaptive_kinds, seed=seeds, nt=threads)
+@example(problem=((2, 3, 32, 32), (7, 7)), dtype=np.float32, kind="ties", seed=0, nt=2)
+@example(problem=((1, 2, 56, 56), (7, 7)), dtype=np.float64, kind="nan", seed=1, nt=3)
+@example(problem=((2, 2, 7, 9), (1, 1)), dtype=np.float32, kind="neg_inf", seed=2, nt=1)
+@example(problem=((1, 2, 3, 5), (7, 11)), dtype=np.float64, kind="zeros", seed=3, nt=2)
+def test_kernel_adaptive_max_pool2d_and_its_scatter(problem, dtype, kind, seed, nt):
+    # Values and int64 argmax exact (last NaN, else first maximum, in each
+    # window's row-major order; -inf windows keep their first cell), each
+    # index in its window. The backward is max_pool2d_backward's scatter:
+    # exact too with these indices, which repeat where windows overlap.
+    shape, (oh, ow) = problem
+    compiled, reference = _pair("adaptive_max_pool2d_forward")
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, shape, dtype, kind)
+    pool_shape = shape[:2] + (oh, ow)
+    out_c, idx_c = _garbage(pool_shape, dtype, 7.0), _garbage(pool_shape, np.int64, -7)
+    out_r, idx_r = _garbage(pool_shape, dtype, -3.0), _garbage(pool_shape, np.int64, -3)
+    res_c = compiled(x, out_c, idx_c, nt)
+    res_r = reference(x, out_r, idx_r)
+    assert res_c[0] is out_c and res_c[1] is idx_c
+    assert res_r[0] is out_r and res_r[1] is idx_r
+    _assert_same(out_c, out_r)
+    _assert_same(idx_c, idx_r)
+    w = shape[3]
+    rows, cols = idx_c // w, idx_c % w
+    for i, (start, end) in enumerate(_adaptive_windows(shape[2], oh)):
+        assert ((start <= rows[:, :, i]) & (rows[:, :, i] < end)).all()
+    for j, (start, end) in enumerate(_adaptive_windows(w, ow)):
+        assert ((start <= cols[..., j]) & (cols[..., j] < end)).all()
+    compiled, reference = _pair("max_pool2d_backward")
+    dout = make_values(rng, pool_shape, dtype, "normal")
+    got = compiled(dout, idx_c, _garbage(shape, dtype, 7.0), nt)
+    _assert_same(got, reference(dout, idx_c, _garbage(shape, dtype, -3.0)))
+
+
+def test_adaptive_windows_of_huge_axes_do_not_overflow():
+    # floor(i*size/n) and ceil((i+1)*size/n) for sizes whose i*size passes
+    # 2**63: the twin's (the compiled kernels' formula) against Python's integers.
+    from fastcnn.reference import _adaptive_windows as windows
+
+    for size, n in ((2**62 + 5, 7), (2**63 - 1, 3), (2**50 + 3, 1000), (5, 1000)):
+        starts, ends = windows(size, n)
+        assert [(int(a), int(b)) for a, b in zip(starts, ends)] == _adaptive_windows(size, n)
 
 
 # ---------------------------------------------------------------------------
@@ -446,10 +547,11 @@ def test_kernel_conv2d_backward_computes_only_what_is_asked(g, dtype):
 def test_registry_pairs_every_kernel():
     assert set(_backend.KERNEL_NAMES) == {
         "im2col", "col2im", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
-        "avg_pool2d_backward", "conv2d_forward", "conv2d_backward", "conv2d_direct_forward",
-        "conv2d_direct_backward", "linear_forward", "linear_backward", "winograd_weight",
-        "winograd_conv2d", "winograd_conv2d_backward", "batch_norm_stats", "batch_norm_elemt",
-        "batch_norm_backward_reduce",
+        "avg_pool2d_backward", "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
+        "adaptive_max_pool2d_forward", "conv2d_forward", "conv2d_backward",
+        "conv2d_direct_forward", "conv2d_direct_backward", "linear_forward",
+        "linear_backward", "winograd_weight", "winograd_conv2d", "winograd_conv2d_backward",
+        "batch_norm_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
         "batch_norm_backward_elemt", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
         "softmax_cross_entropy", "sgd_update", "adam_update", "adagrad_update", "rmsprop_update",
         "adadelta_update", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "elu",
@@ -733,6 +835,32 @@ def test_public_avg_pool2d_and_backward(g, dtype, kind, seed, layout, count_incl
     dout = make_values(rng, g.pool_shape, dtype, "normal")
     dx = _all_ways(F.avg_pool2d_backward, [dout], layout, input_shape=g.shape, **kwargs)
     assert dx.shape == g.shape and dx.dtype == dtype
+
+
+@hsettings(100)
+@given(problem=adaptive_problems(max_n=2), dtype=dtypes, kind=adaptive_kinds, seed=seeds,
+       layout=layouts, none_axis=st.sampled_from([None, 0, 1]))
+def test_public_adaptive_pools_and_backward(problem, dtype, kind, seed, layout, none_axis):
+    shape, output_size = problem
+    if none_axis is not None:  # None keeps the input's size on that axis
+        output_size = tuple(None if axis == none_axis else size
+                            for axis, size in enumerate(output_size))
+    pool_shape = shape[:2] + tuple(shape[2 + axis] if size is None else size
+                                   for axis, size in enumerate(output_size))
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, shape, dtype, kind)
+    with np.errstate(invalid="ignore"):
+        out = _all_ways(F.adaptive_avg_pool2d, [x], layout, output_size=output_size)
+    assert out.shape == pool_shape and out.dtype == dtype
+    out, idx = _all_ways(F.adaptive_max_pool2d, [x], layout, output_size=output_size,
+                         return_indices=True)
+    assert out.shape == idx.shape == pool_shape and idx.dtype == np.int64
+    _assert_same(_all_ways(F.adaptive_max_pool2d, [x], "C", output_size=output_size), out)
+    dout = make_values(rng, pool_shape, dtype, "normal")
+    dx = _all_ways(F.adaptive_avg_pool2d_backward, [dout], layout, input_shape=shape)
+    assert dx.shape == shape and dx.dtype == dtype
+    dx = _all_ways(F.adaptive_max_pool2d_backward, [dout, idx], layout, input_shape=shape)
+    assert dx.shape == shape and dx.dtype == dtype
 
 
 # ---------------------------------------------------------------------------

@@ -12,8 +12,9 @@ whole process group is killed when it runs out):
 * races: while the main thread calls the ops, another thread writes
   out-of-range values into ``max_pool2d_backward``'s indices or the labels
   of ``softmax_cross_entropy``, or changes the shape attribute of the arrays
-  passed in (between validation and kernel); the process must survive
-  (errors are fine, out-of-bounds accesses are not).
+  passed in (between validation and kernel), or the values that adaptive max
+  pooling compares; the process must survive (errors are fine, out-of-bounds
+  accesses are not), and the pooling's indices stay in their windows.
 * Ctrl-C: SIGINT during a call of several seconds raises KeyboardInterrupt
   within 0.5 s, leaves no thread computing, and the next call works. Long
   calls run in pieces (``_backend.in_pieces``); in-process tests below check
@@ -215,6 +216,41 @@ def test_indices_and_labels_changed_during_a_call_never_go_out_of_bounds():
 
 
 @needs_compiled
+def test_values_changed_during_adaptive_max_pool_keep_its_indices_in_their_windows():
+    # The values decide which cell of a window wins, never where a kernel
+    # reads or writes: another thread flipping cells to NaN, -inf and back
+    # meanwhile gives each index in its window all the same.
+    out = _run(RACE_PRELUDE + """
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 16, 45, 37))
+    good = x.copy()
+
+    def mutate():
+        x[:, :, ::3] = np.nan
+        pause()
+        x[:, :, 1::2] = -np.inf
+        pause()
+        x[...] = good
+
+    windows_h = [(i * 45 // 7, -(-(i + 1) * 45 // 7)) for i in range(7)]
+    windows_w = [(j * 37 // 40, -(-(j + 1) * 37 // 40)) for j in range(40)]
+
+    def call():
+        idx = F.adaptive_max_pool2d(x, (7, 40), return_indices=True)[1]
+        rows, cols = idx // 37, idx % 37
+        for i, (start, end) in enumerate(windows_h):
+            assert ((start <= rows[:, :, i]) & (rows[:, :, i] < end)).all()
+        for j, (start, end) in enumerate(windows_w):
+            assert ((start <= cols[..., j]) & (cols[..., j] < end)).all()
+
+    fastcnn.set_num_threads(2)
+    calls, _ = hammer(1.0, call, mutate)
+    print("survived", calls > 0)
+    """, timeout=60)
+    assert "survived True" in out
+
+
+@needs_compiled
 def test_shapes_changed_between_validation_and_kernel_never_go_out_of_bounds():
     # ndarray.shape can be assigned in place: an array the caller still holds
     # may take another shape between the op's checks and its kernel.
@@ -247,6 +283,9 @@ def test_shapes_changed_between_validation_and_kernel_never_go_out_of_bounds():
         (lambda: F.conv2d_backward(y, x, w), (y, x, w)),
         (lambda: F.max_pool2d_backward(p, idx, x.shape), (p, idx)),
         (lambda: F.avg_pool2d_backward(a, x.shape, 2), (a,)),
+        (lambda: F.adaptive_avg_pool2d(x, 5), (x,)),
+        (lambda: F.adaptive_max_pool2d(x, 5, return_indices=True), (x,)),
+        (lambda: F.adaptive_avg_pool2d_backward(a, x.shape), (a,)),
     ]
     for call, arrays in cases:
         print(hammer(0.3, call, reshaping(*arrays)))
@@ -379,6 +418,10 @@ def _ops(dtype):
         "max_unpool2d": lambda: F.max_unpool2d(dp, idx, 3, stride=2, padding=1,
                                                output_size=x.shape),
         "max_unpool2d_backward": lambda: F.max_unpool2d_backward(x, idx),
+        "adaptive_avg_pool2d": lambda: F.adaptive_avg_pool2d(x, (5, 20)),
+        "adaptive_avg_pool2d-global": lambda: F.adaptive_avg_pool2d(x, 1),
+        "adaptive_avg_pool2d_backward": lambda: F.adaptive_avg_pool2d_backward(dp, x.shape),
+        "adaptive_max_pool2d": lambda: F.adaptive_max_pool2d(x, (5, 20), return_indices=True),
     }
 
 

@@ -150,7 +150,7 @@ def with_ties_and_nan(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("output_size", ADAPTIVE_SIZES, ids=str)
-def test_adaptive_avg_pool_matches_torch(dtype, output_size):
+def test_adaptive_avg_pool_matches_torch(backend, dtype, output_size):
     TF = pytest.importorskip("torch.nn.functional")
     x = data((2, 3, 7, 10), dtype)
     expected, dout, (dx,) = torch_run(lambda t: TF.adaptive_avg_pool2d(t, output_size), x)
@@ -160,8 +160,27 @@ def test_adaptive_avg_pool_matches_torch(dtype, output_size):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, output_size", [
+    ((2, 3, 7, 10), (3, 4)), ((2, 3, 32, 32), 7), ((2, 2, 56, 56), 7), ((1, 2, 5, 3), (9, 11)),
+    ((2, 3, 19, 23), (2, 3)), ((1, 3, 9, 9), (1, 4)), ((2, 2, 6, 8), (None, 3)),
+], ids=str)
+def test_adaptive_avg_pool_is_torch_bit_for_bit(backend, dtype, shape, output_size):
+    # Both kernel sets sum each window in PyTorch's order and divide as it
+    # does; the backward adds the shares in its order: the same bits (all
+    # but a 1x1 output, which PyTorch computes as a mean: see above).
+    torch = pytest.importorskip("torch")
+    x = data(shape, dtype)
+    tx = torch.from_numpy(x)
+    out = torch.nn.functional.adaptive_avg_pool2d(tx, output_size)
+    np.testing.assert_array_equal(F.adaptive_avg_pool2d(x, output_size), out.numpy())
+    dout = data(tuple(out.shape), dtype, seed=1)
+    dx = torch.ops.aten._adaptive_avg_pool2d_backward(torch.from_numpy(dout), tx)
+    np.testing.assert_array_equal(F.adaptive_avg_pool2d_backward(dout, shape), dx.numpy())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("output_size", ADAPTIVE_SIZES, ids=str)
-def test_adaptive_max_pool_matches_torch_with_ties_and_nan(dtype, output_size):
+def test_adaptive_max_pool_matches_torch_with_ties_and_nan(backend, dtype, output_size):
     torch = pytest.importorskip("torch")
     x = with_ties_and_nan(dtype)
     t_out, t_idx = torch.nn.functional.adaptive_max_pool2d(
@@ -182,8 +201,8 @@ def test_adaptive_max_pool_matches_torch_with_ties_and_nan(dtype, output_size):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("output_size", [(2, 3), (3, 2), 1, (1, 4)], ids=str)
-def test_adaptive_pools_with_large_windows_match_torch(dtype, output_size):
-    """Windows of more than 64 cells take the row-sum path: ties, NaN and -inf too."""
+def test_adaptive_pools_with_large_windows_match_torch(backend, dtype, output_size):
+    """Windows of a hundred cells and more: ties, NaN and -inf too."""
     torch = pytest.importorskip("torch")
     x = data((2, 3, 19, 23), dtype)
     x[0, 0, 3:9, 2:7] = 2.5  # ties
@@ -199,6 +218,27 @@ def test_adaptive_pools_with_large_windows_match_torch(dtype, output_size):
         t, output_size), x)
     np.testing.assert_allclose(F.adaptive_avg_pool2d(x, output_size), expected, **tol(dtype))
     np.testing.assert_allclose(F.adaptive_avg_pool2d_backward(dout, x.shape), dx, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adaptive_max_pool_ties_between_zeros_and_columns_match_torch(backend, dtype):
+    # -0.0 and 0.0 tie (the first one wins, with its sign); equal maxima in
+    # several columns of a window: the first in row-major order, not the
+    # first column's; NaN in several columns: the last in row-major order.
+    torch = pytest.importorskip("torch")
+    x = np.zeros((2, 2, 6, 8), dtype)
+    x[0, 0, ::2, 1::3] = -0.0
+    x[0, 1, 2, 0] = x[0, 1, 1, 3] = x[0, 1, 5, 2] = 3.0
+    x[1, 0, 1, 2] = x[1, 0, 4, 0] = x[1, 0, 0, 3] = np.nan
+    x[1, 1] = -np.inf
+    x[1, 1, 5, 7] = np.nan
+    for output_size in ((1, 1), (2, 2), (3, 5), (7, 9)):
+        t_out, t_idx = torch.nn.functional.adaptive_max_pool2d(
+            torch.from_numpy(x), output_size, return_indices=True)
+        out, idx = F.adaptive_max_pool2d(x, output_size, return_indices=True)
+        np.testing.assert_array_equal(out, t_out.numpy())
+        np.testing.assert_array_equal(np.signbit(out), np.signbit(t_out.numpy()))
+        np.testing.assert_array_equal(idx, t_idx.numpy())
 
 
 # ---------------------------------------------------------------------------

@@ -100,7 +100,8 @@ def _run_all_kernels(g, dtype, nt):
             args = (*g.avg_params(), cip, div)
             outs.append(k["avg_pool2d"](x, *args, np.empty(avg_shape, dtype), nt))
             outs.append(k["avg_pool2d_backward"](dout, *args, np.empty(g.shape, dtype), nt))
-    return (outs + _run_resample_kernels(g, dtype, nt, k, idx) + _run_gemm_kernels(g, dtype, nt, k)
+    return (outs + _run_resample_kernels(g, dtype, nt, k, idx)
+            + _run_adaptive_kernels(g, dtype, nt, k) + _run_gemm_kernels(g, dtype, nt, k)
             + _run_direct_kernels(g, dtype, nt, k))
 
 
@@ -120,6 +121,29 @@ def _run_resample_kernels(g, dtype, nt, k, idx):
     pooled = make_values(rng, g.pool_shape, dtype, "normal")
     outs.append(k["max_unpool2d"](pooled, idx, np.empty(g.shape, dtype), nt))
     outs.append(k["max_unpool2d_backward"](x, idx, np.empty(g.pool_shape, dtype), nt))
+    return outs
+
+
+# Adaptive output sizes: overlapping windows (7 into 33 and 31), outputs
+# larger than the input, a global pool, and windows that tile the input
+# (11 into 33).
+ADAPTIVE_SIZES = [(7, 7), (40, 45), (1, 1), (11, 3)]
+
+
+def _run_adaptive_kernels(g, dtype, nt, k):
+    """The adaptive pool kernels on g's input with nt threads (and max_pool2d_backward
+    on their indices, which repeat where windows overlap)."""
+    rng = np.random.default_rng(17)
+    x = make_values(rng, g.shape, dtype, "ties")
+    outs = []
+    for size in ADAPTIVE_SIZES:
+        shape = g.shape[:2] + size
+        dout = make_values(rng, shape, dtype, "normal")
+        out, idx = k["adaptive_max_pool2d_forward"](x, np.empty(shape, dtype),
+                                                    np.empty(shape, np.int64), nt)
+        outs += [out, idx, k["max_pool2d_backward"](dout, idx, np.empty(g.shape, dtype), nt),
+                 k["adaptive_avg_pool2d_forward"](x, np.empty(shape, dtype), nt),
+                 k["adaptive_avg_pool2d_backward"](dout, np.empty(g.shape, dtype), nt)]
     return outs
 
 
@@ -213,6 +237,11 @@ def _run_public(dtype):
     with _backend.use_conv_algorithm("winograd"):
         out = F.conv2d(x, w[:, :2].repeat(4, axis=1), b, padding=1)
         res += [out, *F.conv2d_backward(out, x, w[:, :2].repeat(4, axis=1), padding=1)]
+    for size in ((7, 7), (31, 40), 1):
+        top, where = F.adaptive_max_pool2d(x, size, return_indices=True)
+        avg = F.adaptive_avg_pool2d(x, size)
+        res += [top, where, F.adaptive_max_pool2d_backward(top, where, x.shape), avg,
+                F.adaptive_avg_pool2d_backward(avg, x.shape)]
     return res
 
 
@@ -260,7 +289,9 @@ def test_concurrent_calls_from_python_threads():
             out, idx = F.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
             return [F.im2col(x, 3, padding=1), out, idx,
                     F.col2im(F.im2col(x, 3, padding=1), (40, 37), 3, padding=1),
-                    F.avg_pool2d(x, 2, ceil_mode=True)]
+                    F.avg_pool2d(x, 2, ceil_mode=True), *F.adaptive_max_pool2d(
+                        x, 7, return_indices=True), F.adaptive_avg_pool2d(x, (6, 50)),
+                    F.adaptive_avg_pool2d_backward(x, (2, 5, 9, 11))]
 
     serial = [work(x) for x in xs]
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -623,6 +654,10 @@ def test_dispatch_really_switches(monkeypatch, name):
             np.ones((2, 3, 3, 3)), np.zeros((2, 3, 3, 3), np.int64), x.shape),
         "avg_pool2d": lambda: F.avg_pool2d(x, 2),
         "avg_pool2d_backward": lambda: F.avg_pool2d_backward(np.ones((2, 3, 3, 3)), x.shape, 2),
+        "adaptive_avg_pool2d_forward": lambda: F.adaptive_avg_pool2d(x, 4),
+        "adaptive_avg_pool2d_backward": lambda: F.adaptive_avg_pool2d_backward(
+            np.ones((2, 3, 4, 4)), x.shape),
+        "adaptive_max_pool2d_forward": lambda: F.adaptive_max_pool2d(x, 4),
         "conv2d_forward": lambda: _forced("gemm", F.conv2d, x, np.ones((2, 3, 2, 2))),
         "conv2d_backward": lambda: _forced("gemm", F.conv2d_backward, np.ones((2, 2, 5, 5)), x,
                                            np.ones((2, 3, 2, 2))),
@@ -704,6 +739,43 @@ def test_fastcnn_backend_environment_variable(env, expected):
     proc = _python("import fastcnn; print(fastcnn.get_backend())", FASTCNN_BACKEND=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [expected]
+
+
+def _kernel_modules():
+    """The compiled kernel modules that were built (every one that setup.py lists)."""
+    import importlib.machinery
+
+    folder = os.path.join(os.path.dirname(fastcnn.__file__), "_kernels")
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return sorted(name.split(".")[0] for name in os.listdir(folder) if name.endswith(suffixes))
+
+
+MISSING_MODULE = """
+import importlib.abc, sys, warnings
+
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "fastcnn._kernels.{module}":
+            raise ImportError("{module} was not built")
+
+sys.meta_path.insert(0, Missing())
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import fastcnn
+print(fastcnn.get_backend(), any("{module} was not built" in str(w.message) for w in caught))
+"""
+
+
+@needs_compiled
+@pytest.mark.parametrize("module", _kernel_modules() if COMPILED else [])
+def test_any_missing_kernel_module_leaves_the_numpy_backend(module):
+    # One module missing from a build disables the compiled set with a
+    # warning (tests/conftest.py then fails the session): no kernel set runs
+    # half compiled.
+    assert "adaptive" in _kernel_modules()
+    proc = _python(MISSING_MODULE.format(module=module))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["numpy", "True"]
 
 
 # ---------------------------------------------------------------------------
