@@ -23,8 +23,10 @@ The contract checked for each call (DESIGN.md, "Bad input gets a clear error"):
   of zeros included; same dtypes and shapes), or both raise the same type;
 * the only exceptions are ValueError and TypeError with a message that names
   an argument; MemoryError only when some array of the call really is huge
-  (the output, an input once made contiguous, or the im2col buffer of a
-  convolution: >= 2**31 elements);
+  (a result, i.e. an output or a gradient, even of empty inputs; an input
+  once made contiguous; or the im2col buffer of a convolution: >= 2**31
+  elements). The cost model (``_cost``) that predicts these sizes is itself
+  checked: every result of 2**12 elements or more must have been counted;
 * inputs are never modified; the worker survives every call.
 
 The NumPy twin materialises the padded input and every window and loops
@@ -87,6 +89,8 @@ TWIN_MAX_LOOPS = 2**12  # the NumPy twin loops over kernel offsets in Python
 # skipped, like the gray zone above.
 KERNEL_MAX_WORK = 2**32
 HUGE_EXTENTS = sys.platform.startswith("linux")
+# Results of at least this many elements must be counted by the cost model.
+COST_CHECKED_FROM = 2**12
 # NumPy's ValueErrors for arrays it cannot describe (the twin's padded copies).
 NUMPY_SIZE_ERRORS = ("array is too big", "Maximum allowed dimension exceeded")
 
@@ -603,7 +607,9 @@ def run_once(spec, backend):
         with warnings.catch_warnings(), context:
             warnings.simplefilter("ignore")  # NumPy's RuntimeWarnings on inf/NaN data are not failures
             result = _call(spec, seen)
-        report = {"kind": "ok", "desc": [f"{p}: {a.dtype}{a.shape}" for p, a in _arrays_in(result, "result")]}
+        arrays = list(_arrays_in(result, "result"))
+        report = {"kind": "ok", "desc": [f"{p}: {a.dtype}{a.shape}" for p, a in arrays],
+                  "sizes": [a.size for _, a in arrays]}
     except _NoOracle as exc:
         report = {"kind": "no-oracle", "msg": str(exc)}
     except HarnessError as exc:
@@ -991,6 +997,15 @@ def _op_cost(name, a, cost):
             geo = _conv_geometry(size, k, a["stride"], a["padding"], a["dilation"])
             if geo:
                 cost.window_op(n, c, size, geo, True)
+    elif name == "group_norm_backward":
+        x = _shape_of(a["x"])
+        if x is not None and len(x) >= 2:
+            cost.arrays.append(x[1])  # dweight, dbias: (C,) even for an empty batch
+    elif name == "layer_norm_backward":
+        shape = a["normalized_shape"]
+        shape = shape if isinstance(shape, (tuple, list)) else (shape,)
+        if all(isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_)) for d in shape):
+            cost.arrays.append(math.prod(int(d) for d in shape))  # dweight, dbias
     elif name in ("max_pool2d_backward", "avg_pool2d_backward"):
         try:
             shape = tuple(int(v) for v in a["input_shape"])
@@ -1009,6 +1024,9 @@ def _op_cost(name, a, cost):
 def _resample_cost(name, a, cost):
     """The outputs of the padding, resampling and unpooling ops (all that they
     allocate is at most a few times their inputs and outputs)."""
+    if name == "conv_transpose2d_backward":
+        _conv_transpose_cost(_shape_of(a["x"]), a, cost, backward=True)
+        return
     if name.endswith("_backward"):
         try:
             shape = tuple(int(v) for v in a.get("input_shape", ()))
@@ -1030,15 +1048,22 @@ def _resample_cost(name, a, cost):
             cost.arrays.append(n * c * max(h + top + bottom, 0) * max(w + left + right, 0))
     elif name == "interpolate":
         size = _int_pair(a["size"])
+        factors = a["scale_factor"]
+        factors = factors if isinstance(factors, (tuple, list)) else (factors, factors)
         if size:
             cost.arrays.append(n * c * size[0] * size[1])
-        elif isinstance(a["scale_factor"], numbers.Real) and not isinstance(a["scale_factor"], bool):
-            f = float(a["scale_factor"])
-            if math.isfinite(f) and 0 < f < 2**40:
-                cost.arrays.append(int(n * c * h * f * w * f))
+        elif len(factors) == 2 and all(_real(f) for f in factors):
+            fh, fw = (float(f) for f in factors)
+            if math.isfinite(fh * fw) and 0 < min(fh, fw) and max(h * fh, w * fw) < 2**62:
+                cost.arrays.append(n * c * int(h * fh) * int(w * fw))  # as interpolate rounds
     elif name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
-        size = _int_pair(a["output_size"])
-        if size:
+        size = (None, None) if a["output_size"] is None else a["output_size"]
+        if isinstance(size, (tuple, list)) and len(size) == 2 and None in size:
+            # None keeps the input's extent on that side
+            size = [hw if d is None else (_int_pair(d) or (None,))[0] for d, hw in zip(size, (h, w))]
+        else:
+            size = _int_pair(size)
+        if size and None not in size:
             cost.arrays.append(n * c * size[0] * size[1])
     elif name == "max_unpool2d":
         k = _int_pair(a["kernel_size"])
@@ -1046,12 +1071,28 @@ def _resample_cost(name, a, cost):
         if k and s:
             cost.arrays.append(n * c * (h * s[0] + k[0]) * (w * s[1] + k[1]))
     elif name == "conv_transpose2d":
-        weight, s, d = _shape_of(a["weight"]), _int_pair(a["stride"]), _int_pair(a["dilation"])
-        if weight is not None and len(weight) == 4 and s and d:
-            groups = a["groups"] if isinstance(a["groups"], int) and a["groups"] > 0 else 1
-            f = weight[1] * groups
-            cost.arrays.append(n * f * (h * s[0] + d[0] * weight[2]) * (w * s[1] + d[1] * weight[3]))
-            cost.arrays.append(n * f * weight[2] * weight[3] * h * w)  # the columns
+        _conv_transpose_cost(x, a, cost, backward=False)
+
+
+def _real(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def _conv_transpose_cost(x, a, cost, backward):
+    """conv_transpose2d's output (at most ``H*sh + dh*kh`` high) and columns; its
+    backward's columns are dout unfolded by the conv2d window, which reaches
+    at most `dilation` cells past the input (output_padding < stride or dilation)."""
+    weight, s, d = _shape_of(a["weight"]), _int_pair(a["stride"]), _int_pair(a["dilation"])
+    if x is None or len(x) != 4 or weight is None or len(weight) != 4 or not (s and d):
+        return
+    n, _, h, w = x
+    groups = a["groups"] if isinstance(a["groups"], int) and a["groups"] > 0 else 1
+    f = weight[1] * groups
+    if backward:
+        cost.arrays.append(n * f * weight[2] * weight[3] * (h + d[0]) * (w + d[1]))
+        return
+    cost.arrays.append(n * f * (h * s[0] + d[0] * weight[2]) * (w * s[1] + d[1] * weight[3]))
+    cost.arrays.append(n * f * weight[2] * weight[3] * h * w)  # the columns
 
 
 _RESAMPLE_OPS = ("pad", "interpolate", "adaptive_avg_pool2d", "adaptive_max_pool2d",
@@ -1087,6 +1128,8 @@ def _layer_cost(cls, args, kwargs, x, cost):
                 )
     elif cls == "Dense" and {"in_features", "out_features"} <= ints.keys():
         cost.arrays.append(ints["in_features"] * ints["out_features"])
+        if xs is not None and len(xs) == 2:
+            cost.arrays.append(xs[0] * ints["out_features"])
     elif cls in ("MaxPool2D", "AvgPool2D") and xs is not None:
         _op_cost("max_pool2d" if cls == "MaxPool2D" else "avg_pool2d", {"x": x, "dilation": 1, **a}, cost)
     elif cls.startswith("BatchNorm") and "num_features" in ints:
@@ -1162,6 +1205,14 @@ def check(spec, mentions=None):
                 )
         elif r["kind"] == "ok":
             assert not r.get("dtype_problem"), f"{b}: {r['dtype_problem']}{repro}"
+            # The MemoryError rule and the gray zone rely on _cost counting
+            # every result: a result it missed would turn a valid huge call
+            # into a "MemoryError on small arrays" failure.
+            biggest = max(r["sizes"], default=0)
+            assert biggest <= max(COST_CHECKED_FROM, *cost.arrays), (
+                f"test_fuzz's cost model misses a result of {biggest} elements ({b}: {r['desc']}); "
+                f"it counted {sorted(cost.arrays)[-3:]}{repro}"
+            )
     if c is None:
         return rep
     if c["kind"] == "ok" and n["kind"] == "ok":
@@ -2103,6 +2154,19 @@ if __name__ != "__main__":
             "x": arr([0, 1, 536870912, 1], layout="empty"), "training": False,
             "dout": {"t": "like", "layout": "C", "fill": "normal", "seed": 0}, "threads": None,
         },
+        # Found by the long run on 2026-12-06 (at 2**29 channels, now in the
+        # gray zone): the parameter gradients of an empty batch are as large
+        # as its channels / normalized_shape, however empty the inputs.
+        "long-group_norm_backward-empty-batch-2**31-channels": call(
+            "F.group_norm_backward",
+            [arr([0, 2**31, 1, 1], layout="empty"), arr([0, 2**31, 1, 1], layout="empty"), 1], {}, None,
+        ),
+        "long-layer_norm_backward-empty-batch-2**31-normalized": call(
+            "F.layer_norm_backward",
+            [arr([0, 1, 2**31, 1], layout="empty"), arr([0, 1, 2**31, 1], layout="empty"), tup(2**31, 1)],
+            {},
+            None,
+        ),
         # Found by a dev-profile run the same day: a NumPy scalar, not an array.
         "dev-Tanh-0d-special": {
             "op": "layer", "cls": "Tanh", "ctor_args": [], "ctor_kwargs": {},
