@@ -58,17 +58,26 @@ in that directory.
 Running
 -------
 ``HYPOTHESIS_PROFILE=ci pytest tests/test_fuzz.py``
-    What CI runs: derandomized, about 6,700 generated calls (each under both
-    backends), about 40 s on 2 cores once the core passes (shrinking a
+    What CI runs: derandomized, about 18,200 calls (each under both
+    backends), 4 minutes on 2 cores once the core passes (shrinking a
     failure takes longer).
 ``HYPOTHESIS_PROFILE=long pytest tests/test_fuzz.py``
-    On demand: 33x more calls (about 220,000; expect 20-30 minutes).
+    On demand: 33x more examples (about 600,000 calls; hours).
+``FASTCNN_FUZZ_CALLS=200000 HYPOTHESIS_PROFILE=long pytest tests/test_fuzz.py``
+    That many examples in all instead (each one call; the tests share them
+    as ``WEIGHTS`` says), randomized like the long profile.
 ``python tests/test_fuzz.py --replay '<spec json>'``
     Runs one spec (as printed by a failure) in this process, e.g. under gdb.
+
+When the module's tests end (also when ``-x`` stops them) a summary line
+gives the calls made in all, per op (functional op, ``layer.<class>``,
+``loss.<name>``, ``optim.<class>``), the calls per second and the worker's
+crashes/hangs: ``Tally`` counts them in `Worker.run`.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import inspect
@@ -82,6 +91,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -768,10 +778,22 @@ if __name__ != "__main__":
     from fastcnn import optim as _optim
 
 
-def fuzz_settings(weight):
-    """The loaded profile's settings with `weight` times its max_examples."""
+# Examples of each fuzz test, in units of the profile's max_examples: each
+# functional op gets as many as the layers, losses and optimizers together.
+WEIGHTS = {"functional op": 12, "layers": 8, "losses": 3, "optimizers": 3, "set_num_threads": 1}
+
+
+def fuzz_settings(kind):
+    """The loaded profile's settings with ``WEIGHTS[kind]`` times its max_examples;
+    with FASTCNN_FUZZ_CALLS set, ``WEIGHTS[kind]`` shares of that many examples
+    over all the fuzz tests instead (each example is one call)."""
+    per_weight = settings.default.max_examples
+    wanted = os.environ.get("FASTCNN_FUZZ_CALLS")
+    if wanted:
+        total = sum(WEIGHTS.values()) + WEIGHTS["functional op"] * (len(OP_SPECS) - 1)
+        per_weight = -(-int(wanted) // total)
     return settings(
-        max_examples=settings.default.max_examples * weight,
+        max_examples=per_weight * WEIGHTS[kind],
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
         deadline=None,
     )
@@ -785,13 +807,45 @@ class WorkerDied(Exception):
     pass
 
 
+class Tally:
+    """What the worker was asked in this session, per op; printed when the module's tests end."""
+
+    def __init__(self):
+        self.calls = collections.Counter()
+        self.unjudged = collections.Counter()  # no oracle could judge them (skipped)
+        self.crashes = 0  # crashes and hangs of the worker
+        self.first = self.last = None  # time.monotonic() of the first and last call
+
+    @staticmethod
+    def label(spec):
+        op = spec["op"]
+        if op == "threads":
+            return "set_num_threads"
+        return f"layer.{spec['cls']}" if op == "layer" else op.removeprefix("F.")
+
+    def lines(self):
+        total = sum(self.calls.values())
+        seconds = (self.last - self.first) if total else 0.0
+        rate = f" ({total / seconds:,.1f} calls/s)" if seconds > 0 else ""
+        per_op = ", ".join(
+            f"{name} {n:,}" + (f" ({self.unjudged[name]:,} unjudged)" if self.unjudged[name] else "")
+            for name, n in sorted(self.calls.items())
+        )
+        return [
+            f"test_fuzz: {total:,} calls run in the worker (each under both backends) in "
+            f"{seconds:,.0f} s{rate}; {sum(self.unjudged.values()):,} of them without an oracle "
+            f"(skipped); {self.crashes} worker crashes/hangs",
+            f"test_fuzz calls per op: {per_op}",
+        ]
+
+
+TALLY = Tally()
+
+
 class Worker:
     """One long-lived `--worker` subprocess; restarted after a crash."""
 
     def __init__(self):
-        self.calls = 0
-        self.crashes = 0
-        self.unjudged = 0
         self.proc = None
         self.start()
 
@@ -806,7 +860,7 @@ class Worker:
         env["FASTCNN_FUZZ_EXPECT"] = package_dir
         keep = os.environ.get("FASTCNN_FUZZ_STDERR_DIR")  # e.g. sanitizer reports, kept by tools/sanitize.sh
         if keep:
-            self.stderr = open(os.path.join(keep, f"fuzz-worker-{os.getpid()}-{self.crashes}.stderr"), "w+b")
+            self.stderr = open(os.path.join(keep, f"fuzz-worker-{os.getpid()}-{TALLY.crashes}.stderr"), "w+b")
         else:
             self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
@@ -846,7 +900,8 @@ class Worker:
         return self.stderr.read().decode("utf-8", "replace")
 
     def run(self, spec):
-        self.calls += 1
+        TALLY.calls[Tally.label(spec)] += 1
+        TALLY.first = TALLY.first or time.monotonic()
         text = json.dumps(spec)
         try:
             self.proc.stdin.write(text + "\n")
@@ -854,10 +909,11 @@ class Worker:
         except (BrokenPipeError, OSError):
             pass
         reply = self._get(timeout=float(os.environ.get("FASTCNN_FUZZ_TIMEOUT", "120")))
+        TALLY.last = time.monotonic()
         if reply is None or "timeout" in reply:
             rc = self.proc.wait()
             tail = self.stderr_tail()
-            self.crashes += 1
+            TALLY.crashes += 1
             self.start()
             what = f"timed out after {reply['timeout']} s" if reply else f"died with return code {rc}"
             raise WorkerDied(
@@ -1244,7 +1300,7 @@ def check(spec, mentions=None):
     c, n = backends.get("cython"), backends[twin]
     names = [b for b in ("cython", twin) if b in backends]
     if twin == "brute" and n["kind"] == "no-oracle":  # nobody can tell: not a valid test case
-        worker().unjudged += 1
+        TALLY.unjudged[Tally.label(spec)] += 1
         assume(False)
     # The NumPy twin materialises the padded input and every window: past
     # NumPy's limits it fails where the compiled kernels need nothing; the
@@ -1289,7 +1345,7 @@ def check(spec, mentions=None):
     elif twin_out_of_room:
         brute = backends.get("brute", {})
         if brute.get("kind") == "no-oracle":
-            worker().unjudged += 1
+            TALLY.unjudged[Tally.label(spec)] += 1
             assume(False)
         assert brute.get("kind") == "ok", (
             f"the NumPy twin failed ({n['msg']!r}) and so did the brute-force oracle "
@@ -1921,7 +1977,7 @@ if __name__ != "__main__":
 
     @pytest.mark.parametrize("name", sorted(OP_SPECS))
     def test_fuzz_functional(name):
-        @fuzz_settings(12)
+        @fuzz_settings("functional op")
         @given(OP_SPECS[name])
         def run(spec):
             check(spec)
@@ -2059,7 +2115,7 @@ if __name__ != "__main__":
         }
 
     def test_fuzz_layers():
-        @fuzz_settings(8)
+        @fuzz_settings("layers")
         @given(layer_specs())
         def run(spec):
             check(spec)
@@ -2089,7 +2145,7 @@ if __name__ != "__main__":
         }
 
     def test_fuzz_losses():
-        @fuzz_settings(3)
+        @fuzz_settings("losses")
         @given(loss_specs())
         def run(spec):
             check(spec)
@@ -2141,7 +2197,7 @@ if __name__ != "__main__":
         return {"op": "optim." + name, **layer, "args": [], "kwargs": kwargs}
 
     def test_fuzz_optimizers():
-        @fuzz_settings(3)
+        @fuzz_settings("optimizers")
         @given(optim_specs())
         def run(spec):
             check(spec)
@@ -2152,7 +2208,7 @@ if __name__ != "__main__":
     # Thread counts (fastcnn.set_num_threads), in the worker: a bad count must
     # not take the interpreter down.
 
-    @fuzz_settings(1)
+    @fuzz_settings("set_num_threads")
     @given(
         st.one_of(
             st.integers(-8, 8), st.sampled_from([64, 1000, 40000, 2**31 - 1, 2**31, 2**63, -(2**63)]), hostile
@@ -2300,15 +2356,20 @@ if __name__ != "__main__":
         # float64 has room for the same magnitudes: nothing is forgiven there.
         assert _close(a.astype(np.float64), b.astype(np.float64), bound)[:3].tolist() == [True] * 3
 
-    def test_zz_worker_survived_and_exits_cleanly(capsys):
-        """Runs last: the worker answered every call, never crashed, and exits with status 0."""
-        w = worker()
-        with capsys.disabled():
-            print(
-                f"\ntest_fuzz: {w.calls} calls run in the worker (each under both backends), "
-                f"{w.unjudged} of them without an oracle (skipped), {w.crashes} worker crashes/hangs"
-            )
-        assert w.close() == 0
+    @pytest.fixture(scope="module", autouse=True)
+    def _summary(request):
+        """When this module's tests end (also when -x stops them): the calls per op and in
+        all, the rate, and the worker's crashes (the failures are pytest's own report)."""
+        yield
+        if TALLY.calls:
+            # (as capsys.disabled(): teardowns' output is captured too)
+            with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+                print("\n" + "\n".join(TALLY.lines()))
+
+    def test_zz_worker_survived_and_exits_cleanly():
+        """Runs last: the worker never crashed or hung, and exits with status 0."""
+        assert TALLY.crashes == 0
+        assert worker().close() == 0
         global _WORKER
         _WORKER = None
 
