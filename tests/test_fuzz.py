@@ -2361,6 +2361,10 @@ if __name__ != "__main__":
         """When this module's tests end (also when -x stops them): the calls per op and in
         all, the rate, and the worker's crashes (the failures are pytest's own report)."""
         yield
+        global _WORKER
+        if _WORKER is not None:  # test_zz did not run (-x, -k): no stray worker, no unclosed files
+            _WORKER.close()
+            _WORKER = None
         if TALLY.calls:
             # (as capsys.disabled(): teardowns' output is captured too)
             with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
