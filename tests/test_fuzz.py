@@ -951,16 +951,25 @@ def worker():
 # rule and the gray-zone filter.
 
 
+def _integer(v):
+    """`v` as an int where fastcnn takes it as one (an int, a NumPy integer, a 0-d
+    integer array), else None."""
+    if isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "iu":
+        v = v[()]
+    if isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)):
+        return int(v)
+    return None
+
+
 def _int_pair(v):
-    if isinstance(v, (bool, np.bool_)):
-        return None
-    if isinstance(v, numbers.Integral):
-        return int(v), int(v)
+    if _integer(v) is not None:
+        return _integer(v), _integer(v)
     if isinstance(v, (tuple, list)) or (isinstance(v, np.ndarray) and v.ndim == 1):
         if len(v) != 2:
             return None
-        if all(isinstance(e, numbers.Integral) and not isinstance(e, (bool, np.bool_)) for e in v):
-            return int(v[0]), int(v[1])
+        pair = tuple(_integer(e) for e in v)
+        if None not in pair:
+            return pair
     return None
 
 
@@ -1129,8 +1138,8 @@ def _op_cost(name, a, cost):
     elif name == "layer_norm_backward":
         shape = a["normalized_shape"]
         shape = shape if isinstance(shape, (tuple, list)) else (shape,)
-        if all(isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_)) for d in shape):
-            cost.arrays.append(math.prod(int(d) for d in shape))  # dweight, dbias
+        if all(_integer(d) is not None for d in shape):
+            cost.arrays.append(math.prod(_integer(d) for d in shape))  # dweight, dbias
     elif name in ("max_pool2d_backward", "avg_pool2d_backward"):
         try:
             shape = tuple(int(v) for v in a["input_shape"])
@@ -1166,10 +1175,10 @@ def _resample_cost(name, a, cost):
     n, c, h, w = x
     if name == "pad":
         amounts = a["pad"]
-        if isinstance(amounts, (tuple, list)) and all(
-            isinstance(p, numbers.Integral) and not isinstance(p, (bool, np.bool_)) for p in amounts
-        ) and len(amounts) in (2, 4):
-            left, right, top, bottom = (*map(int, amounts), 0, 0)[:4]
+        if isinstance(amounts, (tuple, list)) and len(amounts) in (2, 4) and all(
+            _integer(p) is not None for p in amounts
+        ):
+            left, right, top, bottom = (*map(_integer, amounts), 0, 0)[:4]
             cost.arrays.append(n * c * max(h + top + bottom, 0) * max(w + left + right, 0))
     elif name == "interpolate":
         size = _int_pair(a["size"])
@@ -1232,7 +1241,7 @@ def _layer_cost(cls, args, kwargs, x, cost):
     sig.apply_defaults()
     a = sig.arguments
     xs = _shape_of(x)
-    ints = {k: v for k, v in a.items() if isinstance(v, numbers.Integral) and not isinstance(v, bool)}
+    ints = {k: _integer(v) for k, v in a.items() if _integer(v) is not None}
     if cls == "Conv2D":
         k = _int_pair(a["kernel_size"])
         if {"in_channels", "out_channels", "groups"} <= ints.keys() and k and ints["groups"] > 0:
