@@ -279,8 +279,8 @@ def _fingerprint(a):
 # says why): products through two BLAS libraries (conv2d, Dense), BatchNorm's
 # and the loss's sums, tanh/exp against NumPy's vectorised ones; and any
 # layer stack that holds one.
-_ROUNDING_OPS = ("conv2d", "Conv2D", "conv_transpose2d", "Dense", "BatchNorm", "Tanh", "ELU",
-                 "SELU", "Sigmoid", "softmax_cross_entropy")
+_ROUNDING_OPS = ("conv2d", "Conv2D", "conv_transpose2d", "ConvTranspose2D", "Dense", "BatchNorm",
+                 "Tanh", "ELU", "SELU", "Sigmoid", "softmax_cross_entropy")
 
 
 def _multiplies(spec) -> bool:
@@ -1268,6 +1268,21 @@ def _layer_cost(cls, args, kwargs, x, cost):
         _op_cost("max_pool2d" if cls == "MaxPool2D" else "avg_pool2d", {"x": x, "dilation": 1, **a}, cost)
     elif cls.startswith("BatchNorm") and "num_features" in ints:
         cost.arrays.append(ints["num_features"])
+    elif cls == "ConvTranspose2D":
+        k = _int_pair(a["kernel_size"])
+        if {"in_channels", "out_channels", "groups"} <= ints.keys() and k and ints["groups"] > 0:
+            shape = [ints["in_channels"], ints["out_channels"] // ints["groups"], *k]
+            cost.arrays.append(math.prod(shape))
+            weight = _Shape({"shape": shape, "dtype": "<f4"})
+            for backward in (False, True):
+                _conv_transpose_cost(xs, dict(a, weight=weight), cost, backward)
+    elif cls == "GroupNorm" and "num_channels" in ints:
+        cost.arrays.append(ints["num_channels"])
+    elif cls == "LayerNorm":
+        _op_cost("layer_norm_backward", a, cost)
+    elif cls in ("Pad2D", "Upsample", "AdaptiveAvgPool2D", "AdaptiveMaxPool2D"):
+        name = {"Pad2D": "pad", "Upsample": "interpolate"}.get(cls, "adaptive_avg_pool2d")
+        _resample_cost(name, dict(a, x=x), cost)
 
 
 # ---------------------------------------------------------------------------
@@ -1998,6 +2013,7 @@ if __name__ != "__main__":
 
     LAYER_INPUT = {  # layer class -> how to draw (ctor args, ctor kwargs, input shape)
         "Conv2D": "conv",
+        "ConvTranspose2D": "conv",
         "MaxPool2D": "pool",
         "AvgPool2D": "pool",
         "GlobalAvgPool2D": "nchw",
@@ -2010,7 +2026,14 @@ if __name__ != "__main__":
         "ELU": "any",
         "Softplus": "any",
         "Softmax": "any",
-    }
+        "GroupNorm": "group",
+        "LayerNorm": "layer",
+        "Pad2D": "pad",
+        "Upsample": "upsample",
+        "AdaptiveAvgPool2D": "adaptive",
+        "AdaptiveMaxPool2D": "adaptive",
+    }  # others ("any"): none or hostile arguments (MaxUnpool2D's forward takes indices,
+    # Residual a layer: their functional ops and containers are fuzzed elsewhere)
 
     @functools.cache
     def small_real(lo, hi):
@@ -2055,6 +2078,29 @@ if __name__ != "__main__":
                 "dtype": dtype,
                 "rng": seed,
             }
+            if cls == "ConvTranspose2D":
+                kwargs["padding"] = draw(geom(0, 2))
+                if draw(st.booleans()):
+                    kwargs["output_padding"] = draw(geom(0, 1))
+        elif kind == "group":
+            c = xs[1] if len(xs) == 4 else 2
+            odd = weighted((st.integers(-1, 5), 4), (hostile, 1), (huge_ints, 1))
+            args = [mostly(draw, draw(st.sampled_from([1, max(c, 1)])), odd), mostly(draw, c, odd)]
+            kwargs = {"eps": draw(small_real(1e-6, 1.0)), "affine": draw(flag()), "dtype": dtype}
+        elif kind == "layer":
+            trailing = xs[-draw(st.integers(1, 2)):] if xs else [2]
+            odd = weighted((st.integers(-1, 5), 4), (hostile, 1), (huge_ints, 1))
+            args = [mostly(draw, tup(*trailing), odd)]
+            kwargs = {"eps": draw(small_real(1e-6, 1.0)), "elementwise_affine": draw(flag()), "dtype": dtype}
+        elif kind == "pad":
+            spec = draw(pad_specs())
+            args = [spec["args"][1]]
+            kwargs = {k: v for k, v in spec["kwargs"].items() if k in ("mode", "value")}
+        elif kind == "upsample":
+            kwargs = draw(interpolate_specs())["kwargs"]
+            kwargs.pop("recompute_scale_factor", None)
+        elif kind == "adaptive":
+            args = [draw(adaptive_sizes)]
         elif kind == "pool":
             kwargs = draw(pool_geometry(dilation=cls == "MaxPool2D"))
             args = [kwargs.pop("kernel_size")]
