@@ -196,9 +196,12 @@ cdef int _run_tiles(TilePass kind, const Tiling* t, const floating* x, const flo
                 elif kind == BACKWARD_REDUCE:
                     _backward_reduce_tile(dout, x, t, i // t.blocks, i % t.blocks, centre, s,
                                           s + t.cells, s + 2 * t.cells, partial, partial_2)
-                else:
-                    _elemt_tile(kind, dout, x, out, t, i // t.blocks, i % t.blocks, training,
+                elif kind == ELEMT:  # (a constant kind: the compiler drops the other pass)
+                    _elemt_tile(ELEMT, dout, x, out, t, i // t.blocks, i % t.blocks, training,
                                 centre, coef, s, piece_in_s)
+                else:
+                    _elemt_tile(BACKWARD_ELEMT, dout, x, out, t, i // t.blocks, i % t.blocks,
+                                training, centre, coef, s, piece_in_s)
     finally:
         free(scratch)
         free(held)

@@ -167,9 +167,9 @@ def max_pool2d(
     cdef bint simd = _simd_window(H, W, kh, kw, sh, sw, dh, dw, floating is float)
     with nogil:
         for plane in prange(N * C, schedule="static", num_threads=num_threads):
-            _max_pool_plane(simd, &x[0, 0, 0, 0] + plane * H * W,
-                            &out[0, 0, 0, 0] + plane * oh * ow,
-                            &indices[0, 0, 0, 0] + plane * oh * ow, H, W, kh, kw, sh, sw, ph, pw,
+            _max_pool_plane(simd, &x[plane // C, plane % C, 0, 0],
+                            &out[plane // C, plane % C, 0, 0],
+                            &indices[plane // C, plane % C, 0, 0], H, W, kh, kw, sh, sw, ph, pw,
                             dh, dw, oh, ow)
     return out.base, indices.base
 
@@ -249,9 +249,9 @@ def max_pool2d_backward(
         with nogil, parallel(num_threads=num_threads):
             s = scratch + threadid() * stride
             for plane in prange(N * C, schedule="static"):
-                _max_pool_backward_plane(&dout[0, 0, 0, 0] + plane * oh * ow,
-                                         &indices[0, 0, 0, 0] + plane * oh * ow,
-                                         &out[0, 0, 0, 0] + plane * H * W, H, W, oh, ow, tiles, s)
+                _max_pool_backward_plane(&dout[plane // C, plane % C, 0, 0],
+                                         &indices[plane // C, plane % C, 0, 0],
+                                         &out[plane // C, plane % C, 0, 0], H, W, oh, ow, tiles, s)
             fcnn_stream_fence()
     finally:
         free(scratch)
@@ -296,7 +296,7 @@ cdef int _divisor_table(
     return 0
 
 
-cdef void _avg_pool_plane_generic(
+cdef inline void _avg_pool_plane_generic(
     bint backward, const floating* src, floating* dst, const floating* div,
     Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow,
@@ -333,8 +333,11 @@ cdef void _avg_pool_plane(
     """One plane as _avg_pool_plane_generic: by pool_simd.h if `simd` (the
     backward with a thread's rows of shares `g`, `wg` cells each), else
     generically."""
-    if not simd:
-        _avg_pool_plane_generic(backward, src, dst, div, H, W, kh, kw, sh, sw, ph, pw, oh, ow)
+    # (a constant direction for the generic walk: the compiler drops the other)
+    if not simd and backward:
+        _avg_pool_plane_generic(True, src, dst, div, H, W, kh, kw, sh, sw, ph, pw, oh, ow)
+    elif not simd:
+        _avg_pool_plane_generic(False, src, dst, div, H, W, kh, kw, sh, sw, ph, pw, oh, ow)
     elif backward:
         if floating is float:
             fcnn_avg_pool_backward_plane_f32(src, dst, div, H, W, kh, ph, pw, oh, ow, g, wg)
@@ -355,7 +358,6 @@ cdef _avg_pool(
     """avg_pool2d of the input `src` into `out`, or, if `backward`, its gradient:
     avg_pool2d_backward of the output gradient `src` into `out`."""
     cdef Py_ssize_t N = out.shape[0], C = out.shape[1], H, W, oh, ow
-    cdef Py_ssize_t src_cells = src.shape[2] * src.shape[3], out_cells = out.shape[2] * out.shape[3]
     cdef Py_ssize_t plane, stride = 0
     cdef Py_ssize_t lanes = FCNN_VL_F32 if floating is float else FCNN_VL_F64
     cdef floating* div = NULL
@@ -379,8 +381,8 @@ cdef _avg_pool(
             if wg > 0:
                 _fill(g, per_thread, 0)
             for plane in prange(N * C, schedule="static"):
-                _avg_pool_plane(backward, simd, &src[0, 0, 0, 0] + plane * src_cells,
-                                &out[0, 0, 0, 0] + plane * out_cells, div, H, W, kh, kw, sh, sw,
+                _avg_pool_plane(backward, simd, &src[plane // C, plane % C, 0, 0],
+                                &out[plane // C, plane % C, 0, 0], div, H, W, kh, kw, sh, sw,
                                 ph, pw, oh, ow, g, wg)
     finally:
         free(div)

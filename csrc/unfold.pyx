@@ -86,7 +86,7 @@ def im2col(
 ):
     """im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, num_threads) -> out"""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t plane, i, j, y0, y1, piece, ya, yb, stride = 0
+    cdef Py_ssize_t plane, n, c, i, j, y0, y1, piece, ya, yb, stride = 0
     cdef bint stream = _streams(out.size * sizeof(floating))
     # A streamed output is built in pieces of `rows` output rows of one
     # offset, in scratch that stays in the L1 cache, and streamed out piece
@@ -103,12 +103,12 @@ def im2col(
                                                     sizeof(floating), &stride)
     cdef floating* s
     cdef floating* dst
-    cdef const floating* src
     try:
         with nogil, parallel(num_threads=num_threads):
             s = scratch + threadid() * stride
             for plane in prange(N * C, schedule="static"):
-                src = &x[0, 0, 0, 0] + plane * H * W
+                n = plane // C
+                c = plane % C
                 for piece in range(pieces):
                     ya = piece * rows
                     yb = min(ya + rows, oh)
@@ -116,8 +116,8 @@ def im2col(
                         y0 = clip(first_inside(i * dh - ph, sh), 0, oh)
                         y1 = clip(end_inside(i * dh - ph, sh, H), y0, oh)
                         for j in range(kw):
-                            dst = &out[0, 0, 0] + ((plane * kh + i) * kw + j) * oh * ow + ya * ow
-                            im2col_rows(src, s if stream else dst, i * dh - ph,
+                            dst = &out[n, (c * kh + i) * kw + j, ya * ow]
+                            im2col_rows(&x[n, c, 0, 0], s if stream else dst, i * dh - ph,
                                          j * dw - pw, y0, y1, ya, yb, W, sh, sw, ow)
                             if stream:
                                 fcnn_stream(dst, s, (yb - ya) * ow * sizeof(floating))
@@ -163,8 +163,8 @@ def col2im(
         with nogil, parallel(num_threads=num_threads):
             t = tables + threadid() * stride
             for plane in prange(N * C, schedule="static"):
-                fold_plane(&cols[0, 0, 0] + plane * kh * kw * oh * ow,
-                           &out[0, 0, 0, 0] + plane * H * W, H, W,
+                fold_plane(&cols[plane // C, plane % C * kh * kw, 0],
+                           &out[plane // C, plane % C, 0, 0], H, W,
                            kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, by_rows,
                            <const floating**> t, <ptrdiff_t*> (t + kh * kw),
                            <Py_ssize_t*> (t + 2 * kh * kw))
