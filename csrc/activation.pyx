@@ -31,26 +31,30 @@ from blocks cimport BLOCK, block_count, block_size
 # that one loop splits the blocks over threads for all of them; a kernel is
 # called through a pointer once per block, as it would be called directly.
 
-cdef inline void _map(
+cdef _map(
     void (*kernel)(const floating*, floating, floating, floating*, Py_ssize_t) noexcept nogil,
     const floating[::1] x, floating p, floating q, floating[::1] out, int num_threads,
-) noexcept nogil:
-    """out = kernel(x, p, q) block by block."""
+):
+    """out = kernel(x, p, q) block by block, without the GIL; returns out's array."""
     cdef Py_ssize_t n = x.shape[0], b
-    for b in prange(block_count(n), schedule="static", num_threads=num_threads):
-        kernel(&x[b * BLOCK], p, q, &out[b * BLOCK], block_size(n, b))
+    with nogil:
+        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
+            kernel(&x[b * BLOCK], p, q, &out[b * BLOCK], block_size(n, b))
+    return out.base
 
 
-cdef inline void _map2(
+cdef _map2(
     void (*kernel)(const floating*, const floating*, floating, floating, floating*,
                    Py_ssize_t) noexcept nogil,
     const floating[::1] dout, const floating[::1] x, floating p, floating q,
     floating[::1] out, int num_threads,
-) noexcept nogil:
-    """out = kernel(dout, x, p, q) block by block."""
+):
+    """out = kernel(dout, x, p, q) block by block, without the GIL; returns out's array."""
     cdef Py_ssize_t n = x.shape[0], b
-    for b in prange(block_count(n), schedule="static", num_threads=num_threads):
-        kernel(&dout[b * BLOCK], &x[b * BLOCK], p, q, &out[b * BLOCK], block_size(n, b))
+    with nogil:
+        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
+            kernel(&dout[b * BLOCK], &x[b * BLOCK], p, q, &out[b * BLOCK], block_size(n, b))
+    return out.base
 
 
 cdef void _relu(const floating* x, floating p, floating q, floating* out,
@@ -68,9 +72,7 @@ def relu(const floating[::1] x, floating[::1] out not None, int num_threads):
 
     ``out = 0 where x <= 0, else x`` (NaN propagates).
     """
-    with nogil:
-        _map(_relu[floating], x, 0, 0, out, num_threads)
-    return out.base
+    return _map(_relu[floating], x, 0, 0, out, num_threads)
 
 
 cdef void _relu_backward(const floating* dout, const floating* x, floating p, floating q,
@@ -89,9 +91,7 @@ def relu_backward(const floating[::1] dout, const floating[::1] x, floating[::1]
 
     ``out = dout where x > 0, else 0`` (also where dout is inf or NaN).
     """
-    with nogil:
-        _map2(_relu_backward[floating], dout, x, 0, 0, out, num_threads)
-    return out.base
+    return _map2(_relu_backward[floating], dout, x, 0, 0, out, num_threads)
 
 
 cdef void _leaky_relu(const floating* x, floating slope, floating q, floating* out,
@@ -109,9 +109,7 @@ def leaky_relu(const floating[::1] x, double negative_slope, floating[::1] out n
 
     ``out = x where x > 0, else x * negative_slope``.
     """
-    with nogil:
-        _map(_leaky_relu[floating], x, <floating> negative_slope, 0, out, num_threads)
-    return out.base
+    return _map(_leaky_relu[floating], x, <floating> negative_slope, 0, out, num_threads)
 
 
 cdef void _leaky_relu_backward(const floating* dout, const floating* x, floating slope,
@@ -130,10 +128,8 @@ def leaky_relu_backward(const floating[::1] dout, const floating[::1] x, double 
 
     ``out = dout where x > 0, else dout * negative_slope``.
     """
-    with nogil:
-        _map2(_leaky_relu_backward[floating], dout, x, <floating> negative_slope, 0, out,
-              num_threads)
-    return out.base
+    return _map2(_leaky_relu_backward[floating], dout, x, <floating> negative_slope, 0, out,
+                 num_threads)
 
 
 cdef inline floating _exp(floating v) noexcept nogil:
@@ -157,9 +153,7 @@ def sigmoid(const floating[::1] x, floating[::1] out not None, int num_threads):
 
     ``out = 1 / (1 + exp(-x))``, as ``scipy.special.expit``.
     """
-    with nogil:
-        _map(_sigmoid[floating], x, 0, 0, out, num_threads)
-    return out.base
+    return _map(_sigmoid[floating], x, 0, 0, out, num_threads)
 
 
 cdef void _sigmoid_backward(const floating* dout, const floating* y, floating p, floating q,
@@ -176,9 +170,7 @@ def sigmoid_backward(const floating[::1] dout, const floating[::1] y, floating[:
 
     ``out = dout * y * (1 - y)`` for the forward's output y.
     """
-    with nogil:
-        _map2(_sigmoid_backward[floating], dout, y, 0, 0, out, num_threads)
-    return out.base
+    return _map2(_sigmoid_backward[floating], dout, y, 0, 0, out, num_threads)
 
 
 cdef void _tanh(const floating* x, floating p, floating q, floating* out,
@@ -193,9 +185,7 @@ cdef void _tanh(const floating* x, floating p, floating q, floating* out,
 
 def tanh(const floating[::1] x, floating[::1] out not None, int num_threads):
     """tanh(x, out, num_threads) -> out"""
-    with nogil:
-        _map(_tanh[floating], x, 0, 0, out, num_threads)
-    return out.base
+    return _map(_tanh[floating], x, 0, 0, out, num_threads)
 
 
 cdef void _tanh_backward(const floating* dout, const floating* y, floating p, floating q,
@@ -212,9 +202,7 @@ def tanh_backward(const floating[::1] dout, const floating[::1] y, floating[::1]
 
     ``out = dout * (1 - y * y)`` for the forward's output y.
     """
-    with nogil:
-        _map2(_tanh_backward[floating], dout, y, 0, 0, out, num_threads)
-    return out.base
+    return _map2(_tanh_backward[floating], dout, y, 0, 0, out, num_threads)
 
 
 cdef inline floating _negative_part(floating v) noexcept nogil:
@@ -242,9 +230,7 @@ def elu(const floating[::1] x, double alpha, double scale, floating[::1] out not
     ``out = scale * (x where x > 0, else alpha * expm1(x))``: ELU with
     scale 1, SELU with its constants.
     """
-    with nogil:
-        _map(_elu[floating], x, <floating> alpha, <floating> scale, out, num_threads)
-    return out.base
+    return _map(_elu[floating], x, <floating> alpha, <floating> scale, out, num_threads)
 
 
 cdef void _elu_backward(const floating* dout, const floating* x, floating alpha,
@@ -263,7 +249,5 @@ def elu_backward(const floating[::1] dout, const floating[::1] x, double alpha, 
 
     ``out = dout * scale * (1 where x > 0, else alpha * exp(x))``.
     """
-    with nogil:
-        _map2(_elu_backward[floating], dout, x, <floating> alpha, <floating> scale, out,
-              num_threads)
-    return out.base
+    return _map2(_elu_backward[floating], dout, x, <floating> alpha, <floating> scale, out,
+                 num_threads)

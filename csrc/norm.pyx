@@ -157,6 +157,57 @@ cdef double* _doubles(Py_ssize_t n) except NULL:
     return p
 
 
+# The passes over the tiles (one per kernel below).
+cdef enum TilePass:
+    STATS, ELEMT, BACKWARD_REDUCE, BACKWARD_ELEMT
+
+
+cdef int _run_tiles(TilePass kind, const Tiling* t, const floating* x, const floating* dout,
+                    floating* out, const double* centre, const double* coef, double* partial,
+                    double* partial_2, bint training, int num_threads) except -1:
+    """Run every tile of pass `kind` on a team of `num_threads` threads.
+
+    The tiles take the arrays they need of `x`, `dout` and `out`, the
+    per-channel `centre` (the shift or the mean) and coefficients `coef`
+    (see _elemt_tile),
+    and write their partial sums to `partial` and `partial_2`. Each thread
+    has scratch for a few arrays of a piece's cells, and remembers which
+    piece's values it holds: a thread's tiles run piece by piece, so the
+    element-wise passes spread them once per piece.
+    """
+    cdef Py_ssize_t i, stride = 0, held_stride = 0
+    cdef Py_ssize_t arrays = 4 if kind == BACKWARD_ELEMT else 2 if kind == STATS else 3
+    cdef double* scratch = NULL
+    cdef Py_ssize_t* held = NULL
+    cdef double* s
+    cdef Py_ssize_t* piece_in_s
+    try:
+        scratch = <double*> per_thread_scratch(num_threads, arrays * t.cells, sizeof(double),
+                                               &stride)
+        held = <Py_ssize_t*> per_thread_scratch(num_threads, 1, sizeof(Py_ssize_t), &held_stride)
+        with nogil, parallel(num_threads=num_threads):
+            s = scratch + threadid() * stride
+            piece_in_s = held + threadid() * held_stride
+            piece_in_s[0] = -1
+            for i in prange(t.tiles, schedule="static"):
+                if kind == STATS:
+                    _stats_tile(x, t, i // t.blocks, i % t.blocks, centre, s, s + t.cells,
+                                partial, partial_2)
+                elif kind == BACKWARD_REDUCE:
+                    _backward_reduce_tile(dout, x, t, i // t.blocks, i % t.blocks, centre, s,
+                                          s + t.cells, s + 2 * t.cells, partial, partial_2)
+                elif kind == ELEMT:  # (a constant kind: the compiler drops the other pass)
+                    _elemt_tile(ELEMT, dout, x, out, t, i // t.blocks, i % t.blocks, training,
+                                centre, coef, s, piece_in_s)
+                else:
+                    _elemt_tile(BACKWARD_ELEMT, dout, x, out, t, i // t.blocks, i % t.blocks,
+                                training, centre, coef, s, piece_in_s)
+    finally:
+        free(scratch)
+        free(held)
+    return 0
+
+
 # ---------------------------------------------------------------------------
 # Forward statistics
 
@@ -165,29 +216,10 @@ cdef double* _doubles(Py_ssize_t n) except NULL:
 # and stored once per four cells (the additions' order is fixed all the same).
 
 
-cdef void _sum_shifted(double* acc, const floating* x, Py_ssize_t stride, Py_ssize_t rows,
-                       const double* centre, Py_ssize_t m) noexcept nogil:
-    """acc[p] = sum over `rows` rows (`stride` apart) of x[p] - centre[p]."""
-    cdef Py_ssize_t n, p, last = rows - rows % 4
-    cdef const floating* r
-    cdef double c
-    for p in range(m):
-        acc[p] = 0
-    for n in range(0, last, 4):
-        r = x + n * stride
-        for p in range(m):
-            c = centre[p]
-            acc[p] += (((<double> r[p] - c) + (<double> r[stride + p] - c))
-                       + ((<double> r[2 * stride + p] - c) + (<double> r[3 * stride + p] - c)))
-    for n in range(last, rows):
-        r = x + n * stride
-        for p in range(m):
-            acc[p] += <double> r[p] - centre[p]
-
-
-cdef void _sum_squares(double* acc, const floating* x, Py_ssize_t stride, Py_ssize_t rows,
-                       const double* centre, Py_ssize_t m) noexcept nogil:
-    """acc[p] = sum over `rows` rows of (x[p] - centre[p])**2."""
+cdef void _sum_rows(double* acc, const floating* x, Py_ssize_t stride, Py_ssize_t rows,
+                    const double* centre, Py_ssize_t m, bint squares) noexcept nogil:
+    """acc[p] = sum over `rows` rows (`stride` apart) of x[p] - centre[p], or
+    of its square if `squares`."""
     cdef Py_ssize_t n, p, last = rows - rows % 4
     cdef const floating* r
     cdef double c, d0, d1, d2, d3
@@ -195,18 +227,28 @@ cdef void _sum_squares(double* acc, const floating* x, Py_ssize_t stride, Py_ssi
         acc[p] = 0
     for n in range(0, last, 4):
         r = x + n * stride
-        for p in range(m):
-            c = centre[p]
-            d0 = <double> r[p] - c
-            d1 = <double> r[stride + p] - c
-            d2 = <double> r[2 * stride + p] - c
-            d3 = <double> r[3 * stride + p] - c
-            acc[p] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        if squares:
+            for p in range(m):
+                c = centre[p]
+                d0 = <double> r[p] - c
+                d1 = <double> r[stride + p] - c
+                d2 = <double> r[2 * stride + p] - c
+                d3 = <double> r[3 * stride + p] - c
+                acc[p] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        else:
+            for p in range(m):
+                c = centre[p]
+                acc[p] += (((<double> r[p] - c) + (<double> r[stride + p] - c))
+                           + ((<double> r[2 * stride + p] - c) + (<double> r[3 * stride + p] - c)))
     for n in range(last, rows):
         r = x + n * stride
-        for p in range(m):
-            d0 = <double> r[p] - centre[p]
-            acc[p] += d0 * d0
+        if squares:
+            for p in range(m):
+                d0 = <double> r[p] - centre[p]
+                acc[p] += d0 * d0
+        else:
+            for p in range(m):
+                acc[p] += <double> r[p] - centre[p]
 
 
 cdef void _stats_tile(const floating* x, const Tiling* t, Py_ssize_t k, Py_ssize_t b,
@@ -219,7 +261,7 @@ cdef void _stats_tile(const floating* x, const Tiling* t, Py_ssize_t k, Py_ssize
     _piece(t, k, &c0, &c1, &p0, &p1)
     x = x + n0 * stride + p0
     _spread(t, shift, centre, c0, c1, p0, p1)
-    _sum_shifted(acc, x, stride, rows, centre, p1 - p0)
+    _sum_rows(acc, x, stride, rows, centre, p1 - p0, False)
     # The tile's (shifted) sums, then squares about the tile's mean.
     for c in range(c0, c1):
         s0 = _seg_start(t, c, p0)
@@ -232,7 +274,7 @@ cdef void _stats_tile(const floating* x, const Tiling* t, Py_ssize_t k, Py_ssize
         centre_c = shift[c] + s / (rows * (s1 - s0))
         for p in range(s0, s1):
             centre[p] = centre_c
-    _sum_squares(acc, x, stride, rows, centre, p1 - p0)
+    _sum_rows(acc, x, stride, rows, centre, p1 - p0, True)
     for c in range(c0, c1):
         s = 0
         for p in range(_seg_start(t, c, p0), _seg_end(t, c, p1, p0)):
@@ -253,31 +295,25 @@ def batch_norm_stats(
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Tiling t = _tiling(N, C, L)
-    cdef Py_ssize_t i, c, b, j, idx, stride = 0
+    cdef Py_ssize_t c, b, j, idx
     cdef double count, ym, d, m2, first
     cdef double* shift = NULL
     cdef double* psum = NULL
     cdef double* pm2 = NULL
-    cdef double* scratch = NULL
-    cdef double* s
     if N * C * L == 0:
         return mean.base, var.base
     try:
         shift = _doubles(C)
         psum = _doubles(t.partials)
         pm2 = _doubles(t.partials)
-        scratch = <double*> per_thread_scratch(num_threads, 2 * t.cells, sizeof(double), &stride)
         for c in range(C):
             # A channel's first value brings the others near zero (a large
             # offset would cost the sums their precision); inf and NaN
             # would make every shifted value NaN.
             first = x[0, c, 0]
             shift[c] = first if isfinite(first) else 0.0
-        with nogil, parallel(num_threads=num_threads):
-            s = scratch + threadid() * stride
-            for i in prange(t.tiles, schedule="static"):
-                _stats_tile(&x[0, 0, 0], &t, i // t.blocks, i % t.blocks, shift, s,
-                            s + t.cells, psum, pm2)
+        _run_tiles(STATS, &t, &x[0, 0, 0], NULL, NULL, shift, NULL, psum, pm2, False,
+                   num_threads)
         with nogil:
             for c in prange(C, schedule="static", num_threads=num_threads):
                 ym = _channel_total(&t, psum, c) / (N * L)
@@ -295,7 +331,6 @@ def batch_norm_stats(
         free(shift)
         free(psum)
         free(pm2)
-        free(scratch)
     return mean.base, var.base
 
 
@@ -308,14 +343,36 @@ cdef inline floating _normalised(floating x, double centre, double scale,
     return <floating> ((<double> x - centre) * scale + shift)
 
 
-cdef void _elemt_tile(const floating* x, floating* out, const Tiling* t, Py_ssize_t k,
-                      Py_ssize_t b, const double* mean, const double* scale, const double* shift,
-                      double* cells, Py_ssize_t* piece_in_cells) noexcept nogil:
-    cdef Py_ssize_t c0, c1, p0, p1, n, p, c, off, s0, s1, m
+cdef inline floating _input_grad(floating dout, floating x, double centre, double mean_dy,
+                                 double proj, double scale, bint training) noexcept nogil:
+    if training:
+        return <floating> (((<double> dout - mean_dy) - (<double> x - centre) * proj) * scale)
+    return <floating> (<double> dout * scale)
+
+
+cdef void _elemt_tile(TilePass kind, const floating* dout, const floating* x, floating* out,
+                      const Tiling* t, Py_ssize_t k, Py_ssize_t b, bint training,
+                      const double* mean, const double* coef, double* cells,
+                      Py_ssize_t* piece_in_cells) noexcept nogil:
+    """The cells of tile (k, b) of an element-wise pass: ``_normalised`` of x
+    (ELEMT) or ``_input_grad`` of dout and x (BACKWARD_ELEMT).
+
+    `coef` holds per-channel arrays of C values: the scale, then the shift
+    (ELEMT) or mean_dy and proj (BACKWARD_ELEMT). `cells` holds those and
+    the mean spread over the cells of a piece.
+    """
+    cdef Py_ssize_t c0, c1, p0, p1, n, p, c, off, s0, s1, m, a
     cdef Py_ssize_t n0 = b * t.rows, n1 = min(t.N, n0 + t.rows)
+    cdef Py_ssize_t arrays = 2 if kind == ELEMT else 3
+    cdef const double* scale = coef
+    cdef const double* shift = coef + t.C
+    cdef const double* mean_dy = coef + t.C  # (the passes have one or the other)
+    cdef const double* proj = coef + 2 * t.C
     cdef double* centre_p = cells
     cdef double* scale_p = cells + t.cells
     cdef double* shift_p = cells + 2 * t.cells
+    cdef double* mean_dy_p = cells + 2 * t.cells
+    cdef double* proj_p = cells + 3 * t.cells
     _piece(t, k, &c0, &c1, &p0, &p1)
     m = p1 - p0
     if t.L >= WIDE_CELLS:  # channel by channel, its coefficients in registers
@@ -324,18 +381,34 @@ cdef void _elemt_tile(const floating* x, floating* out, const Tiling* t, Py_ssiz
                 s0 = _seg_start(t, c, p0)
                 s1 = _seg_end(t, c, p1, p0)
                 off = n * t.C * t.L + p0
-                for p in range(off + s0, off + s1):
-                    out[p] = _normalised(x[p], mean[c], scale[c], shift[c])
+                if kind == ELEMT:
+                    for p in range(off + s0, off + s1):
+                        out[p] = _normalised(x[p], mean[c], scale[c], shift[c])
+                elif training:
+                    for p in range(off + s0, off + s1):
+                        out[p] = _input_grad(dout[p], x[p], mean[c], mean_dy[c], proj[c],
+                                             scale[c], True)
+                else:
+                    for p in range(off + s0, off + s1):
+                        out[p] = _input_grad(dout[p], x[p], 0, 0, 0, scale[c], False)
         return
     if piece_in_cells[0] != k:  # a thread's tiles run piece by piece
         _spread(t, mean, centre_p, c0, c1, p0, p1)
-        _spread(t, scale, scale_p, c0, c1, p0, p1)
-        _spread(t, shift, shift_p, c0, c1, p0, p1)
+        for a in range(arrays):
+            _spread(t, coef + a * t.C, scale_p + a * t.cells, c0, c1, p0, p1)
         piece_in_cells[0] = k
     for n in range(n0, n1):
         off = n * t.C * t.L + p0
-        for p in range(m):
-            out[off + p] = _normalised(x[off + p], centre_p[p], scale_p[p], shift_p[p])
+        if kind == ELEMT:
+            for p in range(m):
+                out[off + p] = _normalised(x[off + p], centre_p[p], scale_p[p], shift_p[p])
+        elif training:
+            for p in range(m):
+                out[off + p] = _input_grad(dout[off + p], x[off + p], centre_p[p], mean_dy_p[p],
+                                           proj_p[p], scale_p[p], True)
+        else:
+            for p in range(m):
+                out[off + p] = _input_grad(dout[off + p], x[off + p], 0, 0, 0, scale_p[p], False)
 
 
 def batch_norm_elemt(
@@ -354,36 +427,19 @@ def batch_norm_elemt(
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Tiling t = _tiling(N, C, L)
-    cdef Py_ssize_t i, c, stride = 0, filled_stride = 0
-    cdef double* scale = NULL
-    cdef double* shift = NULL
-    cdef double* scratch = NULL
-    cdef Py_ssize_t* filled = NULL
-    cdef double* s
-    cdef Py_ssize_t* piece_in_s
+    cdef Py_ssize_t c
+    cdef double* coef = NULL
     if N * C * L == 0:
         return out.base
     try:
-        scale = _doubles(C)
-        shift = _doubles(C)
-        scratch = <double*> per_thread_scratch(num_threads, 3 * t.cells, sizeof(double), &stride)
-        filled = <Py_ssize_t*> per_thread_scratch(num_threads, 1, sizeof(Py_ssize_t),
-                                                  &filled_stride)
-        for c in range(C):
-            scale[c] = <double> weight[c] * inv_std[c]
-            shift[c] = bias[c]
-        with nogil, parallel(num_threads=num_threads):
-            s = scratch + threadid() * stride
-            piece_in_s = filled + threadid() * filled_stride
-            piece_in_s[0] = -1
-            for i in prange(t.tiles, schedule="static"):
-                _elemt_tile(&x[0, 0, 0], &out[0, 0, 0], &t, i // t.blocks, i % t.blocks,
-                            &mean[0], scale, shift, s, piece_in_s)
+        coef = _doubles(2 * C)
+        for c in range(C):  # scale, shift
+            coef[c] = <double> weight[c] * inv_std[c]
+            coef[C + c] = bias[c]
+        _run_tiles(ELEMT, &t, &x[0, 0, 0], NULL, &out[0, 0, 0], &mean[0], coef, NULL, NULL,
+                   False, num_threads)
     finally:
-        free(scale)
-        free(shift)
-        free(scratch)
-        free(filled)
+        free(coef)
     return out.base
 
 
@@ -437,23 +493,16 @@ def batch_norm_backward_reduce(
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Tiling t = _tiling(N, C, L)
-    cdef Py_ssize_t i, c, stride = 0
+    cdef Py_ssize_t c
     cdef double* psum = NULL
     cdef double* psum_xc = NULL
-    cdef double* scratch = NULL
-    cdef double* w
     if N * C * L == 0:
         return sum_dout.base, sum_dout_xc.base
     try:
         psum = _doubles(t.partials)
         psum_xc = _doubles(t.partials)
-        scratch = <double*> per_thread_scratch(num_threads, 3 * t.cells, sizeof(double), &stride)
-        with nogil, parallel(num_threads=num_threads):
-            w = scratch + threadid() * stride
-            for i in prange(t.tiles, schedule="static"):
-                _backward_reduce_tile(&dout[0, 0, 0], &x[0, 0, 0], &t, i // t.blocks,
-                                      i % t.blocks, &mean[0], w, w + t.cells, w + 2 * t.cells,
-                                      psum, psum_xc)
+        _run_tiles(BACKWARD_REDUCE, &t, &x[0, 0, 0], &dout[0, 0, 0], NULL, &mean[0], NULL,
+                   psum, psum_xc, False, num_threads)
         with nogil:
             for c in prange(C, schedule="static", num_threads=num_threads):
                 sum_dout[c] = _channel_total(&t, psum, c)
@@ -461,61 +510,7 @@ def batch_norm_backward_reduce(
     finally:
         free(psum)
         free(psum_xc)
-        free(scratch)
     return sum_dout.base, sum_dout_xc.base
-
-
-cdef inline floating _input_grad(floating dout, floating x, double centre, double mean_dy,
-                                 double proj, double scale, bint training) noexcept nogil:
-    if training:
-        return <floating> (((<double> dout - mean_dy) - (<double> x - centre) * proj) * scale)
-    return <floating> (<double> dout * scale)
-
-
-cdef void _backward_elemt_tile(const floating* dout, const floating* x, floating* out,
-                               const Tiling* t, Py_ssize_t k, Py_ssize_t b, bint training,
-                               const double* mean, const double* coef, double* cells,
-                               Py_ssize_t* piece_in_cells) noexcept nogil:
-    cdef Py_ssize_t c0, c1, p0, p1, n, p, c, off, s0, s1, m
-    cdef Py_ssize_t n0 = b * t.rows, n1 = min(t.N, n0 + t.rows)
-    cdef const double* mean_dy = coef
-    cdef const double* proj = coef + t.C
-    cdef const double* scale = coef + 2 * t.C
-    cdef double* centre_p = cells
-    cdef double* mean_dy_p = cells + t.cells
-    cdef double* proj_p = cells + 2 * t.cells
-    cdef double* scale_p = cells + 3 * t.cells
-    _piece(t, k, &c0, &c1, &p0, &p1)
-    m = p1 - p0
-    if t.L >= WIDE_CELLS:  # channel by channel, its coefficients in registers
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                s0 = _seg_start(t, c, p0)
-                s1 = _seg_end(t, c, p1, p0)
-                off = n * t.C * t.L + p0
-                if training:
-                    for p in range(off + s0, off + s1):
-                        out[p] = _input_grad(dout[p], x[p], mean[c], mean_dy[c], proj[c],
-                                             scale[c], True)
-                else:
-                    for p in range(off + s0, off + s1):
-                        out[p] = _input_grad(dout[p], x[p], 0, 0, 0, scale[c], False)
-        return
-    if piece_in_cells[0] != k:  # a thread's tiles run piece by piece
-        _spread(t, mean, centre_p, c0, c1, p0, p1)
-        _spread(t, mean_dy, mean_dy_p, c0, c1, p0, p1)
-        _spread(t, proj, proj_p, c0, c1, p0, p1)
-        _spread(t, scale, scale_p, c0, c1, p0, p1)
-        piece_in_cells[0] = k
-    for n in range(n0, n1):
-        off = n * t.C * t.L + p0
-        if training:
-            for p in range(m):
-                out[off + p] = _input_grad(dout[off + p], x[off + p], centre_p[p], mean_dy_p[p],
-                                           proj_p[p], scale_p[p], True)
-        else:
-            for p in range(m):
-                out[off + p] = _input_grad(dout[off + p], x[off + p], 0, 0, 0, scale_p[p], False)
 
 
 def batch_norm_backward_elemt(
@@ -542,34 +537,19 @@ def batch_norm_backward_elemt(
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Tiling t = _tiling(N, C, L)
-    cdef Py_ssize_t i, c, stride = 0, filled_stride = 0
+    cdef Py_ssize_t c
     cdef double count = N * L
     cdef double* coef = NULL
-    cdef double* scratch = NULL
-    cdef Py_ssize_t* filled = NULL
-    cdef double* s
-    cdef Py_ssize_t* piece_in_s
     if N * C * L == 0:
         return out.base
     try:
-        coef = _doubles(3 * C)  # mean_dy, proj, scale
-        scratch = <double*> per_thread_scratch(num_threads, 4 * t.cells, sizeof(double), &stride)
-        filled = <Py_ssize_t*> per_thread_scratch(num_threads, 1, sizeof(Py_ssize_t),
-                                                  &filled_stride)
-        for c in range(C):
-            coef[c] = sum_dout[c] / count
-            coef[C + c] = sum_dout_xc[c] / count * inv_std[c] * inv_std[c]
-            coef[2 * C + c] = inv_std[c] * weight[c]
-        with nogil, parallel(num_threads=num_threads):
-            s = scratch + threadid() * stride
-            piece_in_s = filled + threadid() * filled_stride
-            piece_in_s[0] = -1
-            for i in prange(t.tiles, schedule="static"):
-                _backward_elemt_tile(&dout[0, 0, 0], &x[0, 0, 0], &out[0, 0, 0], &t,
-                                     i // t.blocks, i % t.blocks, training, &mean[0], coef, s,
-                                     piece_in_s)
+        coef = _doubles(3 * C)
+        for c in range(C):  # scale, mean_dy, proj
+            coef[c] = inv_std[c] * weight[c]
+            coef[C + c] = sum_dout[c] / count
+            coef[2 * C + c] = sum_dout_xc[c] / count * inv_std[c] * inv_std[c]
+        _run_tiles(BACKWARD_ELEMT, &t, &x[0, 0, 0], &dout[0, 0, 0], &out[0, 0, 0], &mean[0],
+                   coef, NULL, NULL, training, num_threads)
     finally:
         free(coef)
-        free(scratch)
-        free(filled)
     return out.base

@@ -6,7 +6,7 @@ from cython cimport floating
 from libc.stddef cimport ptrdiff_t
 from libc.string cimport memcpy, memset
 
-from scratch cimport per_thread_scratch
+from scratch cimport scratch_if
 from window cimport clip, end_inside, first_inside
 
 cdef extern from "fold.h" nogil:
@@ -216,7 +216,4 @@ cdef inline void** fold_tables(Py_ssize_t threads, Py_ssize_t kh, Py_ssize_t kw,
     """Per-thread tables of fold_plane for `threads` threads (none if 0), `stride`
     cells apart: kh*kw row pointers, kh*kw shifts, kh*kw + 2*kw indices, in
     pointer-sized cells. Free with ``free``."""
-    if threads == 0:
-        stride[0] = 0
-        return NULL
-    return <void**> per_thread_scratch(threads, 3 * kh * kw + 2 * kw, sizeof(void*), stride)
+    return <void**> scratch_if(threads > 0, threads, 3 * kh * kw + 2 * kw, sizeof(void*), stride)

@@ -24,7 +24,7 @@ from simd cimport (
     FCNN_HAVE_STREAM, fcnn_set_simd_cap, fcnn_simd_level, fcnn_stream, fcnn_stream_fence,
 )
 from indices cimport read_index
-from scratch cimport per_thread_scratch
+from scratch cimport per_thread_scratch, scratch_if
 from window cimport clip, end_inside, first_inside
 
 
@@ -104,7 +104,7 @@ cdef void _fill(floating* p, Py_ssize_t n, floating value) noexcept nogil:
         fcnn_fill_f64(p, n, value)
 
 
-cdef void _max_pool_plane(
+cdef void _max_pool_plane_generic(
     const floating* src, floating* dst, int64_t* idx, Py_ssize_t H, Py_ssize_t W,
     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
@@ -137,6 +137,21 @@ cdef void _max_pool_plane(
             idx[oy * ow + ox] = best_pos
 
 
+cdef void _max_pool_plane(
+    bint simd, const floating* src, floating* dst, int64_t* idx, Py_ssize_t H, Py_ssize_t W,
+    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+    Py_ssize_t oh, Py_ssize_t ow,
+) noexcept nogil:
+    """One plane of max_pool2d: by pool_simd.h if `simd`, else generically."""
+    if not simd:
+        _max_pool_plane_generic(src, dst, idx, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    elif floating is float:
+        fcnn_max_pool_plane_f32(src, dst, idx, H, W, kh, ph, pw, oh, ow)
+    else:
+        fcnn_max_pool_plane_f64(src, dst, idx, H, W, kh, ph, pw, oh, ow)
+
+
 def max_pool2d(
     const floating[:, :, :, ::1] x,
     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -148,21 +163,14 @@ def max_pool2d(
     """max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out, indices, num_threads) -> (out, indices)"""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t oh = out.shape[2], ow = out.shape[3]
-    cdef Py_ssize_t plane, n, c
+    cdef Py_ssize_t plane
     cdef bint simd = _simd_window(H, W, kh, kw, sh, sw, dh, dw, floating is float)
     with nogil:
         for plane in prange(N * C, schedule="static", num_threads=num_threads):
-            n = plane // C
-            c = plane % C
-            if not simd:
-                _max_pool_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], &indices[n, c, 0, 0], H, W,
-                                kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-            elif floating is float:
-                fcnn_max_pool_plane_f32(&x[n, c, 0, 0], &out[n, c, 0, 0], &indices[n, c, 0, 0],
-                                        H, W, kh, ph, pw, oh, ow)
-            else:
-                fcnn_max_pool_plane_f64(&x[n, c, 0, 0], &out[n, c, 0, 0], &indices[n, c, 0, 0],
-                                        H, W, kh, ph, pw, oh, ow)
+            _max_pool_plane(simd, &x[plane // C, plane % C, 0, 0],
+                            &out[plane // C, plane % C, 0, 0],
+                            &indices[plane // C, plane % C, 0, 0], H, W, kh, kw, sh, sw, ph, pw,
+                            dh, dw, oh, ow)
     return out.base, indices.base
 
 
@@ -190,6 +198,21 @@ cdef void _scatter_plane(
             dst[i] += g[k]
 
 
+cdef void _max_pool_backward_plane(
+    const floating* g, const int64_t* idx, floating* dst, Py_ssize_t H, Py_ssize_t W,
+    Py_ssize_t oh, Py_ssize_t ow, bint tiles, floating* s,
+) noexcept nogil:
+    """One plane of max_pool2d_backward: by tiles if `tiles` and they fit, else
+    scattered into `dst`, or into scratch `s` streamed to `dst` if `s` is not NULL."""
+    if tiles and _tiles_plane(g, idx, dst, H, W, oh, ow):
+        return
+    if s != NULL:
+        _scatter_plane(g, idx, s, H * W, oh * ow)
+        fcnn_stream(dst, s, H * W * sizeof(floating))
+    else:
+        _scatter_plane(g, idx, dst, H * W, oh * ow)
+
+
 def max_pool2d_backward(
     const floating[:, :, :, ::1] dout,
     const int64_t[:, :, :, ::1] indices,
@@ -198,8 +221,8 @@ def max_pool2d_backward(
 ):
     """max_pool2d_backward(dout, indices, out, num_threads) -> out"""
     cdef Py_ssize_t N = out.shape[0], C = out.shape[1], H = out.shape[2], W = out.shape[3]
-    cdef Py_ssize_t oh = dout.shape[2], ow = dout.shape[3], L = oh * ow
-    cdef Py_ssize_t plane, n, c
+    cdef Py_ssize_t oh = dout.shape[2], ow = dout.shape[3]
+    cdef Py_ssize_t plane
     # Indices that tile the input in 2x2 cells (as 2x2 windows with stride 2
     # give) let every cell be written once, without zeroing and scattering.
     # The indices come from the user: whether the first plane's do decides
@@ -221,23 +244,14 @@ def max_pool2d_backward(
     # Otherwise each plane is zeroed and scattered into while it is in cache:
     # in place, or in a per-thread scratch plane that is then streamed out.
     stream = not tiles and FCNN_HAVE_STREAM and out.size * sizeof(floating) >= STREAM_BYTES
-    if stream:
-        scratch = <floating*> per_thread_scratch(num_threads, H * W, sizeof(floating), &stride)
+    scratch = <floating*> scratch_if(stream, num_threads, H * W, sizeof(floating), &stride)
     try:
         with nogil, parallel(num_threads=num_threads):
             s = scratch + threadid() * stride
             for plane in prange(N * C, schedule="static"):
-                n = plane // C
-                c = plane % C
-                if tiles and _tiles_plane(&dout[n, c, 0, 0], &indices[n, c, 0, 0],
-                                          &out[n, c, 0, 0], H, W, oh, ow):
-                    continue
-                if stream:
-                    _scatter_plane(&dout[n, c, 0, 0], &indices[n, c, 0, 0], s, H * W, L)
-                    fcnn_stream(&out[n, c, 0, 0], s, H * W * sizeof(floating))
-                else:
-                    _scatter_plane(&dout[n, c, 0, 0], &indices[n, c, 0, 0], &out[n, c, 0, 0],
-                                   H * W, L)
+                _max_pool_backward_plane(&dout[plane // C, plane % C, 0, 0],
+                                         &indices[plane // C, plane % C, 0, 0],
+                                         &out[plane // C, plane % C, 0, 0], H, W, oh, ow, tiles, s)
             fcnn_stream_fence()
     finally:
         free(scratch)
@@ -282,22 +296,98 @@ cdef int _divisor_table(
     return 0
 
 
-cdef void _avg_pool_plane(
-    const floating* src, floating* dst, const floating* div, Py_ssize_t H, Py_ssize_t W,
-    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+cdef inline void _avg_pool_plane_generic(
+    bint backward, const floating* src, floating* dst, const floating* div,
+    Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow,
 ) noexcept nogil:
+    """Each window's sum of the input plane `src` over its divisor, into the
+    output plane `dst`; or, if `backward`, each output gradient of `src` over
+    its divisor added to the cells of its window in the input gradient `dst`."""
     cdef Py_ssize_t oy, ox, ih, iw, ih0, iw0
-    cdef floating acc
+    cdef floating acc, g
+    if backward:
+        memset(dst, 0, H * W * sizeof(floating))
     for oy in range(oh):
         ih0 = oy * sh - ph
         for ox in range(ow):
             iw0 = ox * sw - pw
-            acc = 0
-            for ih in range(max(ih0, 0), min(ih0 + kh, H)):
-                for iw in range(max(iw0, 0), min(iw0 + kw, W)):
-                    acc = acc + src[ih * W + iw]
-            dst[oy * ow + ox] = acc / div[oy * ow + ox]
+            if backward:
+                g = src[oy * ow + ox] / div[oy * ow + ox]
+                for ih in range(max(ih0, 0), min(ih0 + kh, H)):
+                    for iw in range(max(iw0, 0), min(iw0 + kw, W)):
+                        dst[ih * W + iw] += g
+            else:
+                acc = 0
+                for ih in range(max(ih0, 0), min(ih0 + kh, H)):
+                    for iw in range(max(iw0, 0), min(iw0 + kw, W)):
+                        acc = acc + src[ih * W + iw]
+                dst[oy * ow + ox] = acc / div[oy * ow + ox]
+
+
+cdef void _avg_pool_plane(
+    bint backward, bint simd, const floating* src, floating* dst, const floating* div,
+    Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow, floating* g, Py_ssize_t wg,
+) noexcept nogil:
+    """One plane as _avg_pool_plane_generic: by pool_simd.h if `simd` (the
+    backward with a thread's rows of shares `g`, `wg` cells each), else
+    generically."""
+    # (a constant direction for the generic walk: the compiler drops the other)
+    if not simd and backward:
+        _avg_pool_plane_generic(True, src, dst, div, H, W, kh, kw, sh, sw, ph, pw, oh, ow)
+    elif not simd:
+        _avg_pool_plane_generic(False, src, dst, div, H, W, kh, kw, sh, sw, ph, pw, oh, ow)
+    elif backward:
+        if floating is float:
+            fcnn_avg_pool_backward_plane_f32(src, dst, div, H, W, kh, ph, pw, oh, ow, g, wg)
+        else:
+            fcnn_avg_pool_backward_plane_f64(src, dst, div, H, W, kh, ph, pw, oh, ow, g, wg)
+    elif floating is float:
+        fcnn_avg_pool_plane_f32(src, dst, div, H, W, kh, ph, pw, oh, ow)
+    else:
+        fcnn_avg_pool_plane_f64(src, dst, div, H, W, kh, ph, pw, oh, ow)
+
+
+cdef _avg_pool(
+    bint backward, const floating[:, :, :, ::1] src,
+    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+    Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad, Py_ssize_t divisor_override,
+    floating[:, :, :, ::1] out, int num_threads,
+):
+    """avg_pool2d of the input `src` into `out`, or, if `backward`, its gradient:
+    avg_pool2d_backward of the output gradient `src` into `out`."""
+    cdef Py_ssize_t N = out.shape[0], C = out.shape[1], H, W, oh, ow
+    cdef Py_ssize_t plane, stride = 0
+    cdef Py_ssize_t lanes = FCNN_VL_F32 if floating is float else FCNN_VL_F64
+    cdef floating* div = NULL
+    cdef floating* shares = NULL
+    cdef floating* g
+    if backward:
+        H, W, oh, ow = out.shape[2], out.shape[3], src.shape[2], src.shape[3]
+    else:
+        H, W, oh, ow = src.shape[2], src.shape[3], out.shape[2], out.shape[3]
+    cdef bint simd = _simd_window(H, W, kh, kw, sh, sw, 1, 1, False)
+    # The SIMD backward: each thread's rows of shares, with +0.0 borders.
+    cdef Py_ssize_t wg = fcnn_pool_bwd_width(W, ow, lanes) if simd and backward else 0
+    cdef Py_ssize_t per_thread = oh * wg
+    _divisor_table(&div, H, W, kh, kw, sh, sw, ph, pw, oh, ow, count_include_pad,
+                   divisor_override, lanes)
+    try:
+        shares = <floating*> scratch_if(wg > 0, num_threads, per_thread, sizeof(floating),
+                                        &stride)
+        with nogil, parallel(num_threads=num_threads):
+            g = shares + threadid() * stride
+            if wg > 0:
+                _fill(g, per_thread, 0)
+            for plane in prange(N * C, schedule="static"):
+                _avg_pool_plane(backward, simd, &src[plane // C, plane % C, 0, 0],
+                                &out[plane // C, plane % C, 0, 0], div, H, W, kh, kw, sh, sw,
+                                ph, pw, oh, ow, g, wg)
+    finally:
+        free(div)
+        free(shares)
+    return out.base
 
 
 def avg_pool2d(
@@ -308,49 +398,8 @@ def avg_pool2d(
     int num_threads,
 ):
     """avg_pool2d(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override, out, num_threads) -> out"""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t oh = out.shape[2], ow = out.shape[3]
-    cdef Py_ssize_t plane, n, c
-    cdef Py_ssize_t lanes = FCNN_VL_F32 if floating is float else FCNN_VL_F64
-    cdef bint simd = _simd_window(H, W, kh, kw, sh, sw, 1, 1, False)
-    cdef floating* div = NULL
-    _divisor_table(&div, H, W, kh, kw, sh, sw, ph, pw, oh, ow, count_include_pad,
-                   divisor_override, lanes)
-    try:
-        with nogil:
-            for plane in prange(N * C, schedule="static", num_threads=num_threads):
-                n = plane // C
-                c = plane % C
-                if not simd:
-                    _avg_pool_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], div, H, W, kh, kw, sh, sw,
-                                    ph, pw, oh, ow)
-                elif floating is float:
-                    fcnn_avg_pool_plane_f32(&x[n, c, 0, 0], &out[n, c, 0, 0], div, H, W, kh,
-                                            ph, pw, oh, ow)
-                else:
-                    fcnn_avg_pool_plane_f64(&x[n, c, 0, 0], &out[n, c, 0, 0], div, H, W, kh,
-                                            ph, pw, oh, ow)
-    finally:
-        free(div)
-    return out.base
-
-
-cdef void _avg_pool_backward_plane(
-    const floating* src, floating* dst, const floating* div, Py_ssize_t H, Py_ssize_t W,
-    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow,
-) noexcept nogil:
-    cdef Py_ssize_t oy, ox, ih, iw, ih0, iw0
-    cdef floating g
-    memset(dst, 0, H * W * sizeof(floating))
-    for oy in range(oh):
-        ih0 = oy * sh - ph
-        for ox in range(ow):
-            iw0 = ox * sw - pw
-            g = src[oy * ow + ox] / div[oy * ow + ox]
-            for ih in range(max(ih0, 0), min(ih0 + kh, H)):
-                for iw in range(max(iw0, 0), min(iw0 + kw, W)):
-                    dst[ih * W + iw] += g
+    return _avg_pool(False, x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override, out,
+                     num_threads)
 
 
 def avg_pool2d_backward(
@@ -361,40 +410,5 @@ def avg_pool2d_backward(
     int num_threads,
 ):
     """avg_pool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override, out, num_threads) -> out"""
-    cdef Py_ssize_t N = out.shape[0], C = out.shape[1], H = out.shape[2], W = out.shape[3]
-    cdef Py_ssize_t oh = dout.shape[2], ow = dout.shape[3]
-    cdef Py_ssize_t plane, n, c
-    cdef Py_ssize_t lanes = FCNN_VL_F32 if floating is float else FCNN_VL_F64
-    cdef bint simd = _simd_window(H, W, kh, kw, sh, sw, 1, 1, False)
-    # SIMD kernels: each thread's rows of shares, with +0.0 borders
-    cdef Py_ssize_t wg = fcnn_pool_bwd_width(W, ow, lanes) if simd else 0
-    cdef Py_ssize_t per_thread = oh * wg
-    cdef Py_ssize_t stride = 0
-    cdef floating* div = NULL
-    cdef floating* shares = NULL
-    cdef floating* g
-    _divisor_table(&div, H, W, kh, kw, sh, sw, ph, pw, oh, ow, count_include_pad,
-                   divisor_override, lanes)
-    try:
-        if simd:
-            shares = <floating*> per_thread_scratch(num_threads, per_thread, sizeof(floating), &stride)
-        with nogil, parallel(num_threads=num_threads):
-            g = shares + threadid() * stride
-            if simd:
-                _fill(g, per_thread, 0)
-            for plane in prange(N * C, schedule="static"):
-                n = plane // C
-                c = plane % C
-                if not simd:
-                    _avg_pool_backward_plane(&dout[n, c, 0, 0], &out[n, c, 0, 0], div, H, W,
-                                             kh, kw, sh, sw, ph, pw, oh, ow)
-                elif floating is float:
-                    fcnn_avg_pool_backward_plane_f32(&dout[n, c, 0, 0], &out[n, c, 0, 0], div,
-                                                     H, W, kh, ph, pw, oh, ow, g, wg)
-                else:
-                    fcnn_avg_pool_backward_plane_f64(&dout[n, c, 0, 0], &out[n, c, 0, 0], div,
-                                                     H, W, kh, ph, pw, oh, ow, g, wg)
-    finally:
-        free(div)
-        free(shares)
-    return out.base
+    return _avg_pool(True, dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override, out,
+                     num_threads)

@@ -86,15 +86,21 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define FCNN_CAT_(a, b) a##_##b
 #define FCNN_CAT(a, b) FCNN_CAT_(a, b)
 
+/* ---- AVX2, what both types share: 256-bit vectors; masks are vectors. */
+#define FCNN_TARGET __attribute__((target("avx2")))
+#define IV __m256i
+#define I_UNSCRAMBLE(v) _mm256_permute4x64_epi64(v, 0xD8)
+#define M_ANDNOT _mm256_andnot_si256
+#define M_OR _mm256_or_si256
+#define M_ANY(m) (!_mm256_testz_si256(m, m))
+
 /* ---- AVX2, float: 8 lanes, int32 index lanes (the caller guarantees that
  * flat indices fit). The de-interleaving shuffles work within 128-bit
  * halves: lane l holds output sigma(l) = (0, 1, 4, 5, 2, 3, 6, 7)[l], and
- * swapping the middle 64-bit quarters restores the order. Masks are vectors. */
-#define FCNN_TARGET __attribute__((target("avx2")))
+ * swapping the middle 64-bit quarters restores the order. */
 #define T float
 #define SFX f32_avx2
 #define VT __m256
-#define IV __m256i
 #define MT __m256i
 #define VL 8
 #define V_LOAD _mm256_loadu_ps
@@ -121,12 +127,8 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define I_MAX0(v) _mm256_max_epi32(v, _mm256_setzero_si256())
 #define I_BLEND(a, b, m) _mm256_castps_si256(_mm256_blendv_ps( \
     _mm256_castsi256_ps(a), _mm256_castsi256_ps(b), _mm256_castsi256_ps(m)))
-#define I_UNSCRAMBLE(v) _mm256_permute4x64_epi64(v, 0xD8)
 #define I_LANES _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
 #define I_SIGMA2 _mm256_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14)
-#define M_ANDNOT _mm256_andnot_si256
-#define M_OR _mm256_or_si256
-#define M_ANY(m) (!_mm256_testz_si256(m, m))
 #define I_EQ _mm256_cmpeq_epi32
 #define V_MASKZ(m, v) _mm256_and_ps(_mm256_castsi256_ps(m), v)
 /* the low halves of 8 int64 (indices below 2**31) in lane order */
@@ -153,11 +155,9 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 /* ---- AVX2, double: 4 lanes, int64 index lanes. unpacklo/hi leave lane l
  * holding output sigma(l) = (0, 2, 1, 3)[l]; the same quarter swap restores
  * the order. */
-#define FCNN_TARGET __attribute__((target("avx2")))
 #define T double
 #define SFX f64_avx2
 #define VT __m256d
-#define IV __m256i
 #define MT __m256i
 #define VL 4
 #define V_LOAD _mm256_loadu_pd
@@ -184,12 +184,8 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define I_MAX0(v) I_BLEND(_mm256_setzero_si256(), v, I_GT(v, _mm256_setzero_si256()))
 #define I_BLEND(a, b, m) _mm256_castpd_si256(_mm256_blendv_pd( \
     _mm256_castsi256_pd(a), _mm256_castsi256_pd(b), _mm256_castsi256_pd(m)))
-#define I_UNSCRAMBLE(v) _mm256_permute4x64_epi64(v, 0xD8)
 #define I_LANES _mm256_setr_epi64x(0, 1, 2, 3)
 #define I_SIGMA2 _mm256_setr_epi64x(0, 4, 2, 6)
-#define M_ANDNOT _mm256_andnot_si256
-#define M_OR _mm256_or_si256
-#define M_ANY(m) (!_mm256_testz_si256(m, m))
 #define I_EQ _mm256_cmpeq_epi64
 #define V_MASKZ(m, v) _mm256_and_pd(_mm256_castsi256_pd(m), v)
 #define IDX_LOAD(p) _mm256_loadu_si256((const __m256i *)(p))
@@ -197,15 +193,22 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define IDX_STORE(p, v) _mm256_storeu_si256((__m256i *)(p), v)
 #define IDX_MASKSTORE(p, m, v) _mm256_maskstore_epi64((long long *)(p), m, v)
 #include "pool_simd_impl.h"
+#define FCNN_ISA_DONE
 #include "pool_simd_undef.h"
+
+/* ---- AVX-512, what both types share: 512-bit vectors; masks are mask registers. */
+#define FCNN_TARGET __attribute__((target("avx512f")))
+#define IV __m512i
+#define I_UNSCRAMBLE(v) (v)
+#define M_ANDNOT(a, b) (MT)(~(a) & (b))
+#define M_OR(a, b) (MT)((a) | (b))
+#define M_ANY(m) ((m) != 0)
 
 /* ---- AVX-512, float: 16 lanes in natural order (vpermt2ps picks the even
  * or odd cells of two vectors), int32 index lanes, mask registers. */
-#define FCNN_TARGET __attribute__((target("avx512f")))
 #define T float
 #define SFX f32_avx512
 #define VT __m512
-#define IV __m512i
 #define MT __mmask16
 #define VL 16
 #define V_LOAD _mm512_loadu_ps
@@ -234,12 +237,8 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define I_GT _mm512_cmpgt_epi32_mask
 #define I_MAX0(v) _mm512_max_epi32(v, _mm512_setzero_si512())
 #define I_BLEND(a, b, m) _mm512_mask_blend_epi32(m, a, b)
-#define I_UNSCRAMBLE(v) (v)
 #define I_LANES _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
 #define I_SIGMA2 _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
-#define M_ANDNOT(a, b) (MT)(~(a) & (b))
-#define M_OR(a, b) (MT)((a) | (b))
-#define M_ANY(m) ((m) != 0)
 #define I_EQ _mm512_cmpeq_epi32_mask
 #define V_MASKZ(m, v) _mm512_maskz_mov_ps(m, v)
 #define IDX_LOAD(p) _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32( \
@@ -260,11 +259,9 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #include "pool_simd_undef.h"
 
 /* ---- AVX-512, double: 8 lanes in natural order, int64 index lanes. */
-#define FCNN_TARGET __attribute__((target("avx512f")))
 #define T double
 #define SFX f64_avx512
 #define VT __m512d
-#define IV __m512i
 #define MT __mmask8
 #define VL 8
 #define V_LOAD _mm512_loadu_pd
@@ -289,12 +286,8 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define I_GT _mm512_cmpgt_epi64_mask
 #define I_MAX0(v) _mm512_max_epi64(v, _mm512_setzero_si512())
 #define I_BLEND(a, b, m) _mm512_mask_blend_epi64(m, a, b)
-#define I_UNSCRAMBLE(v) (v)
 #define I_LANES _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7)
 #define I_SIGMA2 _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14)
-#define M_ANDNOT(a, b) (MT)(~(a) & (b))
-#define M_OR(a, b) (MT)((a) | (b))
-#define M_ANY(m) ((m) != 0)
 #define I_EQ _mm512_cmpeq_epi64_mask
 #define V_MASKZ(m, v) _mm512_maskz_mov_pd(m, v)
 #define IDX_LOAD(p) _mm512_loadu_si512(p)
@@ -302,6 +295,7 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define IDX_STORE(p, v) _mm512_storeu_si512((p), v)
 #define IDX_MASKSTORE(p, m, v) _mm512_mask_storeu_epi64((p), m, v)
 #include "pool_simd_impl.h"
+#define FCNN_ISA_DONE
 #include "pool_simd_undef.h"
 
 /* The entry points csrc/pool.pyx calls: the best instruction set allowed. */

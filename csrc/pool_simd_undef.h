@@ -1,9 +1,9 @@
-/* Undefine the per-instantiation macros of pool_simd.h. */
-#undef FCNN_TARGET
+/* Undefine the macros of one instantiation of pool_simd.h: those of its type
+ * and, after an instruction set's last type (FCNN_ISA_DONE), those the types
+ * of that instruction set share. */
 #undef T
 #undef SFX
 #undef VT
-#undef IV
 #undef MT
 #undef VL
 #undef V_LOAD
@@ -27,16 +27,21 @@
 #undef I_GT
 #undef I_MAX0
 #undef I_BLEND
-#undef I_UNSCRAMBLE
 #undef I_LANES
 #undef I_SIGMA2
-#undef M_ANDNOT
 #undef IDX_STORE
 #undef IDX_MASKSTORE
-#undef M_OR
-#undef M_ANY
 #undef I_EQ
 #undef V_MASKZ
 #undef IDX_NARROW
 #undef IDX_LOAD
 #undef IDX_MASKLOAD
+#ifdef FCNN_ISA_DONE
+#undef FCNN_TARGET
+#undef IV
+#undef I_UNSCRAMBLE
+#undef M_ANDNOT
+#undef M_OR
+#undef M_ANY
+#undef FCNN_ISA_DONE
+#endif

@@ -14,3 +14,13 @@ cdef inline void* per_thread_scratch(Py_ssize_t threads, Py_ssize_t cells, size_
     if p == NULL:
         raise MemoryError(f"cannot allocate {threads} x {cells} scratch cells of {itemsize} bytes")
     return p
+
+
+cdef inline void* scratch_if(bint needed, Py_ssize_t threads, Py_ssize_t cells, size_t itemsize,
+                             Py_ssize_t* stride) except? NULL:
+    """per_thread_scratch if `needed`; else NULL, `stride` 0 (every thread's
+    scratch is then NULL, for a kernel that does not touch it)."""
+    if not needed:
+        stride[0] = 0
+        return NULL
+    return per_thread_scratch(threads, cells, itemsize, stride)

@@ -25,7 +25,7 @@ from planes cimport FOLD_CHUNKS_DEFAULT, fold_by_rows, fold_plane, fold_tables, 
 from simd cimport (
     FCNN_HAVE_STREAM, fcnn_set_simd_cap, fcnn_stream, fcnn_stream_fence,
 )
-from scratch cimport per_thread_scratch
+from scratch cimport scratch_if
 from window cimport clip, end_inside, first_inside
 
 
@@ -99,11 +99,10 @@ def im2col(
         pieces = clip((oh * ow * sizeof(floating) + PIECE_BYTES - 1) // PIECE_BYTES, 1, oh)
     cdef Py_ssize_t rows = (oh + pieces - 1) // pieces
     pieces = (oh + rows - 1) // rows
-    cdef floating* scratch = NULL
+    cdef floating* scratch = <floating*> scratch_if(stream, num_threads, rows * ow,
+                                                    sizeof(floating), &stride)
     cdef floating* s
     cdef floating* dst
-    if stream:
-        scratch = <floating*> per_thread_scratch(num_threads, rows * ow, sizeof(floating), &stride)
     try:
         with nogil, parallel(num_threads=num_threads):
             s = scratch + threadid() * stride
@@ -156,7 +155,7 @@ def col2im(
 ):
     """col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out, num_threads) -> out"""
     cdef Py_ssize_t N = out.shape[0], C = out.shape[1], H = out.shape[2], W = out.shape[3]
-    cdef Py_ssize_t plane, n, c, stride = 0
+    cdef Py_ssize_t plane, stride = 0
     cdef bint by_rows = fold_by_rows(W, kw, sw, pw, dw, ow, sizeof(floating), FOLD_CHUNKS)
     cdef void** tables = fold_tables(num_threads if by_rows else 0, kh, kw, &stride)
     cdef void** t
@@ -164,9 +163,8 @@ def col2im(
         with nogil, parallel(num_threads=num_threads):
             t = tables + threadid() * stride
             for plane in prange(N * C, schedule="static"):
-                n = plane // C
-                c = plane % C
-                fold_plane(&cols[n, c * kh * kw, 0], &out[n, c, 0, 0], H, W,
+                fold_plane(&cols[plane // C, plane % C * kh * kw, 0],
+                           &out[plane // C, plane % C, 0, 0], H, W,
                            kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, by_rows,
                            <const floating**> t, <ptrdiff_t*> (t + kh * kw),
                            <Py_ssize_t*> (t + 2 * kh * kw))

@@ -19,6 +19,7 @@ import numpy as np
 from . import _backend
 from . import _validation as v
 from ._backend import in_pieces, kernel
+from ._docstrings import fill_doc
 
 __all__ = [
     "im2col",
@@ -550,6 +551,48 @@ def _linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray,
     return dx if input_grad else None, dweight.sum(axis=0), dbias.sum(axis=0)
 
 
+# Docstring sections (see fastcnn._docstrings) and checks of the pools and
+# resamplers and their backwards.
+_POOL_WINDOW = """
+x : array_like, shape (N, C, H, W), float32 or float64
+kernel_size : int or (int, int)
+stride : int or (int, int), optional
+    Defaults to `kernel_size`.
+"""
+_GRADIENT_IN = """
+dout : array_like, shape (N, C, oh, ow), float32 or float64
+input_shape : tuple of 4 ints
+    ``(N, C, H, W)`` of the forward input.
+"""
+_GRADIENT_OUT = """
+Returns
+-------
+dx : ndarray, shape `input_shape`, dtype of `dout`
+"""
+
+
+def _gradient_operands(dout, input_shape) -> tuple[np.ndarray, tuple]:
+    """A backward's `dout`, checked 4-D float, and its `input_shape` as 4 ints."""
+    dout = v.as_float_array(dout, "dout")
+    v.check_nchw(dout, "dout")
+    return dout, v.input_shape_4d(input_shape)
+
+
+def _check_dout_shape(dout: np.ndarray, expected: tuple, op: str) -> None:
+    """`dout` must have the shape `expected` of the forward `op`'s output."""
+    if dout.shape != expected:
+        raise ValueError(f"dout must have the {op} output shape {expected}, got {dout.shape}")
+
+
+def _check_planes(dout: np.ndarray, shape: tuple) -> None:
+    """`dout` must have the (N, C) of the forward input's `shape`."""
+    if dout.shape[:2] != shape[:2]:
+        raise ValueError(
+            f"dout's (N, C)={dout.shape[:2]} must match input_shape's (N, C)={shape[:2]}"
+        )
+
+
+@fill_doc(window=_POOL_WINDOW)
 def max_pool2d(
     x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
 ):
@@ -560,10 +603,7 @@ def max_pool2d(
 
     Parameters
     ----------
-    x : array_like, shape (N, C, H, W), float32 or float64
-    kernel_size : int or (int, int)
-    stride : int or (int, int), optional
-        Defaults to `kernel_size`.
+    {window}
     padding : int or (int, int)
         Implicit -inf padding, at most half the kernel.
     dilation : int or (int, int)
@@ -626,10 +666,7 @@ def max_pool2d_backward(dout, indices, input_shape) -> np.ndarray:
         raise ValueError(
             f"indices and dout must have the same shape, got {indices.shape} and {dout.shape}"
         )
-    if dout.shape[:2] != shape[:2]:
-        raise ValueError(
-            f"dout's (N, C)={dout.shape[:2]} must match input_shape's (N, C)={shape[:2]}"
-        )
+    _check_planes(dout, shape)
     plane = shape[2] * shape[3]
     # Seen as unsigned, a negative index is huge: one pass checks both ends.
     if indices.size and indices.view(np.uint64).max() >= plane:
@@ -658,6 +695,7 @@ def _avg_args(shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
     return (win.kh, win.kw, win.sh, win.sw, win.ph, win.pw, count_include_pad, divisor_override or 0), win
 
 
+@fill_doc(window=_POOL_WINDOW)
 def avg_pool2d(
     x,
     kernel_size,
@@ -671,10 +709,7 @@ def avg_pool2d(
 
     Parameters
     ----------
-    x : array_like, shape (N, C, H, W), float32 or float64
-    kernel_size : int or (int, int)
-    stride : int or (int, int), optional
-        Defaults to `kernel_size`.
+    {window}
     padding : int or (int, int)
         Zero padding, at most half the kernel.
     ceil_mode : bool
@@ -699,6 +734,7 @@ def avg_pool2d(
     return out
 
 
+@fill_doc(gradient_in=_GRADIENT_IN, gradient_out=_GRADIENT_OUT)
 def avg_pool2d_backward(
     dout,
     input_shape,
@@ -713,24 +749,16 @@ def avg_pool2d_backward(
 
     Parameters
     ----------
-    dout : array_like, shape (N, C, oh, ow), float32 or float64
-    input_shape : tuple of 4 ints
-        ``(N, C, H, W)`` of the forward input.
+    {gradient_in}
     kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
         The arguments of the forward call.
 
-    Returns
-    -------
-    dx : ndarray, shape `input_shape`, dtype of `dout`
+    {gradient_out}
     """
-    dout = v.as_float_array(dout, "dout")
-    v.check_nchw(dout, "dout")
-    shape = v.input_shape_4d(input_shape)
+    dout, shape = _gradient_operands(dout, input_shape)
     args, win = _avg_args(shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
                           divisor_override)
-    expected = shape[:2] + (win.oh, win.ow)
-    if dout.shape != expected:
-        raise ValueError(f"dout must have the avg_pool2d output shape {expected}, got {dout.shape}")
+    _check_dout_shape(dout, shape[:2] + (win.oh, win.ow), "avg_pool2d")
     out = np.empty(shape, dtype=dout.dtype)
     if shape[0]:
         in_pieces("avg_pool2d_backward", shape[:2], (dout, *args, out),
@@ -1157,12 +1185,8 @@ def pad_backward(dout, input_shape, pad, mode="constant") -> np.ndarray:
         from (reflected and wrapped copies add up); padding constants and
         cropped cells get none.
     """
-    dout = v.as_float_array(dout, "dout")
-    v.check_nchw(dout, "dout")
-    shape = v.input_shape_4d(input_shape)
-    expected = _pad_shape(shape, pad, mode)
-    if dout.shape != expected:
-        raise ValueError(f"dout must have the pad output shape {expected}, got {dout.shape}")
+    dout, shape = _gradient_operands(dout, input_shape)
+    _check_dout_shape(dout, _pad_shape(shape, pad, mode), "pad")
     if not shape[0]:
         return np.empty(shape, dtype=dout.dtype)
     rows, cols, mode = _pad_plan(shape, pad, mode)
@@ -1325,6 +1349,7 @@ def interpolate(
     return _resample(name, x, tables, out, taps=oh * ow + x.shape[2] * x.shape[3])
 
 
+@fill_doc(gradient_in=_GRADIENT_IN, gradient_out=_GRADIENT_OUT)
 def interpolate_backward(
     dout, input_shape, size=None, scale_factor=None, mode="nearest", align_corners=None,
     recompute_scale_factor=None,
@@ -1333,27 +1358,17 @@ def interpolate_backward(
 
     Parameters
     ----------
-    dout : array_like, shape (N, C, oh, ow), float32 or float64
-    input_shape : tuple of 4 ints
-        ``(N, C, H, W)`` of the forward input.
+    {gradient_in}
     size, scale_factor, mode, align_corners, recompute_scale_factor
         The arguments of the forward call.
 
-    Returns
-    -------
-    dx : ndarray, shape `input_shape`, dtype of `dout`
+    {gradient_out}
         Summed along H, then along W, each cell's terms in output order.
     """
-    dout = v.as_float_array(dout, "dout")
-    v.check_nchw(dout, "dout")
-    shape = v.input_shape_4d(input_shape)
+    dout, shape = _gradient_operands(dout, input_shape)
     oh, ow, scales, mode, align = _interpolate_plan(
         shape, size, scale_factor, mode, align_corners, recompute_scale_factor)
-    expected = shape[:2] + (oh, ow)
-    if dout.shape != expected:
-        raise ValueError(
-            f"dout must have the interpolate output shape {expected}, got {dout.shape}"
-        )
+    _check_dout_shape(dout, shape[:2] + (oh, ow), "interpolate")
     out = np.empty(shape, dtype=dout.dtype)
     if not shape[0]:
         return out
@@ -1405,30 +1420,22 @@ def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
     return out
 
 
+@fill_doc(gradient_in=_GRADIENT_IN, gradient_out=_GRADIENT_OUT)
 def adaptive_avg_pool2d_backward(dout, input_shape) -> np.ndarray:
     """Gradient of :func:`adaptive_avg_pool2d` with respect to its input.
 
     Parameters
     ----------
-    dout : array_like, shape (N, C, oh, ow), float32 or float64
-    input_shape : tuple of 4 ints
-        ``(N, C, H, W)`` of the forward input; ``(oh, ow)`` is the forward's
-        output size.
+    {gradient_in}
+        ``(oh, ow)`` is the forward's output size.
 
-    Returns
-    -------
-    dx : ndarray, shape `input_shape`, dtype of `dout`
+    {gradient_out}
         Each window's gradient divided by its height, then by its width,
         goes to each of its cells; a cell adds those of the windows that
         hold it in row-major window order, as PyTorch does.
     """
-    dout = v.as_float_array(dout, "dout")
-    v.check_nchw(dout, "dout")
-    shape = v.input_shape_4d(input_shape)
-    if dout.shape[:2] != shape[:2]:
-        raise ValueError(
-            f"dout's (N, C)={dout.shape[:2]} must match input_shape's (N, C)={shape[:2]}"
-        )
+    dout, shape = _gradient_operands(dout, input_shape)
+    _check_planes(dout, shape)
     _adaptive_shape(shape, dout.shape[2:])
     out = np.empty(shape, dtype=dout.dtype)
     if shape[0]:
@@ -1646,6 +1653,36 @@ def _affine_norm_backward(dout, x, weight, eps, groups_shape, axes, param_shape)
     return dx, np.sum(dout * xhat, axis=axes), np.sum(dout, axis=axes)
 
 
+# Docstring sections of group_norm and layer_norm and their backwards.
+_NORM_OUT = """
+eps : float
+    Added to the (biased) variance.
+
+Returns
+-------
+out : ndarray, shape and dtype of `x`
+"""
+
+
+def _norm_grads(param_shape: str) -> str:
+    """The Returns section of a normalisation's backward, parameters of `param_shape`."""
+    return f"""
+Returns
+-------
+dx : ndarray, shape of `x`
+dweight, dbias : ndarray, shape {param_shape}
+    Returned whether or not the forward call had them.
+"""
+
+
+def _norm_backward(dout, norm_args, *forward_args):
+    """``(dx, dweight, dbias)`` of a normalisation whose operands
+    ``norm_args(*forward_args, dout)`` validates (the bias does not enter them)."""
+    dout = v.as_float_array(dout, "dout")
+    x, weight, _, eps, *geometry = norm_args(*forward_args, dout)
+    return _affine_norm_backward(dout, x, weight, eps, *geometry)
+
+
 def _group_norm_args(x, num_groups, weight, bias, eps, dout=None):
     """Validated group_norm operands: ``(x, weight, bias, eps, groups_shape, axes,
     param_shape)``, weight and bias shaped to broadcast over x's channels."""
@@ -1667,6 +1704,7 @@ def _group_norm_args(x, num_groups, weight, bias, eps, dout=None):
     return x, weight, bias, eps, (x.shape[0], num_groups, -1), axes, (c,)
 
 
+@fill_doc(norm_out=_NORM_OUT)
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5) -> np.ndarray:
     """Group normalisation, as ``F.group_norm``.
 
@@ -1678,17 +1716,13 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5) -> np.ndarray:
         each normalised over its channels and all other axes.
     weight, bias : array_like, shape (C,), dtype of `x`, optional
         Per-channel scale and shift.
-    eps : float
-        Added to the (biased) variance.
-
-    Returns
-    -------
-    out : ndarray, shape and dtype of `x`
+    {norm_out}
     """
     x, weight, bias, eps, groups_shape, _, _ = _group_norm_args(x, num_groups, weight, bias, eps)
     return _affine_norm(x, weight, bias, eps, groups_shape)
 
 
+@fill_doc(norm_grads=_norm_grads("(C,)"))
 def group_norm_backward(dout, x, num_groups, weight=None, eps=1e-5):
     """Gradients of :func:`group_norm` with respect to its input, weight and bias.
 
@@ -1698,15 +1732,9 @@ def group_norm_backward(dout, x, num_groups, weight=None, eps=1e-5):
     x, num_groups, weight, eps
         The arguments of the forward call (the bias does not enter the gradients).
 
-    Returns
-    -------
-    dx : ndarray, shape of `x`
-    dweight, dbias : ndarray, shape (C,)
-        Returned whether or not the forward call had them.
+    {norm_grads}
     """
-    dout = v.as_float_array(dout, "dout")
-    x, weight, _, eps, *geometry = _group_norm_args(x, num_groups, weight, None, eps, dout)
-    return _affine_norm_backward(dout, x, weight, eps, *geometry)
+    return _norm_backward(dout, _group_norm_args, x, num_groups, weight, None, eps)
 
 
 def _layer_norm_args(x, normalized_shape, weight, bias, eps, dout=None):
@@ -1729,6 +1757,7 @@ def _layer_norm_args(x, normalized_shape, weight, bias, eps, dout=None):
     return x, weight, bias, eps, (-1, math.prod(shape)), axes, shape
 
 
+@fill_doc(norm_out=_NORM_OUT)
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> np.ndarray:
     """Layer normalisation over the trailing axes, as ``F.layer_norm``.
 
@@ -1739,18 +1768,14 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> np.ndar
         The trailing dims normalised together.
     weight, bias : array_like, shape `normalized_shape`, dtype of `x`, optional
         Element-wise scale and shift.
-    eps : float
-        Added to the (biased) variance.
-
-    Returns
-    -------
-    out : ndarray, shape and dtype of `x`
+    {norm_out}
     """
     x, weight, bias, eps, groups_shape, _, _ = _layer_norm_args(
         x, normalized_shape, weight, bias, eps)
     return _affine_norm(x, weight, bias, eps, groups_shape)
 
 
+@fill_doc(norm_grads=_norm_grads("`normalized_shape`"))
 def layer_norm_backward(dout, x, normalized_shape, weight=None, eps=1e-5):
     """Gradients of :func:`layer_norm` with respect to its input, weight and bias.
 
@@ -1760,15 +1785,9 @@ def layer_norm_backward(dout, x, normalized_shape, weight=None, eps=1e-5):
     x, normalized_shape, weight, eps
         The arguments of the forward call.
 
-    Returns
-    -------
-    dx : ndarray, shape of `x`
-    dweight, dbias : ndarray, shape `normalized_shape`
-        Returned whether or not the forward call had them.
+    {norm_grads}
     """
-    dout = v.as_float_array(dout, "dout")
-    x, weight, _, eps, *geometry = _layer_norm_args(x, normalized_shape, weight, None, eps, dout)
-    return _affine_norm_backward(dout, x, weight, eps, *geometry)
+    return _norm_backward(dout, _layer_norm_args, x, normalized_shape, weight, None, eps)
 
 
 # -- transposed convolution -------------------------------------------------

@@ -155,9 +155,21 @@ def ones_(array) -> np.ndarray:
     return _fill(_target(array), 1)
 
 
-def _xavier_std(array: np.ndarray, gain) -> float:
+def _fill_random(array: np.ndarray, std: float, rng, distribution: str) -> np.ndarray:
+    """Fill `array` with draws of standard deviation `std` and mean 0: from
+    ``U(-sqrt(3) * std, sqrt(3) * std)`` (``"uniform"``) or ``N(0, std**2)``."""
+    rng = np.random.default_rng(rng)
+    if distribution == "uniform":
+        bound = math.sqrt(3.0) * std
+        return _fill(array, rng.uniform(-bound, bound, array.shape))
+    return _fill(array, rng.normal(0.0, std, array.shape))
+
+
+def _xavier(array, gain, rng, distribution: str) -> np.ndarray:
+    array = _target(array)
     fan_in, fan_out = _fans(array)
-    return real(gain, "gain") * math.sqrt(2.0 / float(fan_in + fan_out))
+    std = real(gain, "gain") * math.sqrt(2.0 / float(fan_in + fan_out))
+    return _fill_random(array, std, rng, distribution)
 
 
 def xavier_uniform_(array, gain=1.0, rng=None) -> np.ndarray:
@@ -169,9 +181,7 @@ def xavier_uniform_(array, gain=1.0, rng=None) -> np.ndarray:
     gain : float, default 1.0
     rng : numpy.random.Generator, int or None
     """
-    array = _target(array)
-    bound = math.sqrt(3.0) * _xavier_std(array, gain)
-    return _fill(array, np.random.default_rng(rng).uniform(-bound, bound, array.shape))
+    return _xavier(array, gain, rng, "uniform")
 
 
 def xavier_normal_(array, gain=1.0, rng=None) -> np.ndarray:
@@ -179,18 +189,19 @@ def xavier_normal_(array, gain=1.0, rng=None) -> np.ndarray:
 
     Parameters
     ----------
-    array : ndarray of float32 or float64, at least 2-D
-    gain : float, default 1.0
-    rng : numpy.random.Generator, int or None
+    array, gain, rng
+        As for :func:`xavier_uniform_`.
     """
+    return _xavier(array, gain, rng, "normal")
+
+
+def _kaiming(array, a, mode, nonlinearity, rng, distribution: str) -> np.ndarray:
     array = _target(array)
-    std = _xavier_std(array, gain)
-    return _fill(array, np.random.default_rng(rng).normal(0.0, std, array.shape))
-
-
-def _kaiming_std(array, a, mode, nonlinearity) -> float:
+    if array.size == 0:
+        return array
     fan = _fan(array, mode)
-    return calculate_gain(nonlinearity, real(a, "a")) / math.sqrt(fan)
+    std = calculate_gain(nonlinearity, real(a, "a")) / math.sqrt(fan)
+    return _fill_random(array, std, rng, distribution)
 
 
 def kaiming_uniform_(
@@ -212,11 +223,7 @@ def kaiming_uniform_(
         See :func:`calculate_gain`.
     rng : numpy.random.Generator, int or None
     """
-    array = _target(array)
-    if array.size == 0:
-        return array
-    bound = math.sqrt(3.0) * _kaiming_std(array, a, mode, nonlinearity)
-    return _fill(array, np.random.default_rng(rng).uniform(-bound, bound, array.shape))
+    return _kaiming(array, a, mode, nonlinearity, rng, "uniform")
 
 
 def kaiming_normal_(
@@ -226,13 +233,7 @@ def kaiming_normal_(
 
     Parameters
     ----------
-    array : ndarray of float32 or float64, at least 2-D
-        An empty array is left as it is.
-    a, mode, nonlinearity, rng
+    array, a, mode, nonlinearity, rng
         As for :func:`kaiming_uniform_`.
     """
-    array = _target(array)
-    if array.size == 0:
-        return array
-    std = _kaiming_std(array, a, mode, nonlinearity)
-    return _fill(array, np.random.default_rng(rng).normal(0.0, std, array.shape))
+    return _kaiming(array, a, mode, nonlinearity, rng, "normal")

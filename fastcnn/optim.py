@@ -102,13 +102,20 @@ class Optimizer:
         for key, param, grad in self._params:
             self._update(param, grad, self.state[key])
 
-    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict) -> None:
-        """Apply one step to `param` in place from its raw gradient (weight
-        decay and ``maximize`` included); `grad` must not be modified."""
-        raise NotImplementedError
+    # Each optimizer's update rule: a functional step (see fastcnn.functional),
+    # called with the attributes named in _options and the common ones.
+    _step = None
+    _options: tuple = ()
 
-    def _common(self) -> dict:
-        return dict(lr=self.lr, weight_decay=self.weight_decay, maximize=self.maximize)
+    def _update(self, param: np.ndarray, grad: np.ndarray, state: dict,
+                weight_decay: float | None = None) -> None:
+        """Apply one step to `param` in place from its raw gradient (weight
+        decay and ``maximize`` included); `grad` must not be modified.
+        `weight_decay`, if given, replaces the optimizer's own."""
+        if weight_decay is None:
+            weight_decay = self.weight_decay
+        self._step(param, grad, state, **{name: getattr(self, name) for name in self._options},
+                   lr=self.lr, weight_decay=weight_decay, maximize=self.maximize)
 
 
 class SGD(Optimizer):
@@ -129,6 +136,9 @@ class SGD(Optimizer):
     maximize : bool, default False
     """
 
+    _step = staticmethod(F._sgd_step)
+    _options = ("momentum", "dampening", "nesterov")
+
     def __init__(
         self, model, lr, momentum=0, dampening=0, nesterov=False, weight_decay=0, maximize=False
     ) -> None:
@@ -141,10 +151,6 @@ class SGD(Optimizer):
                 "nesterov=True requires momentum > 0 and dampening = 0, got "
                 f"momentum={self.momentum} and dampening={self.dampening}"
             )
-
-    def _update(self, param, grad, state):
-        F._sgd_step(param, grad, state, momentum=self.momentum, dampening=self.dampening,
-                    nesterov=self.nesterov, **self._common())
 
 
 class Adagrad(Optimizer):
@@ -163,6 +169,9 @@ class Adagrad(Optimizer):
         Added to the square root of the sum.
     maximize : bool, default False
     """
+
+    _step = staticmethod(F._adagrad_step)
+    _options = ("lr_decay", "eps")
 
     def __init__(
         self,
@@ -184,9 +193,6 @@ class Adagrad(Optimizer):
         for key, param, _ in self._params:
             self.state[key].update(step=0, sum=np.full_like(param, self.initial_accumulator_value))
 
-    def _update(self, param, grad, state):
-        F._adagrad_step(param, grad, state, lr_decay=self.lr_decay, eps=self.eps, **self._common())
-
 
 class Adadelta(Optimizer):
     """Adadelta, as ``torch.optim.Adadelta``.
@@ -203,13 +209,13 @@ class Adadelta(Optimizer):
     maximize : bool, default False
     """
 
+    _step = staticmethod(F._adadelta_step)
+    _options = ("rho", "eps")
+
     def __init__(self, model, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, maximize=False) -> None:
         super().__init__(model, lr, weight_decay, maximize)
         self.rho = real(rho, "rho", low=0, high=1)
         self.eps = real(eps, "eps", low=0)
-
-    def _update(self, param, grad, state):
-        F._adadelta_step(param, grad, state, rho=self.rho, eps=self.eps, **self._common())
 
 
 class RMSprop(Optimizer):
@@ -231,6 +237,9 @@ class RMSprop(Optimizer):
     maximize : bool, default False
     """
 
+    _step = staticmethod(F._rmsprop_step)
+    _options = ("alpha", "eps", "momentum", "centered")
+
     def __init__(
         self,
         model,
@@ -247,10 +256,6 @@ class RMSprop(Optimizer):
         self.eps = real(eps, "eps", low=0)
         self.momentum = real(momentum, "momentum", low=0)
         self.centered = flag(centered, "centered")
-
-    def _update(self, param, grad, state):
-        F._rmsprop_step(param, grad, state, alpha=self.alpha, eps=self.eps,
-                        momentum=self.momentum, centered=self.centered, **self._common())
 
 
 class Adam(Optimizer):
@@ -271,6 +276,9 @@ class Adam(Optimizer):
     maximize : bool, default False
     """
 
+    _step = staticmethod(F._adam_step)
+    _options = ("betas", "eps", "amsgrad")
+
     def __init__(
         self,
         model,
@@ -290,10 +298,6 @@ class Adam(Optimizer):
         )
         self.eps = real(eps, "eps", low=0)
         self.amsgrad = flag(amsgrad, "amsgrad")
-
-    def _update(self, param, grad, state):
-        F._adam_step(param, grad, state, betas=self.betas, eps=self.eps, amsgrad=self.amsgrad,
-                     **self._common())
 
 
 class AdamW(Adam):
@@ -329,8 +333,7 @@ class AdamW(Adam):
     def _update(self, param, grad, state):
         if self.weight_decay != 0:
             param *= 1 - self.lr * self.weight_decay
-        F._adam_step(param, grad, state, betas=self.betas, eps=self.eps, amsgrad=self.amsgrad,
-                     lr=self.lr, weight_decay=0.0, maximize=self.maximize)
+        super()._update(param, grad, state, weight_decay=0.0)
 
 
 def clip_grad_norm_(model, max_norm, norm_type=2.0) -> float:

@@ -165,6 +165,23 @@ def _fastcnn_op_fns(impls, call) -> dict:
     return {name: _with_backend(name, call) for name in ("cython", "numpy") if name in impls}
 
 
+def _functional_fns(impls, torch, name: str, arrays, **kwargs) -> dict:
+    """fastcnn's and PyTorch's functional op `name` on the same arrays and
+    keywords (PyTorch's without autograd)."""
+    ours = getattr(fn, name)
+    fns = _fastcnn_op_fns(impls, lambda: ours(*arrays, **kwargs))
+    if torch is not None and "torch" in impls:
+        tensors = [torch.from_numpy(a) for a in arrays]
+        theirs = getattr(torch.nn.functional, name)
+
+        def torch_call():
+            with torch.no_grad():
+                return theirs(*tensors, **kwargs)
+
+        fns["torch"] = torch_call
+    return fns
+
+
 def _kernel_fns(name, impls, threads, make_args) -> dict:
     """The raw kernels; `make_args()` gives the arguments with fresh output arrays."""
     compiled, twin = pair_of(name)
@@ -374,17 +391,7 @@ def _conv_operands(shape, dtype):
 
 def _build_conv2d(shape, dtype, level, impls, threads, torch):
     x, weight, bias, _, flops = _conv_operands(shape, dtype)
-    p = shape.conv_padding
-    fns = _fastcnn_op_fns(impls, lambda: fn.conv2d(x, weight, bias, padding=p))
-    if torch is not None and "torch" in impls:
-        tx, tw, tb = (torch.from_numpy(a) for a in (x, weight, bias))
-        conv = torch.nn.functional.conv2d
-
-        def torch_conv2d():
-            with torch.no_grad():
-                return conv(tx, tw, tb, padding=p)
-
-        fns["torch"] = torch_conv2d
+    fns = _functional_fns(impls, torch, "conv2d", (x, weight, bias), padding=shape.conv_padding)
     return _Bench(fns, flops=flops)
 
 
@@ -412,20 +419,11 @@ def _build_conv2d_fwd_bwd(shape, dtype, level, impls, threads, torch):
 def _build_conv_transpose2d(shape, dtype, level, impls, threads, torch):
     """The transposed convolution from the conv's output back to its input
     (the conv's input gradient, as a decoder layer computes it)."""
-    x, weight, bias, dout, flops = _conv_operands(shape, dtype)
-    p = shape.conv_padding
+    _, weight, _, dout, flops = _conv_operands(shape, dtype)
     # conv2d's (F, C, k, k) weight is the (C_in, C_out, k, k) of its adjoint.
     bias = _random((shape.x[1],), np.dtype(dtype).name, 2)
-    fns = _fastcnn_op_fns(impls, lambda: fn.conv_transpose2d(dout, weight, bias, padding=p))
-    if torch is not None and "torch" in impls:
-        td, tw, tb = (torch.from_numpy(a) for a in (dout, weight, bias))
-        conv_t = torch.nn.functional.conv_transpose2d
-
-        def torch_conv_transpose2d():
-            with torch.no_grad():
-                return conv_t(td, tw, tb, padding=p)
-
-        fns["torch"] = torch_conv_transpose2d
+    fns = _functional_fns(impls, torch, "conv_transpose2d", (dout, weight, bias),
+                          padding=shape.conv_padding)
     return _Bench(fns, flops=flops)
 
 

@@ -57,6 +57,7 @@ import numpy as np
 from .. import _validation as v
 from .. import functional as F
 from .._backend import use_backend
+from .._docstrings import fill_doc
 from ..layers import ReLU
 from . import _columns
 from ._columns import col2im_indices, get_im2col_indices, im2col_indices
@@ -101,6 +102,18 @@ def _get(params, key: str, name: str):
         ) from exc
 
 
+def _backward_params(dout_shape: str, forward: str) -> str:
+    """The docstring section (see fastcnn._docstrings) of the parameters of the
+    backward function of `forward`, whose output has shape `dout_shape`."""
+    return f"""
+Parameters
+----------
+dout : array_like, shape {dout_shape}
+cache : tuple
+    From :func:`{forward}`.
+"""
+
+
 def _conv_geometry(conv_param) -> dict:
     return dict(
         stride=_get(conv_param, "stride", "conv_param"),
@@ -131,14 +144,11 @@ def conv_forward_fast(x, w, b, conv_param):
     return out, (x, w, conv_param)
 
 
+@fill_doc(params=_backward_params("(N, F, H', W')", "conv_forward_fast"))
 def conv_backward_fast(dout, cache):
     """Convolution backward pass.
 
-    Parameters
-    ----------
-    dout : array_like, shape (N, F, H', W')
-    cache : tuple
-        From :func:`conv_forward_fast`.
+    {params}
 
     Returns
     -------
@@ -179,14 +189,11 @@ def max_pool_forward_fast(x, pool_param):
     return out, (indices, x.shape, x.dtype)
 
 
+@fill_doc(params=_backward_params("(N, C, H', W')", "max_pool_forward_fast"))
 def max_pool_backward_fast(dout, cache):
     """Max-pooling backward pass: each output's gradient goes to its (first) maximum.
 
-    Parameters
-    ----------
-    dout : array_like, shape (N, C, H', W')
-    cache : tuple
-        From :func:`max_pool_forward_fast`.
+    {params}
 
     Returns
     -------

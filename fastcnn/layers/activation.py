@@ -13,27 +13,34 @@ __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "ELU", "SELU", "Softplus", "S
 
 
 class _Elementwise(Layer):
-    """An activation computed by a functional pair, cell by cell.
+    """An activation computed by a functional pair ``_ops``, cell by cell.
 
-    ``_forward_op(x, *args)`` and ``_backward_op(dout, saved, *args)``, where
-    ``args`` are the attributes named in ``_arguments`` (shown by ``repr``)
-    and ``saved`` is the forward's input, or its output where the gradient is
-    computed from that (``_saves_output``).
+    ``forward(x, *args)`` and ``backward(dout, saved, *args)``, where ``args``
+    are the real-valued constructor arguments (see :meth:`_set_arguments`)
+    and ``saved`` is the forward's input, or its output where the gradient
+    is computed from that (``_saves_output``).
     """
 
-    _forward_op = _backward_op = None
+    _ops: tuple = ()
     _saves_output = False
     _arguments: tuple = ()
+
+    def _set_arguments(self, **arguments) -> None:
+        """Check and keep the ops' real-valued `arguments`, in order, as attributes
+        of their names (shown by ``repr``)."""
+        for name, value in arguments.items():
+            setattr(self, name, real(value, name))
+        self._arguments = tuple(arguments)
 
     def _args(self) -> tuple:
         return tuple(getattr(self, name) for name in self._arguments)
 
     def _forward(self, x, training):
-        out = self._forward_op(x, *self._args())
+        out = self._ops[0](x, *self._args())
         return out, out if self._saves_output else x
 
     def _backward(self, dout, saved):
-        return self._backward_op(dout, saved, *self._args())
+        return self._ops[1](dout, saved, *self._args())
 
     def _extra_repr(self):
         return ", ".join(f"{name}={getattr(self, name)}" for name in self._arguments)
@@ -42,8 +49,7 @@ class _Elementwise(Layer):
 class ReLU(_Elementwise):
     """``max(x, 0)``; the gradient is 1 where ``x > 0`` and 0 elsewhere (as PyTorch)."""
 
-    _forward_op = staticmethod(F._relu)
-    _backward_op = staticmethod(F._relu_backward)
+    _ops = (F._relu, F._relu_backward)
 
 
 class LeakyReLU(_Elementwise):
@@ -52,30 +58,27 @@ class LeakyReLU(_Elementwise):
     Parameters
     ----------
     negative_slope : float, default 0.01
+        The slope of the output for ``x <= 0``.
     """
 
-    _forward_op = staticmethod(F._leaky_relu)
-    _backward_op = staticmethod(F._leaky_relu_backward)
-    _arguments = ("negative_slope",)
+    _ops = (F._leaky_relu, F._leaky_relu_backward)
 
     def __init__(self, negative_slope=0.01) -> None:
         super().__init__()
-        self.negative_slope = real(negative_slope, "negative_slope")
+        self._set_arguments(negative_slope=negative_slope)
 
 
 class Sigmoid(_Elementwise):
     """Logistic function ``1 / (1 + exp(-x))``, by ``scipy.special.expit`` (never overflows)."""
 
-    _forward_op = staticmethod(F._sigmoid)
-    _backward_op = staticmethod(F._sigmoid_backward)
+    _ops = (F._sigmoid, F._sigmoid_backward)
     _saves_output = True
 
 
 class Tanh(_Elementwise):
     """Hyperbolic tangent."""
 
-    _forward_op = staticmethod(F._tanh)
-    _backward_op = staticmethod(F._tanh_backward)
+    _ops = (F._tanh, F._tanh_backward)
     _saves_output = True
 
 
@@ -85,15 +88,14 @@ class ELU(_Elementwise):
     Parameters
     ----------
     alpha : float, default 1.0
+        ``-alpha`` is the limit of the output as ``x`` goes to ``-inf``.
     """
 
-    _forward_op = staticmethod(F._elu)
-    _backward_op = staticmethod(F._elu_backward)
-    _arguments = ("alpha",)
+    _ops = (F._elu, F._elu_backward)
 
     def __init__(self, alpha=1.0) -> None:
         super().__init__()
-        self.alpha = real(alpha, "alpha")
+        self._set_arguments(alpha=alpha)
 
 
 class SELU(_Elementwise):
@@ -101,8 +103,7 @@ class SELU(_Elementwise):
 
     ALPHA = 1.6732632423543772848170429916717
     SCALE = 1.0507009873554804934193349852946
-    _forward_op = staticmethod(F._elu)
-    _backward_op = staticmethod(F._elu_backward)
+    _ops = (F._elu, F._elu_backward)
 
     def _args(self) -> tuple:
         return self.ALPHA, self.SCALE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -44,6 +45,16 @@ def _describe_args(positional=(), **keyword_and_default) -> str:
 
 def _uniform(rng: np.random.Generator, bound: float, shape, dtype) -> np.ndarray:
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+#: The docstring section (see fastcnn._docstrings) of the constructor arguments
+#: that every :class:`_Weighted` layer takes.
+_WEIGHTED_ARGS = """
+bias : bool, default True
+dtype : np.float32 or np.float64
+rng : numpy.random.Generator, int or None
+    Source of the initial weights (``None``: fresh OS entropy).
+"""
 
 
 def _dotted(prefix: str, name: str) -> str:
@@ -190,6 +201,13 @@ class Layer:
         self.grads[name] = np.zeros_like(value)
         self._shapes["params", name] = self._shapes["grads", name] = value.shape
 
+    def _write_grads(self, **grads: np.ndarray) -> None:
+        """Copy gradients into :attr:`grads` in place, by parameter name; those of
+        parameters the layer does not have (a bias it was made without) are dropped."""
+        for name, value in grads.items():
+            if name in self.grads:
+                self.grads[name][...] = value
+
     def _check_arrays(self) -> None:
         """Refuse parameters, gradients or state that were replaced by arrays
         the kernels cannot take as they are: the kernels read them without
@@ -294,8 +312,9 @@ class Layer:
     def output_shape(self, input_shape) -> tuple[int, ...]:
         """Shape of the output for an input of shape `input_shape`.
 
-        The default is the element-wise answer (the same shape). A block of
-        sub-layers must override it to appear with shapes in :meth:`summary`.
+        The default is the element-wise answer (the same shape), for an input
+        that :meth:`_check_input_shape` accepts. A block of sub-layers must
+        override it to appear with shapes in :meth:`summary`.
 
         Raises
         ------
@@ -307,7 +326,12 @@ class Layer:
                 f"{type(self).__name__} holds sub-layers: define its "
                 "output_shape(input_shape) to give its output shape"
             )
-        return shape_tuple(input_shape)
+        shape = shape_tuple(input_shape)
+        self._check_input_shape(shape)
+        return shape
+
+    def _check_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Raise ValueError if an input of `shape` does not fit this layer (any does here)."""
 
     # -- sub-layers --------------------------------------------------------
 
@@ -603,3 +627,35 @@ class Layer:
         """The parameter gradients of :meth:`_backward` alone; layers whose
         input gradient costs something worth saving override it."""
         self._backward(dout, cache)
+
+
+class _Weighted(Layer):
+    """A layer with a trained ``weight`` and an optional ``bias`` (Dense and the
+    convolutions): PyTorch's default init, and the ``repr`` of PyTorch's arguments.
+
+    ``repr`` shows the attributes named in ``_positional``, then those of
+    ``_keywords`` (name: default) that differ from their default, then
+    ``bias`` and ``dtype`` if not the defaults.
+    """
+
+    _positional: tuple = ()
+    _keywords: dict = {}
+    dtype: np.dtype
+
+    def _init_params(self, weight_shape: tuple, bias, bias_size: int, rng) -> None:
+        """Add ``weight`` and, if `bias`, a ``bias`` of `bias_size`, both uniform in
+        ``+-1/sqrt(fan_in)``, ``fan_in`` the product of the weight's axes after the
+        first (PyTorch's Kaiming-uniform with a=sqrt(5) reduces to that bound)."""
+        rng = np.random.default_rng(rng)
+        bound = 1.0 / math.sqrt(math.prod(weight_shape[1:]))
+        self._add_param("weight", _uniform(rng, bound, weight_shape, self.dtype))
+        if flag(bias, "bias"):
+            self._add_param("bias", _uniform(rng, bound, (bias_size,), self.dtype))
+
+    def _extra_repr(self):
+        return _describe_args(
+            tuple(getattr(self, name) for name in self._positional),
+            **{name: (getattr(self, name), default) for name, default in self._keywords.items()},
+            bias=("bias" in self.params, True),
+            dtype=(self.dtype.name, "float32"),
+        )

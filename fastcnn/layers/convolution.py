@@ -2,56 +2,55 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import functional as F
+from .._docstrings import fill_doc
 from .._validation import (
     Window,
     check_nchw,
     check_same_dtype,
     conv_padding,
     conv_window,
-    flag,
     input_shape_4d,
     pair,
     positive_int,
 )
-from .base import Layer, _describe_args, _float_dtype, _uniform
+from .base import _WEIGHTED_ARGS, _float_dtype, _Weighted
 
 __all__ = ["Conv2D", "ConvTranspose2D"]
 
 
-def _set_channels(layer, in_channels, out_channels, groups, kernel_size, dtype) -> None:
-    """Validate and set what every convolution layer has: channels that `groups`
-    divides, the kernel size and the dtype."""
-    layer.in_channels = positive_int(in_channels, "in_channels")
-    layer.out_channels = positive_int(out_channels, "out_channels")
-    layer.groups = positive_int(groups, "groups")
-    for name in ("in_channels", "out_channels"):
-        channels = getattr(layer, name)
-        if channels % layer.groups:
-            raise ValueError(f"{name} must be divisible by groups={layer.groups}, got {channels}")
-    layer.kernel_size = pair(kernel_size, "kernel_size")
-    layer.dtype = _float_dtype(dtype)
+def _channel_args(c: str) -> str:
+    """The docstring section (see fastcnn._docstrings) of a convolution layer's
+    first arguments, its input channels named `c`."""
+    return f"""
+in_channels, out_channels : int
+    {c} and F; both divisible by `groups`.
+kernel_size, stride, dilation : int or (int, int)
+"""
 
 
-def _init_params(layer, weight_axes: tuple[int, int], bias, rng) -> None:
-    """PyTorch's default init of a weight of shape ``(*weight_axes, kh, kw)`` and an
-    optional bias of ``out_channels``: uniform in ``+-1/sqrt(fan_in)``, ``fan_in``
-    being the product of the weight's axes after the first (Kaiming-uniform with
-    a=sqrt(5) reduces to that bound)."""
-    rng = np.random.default_rng(rng)
-    shape = (*weight_axes, *layer.kernel_size)
-    bound = 1.0 / math.sqrt(math.prod(shape[1:]))
-    layer._add_param("weight", _uniform(rng, bound, shape, layer.dtype))
-    if flag(bias, "bias"):
-        layer._add_param("bias", _uniform(rng, bound, (layer.out_channels,), layer.dtype))
+class _Convolution(_Weighted):
+    """What the convolution layers share: channels that `groups` divides, the
+    kernel size, stride and dtype, the input check and the parameters' repr."""
 
+    _positional = ("in_channels", "out_channels")
+    # Each layer adds its own keywords after these (see _Weighted).
+    _keywords = {"kernel_size": None, "stride": (1, 1), "padding": (0, 0)}
 
-class _Convolution(Layer):
-    """What the convolution layers share: the input check and the gradient writes."""
+    def __init__(self, in_channels, out_channels, kernel_size, stride, groups, dtype) -> None:
+        super().__init__()
+        self.in_channels = positive_int(in_channels, "in_channels")
+        self.out_channels = positive_int(out_channels, "out_channels")
+        self.groups = positive_int(groups, "groups")
+        for name in ("in_channels", "out_channels"):
+            channels = getattr(self, name)
+            if channels % self.groups:
+                raise ValueError(f"{name} must be divisible by groups={self.groups}, got {channels}")
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.dtype = _float_dtype(dtype)
+        self.stride = pair(stride, "stride")
 
     def _check_input(self, x: np.ndarray) -> None:
         check_nchw(x, "x")
@@ -68,28 +67,20 @@ class _Convolution(Layer):
             )
         return shape
 
-    def _write_grads(self, dweight: np.ndarray, dbias: np.ndarray) -> None:
-        self.grads["weight"][...] = dweight
-        if "bias" in self.grads:
-            self.grads["bias"][...] = dbias
 
 
+@fill_doc(channel_args=_channel_args("C"), weighted_args=_WEIGHTED_ARGS)
 class Conv2D(_Convolution):
     """2-D cross-correlation, as ``torch.nn.Conv2d``.
 
     Parameters
     ----------
-    in_channels, out_channels : int
-        C and F; both divisible by `groups`.
-    kernel_size, stride, dilation : int or (int, int)
+    {channel_args}
     padding : int, (int, int), ``"valid"`` or ``"same"``
         ``"same"`` needs stride 1.
     groups : int, default 1
         ``groups == in_channels`` gives a depthwise convolution.
-    bias : bool, default True
-    dtype : np.float32 or np.float64
-    rng : numpy.random.Generator, int or None
-        Source of the initial weights (``None``: fresh OS entropy).
+    {weighted_args}
 
     Attributes
     ----------
@@ -102,6 +93,8 @@ class Conv2D(_Convolution):
     -----
     Input ``(N, C, H, W)``, output ``(N, F, oh, ow)``.
     """
+
+    _keywords = {**_Convolution._keywords, "dilation": (1, 1), "groups": 1}
 
     def __init__(
         self,
@@ -116,13 +109,12 @@ class Conv2D(_Convolution):
         dtype=np.float32,
         rng=None,
     ) -> None:
-        super().__init__()
-        _set_channels(self, in_channels, out_channels, groups, kernel_size, dtype)
-        self.stride = pair(stride, "stride")
+        super().__init__(in_channels, out_channels, kernel_size, stride, groups, dtype)
         self.dilation = pair(dilation, "dilation")
         conv_padding(padding, self.kernel_size, self.stride, self.dilation)  # validates
         self.padding = padding if isinstance(padding, str) else pair(padding, "padding", minimum=0)
-        _init_params(self, (self.out_channels, self.in_channels // self.groups), bias, rng)
+        self._init_params((self.out_channels, self.in_channels // self.groups, *self.kernel_size),
+                          bias, self.out_channels, rng)
 
     def _check_window(self, x: np.ndarray) -> Window:
         """Check that `x` fits the layer and return the window of its convolution."""
@@ -141,7 +133,7 @@ class Conv2D(_Convolution):
         x, win = cache
         dx, dweight, dbias = F._conv2d_backward(dout, x, self.params["weight"], win, self.groups,
                                                 input_grad)
-        self._write_grads(dweight, dbias)
+        self._write_grads(weight=dweight, bias=dbias)
         return dx
 
     def _backward_params(self, dout, cache):
@@ -152,34 +144,19 @@ class Conv2D(_Convolution):
         win = conv_window((n, c, h, w), self.kernel_size, self.stride, self.padding, self.dilation)
         return (n, self.out_channels, win.oh, win.ow)
 
-    def _extra_repr(self):
-        return _describe_args(
-            (self.in_channels, self.out_channels),
-            kernel_size=(self.kernel_size, None),
-            stride=(self.stride, (1, 1)),
-            padding=(self.padding, (0, 0)),
-            dilation=(self.dilation, (1, 1)),
-            groups=(self.groups, 1),
-            bias=("bias" in self.params, True),
-            dtype=(self.dtype.name, "float32"),
-        )
 
-
+@fill_doc(channel_args=_channel_args("C_in"), weighted_args=_WEIGHTED_ARGS)
 class ConvTranspose2D(_Convolution):
     """2-D transposed convolution, as ``torch.nn.ConvTranspose2d``.
 
     Parameters
     ----------
-    in_channels, out_channels : int
-        C_in and F; both divisible by `groups`.
-    kernel_size, stride, dilation : int or (int, int)
+    {channel_args}
     padding : int or (int, int)
     output_padding : int or (int, int)
         Smaller than stride or dilation; added at the bottom/right.
     groups : int, default 1
-    bias : bool, default True
-    dtype : np.float32 or np.float64
-    rng : numpy.random.Generator, int or None
+    {weighted_args}
 
     Attributes
     ----------
@@ -195,6 +172,9 @@ class ConvTranspose2D(_Convolution):
     ``oh = (H - 1) * sh - 2 * ph + dh * (kh - 1) + output_padding_h + 1``.
     """
 
+    _keywords = {**_Convolution._keywords, "output_padding": (0, 0), "groups": 1,
+                 "dilation": (1, 1)}
+
     def __init__(
         self,
         in_channels,
@@ -209,9 +189,7 @@ class ConvTranspose2D(_Convolution):
         dtype=np.float32,
         rng=None,
     ) -> None:
-        super().__init__()
-        _set_channels(self, in_channels, out_channels, groups, kernel_size, dtype)
-        self.stride = pair(stride, "stride")
+        super().__init__(in_channels, out_channels, kernel_size, stride, groups, dtype)
         self.padding = pair(padding, "padding", minimum=0)
         self.output_padding = pair(output_padding, "output_padding", minimum=0)
         self.dilation = pair(dilation, "dilation")
@@ -221,7 +199,8 @@ class ConvTranspose2D(_Convolution):
                 f"output_padding must be smaller than stride or dilation, got output_padding="
                 f"{self.output_padding} with stride={self.stride} and dilation={self.dilation}"
             )
-        _init_params(self, (self.in_channels, self.out_channels // self.groups), bias, rng)
+        self._init_params((self.in_channels, self.out_channels // self.groups, *self.kernel_size),
+                          bias, self.out_channels, rng)
 
     def _geometry(self) -> dict:
         return dict(stride=self.stride, padding=self.padding,
@@ -238,7 +217,7 @@ class ConvTranspose2D(_Convolution):
         x, geo = cache
         dx, dweight, dbias = F._conv_transpose2d_backward(
             dout, x, self.params["weight"], geo, self.groups)
-        self._write_grads(dweight, dbias)
+        self._write_grads(weight=dweight, bias=dbias)
         return dx
 
     def output_shape(self, input_shape):
@@ -247,16 +226,3 @@ class ConvTranspose2D(_Convolution):
         (oph, opw), (dh, dw) = self.output_padding, self.dilation
         return (n, self.out_channels, (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1,
                 (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1)
-
-    def _extra_repr(self):
-        return _describe_args(
-            (self.in_channels, self.out_channels),
-            kernel_size=(self.kernel_size, None),
-            stride=(self.stride, (1, 1)),
-            padding=(self.padding, (0, 0)),
-            output_padding=(self.output_padding, (0, 0)),
-            groups=(self.groups, 1),
-            dilation=(self.dilation, (1, 1)),
-            bias=("bias" in self.params, True),
-            dtype=(self.dtype.name, "float32"),
-        )

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import functional as F
-from .._validation import check_same_dtype, flag, positive_int, shape_tuple
-from .base import Layer, _describe_args, _float_dtype, _uniform
+from .._docstrings import fill_doc
+from .._validation import check_same_dtype, positive_int
+from .base import _WEIGHTED_ARGS, _float_dtype, _Weighted
 
 __all__ = ["Dense"]
 
 
-class Dense(Layer):
+@fill_doc(weighted_args=_WEIGHTED_ARGS)
+class Dense(_Weighted):
     """Fully connected layer ``y = x @ weight.T + bias``, as ``torch.nn.Linear``.
 
     Parameters
     ----------
     in_features, out_features : int
-    bias : bool, default True
-    dtype : np.float32 or np.float64
-    rng : numpy.random.Generator, int or None
-        Source of the initial weights (``None``: fresh OS entropy).
+    {weighted_args}
 
     Attributes
     ----------
@@ -36,17 +33,14 @@ class Dense(Layer):
     Input ``(N, in_features)`` of the layer's dtype, output ``(N, out_features)``.
     """
 
+    _positional = ("in_features", "out_features")
+
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None) -> None:
         super().__init__()
         self.in_features = positive_int(in_features, "in_features")
         self.out_features = positive_int(out_features, "out_features")
         self.dtype = _float_dtype(dtype)
-        rng = np.random.default_rng(rng)
-        bound = 1.0 / math.sqrt(self.in_features)
-        shape = (self.out_features, self.in_features)
-        self._add_param("weight", _uniform(rng, bound, shape, self.dtype))
-        if flag(bias, "bias"):
-            self._add_param("bias", _uniform(rng, bound, (self.out_features,), self.dtype))
+        self._init_params((self.out_features, self.in_features), bias, self.out_features, rng)
 
     def _check_input_shape(self, shape) -> None:
         if len(shape) != 2 or shape[1] != self.in_features:
@@ -62,22 +56,11 @@ class Dense(Layer):
 
     def _backward(self, dout, x, input_grad=True):
         dx, dweight, dbias = F._linear_backward(dout, x, self.params["weight"], input_grad)
-        self.grads["weight"][...] = dweight
-        if "bias" in self.grads:
-            self.grads["bias"][...] = dbias
+        self._write_grads(weight=dweight, bias=dbias)
         return dx
 
     def _backward_params(self, dout, x):
         self._backward(dout, x, input_grad=False)
 
     def output_shape(self, input_shape):
-        shape = shape_tuple(input_shape)
-        self._check_input_shape(shape)
-        return (shape[0], self.out_features)
-
-    def _extra_repr(self):
-        return _describe_args(
-            (self.in_features, self.out_features),
-            bias=("bias" in self.params, True),
-            dtype=(self.dtype.name, "float32"),
-        )
+        return (super().output_shape(input_shape)[0], self.out_features)

@@ -48,14 +48,8 @@ class _BatchNorm(Layer):
 
     def _backward(self, dout, cache):
         dx, dweight, dbias = F._batch_norm_backward(dout, cache, self.params["weight"])
-        self.grads["weight"][...] = dweight
-        self.grads["bias"][...] = dbias
+        self._write_grads(weight=dweight, bias=dbias)
         return dx
-
-    def output_shape(self, input_shape):
-        shape = shape_tuple(input_shape)
-        self._check_input_shape(shape)
-        return shape
 
     def _extra_repr(self):
         return _describe_args(
@@ -106,7 +100,53 @@ class BatchNorm2D(_BatchNorm):
     _ndims = (4,)
 
 
-class GroupNorm(Layer):
+class _AffineNorm(Layer):
+    """What GroupNorm and LayerNorm share: `eps`, an optional learnt ``weight``
+    (ones) and ``bias`` (zeros), and a functional pair ``_ops`` (forward,
+    backward) that takes the attribute named ``_grouping`` after `x`.
+
+    The flag that asks for the weight and bias is the argument and attribute
+    named ``_affine`` (PyTorch names it differently in each layer).
+    """
+
+    _ops: tuple = ()
+    _grouping = ""
+    _affine = ""
+
+    def _init_affine(self, eps, affine, shape, dtype) -> bool:
+        """Set eps and dtype and, if `affine`, add the parameters of `shape`; return `affine`."""
+        self.eps = real(eps, "eps", low=0, low_open=True)
+        affine = flag(affine, self._affine)
+        self.dtype = _float_dtype(dtype)
+        if affine:
+            self._add_param("weight", np.ones(shape, self.dtype))
+            self._add_param("bias", np.zeros(shape, self.dtype))
+        return affine
+
+    def _forward(self, x, training):
+        forward, _ = self._ops
+        out = forward(x, getattr(self, self._grouping), self.params.get("weight"),
+                      self.params.get("bias"), self.eps)
+        return out, x
+
+    def _backward(self, dout, x):
+        _, backward = self._ops
+        dx, dweight, dbias = backward(dout, x, getattr(self, self._grouping),
+                                      self.params.get("weight"), self.eps)
+        self._write_grads(weight=dweight, bias=dbias)
+        return dx
+
+    def _describe(self, positional: tuple) -> str:
+        """The repr's arguments: `positional`, then eps, the affine flag and dtype."""
+        return _describe_args(
+            positional,
+            eps=(self.eps, 1e-5),
+            **{self._affine: (getattr(self, self._affine), True)},
+            dtype=(self.dtype.name, "float32"),
+        )
+
+
+class GroupNorm(_AffineNorm):
     """Group normalisation, as ``torch.nn.GroupNorm``: statistics per sample and group,
     the same in training and evaluation (no running statistics).
 
@@ -125,6 +165,10 @@ class GroupNorm(Layer):
     Input ``(N, C, ...)``, output of the same shape; works at batch size 1.
     """
 
+    _ops = (F.group_norm, F.group_norm_backward)
+    _grouping = "num_groups"
+    _affine = "affine"
+
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32) -> None:
         super().__init__()
         self.num_groups = positive_int(num_groups, "num_groups")
@@ -133,12 +177,7 @@ class GroupNorm(Layer):
             raise ValueError(
                 f"num_groups={self.num_groups} must divide num_channels={self.num_channels}"
             )
-        self.eps = real(eps, "eps", low=0, low_open=True)
-        self.affine = flag(affine, "affine")
-        self.dtype = _float_dtype(dtype)
-        if self.affine:
-            self._add_param("weight", np.ones(self.num_channels, self.dtype))
-            self._add_param("bias", np.zeros(self.num_channels, self.dtype))
+        self.affine = self._init_affine(eps, affine, self.num_channels, dtype)
 
     def _forward(self, x, training):
         if x.ndim < 2 or x.shape[1] != self.num_channels:
@@ -146,28 +185,13 @@ class GroupNorm(Layer):
                 f"x must have shape (N, {self.num_channels}, ...) for num_channels="
                 f"{self.num_channels}, got {x.shape}"
             )
-        out = F.group_norm(x, self.num_groups, self.params.get("weight"),
-                           self.params.get("bias"), self.eps)
-        return out, x
-
-    def _backward(self, dout, x):
-        dx, dweight, dbias = F.group_norm_backward(
-            dout, x, self.num_groups, self.params.get("weight"), self.eps)
-        if self.affine:
-            self.grads["weight"][...] = dweight
-            self.grads["bias"][...] = dbias
-        return dx
+        return super()._forward(x, training)
 
     def _extra_repr(self):
-        return _describe_args(
-            (self.num_groups, self.num_channels),
-            eps=(self.eps, 1e-5),
-            affine=(self.affine, True),
-            dtype=(self.dtype.name, "float32"),
-        )
+        return self._describe((self.num_groups, self.num_channels))
 
 
-class LayerNorm(Layer):
+class LayerNorm(_AffineNorm):
     """Layer normalisation over the trailing axes, as ``torch.nn.LayerNorm``.
 
     Parameters
@@ -180,6 +204,10 @@ class LayerNorm(Layer):
     dtype : np.float32 or np.float64
     """
 
+    _ops = (F.layer_norm, F.layer_norm_backward)
+    _grouping = "normalized_shape"
+    _affine = "elementwise_affine"
+
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True,
                  dtype=np.float32) -> None:
         super().__init__()
@@ -190,30 +218,7 @@ class LayerNorm(Layer):
         if not shape or min(shape) < 1:
             raise ValueError(f"normalized_shape must be positive ints, got {normalized_shape!r}")
         self.normalized_shape = shape
-        self.eps = real(eps, "eps", low=0, low_open=True)
-        self.elementwise_affine = flag(elementwise_affine, "elementwise_affine")
-        self.dtype = _float_dtype(dtype)
-        if self.elementwise_affine:
-            self._add_param("weight", np.ones(shape, self.dtype))
-            self._add_param("bias", np.zeros(shape, self.dtype))
-
-    def _forward(self, x, training):
-        out = F.layer_norm(x, self.normalized_shape, self.params.get("weight"),
-                           self.params.get("bias"), self.eps)
-        return out, x
-
-    def _backward(self, dout, x):
-        dx, dweight, dbias = F.layer_norm_backward(
-            dout, x, self.normalized_shape, self.params.get("weight"), self.eps)
-        if self.elementwise_affine:
-            self.grads["weight"][...] = dweight
-            self.grads["bias"][...] = dbias
-        return dx
+        self.elementwise_affine = self._init_affine(eps, elementwise_affine, shape, dtype)
 
     def _extra_repr(self):
-        return _describe_args(
-            (self.normalized_shape,),
-            eps=(self.eps, 1e-5),
-            elementwise_affine=(self.elementwise_affine, True),
-            dtype=(self.dtype.name, "float32"),
-        )
+        return self._describe((self.normalized_shape,))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from .._docstrings import fill_doc
 from .._validation import check_nchw, flag, input_shape_4d, pair, pool_window, spatial_size
 from .base import Layer, _describe_args
 
@@ -16,6 +17,15 @@ __all__ = [
     "AdaptiveMaxPool2D",
     "MaxUnpool2D",
 ]
+
+# Docstring section (see fastcnn._docstrings) of the layers that pool or unpool
+# in fixed windows.
+_WINDOW_ARGS = """
+kernel_size : int or (int, int)
+stride : int, (int, int) or None
+    ``None`` means `kernel_size`.
+padding : int or (int, int)
+"""
 
 
 class _Pool2D(Layer):
@@ -61,15 +71,13 @@ class _Pool2D(Layer):
         )
 
 
+@fill_doc(window_args=_WINDOW_ARGS)
 class MaxPool2D(_Pool2D):
     """2-D max pooling, as ``torch.nn.MaxPool2d``.
 
     Parameters
     ----------
-    kernel_size : int or (int, int)
-    stride : int, (int, int) or None
-        ``None`` means `kernel_size`.
-    padding : int or (int, int)
+    {window_args}
         At most half the kernel; padded cells act as -inf.
     dilation : int or (int, int)
     ceil_mode : bool
@@ -102,15 +110,13 @@ class MaxPool2D(_Pool2D):
         return F._max_pool2d_backward(dout, indices, input_shape)
 
 
+@fill_doc(window_args=_WINDOW_ARGS)
 class AvgPool2D(_Pool2D):
     """2-D average pooling, as ``torch.nn.AvgPool2d``.
 
     Parameters
     ----------
-    kernel_size : int or (int, int)
-    stride : int, (int, int) or None
-        ``None`` means `kernel_size`.
-    padding : int or (int, int)
+    {window_args}
         At most half the kernel; padded cells are zeros.
     ceil_mode : bool
     count_include_pad : bool
@@ -227,15 +233,13 @@ class AdaptiveMaxPool2D(_AdaptivePool2D):
         self.indices = None
 
 
+@fill_doc(window_args=_WINDOW_ARGS)
 class MaxUnpool2D(Layer):
     """Partial inverse of max pooling, as ``torch.nn.MaxUnpool2d``.
 
     Parameters
     ----------
-    kernel_size : int or (int, int)
-    stride : int, (int, int) or None
-        ``None`` means `kernel_size`.
-    padding : int or (int, int)
+    {window_args}
 
     Notes
     -----
