@@ -76,18 +76,20 @@ try:
     from ._kernels import resample as _resample
     from ._kernels import unfold as _unfold
     from ._kernels import winograd as _winograd
-except ImportError as exc:  # a source checkout that was never built
-    _openmp = None
-    _direct = None
-    _compiled = {}
-    _import_error = exc
-else:
+
     # The AVX2 build of a module where the CPU has AVX2 (same results; see
     # setup.py's AVX2_KERNELS). Importing it elsewhere could stop the
     # process on an illegal instruction: the CPU is asked first.
     _avx2 = _pool._simd_level() >= 1
     if _avx2:
         from ._kernels import norm_avx2 as _norm
+except ImportError as exc:  # a source checkout that was never built
+    _openmp = None
+    _direct = None
+    _avx2 = False
+    _compiled = {}
+    _import_error = exc
+else:
     _compiled = {
         "im2col": _unfold.im2col,
         "col2im": _unfold.col2im,
