@@ -270,7 +270,8 @@ def _calls(monkeypatch, name):
 
 @pytest.mark.parametrize("case, forward, dx, dweight", [
     (dict(c=4, f=4), True, True, True),
-    (dict(c=3, f=4), False, False, False),      # too few input channels to pay
+    (dict(c=3, f=40), False, False, False),     # too few input channels to pay
+    # (and too many filters for the direct kernels, so that the GEMM driver runs)
     (dict(c=4, f=9), True, False, True),        # the input gradient: C < F/2
     (dict(c=16, f=1), True, True, True),
     (dict(c=16, f=16, size=9), False, False, False),  # 7x7 outputs: too few tiles
@@ -302,6 +303,19 @@ def test_auto_picks_winograd_where_eligible_and_paying(monkeypatch, backend, cas
         assert F.conv2d_backward(out, x, weight, **kwargs)[0].tobytes() == grads[0].tobytes()
     with _backend.use_conv_algorithm("winograd" if dweight else "gemm"):
         assert F.conv2d_backward(out, x, weight, **kwargs)[1].tobytes() == grads[1].tobytes()
+
+
+@pytest.mark.parametrize("algorithm", ["gemm", "direct"])
+def test_other_algorithms_forced_never_run_winograd(monkeypatch, backend, algorithm):
+    seen = [_calls(monkeypatch, "winograd_conv2d"), _calls(monkeypatch, "winograd_conv2d_backward")]
+    rng = np.random.default_rng(9)
+    x = make_values(rng, (2, 16, 10, 10), np.float64)
+    weight = make_values(rng, (16, 16, 3, 3), np.float64)
+    with _backend.use_conv_algorithm(algorithm):
+        F.conv2d_backward(F.conv2d(x, weight, padding=1), x, weight, padding=1)
+    assert seen == [[], []]
+    F.conv2d_backward(F.conv2d(x, weight, padding=1), x, weight, padding=1)  # "auto"
+    assert seen == [["winograd_conv2d"] * 2, ["winograd_conv2d_backward"]]
 
 
 @pytest.mark.parametrize("where", ["x", "weight", "bias", "dout"])
