@@ -1363,6 +1363,8 @@ def test_the_avx2_build_is_used_where_the_cpu_has_avx2():
        training=st.booleans())
 @example(shape=(37, 5, 1100), dtype=np.float32, kind="normal", seed=0, nt=2,
          tiling=(1024, 16384), training=True)
+@example(shape=(1, 1, 15), dtype=np.float32, kind="special", seed=52, nt=1,  # NaN signs differed
+         tiling=(1024, 16384), training=False)
 def test_avx2_batch_norm_build_equals_the_baseline_bitwise(shape, dtype, kind, seed, nt, tiling,
                                                              training):
     rng = np.random.default_rng(seed)
@@ -1380,7 +1382,15 @@ def test_avx2_batch_norm_build_equals_the_baseline_bitwise(shape, dtype, kind, s
                                                   training, np.empty_like(x), nt)
         results.append([*stats, out, *sums, dx])
     for got, expected in zip(*results):
-        assert got.tobytes() == expected.tobytes()
+        # IEEE 754 leaves a NaN's sign and payload unspecified, and which of two
+        # NaN operands x86 passes on depends on the operand order the compiler
+        # chose (it differs between the -O0 and -O3 builds), so NaNs compare as NaNs.
+        assert np.array_equal(np.isnan(got), np.isnan(expected))
+        assert _nan_canonical(got).tobytes() == _nan_canonical(expected).tobytes()
+
+
+def _nan_canonical(a):
+    return np.where(np.isnan(a), np.array(np.nan, a.dtype), a)
 
 
 # ---------------------------------------------------------------------------
