@@ -446,10 +446,13 @@ def _batch_chunks(n: int, grad_bytes: int, most: int = _MAX_CHUNKS) -> tuple[int
     return size, -(-n // size)
 
 
-def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bool = True):
+def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bool = True,
+                     weight_grad: bool = True):
     """:func:`conv2d_backward` of validated operands (C-contiguous, one dtype) and window.
 
-    With ``input_grad=False`` the returned dx is None and is not computed.
+    With ``input_grad=False`` the returned dx is None and is not computed;
+    with ``weight_grad=False`` so are dweight and dbias, and only the shape
+    and dtype of `x` are read.
     Where Winograd's kernels apply (:func:`_winograd_eligible`) they compute
     dx, or the weight and bias gradients, or both; where the direct kernels
     apply (:func:`_direct_eligible`) they compute the weight and bias
@@ -465,8 +468,8 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bo
     dx_done = not input_grad or _winograd_eligible(win, groups, c, f, "input") and _winograd(
         dout, np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), None,
         2 - win.ph, 2 - win.pw, dx)
-    grads = None
-    if _winograd_eligible(win, groups, c, f, "weight"):
+    grads = None if weight_grad else (None, None)
+    if weight_grad and _winograd_eligible(win, groups, c, f, "weight"):
         grads = _winograd_weight_grads(dout, x, weight, win.ph, win.pw)
     if dx_done and grads is not None:
         return dx if input_grad else None, *grads
@@ -1886,28 +1889,25 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
 
 
 def _conv_transpose2d(x, weight, bias, geo: _Transposed, groups: int) -> np.ndarray:
-    """:func:`conv_transpose2d` of validated operands and geometry."""
-    n, c, h, w = x.shape
-    kh, kw = weight.shape[2:]
-    rows = weight.shape[1] * kh * kw  # per group
-    wg = weight.reshape(groups, c // groups, rows).transpose(0, 2, 1)
-    cols = np.matmul(wg, x.reshape(n, groups, c // groups, h * w))
-    cols = cols.reshape(n, groups * rows, h * w)
-    win = geo.win
-    if not geo.oversized:
-        out = _fold(cols, geo.out_shape, win)
-    else:
-        # The conv2d window reaches past the input: fold onto the whole unpadded
-        # extent instead, then cut the padding off (and add output_padding).
-        full = v.Window(kh, kw, win.sh, win.sw, 0, 0, win.dh, win.dw, h, w)
-        full_h = (h - 1) * win.sh + win.dh * (kh - 1) + 1
-        full_w = (w - 1) * win.sw + win.dw * (kw - 1) + 1
-        canvas = _fold(cols, (n, geo.out_shape[1], full_h, full_w), full)
-        out_h, out_w = geo.out_shape[2:]
-        out = pad(canvas, (-win.pw, out_w - full_w + win.pw, -win.ph, out_h - full_h + win.ph))
+    """:func:`conv_transpose2d` of validated operands and geometry: the input
+    gradient of the conv2d of window ``geo.win`` whose output gradient is `x`."""
+    # The conv's input: its shape and dtype are read, never its pages.
+    canvas = np.empty(geo.out_shape, x.dtype)
+    out = _conv2d_backward(_conv_output(x, geo), canvas, weight, geo.win, groups,
+                           weight_grad=False)[0]
     if bias is not None:
         out += bias[:, None, None]
     return out
+
+
+def _conv_output(x, geo: _Transposed) -> np.ndarray:
+    """`x` as the output (gradient) of the conv2d of window ``geo.win``: where
+    that window reaches past the input (output_padding >= stride), the conv's
+    output is larger, and its cells beyond `x` are zeros."""
+    if not geo.oversized:
+        return x
+    h, w = x.shape[2:]
+    return pad(x, (0, geo.win.ow - w, 0, geo.win.oh - h))
 
 
 def conv_transpose2d_backward(dout, x, weight, stride=1, padding=0, output_padding=0, groups=1,
@@ -1938,18 +1938,17 @@ def conv_transpose2d_backward(dout, x, weight, stride=1, padding=0, output_paddi
     return _conv_transpose2d_backward(dout, x, weight, geo, groups)
 
 
-def _conv_transpose2d_backward(dout, x, weight, geo: _Transposed, groups: int):
-    """:func:`conv_transpose2d_backward` of validated operands and geometry."""
-    n, c, h, w = x.shape
-    dx = _conv2d(dout, weight, None, geo.win, groups)
-    cols = _unfold(dout, geo.win)
-    if geo.oversized:
-        dx = np.ascontiguousarray(dx[:, :, :h, :w])
-        shape = (n, cols.shape[1], geo.win.oh, geo.win.ow)
-        cols = np.ascontiguousarray(cols.reshape(shape)[:, :, :h, :w]).reshape(n, -1, h * w)
-    rows = cols.shape[1] // groups
-    dweight = np.matmul(
-        x.reshape(n, groups, c // groups, h * w),
-        cols.reshape(n, groups, rows, h * w).transpose(0, 1, 3, 2),
-    ).sum(axis=0)
-    return dx, dweight.reshape(weight.shape), dout.sum(axis=(0, 2, 3))
+def _conv_transpose2d_backward(dout, x, weight, geo: _Transposed, groups: int,
+                               input_grad: bool = True):
+    """:func:`conv_transpose2d_backward` of validated operands and geometry:
+    dx is the conv2d of `dout`, dweight that conv2d's weight gradient. With
+    ``input_grad=False`` the returned dx is None and is not computed."""
+    dx = None
+    if input_grad:
+        h, w = x.shape[2:]
+        dx = _conv2d(dout, weight, None, geo.win, groups)
+        if geo.oversized:
+            dx = np.ascontiguousarray(dx[:, :, :h, :w])
+    _, dweight, _ = _conv2d_backward(_conv_output(x, geo), dout, weight, geo.win, groups,
+                                     input_grad=False)
+    return dx, dweight, dout.sum(axis=(0, 2, 3))

@@ -28,6 +28,7 @@ from fastcnn.gradcheck import gradcheck
 from fastcnn.layers import (
     BatchNorm2D,
     Conv2D,
+    ConvTranspose2D,
     Dense,
     Dropout,
     Flatten,
@@ -543,6 +544,8 @@ def _first_layer_models(dtype):
         "grouped conv": Sequential([Conv2D(2, 4, 3, stride=2, groups=2, dtype=dtype, rng=rng),
                                     Flatten(), Dense(16, 3, dtype=dtype, rng=rng)]),
         "dense": Sequential([Flatten(), Dense(36, 3, dtype=dtype, rng=rng)]),
+        "transposed conv": Sequential([ConvTranspose2D(1, 2, 3, stride=2, dtype=dtype, rng=rng),
+                                       Flatten(), Dense(338, 3, dtype=dtype, rng=rng)]),
         "dense first": Sequential([Dense(6, 3, dtype=dtype, rng=rng)]),
         "custom block": block_model(dtype=dtype),
         "residual": Sequential([Residual(Conv2D(1, 1, 3, padding=1, dtype=dtype, rng=rng),

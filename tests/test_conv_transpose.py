@@ -27,6 +27,7 @@ GEOMETRIES = [
     (2, 2, 1, 1, 1, 1, 1, 0, 0, 1),
     (4, 8, 4, 6, 5, 2, 2, 0, 0, 1),  # depthwise-like
     (1, 1, 1, 9, 2, 4, 3, 1, 2, (2, 1)),
+    (4, 6, 1, 9, 10, 3, 1, 1, 0, 1),  # Winograd's size: the forward, dx and dweight
 ]
 
 

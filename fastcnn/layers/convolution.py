@@ -213,12 +213,15 @@ class ConvTranspose2D(_Convolution):
             x, self.params["weight"], **self._geometry())
         return F._conv_transpose2d(x, weight, self.params.get("bias"), geo, groups), (x, geo)
 
-    def _backward(self, dout, cache):
+    def _backward(self, dout, cache, input_grad=True):
         x, geo = cache
         dx, dweight, dbias = F._conv_transpose2d_backward(
-            dout, x, self.params["weight"], geo, self.groups)
+            dout, x, self.params["weight"], geo, self.groups, input_grad)
         self._write_grads(weight=dweight, bias=dbias)
         return dx
+
+    def _backward_params(self, dout, cache):
+        self._backward(dout, cache, input_grad=False)
 
     def output_shape(self, input_shape):
         n, _, h, w = self._input_shape(input_shape)
