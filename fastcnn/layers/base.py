@@ -659,3 +659,7 @@ class _Weighted(Layer):
             bias=("bias" in self.params, True),
             dtype=(self.dtype.name, "float32"),
         )
+
+    def _backward_params(self, dout, cache):
+        # Every weighted layer's _backward can skip its input gradient.
+        self._backward(dout, cache, input_grad=False)

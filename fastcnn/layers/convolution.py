@@ -136,9 +136,6 @@ class Conv2D(_Convolution):
         self._write_grads(weight=dweight, bias=dbias)
         return dx
 
-    def _backward_params(self, dout, cache):
-        self._backward(dout, cache, input_grad=False)
-
     def output_shape(self, input_shape):
         n, c, h, w = self._input_shape(input_shape)
         win = conv_window((n, c, h, w), self.kernel_size, self.stride, self.padding, self.dilation)
@@ -219,9 +216,6 @@ class ConvTranspose2D(_Convolution):
             dout, x, self.params["weight"], geo, self.groups, input_grad)
         self._write_grads(weight=dweight, bias=dbias)
         return dx
-
-    def _backward_params(self, dout, cache):
-        self._backward(dout, cache, input_grad=False)
 
     def output_shape(self, input_shape):
         n, _, h, w = self._input_shape(input_shape)

@@ -59,8 +59,5 @@ class Dense(_Weighted):
         self._write_grads(weight=dweight, bias=dbias)
         return dx
 
-    def _backward_params(self, dout, x):
-        self._backward(dout, x, input_grad=False)
-
     def output_shape(self, input_shape):
         return (super().output_shape(input_shape)[0], self.out_features)
