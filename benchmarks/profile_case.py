@@ -99,7 +99,8 @@ def _layer_medians(shape, seconds: float) -> tuple[list, dict, int]:
             h = timed((i, "forward"), layer.forward, h)
         _, d = timed(("loss", ""), softmax_cross_entropy, h, labels)
         for i in reversed(range(len(model.layers))):
-            d = timed((i, "backward"), model.layers[i].backward, d)
+            # as the training step: the first layer computes no input gradient
+            d = timed((i, "backward"), model.layers[i].backward, d, i > 0)
         timed(("optimizer", ""), optimizer.step)
         steps += 1
     # the first step allocates and warms up: left out

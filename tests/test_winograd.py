@@ -275,6 +275,9 @@ def _calls(monkeypatch, name):
     (dict(c=4, f=9), True, False, True),        # the input gradient: C < F/2
     (dict(c=16, f=1), True, True, True),
     (dict(c=16, f=16, size=9), False, False, False),  # 7x7 outputs: too few tiles
+    # 10x10 outputs, tiles of 12x12: the gradients pay only with many channels
+    (dict(c=16, f=16, size=10), True, False, False),
+    (dict(c=64, f=32, size=10), True, True, True),
     (dict(c=16, f=16, stride=2), False, False, False),  # not eligible:
     (dict(c=16, f=16, dilation=2, size=12), False, False, False),
     (dict(c=16, f=16, groups=2), False, False, False),
@@ -282,14 +285,16 @@ def _calls(monkeypatch, name):
 ])
 def test_auto_picks_winograd_where_eligible_and_paying(monkeypatch, backend, case, forward, dx,
                                                        dweight):
-    assert (F._WINOGRAD_MIN_CHANNELS, F._WINOGRAD_MIN_SIZE) == (4, 8)  # the cases straddle them
+    # the cases straddle them
+    assert (F._WINOGRAD_MIN_CHANNELS, F._WINOGRAD_MIN_SIZE) == (4, 8)
+    assert (F._WINOGRAD_FEW_CHANNELS, F._WINOGRAD_MAX_WASTE) == (2048, 1.15)
     seen = _calls(monkeypatch, "winograd_conv2d")
     seen_backward = _calls(monkeypatch, "winograd_conv2d_backward")
     c, f, groups, k = case["c"], case["f"], case.get("groups", 1), case.get("kernel", 3)
     kwargs = dict(stride=case.get("stride", 1), dilation=case.get("dilation", 1), groups=groups,
-                  padding=k // 2 - (case.get("size", 10) == 9))
+                  padding=k // 2 - (case.get("size", 12) == 9))
     rng = np.random.default_rng(5)
-    size = case.get("size", 10)
+    size = case.get("size", 12)
     x = make_values(rng, (2, c, size, size), np.float64)
     weight = make_values(rng, (f, c // groups, k, k), np.float64)
     out = F.conv2d(x, weight, **kwargs)
@@ -309,7 +314,7 @@ def test_auto_picks_winograd_where_eligible_and_paying(monkeypatch, backend, cas
 def test_other_algorithms_forced_never_run_winograd(monkeypatch, backend, algorithm):
     seen = [_calls(monkeypatch, "winograd_conv2d"), _calls(monkeypatch, "winograd_conv2d_backward")]
     rng = np.random.default_rng(9)
-    x = make_values(rng, (2, 16, 10, 10), np.float64)
+    x = make_values(rng, (2, 16, 12, 12), np.float64)
     weight = make_values(rng, (16, 16, 3, 3), np.float64)
     with _backend.use_conv_algorithm(algorithm):
         F.conv2d_backward(F.conv2d(x, weight, padding=1), x, weight, padding=1)
