@@ -28,7 +28,7 @@ from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
 from indices cimport read_index
-from scratch cimport per_thread_scratch
+from scratch cimport per_thread_scratch, scratch_if
 
 
 cdef Py_ssize_t* _checked_copy(const int64_t* src, Py_ssize_t n, Py_ssize_t size,
@@ -44,20 +44,33 @@ cdef Py_ssize_t* _checked_copy(const int64_t* src, Py_ssize_t n, Py_ssize_t size
     return copy
 
 
-cdef int _nearest_shape(const int64_t[::1] table, Py_ssize_t length, str name) except -1:
-    if table.shape[0] != length:
-        raise ValueError(f"{name} must hold {length} indices, got {table.shape[0]}")
+cdef int _nearest_shapes(const int64_t[::1] rows, const int64_t[::1] cols, Py_ssize_t oh,
+                         Py_ssize_t ow) except -1:
+    """Check nearest's tables for an (oh, ow) output (or output gradient)."""
+    if rows.shape[0] != oh:
+        raise ValueError(f"rows must hold {oh} indices, got {rows.shape[0]}")
+    if cols.shape[0] != ow:
+        raise ValueError(f"cols must hold {ow} indices, got {cols.shape[0]}")
     return 0
 
 
-cdef int _linear_shapes(const int64_t[:, ::1] table, const floating[:, ::1] weights,
-                        Py_ssize_t length, str name) except -1:
+cdef int _linear_shape(const int64_t[:, ::1] table, const floating[:, ::1] weights,
+                       Py_ssize_t length, str name) except -1:
     if table.shape[0] != 2 or table.shape[1] != length:
         raise ValueError(f"{name} must have shape (2, {length}), "
                          f"got ({table.shape[0]}, {table.shape[1]})")
     if weights.shape[0] != 2 or weights.shape[1] != length:
         raise ValueError(f"{name}' weights must have shape (2, {length}), "
                          f"got ({weights.shape[0]}, {weights.shape[1]})")
+    return 0
+
+
+cdef int _linear_shapes(const int64_t[:, ::1] rows, const floating[:, ::1] row_weights,
+                        const int64_t[:, ::1] cols, const floating[:, ::1] col_weights,
+                        Py_ssize_t oh, Py_ssize_t ow) except -1:
+    """Check bilinear's tables for an (oh, ow) output (or output gradient)."""
+    _linear_shape(rows, row_weights, oh, "rows")
+    _linear_shape(cols, col_weights, ow, "cols")
     return 0
 
 
@@ -207,25 +220,8 @@ def interpolate_nearest(
     int num_threads,
 ):
     """interpolate_nearest(x, rows, cols, out, num_threads) -> out"""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t oh = out.shape[2], ow = out.shape[3]
-    cdef Py_ssize_t plane, n, c
-    cdef Py_ssize_t* r
-    cdef Py_ssize_t* q = NULL
-    _nearest_shape(rows, oh, "rows")
-    _nearest_shape(cols, ow, "cols")
-    r = _checked_copy(&rows[0], oh, H, "rows")
-    try:
-        q = _checked_copy(&cols[0], ow, W, "cols")
-        with nogil:
-            for plane in prange(N * C, schedule="static", num_threads=num_threads):
-                n = plane // C
-                c = plane % C
-                _nearest_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], W, oh, ow, r, q)
-    finally:
-        free(r)
-        free(q)
-    return out.base
+    _nearest_shapes(rows, cols, out.shape[2], out.shape[3])
+    return _forward(x, out, num_threads, &rows[0], &cols[0], 1, NULL, NULL)
 
 
 def interpolate_nearest_backward(
@@ -236,8 +232,7 @@ def interpolate_nearest_backward(
     int num_threads,
 ):
     """interpolate_nearest_backward(dout, rows, cols, out, num_threads) -> out"""
-    _nearest_shape(rows, dout.shape[2], "rows")
-    _nearest_shape(cols, dout.shape[3], "cols")
+    _nearest_shapes(rows, cols, dout.shape[2], dout.shape[3])
     return _backward(dout, out, num_threads, &rows[0], &cols[0], 1, NULL, NULL)
 
 
@@ -297,6 +292,43 @@ cdef void _bilinear_plane(
             o[j] = wa * a[j] + wb * b[j]
 
 
+cdef object _forward(
+    const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int num_threads,
+    const int64_t* rows, const int64_t* cols, Py_ssize_t taps,
+    const floating* row_weights, const floating* col_weights,
+):
+    """interpolate's forward for (taps, oh) `rows` and (taps, ow) `cols`:
+    nearest (taps 1, weights NULL) or bilinear (taps 2, with their weights)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t oh = out.shape[2], ow = out.shape[3]
+    cdef Py_ssize_t plane, n, c, stride = 0
+    cdef Py_ssize_t* r = _checked_copy(rows, taps * oh, H, "rows")
+    cdef Py_ssize_t* q = NULL
+    cdef floating* scratch = NULL
+    cdef floating* slots
+    try:
+        q = _checked_copy(cols, taps * ow, W, "cols")
+        # bilinear's two blended rows per thread; nearest needs none
+        scratch = <floating*> scratch_if(taps == 2, num_threads, 2 * ow, sizeof(floating),
+                                         &stride)
+        with nogil, parallel(num_threads=num_threads):
+            slots = scratch + threadid() * stride
+            for plane in prange(N * C, schedule="static"):
+                n = plane // C
+                c = plane % C
+                if taps == 1:
+                    _nearest_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], W, oh, ow, r, q)
+                else:
+                    _bilinear_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], slots, ow, W, oh, ow,
+                                    r, r + oh, row_weights, row_weights + oh,
+                                    q, q + ow, col_weights, col_weights + ow)
+    finally:
+        free(r)
+        free(q)
+        free(scratch)
+    return out.base
+
+
 def interpolate_bilinear(
     const floating[:, :, :, ::1] x,
     const int64_t[:, ::1] rows not None,
@@ -307,32 +339,9 @@ def interpolate_bilinear(
     int num_threads,
 ):
     """interpolate_bilinear(x, rows, row_weights, cols, col_weights, out, num_threads) -> out"""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t oh = out.shape[2], ow = out.shape[3]
-    cdef Py_ssize_t plane, n, c, stride = 0
-    cdef Py_ssize_t* r
-    cdef Py_ssize_t* q = NULL
-    cdef floating* scratch = NULL
-    cdef floating* slots
-    _linear_shapes(rows, row_weights, oh, "rows")
-    _linear_shapes(cols, col_weights, ow, "cols")
-    r = _checked_copy(&rows[0, 0], 2 * oh, H, "rows")
-    try:
-        q = _checked_copy(&cols[0, 0], 2 * ow, W, "cols")
-        scratch = <floating*> per_thread_scratch(num_threads, 2 * ow, sizeof(floating), &stride)
-        with nogil, parallel(num_threads=num_threads):
-            slots = scratch + threadid() * stride
-            for plane in prange(N * C, schedule="static"):
-                n = plane // C
-                c = plane % C
-                _bilinear_plane(&x[n, c, 0, 0], &out[n, c, 0, 0], slots, ow, W, oh, ow,
-                                r, r + oh, &row_weights[0, 0], &row_weights[1, 0],
-                                q, q + ow, &col_weights[0, 0], &col_weights[1, 0])
-    finally:
-        free(r)
-        free(q)
-        free(scratch)
-    return out.base
+    _linear_shapes(rows, row_weights, cols, col_weights, out.shape[2], out.shape[3])
+    return _forward(x, out, num_threads, &rows[0, 0], &cols[0, 0], 2,
+                    &row_weights[0, 0], &col_weights[0, 0])
 
 
 def interpolate_bilinear_backward(
@@ -345,8 +354,7 @@ def interpolate_bilinear_backward(
     int num_threads,
 ):
     """interpolate_bilinear_backward(dout, rows, row_weights, cols, col_weights, out, num_threads) -> out"""
-    _linear_shapes(rows, row_weights, dout.shape[2], "rows")
-    _linear_shapes(cols, col_weights, dout.shape[3], "cols")
+    _linear_shapes(rows, row_weights, cols, col_weights, dout.shape[2], dout.shape[3])
     return _backward(dout, out, num_threads, &rows[0, 0], &cols[0, 0], 2,
                      &row_weights[0, 0], &col_weights[0, 0])
 

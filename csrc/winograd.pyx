@@ -202,6 +202,21 @@ cdef inline void transform_input_plane(
                 fcnn_winograd_input_shifted_f64(row, w1, 1, dst + r * 6 * ds + ty * tw, ds, tw)
 
 
+cdef void transform_input_block(
+    const floating* x, Py_ssize_t samples, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+    floating* d, floating* e, floating* V, Py_ssize_t ty0, Py_ssize_t nt, Py_ssize_t tw,
+    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t hr, Py_ssize_t wr,
+) noexcept nogil:
+    """A block's V (36, C, P), P = samples*nt*tw: the transformed input tiles
+    of tile rows ``[ty0, ty0 + nt)`` of `samples` (C, H, W) samples from `x`
+    on, sample by sample (scratch `d` and `e` as :func:`transform_input_plane`)."""
+    cdef Py_ssize_t n = nt * tw, P = samples * n, s, c
+    for s in range(samples):
+        for c in range(C):
+            transform_input_plane(x + (s * C + c) * H * W, d, e, V + c * P + s * n, C * P,
+                                  ty0, nt, tw, ph, pw, hr, wr, W)
+
+
 cdef inline void transform_dout_plane(
     const floating* plane, floating* d, floating* e, floating* dst, Py_ssize_t ds,
     Py_ssize_t ty0, Py_ssize_t nt, Py_ssize_t tw, Py_ssize_t oh, Py_ssize_t ow,
@@ -297,7 +312,7 @@ def winograd_conv2d(
     cdef Py_ssize_t hr = min(H, oh + 2 - ph), wr = min(W, ow + 2 - pw)
     cdef Py_ssize_t most = samples * rows * tw  # tiles of a block
     cdef Py_ssize_t cells = (24 * rows + 8) * (tw + 1)
-    cdef Py_ssize_t stride = 0, it, n0, n1, ty0, ty1, nt, n, P, s, c, f, t, r, pb
+    cdef Py_ssize_t stride = 0, it, n0, n1, ty0, ty1, nt, n, P, s, f, t, r, pb
     cdef bint has_bias = bias.shape[0] > 0, bad
     cdef floating* scratch = <floating*> per_thread_scratch(
         num_threads, 36 * (C + F) * most + 2 * cells, sizeof(floating), &stride)
@@ -322,10 +337,8 @@ def winograd_conv2d(
                 n = nt * tw
                 P = (n1 - n0) * n
                 bad = False
-                for s in range(n1 - n0):
-                    for c in range(C):
-                        transform_input_plane(&x[n0 + s, c, 0, 0], d, e, V + c * P + s * n,
-                                              C * P, ty0, nt, tw, ph, pw, hr, wr, W)
+                transform_input_block(&x[n0, 0, 0, 0], n1 - n0, C, H, W, d, e, V, ty0, nt, tw,
+                                      ph, pw, hr, wr)
                 for t in range(36):
                     gemm("N", "N", P, F, C, V + t * C * P, P, &u[t, 0, 0], C, M + t * F * P, P)
                 for s in range(n1 - n0):
@@ -380,7 +393,7 @@ def winograd_conv2d_backward(
     cdef Py_ssize_t hr = min(H, oh + 2 - ph), wr = min(W, ow + 2 - pw)
     cdef Py_ssize_t most = samples * rows * tw, length = min(oh, 4 * rows) * ow
     cdef Py_ssize_t cells = (24 * rows + 8) * (tw + 1)
-    cdef Py_ssize_t stride = 0, p, g, b, n0, n1, ty0, ty1, nt, n, P, s, c, f, t, r, i, j
+    cdef Py_ssize_t stride = 0, p, g, b, n0, n1, ty0, ty1, nt, n, P, s, f, t, r, i, j
     cdef Py_ssize_t blk, lo, nb
     cdef bint first
     # per thread: V, D, the chunk's sums M, two scratch areas, ones for the bias sums
@@ -415,11 +428,9 @@ def winograd_conv2d_backward(
                         nt = ty1 - ty0
                         n = nt * tw
                         P = (n1 - n0) * n
+                        transform_input_block(&x[n0, 0, 0, 0], n1 - n0, C, H, W, d, e, V, ty0,
+                                              nt, tw, ph, pw, hr, wr)
                         for s in range(n1 - n0):
-                            for c in range(C):
-                                transform_input_plane(&x[n0 + s, c, 0, 0], d, e,
-                                                      V + c * P + s * n, C * P,
-                                                      ty0, nt, tw, ph, pw, hr, wr, W)
                             for f in range(F):
                                 transform_dout_plane(&dout[n0 + s, f, 0, 0], d, e,
                                                      D + f * P + s * n, F * P, ty0, nt, tw, oh, ow)
