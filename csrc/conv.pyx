@@ -187,6 +187,25 @@ def conv2d_backward(
     return dx.base
 
 
+# A linear layer's GEMMs are also split over the features (the weight's rows
+# for the output and the weight gradient, its columns for the input
+# gradient), into at most LINEAR_BLOCKS blocks of at least LINEAR_MIN_BLOCK:
+# a chunk's samples then read each part of the weight once, on one thread,
+# and a batch of one chunk still spreads over the team. The blocks depend on
+# the sizes only, and no sum crosses them.
+cdef enum:
+    LINEAR_BLOCKS = 8
+    LINEAR_MIN_BLOCK = 128
+
+
+cdef inline Py_ssize_t _blocks(Py_ssize_t n) noexcept nogil:
+    return max(1, min(<Py_ssize_t> LINEAR_BLOCKS, n // LINEAR_MIN_BLOCK))
+
+
+cdef inline Py_ssize_t _block_start(Py_ssize_t n, Py_ssize_t blocks, Py_ssize_t b) noexcept nogil:
+    return b * n // blocks
+
+
 def linear_forward(
     const floating[:, ::1] x,
     const floating[:, ::1] weight,
@@ -198,20 +217,24 @@ def linear_forward(
     """linear_forward(x, weight, bias, chunk, out, num_threads) -> out
 
     ``out = x @ weight.T + bias`` for x (N, I), weight (O, I), bias (O,) or
-    empty, out (N, O); rows ``[p*chunk, (p+1)*chunk)`` form one GEMM.
+    empty, out (N, O); rows ``[p*chunk, (p+1)*chunk)`` times a block of
+    features (see LINEAR_BLOCKS) form one GEMM.
     """
     cdef Py_ssize_t N = x.shape[0], I = x.shape[1], O = weight.shape[0]
-    cdef Py_ssize_t p, m, r, o, lo
-    cdef Py_ssize_t parts = (N + chunk - 1) // chunk
+    cdef Py_ssize_t parts = (N + chunk - 1) // chunk, blocks = _blocks(O)
+    cdef Py_ssize_t t, p, m, r, o, lo, o0, o1
     cdef bint has_bias = bias.shape[0] > 0
     with nogil:
-        for p in prange(parts, schedule="dynamic", num_threads=num_threads):
+        for t in prange(parts * blocks, schedule="dynamic", num_threads=num_threads):
+            p = t // blocks
             lo = p * chunk
             m = min(N, lo + chunk) - lo
-            gemm("T", "N", O, m, I, &weight[0, 0], I, &x[lo, 0], I, &out[lo, 0], O)
+            o0 = _block_start(O, blocks, t % blocks)
+            o1 = _block_start(O, blocks, t % blocks + 1)
+            gemm("T", "N", o1 - o0, m, I, &weight[o0, 0], I, &x[lo, 0], I, &out[lo, o0], O)
             if has_bias:
                 for r in range(lo, lo + m):
-                    for o in range(O):
+                    for o in range(o0, o1):
                         out[r, o] += bias[o]
     return out.base
 
@@ -229,21 +252,34 @@ def linear_backward(
     """linear_backward(dout, x, weight, chunk, dx, dweight_parts, dbias_parts, num_threads) -> dx
 
     ``dx = dout @ weight``; rows ``[p*chunk, (p+1)*chunk)`` form chunk p, whose
-    ``dout.T @ x`` (O, I) and column sums of dout (O,) go to
-    ``dweight_parts[p]`` and ``dbias_parts[p]``. A `dx` of no rows asks for
-    the parameter gradients only.
+    ``dout.T @ x`` (O, I) and column sums of dout (O,), summed row after
+    row, go to ``dweight_parts[p]`` and ``dbias_parts[p]``. A `dx` of no
+    rows asks for the parameter gradients only. Each chunk's GEMMs are split
+    over blocks of features (see LINEAR_BLOCKS).
     """
     cdef Py_ssize_t N = x.shape[0], I = x.shape[1], O = weight.shape[0]
-    cdef Py_ssize_t parts = dweight_parts.shape[0], p, m, lo, r
+    cdef Py_ssize_t parts = dweight_parts.shape[0], t, b, p, m, lo, r, a0, a1
     cdef bint want_dx = dx.shape[0] > 0
+    # per chunk: the weight gradient's blocks of rows, then dx's of columns
+    cdef Py_ssize_t wblocks = _blocks(O), xblocks = _blocks(I) if want_dx else 0
+    cdef Py_ssize_t tasks = wblocks + xblocks
     with nogil:
-        for p in prange(parts, schedule="dynamic", num_threads=num_threads):
+        for t in prange(parts * tasks, schedule="dynamic", num_threads=num_threads):
+            p = t // tasks
+            b = t % tasks
             lo = p * chunk
             m = min(N, lo + chunk) - lo
-            if want_dx:
-                gemm("N", "N", I, m, O, &weight[0, 0], I, &dout[lo, 0], O, &dx[lo, 0], I)
-            gemm("N", "T", I, O, m, &x[lo, 0], I, &dout[lo, 0], O, &dweight_parts[p, 0, 0], I)
-            memcpy(&dbias_parts[p, 0], &dout[lo, 0], O * sizeof(floating))
-            for r in range(lo + 1, lo + m):
-                add_into(&dbias_parts[p, 0], &dout[r, 0], O)
+            if b < wblocks:
+                a0 = _block_start(O, wblocks, b)
+                a1 = _block_start(O, wblocks, b + 1)
+                gemm("N", "T", I, a1 - a0, m, &x[lo, 0], I, &dout[lo, a0], O,
+                     &dweight_parts[p, a0, 0], I)
+                memcpy(&dbias_parts[p, a0], &dout[lo, a0], (a1 - a0) * sizeof(floating))
+                for r in range(lo + 1, lo + m):
+                    add_into(&dbias_parts[p, a0], &dout[r, a0], a1 - a0)
+            else:
+                a0 = _block_start(I, xblocks, b - wblocks)
+                a1 = _block_start(I, xblocks, b - wblocks + 1)
+                gemm("N", "N", a1 - a0, m, O, &weight[0, a0], I, &dout[lo, 0], O,
+                     &dx[lo, a0], I)
     return dx.base

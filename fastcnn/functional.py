@@ -523,8 +523,19 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bo
 
 
 # Every chunk of a linear layer's batch reads the whole weight: fewer, larger
-# chunks than a convolution's.
-_LINEAR_CHUNKS = 8
+# chunks than a convolution's, of at least _LINEAR_MIN_ROWS samples (the
+# kernels spread a chunk's GEMMs over the team by blocks of features).
+_LINEAR_CHUNKS, _LINEAR_MIN_ROWS = 8, 256
+
+
+def _linear_chunks(n: int, weight: np.ndarray) -> tuple[int, int]:
+    """``(samples per chunk, number of chunks)`` of a linear layer's batch of `n`."""
+    return _batch_chunks(n, weight.nbytes, max(1, min(_LINEAR_CHUNKS, n // _LINEAR_MIN_ROWS)))
+
+
+def _sum_parts(parts: np.ndarray) -> np.ndarray:
+    """The chunks' partial sums added in chunk order (the one chunk's, as it is)."""
+    return parts[0] if len(parts) == 1 else parts.sum(axis=0)
 
 
 def _linear(x: np.ndarray, weight: np.ndarray, bias) -> np.ndarray:
@@ -536,7 +547,7 @@ def _linear(x: np.ndarray, weight: np.ndarray, bias) -> np.ndarray:
     out = np.empty((n, o), dtype=x.dtype)
     if not n:
         return out
-    size, count = _batch_chunks(n, weight.nbytes, _LINEAR_CHUNKS)
+    size, count = _linear_chunks(n, weight)
     bias = _no_bias(x.dtype) if bias is None else bias
     in_pieces("linear_forward", (count,), (x, weight, bias, size, out),
               lambda i: (x[_samples(i, size)], weight, bias, size, out[_samples(i, size)]),
@@ -552,7 +563,7 @@ def _linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray,
     dx = np.empty(x.shape if input_grad else (0, x.shape[1]), dtype=x.dtype)
     if not n:
         return dx if input_grad else None, np.zeros_like(weight), np.zeros(len(weight), x.dtype)
-    size, count = _batch_chunks(n, weight.nbytes, _LINEAR_CHUNKS)
+    size, count = _linear_chunks(n, weight)
     dweight = np.empty((count,) + weight.shape, dtype=x.dtype)
     dbias = np.empty((count, len(weight)), dtype=x.dtype)
 
@@ -562,7 +573,7 @@ def _linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray,
 
     in_pieces("linear_backward", (count,), (dout, x, weight, size, dx, dweight, dbias), piece,
               macs=size * 2 * weight.size, **_gemm(weight.shape + (size,), 2 * n * weight.size))
-    return dx if input_grad else None, dweight.sum(axis=0), dbias.sum(axis=0)
+    return dx if input_grad else None, _sum_parts(dweight), _sum_parts(dbias)
 
 
 # Docstring sections (see fastcnn._docstrings) and checks of the pools and

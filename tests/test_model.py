@@ -232,5 +232,8 @@ def train_losses(backend, steps=6):
 def test_training_gives_the_same_losses_on_both_backends_and_learns():
     results = [train_losses(name) for name in BACKENDS]
     for losses in results[1:]:
-        np.testing.assert_array_equal(losses, results[0])
+        # equal but for rounding: the compiled GEMM drivers call SciPy's BLAS,
+        # the twins NumPy's, which may order a product's sums differently
+        assert losses[0] == results[0][0]
+        np.testing.assert_allclose(losses, results[0], rtol=1e-6)
     assert results[0][-1] < 0.8 * results[0][0]
