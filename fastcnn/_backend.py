@@ -215,7 +215,8 @@ def use_backend(name: str):
 
 #: ``"auto"`` (by shape), or the algorithm that conv2d and its backward run
 #: wherever it applies: ``"gemm"`` (im2col + GEMM, csrc/conv.pyx),
-#: ``"direct"`` (csrc/direct.pyx, groups = 1) or ``"winograd"``
+#: ``"direct"`` (csrc/direct.pyx: groups = 1, strides no longer than the
+#: window) or ``"winograd"``
 #: (csrc/winograd.pyx: 3x3 kernels, stride 1, dilation 1, groups = 1; what
 #: it finds not finite is computed by im2col + GEMM instead).
 CONV_ALGORITHMS = ("auto", "gemm", "direct", "winograd")

@@ -244,7 +244,10 @@ _DIRECT_MAX_FILTERS = 32
 def _direct_eligible(x, weight, win: v.Window, groups: int) -> bool:
     """Whether conv2d of these operands (forward, weight and bias gradients)
     runs the direct kernels rather than the GEMM driver."""
-    if groups != 1:
+    # They copy the input zero-padded, every column phase of the stride: with
+    # a stride beyond the window, mostly cells that no window reads.
+    if (groups != 1 or win.sh > (win.kh - 1) * win.dh + 1
+            or win.sw > (win.kw - 1) * win.dw + 1):
         return False
     forced = _backend.conv_algorithm()
     if forced != "auto":

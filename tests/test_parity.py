@@ -927,6 +927,24 @@ def test_huge_stride_col2im():
     _right_or_clear_error(lambda: F.col2im(cols, (8, 8), 2, stride=BIG), expected, ["stride"])
 
 
+@pytest.mark.parametrize("algorithm", ["auto", "gemm", "direct"])
+def test_conv2d_stride_beyond_the_input_leaves_one_window(algorithm):
+    # The direct kernels copy the input once per column phase of the stride:
+    # such a stride once asked them for 2**35 scratch cells (a MemoryError).
+    rng = np.random.default_rng(8)
+    x = make_values(rng, (2, 3, 8, 8), np.float64, "normal")
+    weight = make_values(rng, (4, 3, 2, 2), np.float64, "normal")
+    dout = make_values(rng, (2, 4, 1, 1), np.float64, "normal")
+    for backend in BACKENDS:
+        with fastcnn.use_backend(backend), _backend.use_conv_algorithm(algorithm):
+            for stride in (2**31 - 1, (9, 2**31 - 1), (2**31 - 1, 9)):
+                np.testing.assert_allclose(F.conv2d(x, weight, stride=stride),
+                                           F.conv2d(x, weight, stride=9), rtol=1e-13)
+                for got, expected in zip(F.conv2d_backward(dout, x, weight, stride=stride),
+                                         F.conv2d_backward(dout, x, weight, stride=9)):
+                    np.testing.assert_allclose(got, expected, rtol=1e-13)
+
+
 def test_kernel_much_larger_than_input_is_a_global_pool():
     # kernel 2**40 with padding 2**39 covers the whole 8x8 input in one window.
     x = make_values(np.random.default_rng(7), (2, 3, 8, 8), np.float64, "normal")
