@@ -52,7 +52,8 @@ class Shape:
     pool_stride: int = 0
     pool_padding: int = 0
     train: bool = False
-    #: The network of the training step: "demo" (``fastcnn demo``'s) or "vgg".
+    #: The network of the training step: "demo" (``fastcnn demo``'s) or one
+    #: of :data:`NETWORKS`.
     net: str = "demo"
 
     @property
@@ -90,6 +91,15 @@ SHAPES = {
         # VGG-style network (two blocks of two 3x3 convolutions).
         Shape("cifar-demo", (128, 3, 32, 32), train=True),
         Shape("cifar-vgg", (64, 3, 32, 32), train=True, net="vgg"),
+        # Other layer types and sizes: LeNet-5 (5x5 convolutions, tanh,
+        # average pools, three dense layers), the demo's ResNet (strided and
+        # 1x1 convolutions, residual blocks), an all-convolutional network
+        # (strided 3x3 convolutions, LeakyReLU) and a wide one (5x5
+        # convolutions, a 4096 x 256 dense layer, dropout).
+        Shape("lenet5", (128, 1, 32, 32), train=True, net="lenet5"),
+        Shape("cifar-resnet", (64, 3, 32, 32), train=True, net="resnet"),
+        Shape("cifar-allconv", (64, 3, 32, 32), train=True, net="allconv"),
+        Shape("cifar-wide", (64, 3, 32, 32), train=True, net="wide"),
     )
 }
 #: The shape whose NumPy twin ``--quick`` skips.
@@ -464,45 +474,63 @@ def _build_copy(shape, dtype, level, impls, threads, torch):
     return _Bench(fns, 2 * x.nbytes)
 
 
-def _torch_twin(model, torch):
-    """The same network in ``torch.nn``, with the same initial weights."""
+def _torch_twin(layer, torch):
+    """The same network (a layer, Sequential or Residual) in ``torch.nn``,
+    with the same initial weights."""
     from .. import layers as L
+    from ..model import Sequential
 
     nn = torch.nn
-    modules = []
-    for layer in model.layers:
-        if isinstance(layer, L.Conv2D):
-            m = nn.Conv2d(
-                layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                layer.padding, layer.dilation, layer.groups, bias="bias" in layer.params,
-            )  # fmt: skip
-        elif isinstance(layer, L.Dense):
-            m = nn.Linear(layer.in_features, layer.out_features, bias="bias" in layer.params)
-        elif isinstance(layer, L.BatchNorm2D):
-            m = nn.BatchNorm2d(layer.num_features, layer.eps, layer.momentum)
-        elif isinstance(layer, L.MaxPool2D):
-            m = nn.MaxPool2d(
-                layer.kernel_size, layer.stride, layer.padding, layer.dilation, ceil_mode=layer.ceil_mode
-            )
-        elif isinstance(layer, L.AvgPool2D):
-            m = nn.AvgPool2d(
-                layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode, layer.count_include_pad
-            )
-        elif isinstance(layer, L.ReLU):
-            m = nn.ReLU()
-        elif isinstance(layer, L.Flatten):
-            m = nn.Flatten()
-        elif isinstance(layer, L.GlobalAvgPool2D):
-            m = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        elif isinstance(layer, L.Dropout):
-            m = nn.Dropout(layer.p)
-        else:
-            raise NotImplementedError(f"no torch.nn twin for {type(layer).__name__}")
-        with torch.no_grad():
-            for name, value in layer.params.items():
-                getattr(m, name).copy_(torch.from_numpy(value))
-        modules.append(m)
-    return nn.Sequential(*modules)
+    if isinstance(layer, Sequential):
+        return nn.Sequential(*(_torch_twin(child, torch) for child in layer.layers))
+    if isinstance(layer, L.Residual):
+        body = _torch_twin(layer.body, torch)
+        shortcut = nn.Identity() if layer.shortcut is None else _torch_twin(layer.shortcut, torch)
+
+        class Residual(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body, self.shortcut = body, shortcut
+
+            def forward(self, x):
+                return self.body(x) + self.shortcut(x)
+
+        return Residual()
+    if isinstance(layer, L.Conv2D):
+        m = nn.Conv2d(
+            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+            layer.padding, layer.dilation, layer.groups, bias="bias" in layer.params,
+        )  # fmt: skip
+    elif isinstance(layer, L.Dense):
+        m = nn.Linear(layer.in_features, layer.out_features, bias="bias" in layer.params)
+    elif isinstance(layer, L.BatchNorm2D):
+        m = nn.BatchNorm2d(layer.num_features, layer.eps, layer.momentum)
+    elif isinstance(layer, L.MaxPool2D):
+        m = nn.MaxPool2d(
+            layer.kernel_size, layer.stride, layer.padding, layer.dilation, ceil_mode=layer.ceil_mode
+        )
+    elif isinstance(layer, L.AvgPool2D):
+        m = nn.AvgPool2d(
+            layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode, layer.count_include_pad
+        )
+    elif isinstance(layer, L.ReLU):
+        m = nn.ReLU()
+    elif isinstance(layer, L.LeakyReLU):
+        m = nn.LeakyReLU(layer.negative_slope)
+    elif isinstance(layer, L.Tanh):
+        m = nn.Tanh()
+    elif isinstance(layer, L.Flatten):
+        m = nn.Flatten()
+    elif isinstance(layer, L.GlobalAvgPool2D):
+        m = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    elif isinstance(layer, L.Dropout):
+        m = nn.Dropout(layer.p)
+    else:
+        raise NotImplementedError(f"no torch.nn twin for {type(layer).__name__}")
+    with torch.no_grad():
+        for name, value in layer.params.items():
+            getattr(m, name).copy_(torch.from_numpy(value))
+    return m
 
 
 def vgg_network(channels: int, rng=0):
@@ -524,16 +552,56 @@ def vgg_network(channels: int, rng=0):
     return Sequential(stack)
 
 
+def _lenet5(channels: int, rng):
+    from .. import layers as L
+
+    return [L.Conv2D(channels, 6, 5, rng=rng), L.Tanh(), L.AvgPool2D(2),
+            L.Conv2D(6, 16, 5, rng=rng), L.Tanh(), L.AvgPool2D(2), L.Flatten(),
+            L.Dense(400, 120, rng=rng), L.Tanh(), L.Dense(120, 84, rng=rng), L.Tanh(),
+            L.Dense(84, 10, rng=rng)]
+
+
+def _allconv(channels: int, rng):
+    from .. import layers as L
+
+    return [L.Conv2D(channels, 32, 3, padding=1, rng=rng), L.LeakyReLU(0.1),
+            L.Conv2D(32, 64, 3, stride=2, padding=1, rng=rng), L.LeakyReLU(0.1),
+            L.Conv2D(64, 128, 3, stride=2, padding=1, rng=rng), L.LeakyReLU(0.1),
+            L.Conv2D(128, 10, 1, rng=rng), L.GlobalAvgPool2D()]
+
+
+def _wide(channels: int, rng):
+    from .. import layers as L
+
+    return [L.Conv2D(channels, 32, 5, padding=2, rng=rng), L.ReLU(), L.MaxPool2D(2),
+            L.Conv2D(32, 64, 5, padding=2, rng=rng), L.ReLU(), L.MaxPool2D(2), L.Flatten(),
+            L.Dropout(0.5, rng=rng), L.Dense(64 * 8 * 8, 256, rng=rng), L.ReLU(),
+            L.Dense(256, 10, rng=rng)]
+
+
+def _resnet(channels: int, rng):
+    from ..demo import build_resnet
+
+    return build_resnet(channels, 10, rng).layers
+
+
+#: The training step's networks besides the demo's: builders of their layers
+#: from the input channels and a random generator (32x32 inputs).
+NETWORKS = {"vgg": lambda channels, rng: vgg_network(channels, rng).layers,
+            "lenet5": _lenet5, "resnet": _resnet, "allconv": _allconv, "wide": _wide}
+
+
 def demo_network(shape: Shape):
     """``(model, x, labels)`` of the training step on `shape`: a fresh network
     of kind ``shape.net`` (same initial weights every time), float32 inputs,
     10 classes."""
     from ..demo import build_model
+    from ..model import Sequential
 
-    if shape.net == "vgg":
-        model = vgg_network(shape.x[1])
-    else:
+    if shape.net == "demo":
         model = build_model(shape.x[1], shape.x[2:], 10, rng=0)
+    else:
+        model = Sequential(NETWORKS[shape.net](shape.x[1], np.random.default_rng(0)))
     labels = np.random.default_rng(3).integers(0, 10, shape.x[0])
     return model, _inputs(shape, np.float32), labels
 
@@ -549,7 +617,7 @@ def _build_train_step(shape, dtype, level, impls, threads, torch):
     # The libraries draw different dropout masks: such a network's losses
     # are not compared (an empty result agrees with any other).
     def comparable(loss):
-        return () if shape.net == "vgg" else np.float64(loss)
+        return () if shape.net in ("vgg", "wide") else np.float64(loss)
 
     for name in ("cython", "numpy"):
         if name not in impls:
