@@ -94,50 +94,6 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define M_OR _mm256_or_si256
 #define M_ANY(m) (!_mm256_testz_si256(m, m))
 
-/* Stores of the lanes that mask m selects, one by one: AVX2's masked vector
- * stores (vmaskmov) are microcoded on AMD's cores, tens of cycles each, and
- * the pools store every row's last few cells with them. */
-FCNN_TARGET static inline void fcnn_store_lanes_ps(float *p, __m256i m, __m256 v)
-{
-    float lanes[8];
-    int bits = _mm256_movemask_ps(_mm256_castsi256_ps(m));
-    _mm256_storeu_ps(lanes, v);
-    for (int i = 0; i < 8; i++)
-        if (bits >> i & 1)
-            p[i] = lanes[i];
-}
-
-FCNN_TARGET static inline void fcnn_store_lanes_pd(double *p, __m256i m, __m256d v)
-{
-    double lanes[4];
-    int bits = _mm256_movemask_pd(_mm256_castsi256_pd(m));
-    _mm256_storeu_pd(lanes, v);
-    for (int i = 0; i < 4; i++)
-        if (bits >> i & 1)
-            p[i] = lanes[i];
-}
-
-/* The same for indices: int32 lanes (f32's) widened, or int64 lanes. */
-FCNN_TARGET static inline void fcnn_store_index_lanes_epi32(int64_t *p, __m256i m, __m256i v)
-{
-    int32_t lanes[8];
-    int bits = _mm256_movemask_ps(_mm256_castsi256_ps(m));
-    _mm256_storeu_si256((__m256i *)lanes, v);
-    for (int i = 0; i < 8; i++)
-        if (bits >> i & 1)
-            p[i] = lanes[i];
-}
-
-FCNN_TARGET static inline void fcnn_store_index_lanes_epi64(int64_t *p, __m256i m, __m256i v)
-{
-    int64_t lanes[4];
-    int bits = _mm256_movemask_pd(_mm256_castsi256_pd(m));
-    _mm256_storeu_si256((__m256i *)lanes, v);
-    for (int i = 0; i < 4; i++)
-        if (bits >> i & 1)
-            p[i] = lanes[i];
-}
-
 /* ---- AVX2, float: 8 lanes, int32 index lanes (the caller guarantees that
  * flat indices fit). The de-interleaving shuffles work within 128-bit
  * halves: lane l holds output sigma(l) = (0, 1, 4, 5, 2, 3, 6, 7)[l], and
@@ -149,7 +105,7 @@ FCNN_TARGET static inline void fcnn_store_index_lanes_epi64(int64_t *p, __m256i 
 #define VL 8
 #define V_LOAD _mm256_loadu_ps
 #define V_STORE _mm256_storeu_ps
-#define V_MASKSTORE fcnn_store_lanes_ps
+#define V_MASKSTORE(p, m, v) _mm256_maskstore_ps(p, m, v)
 #define V_MASKLOAD(p, m, fill) \
     _mm256_blendv_ps(fill, _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m))
 #define V_SET1 _mm256_set1_ps
@@ -187,7 +143,12 @@ FCNN_TARGET static inline void fcnn_store_index_lanes_epi64(int64_t *p, __m256i 
     _mm256_storeu_si256((__m256i *)(p), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v))); \
     _mm256_storeu_si256((__m256i *)(p) + 1, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1))); \
 } while (0)
-#define IDX_MASKSTORE fcnn_store_index_lanes_epi32
+#define IDX_MASKSTORE(p, m, v) do { \
+    _mm256_maskstore_epi64((long long *)(p), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(m)), \
+                           _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v))); \
+    _mm256_maskstore_epi64((long long *)(p) + 4, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1)), \
+                           _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1))); \
+} while (0)
 #include "pool_simd_impl.h"
 #include "pool_simd_undef.h"
 
@@ -201,7 +162,7 @@ FCNN_TARGET static inline void fcnn_store_index_lanes_epi64(int64_t *p, __m256i 
 #define VL 4
 #define V_LOAD _mm256_loadu_pd
 #define V_STORE _mm256_storeu_pd
-#define V_MASKSTORE fcnn_store_lanes_pd
+#define V_MASKSTORE(p, m, v) _mm256_maskstore_pd(p, m, v)
 #define V_MASKLOAD(p, m, fill) \
     _mm256_blendv_pd(fill, _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m))
 #define V_SET1 _mm256_set1_pd
@@ -230,7 +191,7 @@ FCNN_TARGET static inline void fcnn_store_index_lanes_epi64(int64_t *p, __m256i 
 #define IDX_LOAD(p) _mm256_loadu_si256((const __m256i *)(p))
 #define IDX_MASKLOAD(p, m) _mm256_maskload_epi64((const long long *)(p), m)
 #define IDX_STORE(p, v) _mm256_storeu_si256((__m256i *)(p), v)
-#define IDX_MASKSTORE fcnn_store_index_lanes_epi64
+#define IDX_MASKSTORE(p, m, v) _mm256_maskstore_epi64((long long *)(p), m, v)
 #include "pool_simd_impl.h"
 #define FCNN_ISA_DONE
 #include "pool_simd_undef.h"
