@@ -13,27 +13,26 @@ float, and constants are typed: Cython writes a literal 1 as the double
 1.0, which would carry float32 arithmetic into double.
 
 Each cell's value is the twin's, bit for bit, but where a transcendental
-function is involved. tanh, elu and float32 sigmoid compute their
-exponentials by the arithmetic of ``vmath.h``, which the compiler
-vectorises: tanh, sigmoid and elu's expm1 are within an ulp of the exact
-values in float32 (computed in double and rounded once), within 2 in
-float64 (before elu's products by alpha and scale). float64
-sigmoid calls the C library's exp, as SciPy's expit (its twin) does.
-NumPy's own vectorised functions, the other twins, match the exact values
-only to an ulp or three. The backward passes of sigmoid and tanh work from
+function is involved. In float32, tanh, sigmoid and elu's expm1 are the
+arithmetic of ``vmath.h``, which the compiler vectorises: computed in
+double and rounded once, they are within an ulp of the exact values.
+float64 elu's expm1 is too, within 2 ulps; float64 tanh and sigmoid call
+the C library's tanh and exp (vectorised to that accuracy, they were no
+faster), as SciPy's expit, the sigmoid twin, does. NumPy's own vectorised
+functions, the other twins, match the exact values only to an ulp or
+three. The backward passes of sigmoid and tanh work from
 the forward's output and are exact; elu's calls the C library's exp.
 """
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, expf
+from libc.math cimport exp, expf, tanh as c_tanh
 
 from blocks cimport BLOCK, block_count, block_size
 
 
 cdef extern from "vmath.h" nogil:
     float fcnn_tanh_f(float x)
-    double fcnn_tanh_d(double x)
     float fcnn_sigmoid_f(float x)
     double fcnn_expm1_nonpositive_f(double x)
     double fcnn_expm1_nonpositive_d(double x)
@@ -195,7 +194,7 @@ cdef void _tanh(const floating* x, floating p, floating q, floating* out,
         if floating is float:
             out[i] = fcnn_tanh_f(x[i])
         else:
-            out[i] = fcnn_tanh_d(x[i])
+            out[i] = c_tanh(x[i])
 
 
 def tanh(const floating[::1] x, floating[::1] out not None, int num_threads):
