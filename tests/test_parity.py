@@ -1190,12 +1190,13 @@ def _assert_within_ulps(got, expected, ulps):
        scale=st.sampled_from([1.0, 1.0507009873554805]))
 @example(n=16385, dtype=np.float32, kind="wide", seed=0, nt=3, alpha=1.0, scale=1.0)
 def test_kernel_transcendental_activations(n, dtype, kind, seed, nt, alpha, scale):
-    # The compiled kernels call the C library's exp, expm1 and tanh; the
-    # twins NumPy's vectorised ones (or SciPy's expit, which calls the C
-    # library). NumPy's tanh and float32 exp differ from the C library's by
-    # up to 3 ulps here: the outputs agree within 4 ulps, and elu_backward,
-    # whose exp goes through three more products into a result of half its
-    # size, within 8 (on this machine sigmoid and elu are in fact exact).
+    # The compiled kernels compute float32 tanh and sigmoid and elu's expm1
+    # within an ulp or two of the exact values (see the test below), and
+    # call the C library for float64 tanh and sigmoid and elu_backward; the
+    # twins call NumPy's vectorised functions (or SciPy's expit, which calls
+    # the C library). NumPy's tanh and float32 exp are up to 3 ulps off
+    # here: the outputs agree within 4 ulps, and elu_backward, whose exp goes
+    # through three more products into a result of half its size, within 8.
     # The backward passes of sigmoid and tanh (arithmetic on the forward's
     # output) are exact.
     rng = np.random.default_rng(seed)
@@ -1219,6 +1220,76 @@ def test_kernel_transcendental_activations(n, dtype, kind, seed, nt, alpha, scal
             _assert_within_ulps(out_c, out_r, ulps)
         else:
             _assert_same(out_c, out_r)
+
+
+def _activation_test_values(dtype):
+    """Inputs over every range the kernels treat apart: tiny and subnormal,
+    around the reductions' steps, saturation, overflow of exp(-x), zeros of
+    both signs, infinities and NaN."""
+    rng = np.random.default_rng(12345)
+    info = np.finfo(dtype)
+    scales = [1e-30, 1e-8, 1e-3, 0.05, 0.3, 1, 3, 10, 30, 100, 800]
+    random = [rng.standard_normal(20000) * s for s in scales]
+    edges = [0.0, info.smallest_subnormal, info.smallest_subnormal * 7, info.tiny, 0.17, 0.345,
+             0.55, 9.0, 9.02, 17.3, 19.06, 20, 25, 37.5, 40, 50, 88.7228, 100, 709.7827, 746]
+    edges = np.array(edges, dtype)
+    # each edge, its neighbours and its negation
+    near = np.concatenate([edges, np.nextafter(edges, dtype(np.inf)),
+                           np.nextafter(edges, dtype(0))])
+    return np.concatenate([*(r.astype(dtype) for r in random), near, -near,
+                           np.array([np.inf, -np.inf, np.nan, -np.nan], dtype)])
+
+
+def _ulps_from_exact(got, exact, dtype):
+    """|got - exact| in units in the last place of `dtype` at `exact`
+    (the spacing of the binade that holds |exact|, not the one above)."""
+    magnitude = np.abs(exact)
+    rounded = magnitude.astype(dtype)
+    below = np.where(rounded.astype(exact.dtype) > magnitude,
+                     np.nextafter(rounded, dtype(0)), rounded)
+    return np.abs(got.astype(exact.dtype) - exact) / np.spacing(below).astype(exact.dtype)
+
+
+_EXTENDED = np.finfo(np.longdouble).nmant >= 63
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "elu"])
+def test_compiled_transcendental_activations_against_the_exact_values(name, dtype):
+    # The exact values in long double (64-bit significand or more): within an
+    # ulp in float32, which the kernels compute in double and round once;
+    # in float64 within 2 for elu (expm1), 3 for tanh and sigmoid (the C
+    # library's tanh and exp, measured by the ulp of the lower binade at
+    # powers of 2). sigmoid is 0 where exp(-x) overflows in the dtype, as
+    # torch's and expit's: the exact value there is subnormal.
+    if dtype == np.float64 and not _EXTENDED:
+        pytest.skip("long double is double here: no exact float64 reference")
+    x = _activation_test_values(dtype)
+    args = (x, 1.0, 1.0) if name == "elu" else (x,)
+    got = _pair(name)[0](*args, np.empty_like(x), 2)
+    xl = x.astype(np.longdouble)
+    with np.errstate(over="ignore"):
+        if name == "tanh":
+            exact = np.tanh(xl)
+        elif name == "sigmoid":
+            # exp(-x) rounds to inf from the largest finite value + half an ulp
+            info, two = np.finfo(dtype), np.longdouble(2)
+            limit = np.log(two ** info.maxexp * (1 - two ** -(info.nmant + 2)))
+            exact = np.where(-xl >= limit, 0, 1 / (1 + np.exp(-xl)))
+        else:
+            exact = np.where(xl > 0, xl, np.expm1(np.minimum(xl, 0)))
+    bound = 1 if dtype == np.float32 else (2 if name == "elu" else 3)
+    nan = np.isnan(x)
+    assert np.array_equal(np.isnan(got), nan)
+    # zeros keep their sign (tanh(-0.0) = -0.0, elu(-0.0) = -0.0), the
+    # infinities give the limits
+    zero = exact == 0
+    assert np.array_equal(np.signbit(got[zero]), np.signbit(exact[zero]))
+    assert np.array_equal(got[np.isinf(x)], exact[np.isinf(x)].astype(dtype))
+    finite = np.isfinite(exact)
+    ulps = _ulps_from_exact(got[finite], exact[finite], dtype)
+    worst = np.argmax(ulps)
+    assert ulps[worst] <= bound, (x[finite][worst], got[finite][worst], ulps[worst])
 
 
 @hsettings(200)

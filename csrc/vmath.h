@@ -1,0 +1,122 @@
+/* expm1, float32 tanh and float32 sigmoid as plain arithmetic that the
+ * compiler vectorises (csrc/activation.pyx calls them cell by cell in its
+ * loops; the C library's functions are calls it cannot vectorise).
+ *
+ * exp(x) = 2^n * exp(r) with n = round(x / ln 2) and r = x - n ln 2, |r| <=
+ * ln 2 / 2: ln 2 is split in two (fdlibm's ln2_hi has 21 trailing zero bits,
+ * so n * ln2_hi and x - n * ln2_hi are exact), expm1(r) is its Taylor
+ * polynomial, and 2^n is built from n's bits. n is rounded by adding and
+ * subtracting 1.5 * 2^52 (the build keeps round-to-nearest and does not
+ * reassociate), which leaves n in the low bits of the sum. Every branch is
+ * a select between computed values, and arguments are clamped first, so
+ * that no lane overflows or raises (NaN passes every clamp and stays NaN).
+ *
+ * The float64 expm1 errs by at most 2 ulps (tests/test_parity.py measures
+ * it). The float32 functions compute in double with a shorter polynomial
+ * (relative error below 1e-12) and round once to float: the result is
+ * within an ulp of the exact value, nearly always the correctly rounded one.
+ *
+ * Only arguments <= 0 reach the exponentials (each caller passes -|x| or
+ * min(x, 0)): n is then never positive, and exp never overflows. */
+#ifndef FASTCNN_VMATH_H
+#define FASTCNN_VMATH_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define FCNN_SHIFTER 0x1.8p52
+#define FCNN_INV_LN2 0x1.71547652b82fep0
+#define FCNN_LN2_HI 0x1.62e42feep-1 /* 6.93147180369123816490e-01 */
+#define FCNN_LN2_LO 0x1.a39ef35793c76p-33 /* ln 2 - FCNN_LN2_HI */
+
+/* Reduce x (<= 0, finite after the caller's clamp, or NaN) to r; returns
+ * n + 1.5 * 2^52, whose low bits hold n. */
+static inline double fcnn_reduce(double x, double *r)
+{
+    double shifted = x * FCNN_INV_LN2 + FCNN_SHIFTER;
+    double n = shifted - FCNN_SHIFTER;
+    *r = (x - n * FCNN_LN2_HI) - n * FCNN_LN2_LO;
+    return shifted;
+}
+
+/* 2^n for shifted = n + 1.5 * 2^52 and -1022 <= n <= 1023: the exponent
+ * field is n + 1023, and the shift drops the high bits of the sum (1.5 *
+ * 2^52's bits shifted by 52 are zero). */
+static inline double fcnn_pow2(double shifted)
+{
+    uint64_t bits;
+    double scale;
+    memcpy(&bits, &shifted, sizeof bits);
+    bits = (bits + 1023) << 52;
+    memcpy(&scale, &bits, sizeof scale);
+    return scale;
+}
+
+/* expm1(r) for |r| <= ln 2 / 2 (a little more after rounding): Taylor to
+ * r^degree, as r + r^2 q so that the final addition carries the rounding.
+ * To r^13 the truncation is below 2e-17 relative (float64), to r^10 below
+ * 7e-13 (enough for a float result). A zero r gives +0: the callers restore
+ * -0.0. The degree is a constant where it is called: the loop unrolls. */
+static const double fcnn_inverse_factorials[14] = {
+    1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040, 1.0 / 40320,
+    1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800};
+
+static inline double fcnn_expm1_reduced(double r, int degree)
+{
+    double q = fcnn_inverse_factorials[degree];
+    for (int k = degree - 1; k >= 2; k--)
+        q = q * r + fcnn_inverse_factorials[k];
+    return r + r * r * q;
+}
+
+/* expm1(x) for x <= 0 (-inf and NaN included), -0.0 kept: 2^n p + (2^n - 1)
+ * with 2^n - 1 exact (n >= -53; below, both are -1 after rounding). Below
+ * `lowest`, where it rounds to -1, x is clamped. */
+static inline double fcnn_expm1_nonpositive(double x, double lowest, int degree)
+{
+    double r, shifted, scale, e;
+    double clamped = x < lowest ? lowest : x;
+    shifted = fcnn_reduce(clamped, &r);
+    scale = fcnn_pow2(shifted);
+    e = scale * fcnn_expm1_reduced(r, degree) + (scale - 1.0);
+    return x == 0.0 ? x : e;
+}
+
+/* float64 (within 2 ulps) and float32 accuracy (in double) */
+static inline double fcnn_expm1_nonpositive_d(double x)
+{
+    return fcnn_expm1_nonpositive(x, -50.0, 13);
+}
+
+static inline double fcnn_expm1_nonpositive_f(double x)
+{
+    return fcnn_expm1_nonpositive(x, -40.0, 10);
+}
+
+/* tanh(|x|) = -e / (e + 2) with e = expm1(-2|x|) in (-1, 0]: no cancellation
+ * near 0, no overflow for large |x| (e reaches -1, the quotient 1); the
+ * sign is x's (-0.0 gives -0.0). (Computed so in float64, tanh errs by
+ * up to 2.5 ulps near 1: float64 tanh is the C library's.) */
+static inline float fcnn_tanh_f(float x)
+{
+    double e = fcnn_expm1_nonpositive_f(-2.0 * fabs((double)x));
+    return (float)copysign(-e / (e + 2.0), (double)x);
+}
+
+/* 1 / (1 + exp(-x)) for x >= 0, exp(x) / (1 + exp(x)) below: one exp of
+ * -|x|, which never overflows. Where exp(-x) overflows in the dtype (below
+ * -ln of its largest finite value), sigmoid is 0, as 1 / (1 + exp(-x)) in
+ * the dtype gives it (and torch and SciPy's expit), not the subnormal
+ * number it is. */
+static inline float fcnn_sigmoid_f(float x)
+{
+    double e, clamped = -fabs((double)x);
+    double shifted, r;
+    clamped = clamped < -100.0 ? -100.0 : clamped; /* the result is 0 there */
+    shifted = fcnn_reduce(clamped, &r);
+    e = (1.0 + fcnn_expm1_reduced(r, 10)) * fcnn_pow2(shifted);
+    return x < -0x1.62e42ep6f ? 0.0f : (float)((x >= 0 ? 1.0 : e) / (1.0 + e));
+}
+
+#endif
