@@ -238,16 +238,20 @@ def _no_bias(dtype) -> np.ndarray:
 # a 2-core AMD EPYC: the direct forward is 1.2-10x as fast up to 32 filters
 # and 32 taps; with 64 filters both mostly write the output, about as fast.)
 _DIRECT_MAX_TAPS = 32
+#: ... and of windows at most this many cells high and wide.
+_DIRECT_MAX_EXTENT = 32
 _DIRECT_MAX_FILTERS = 32
 
 
 def _direct_eligible(x, weight, win: v.Window, groups: int) -> bool:
     """Whether conv2d of these operands (forward, weight and bias gradients)
     runs the direct kernels rather than the GEMM driver."""
-    # They copy the input zero-padded, every column phase of the stride: with
-    # a stride beyond the window, mostly cells that no window reads.
-    if (groups != 1 or win.sh > (win.kh - 1) * win.dh + 1
-            or win.sw > (win.kw - 1) * win.dw + 1):
+    # They copy the input zero-padded, every column phase of the stride, in
+    # bands as high as a window: with a stride beyond the window, mostly
+    # cells that no window reads, and a widely dilated window's band is huge.
+    extent_h, extent_w = (win.kh - 1) * win.dh + 1, (win.kw - 1) * win.dw + 1
+    if (groups != 1 or win.sh > extent_h or win.sw > extent_w
+            or max(extent_h, extent_w) > _DIRECT_MAX_EXTENT):
         return False
     forced = _backend.conv_algorithm()
     if forced != "auto":

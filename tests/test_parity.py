@@ -945,6 +945,26 @@ def test_conv2d_stride_beyond_the_input_leaves_one_window(algorithm):
                     np.testing.assert_allclose(got, expected, rtol=1e-13)
 
 
+@pytest.mark.parametrize("algorithm", ["auto", "gemm", "direct"])
+def test_conv2d_widely_dilated_window(algorithm):
+    # "same" padding of a 2x2 window dilated by 32769 once asked the direct
+    # kernels for a 32770 x 32770 scratch band (a MemoryError).
+    rng = np.random.default_rng(9)
+    x, dout = (make_values(rng, (1, 2, 3, 3), np.float64, "normal") for _ in range(2))
+    weight = make_values(rng, (2, 2, 2, 2), np.float64, "normal")
+    # (the NumPy twin pads the input itself: 32772 x 32772 planes, seconds)
+    for backend in BACKENDS[:1]:
+        with fastcnn.use_backend(backend), _backend.use_conv_algorithm(algorithm):
+            # both taps of every window fall in the padding (16384 cells before
+            # the input, 16385 after)
+            out = F.conv2d(x, weight, padding="same", dilation=32769)
+            np.testing.assert_array_equal(out, np.zeros((1, 2, 3, 3)))
+            dx, dw, db = F.conv2d_backward(dout, x, weight, padding="same", dilation=32769)
+            np.testing.assert_array_equal(dx, np.zeros_like(x))
+            np.testing.assert_array_equal(dw, np.zeros_like(weight))
+            np.testing.assert_allclose(db, dout.sum(axis=(0, 2, 3)), rtol=1e-13)
+
+
 def test_kernel_much_larger_than_input_is_a_global_pool():
     # kernel 2**40 with padding 2**39 covers the whole 8x8 input in one window.
     x = make_values(np.random.default_rng(7), (2, 3, 8, 8), np.float64, "normal")
