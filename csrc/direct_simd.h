@@ -49,6 +49,9 @@
 /* Most filters per forward block: 6 x 2 accumulators, 2 input vectors and
  * a broadcast weight fill 15 of the 16 AVX2 registers. */
 #define FCNN_DIRECT_FB 6
+/* The gradients' sums add runs of at most this many vectors (see
+ * fcnn_direct_wgrad): their error grows with the run, not the plane. */
+#define FCNN_DIRECT_RUN 64
 
 /* 1 where the AVX2 kernels run, else 0 (capped with the module's
  * fcnn_set_simd_cap, as the other SIMD kernels). */

@@ -83,43 +83,54 @@ FCNN_TARGET static void FCNN_D(fcnn_direct_row)(
 
 /* Weight gradient of FB filters (dout planes d + f*L) x TB taps (offsets
  * offs[0..TB)) over one sample, into dw[f*K + t]: per lane, the products
- * along each output row, rows in order; the lanes added last. The columns
- * past ow of the last vector of a row are masked off on both operands
- * (the input there may hold infinities). */
+ * along each output row in runs of at most FCNN_DIRECT_RUN vectors, each
+ * run's sum added to the total (a long plane's sum would otherwise gather
+ * rounding errors in proportion to its length), runs and rows in order;
+ * the lanes added last. The columns past ow of the last vector of a row
+ * are masked off on both operands (the input there may hold infinities). */
 #define FCNN_DIRECT_WTILE(FB, TB)                                                     \
 FCNN_TARGET static void FCNN_DCAT(FCNN_DCAT(FCNN_D(fcnn_direct_wtile), FB), TB)(       \
     const T *xs, const ptrdiff_t *offs, const T *d, ptrdiff_t L, ptrdiff_t oh,        \
     ptrdiff_t ow, ptrdiff_t rstep, T *dw, ptrdiff_t K)                                \
 {                                                                                     \
-    VT acc[FB][TB], dv[FB], m = V_MASK(ow % VL);                                      \
+    VT total[FB][TB], acc[FB][TB], dv[FB], m = V_MASK(ow % VL);                      \
     ptrdiff_t full = ow - ow % VL;                                                    \
     for (int f = 0; f < FB; f++)                                                      \
         for (int t = 0; t < TB; t++)                                                  \
-            acc[f][t] = V_ZERO();                                                     \
+            total[f][t] = V_ZERO();                                                   \
     for (ptrdiff_t y = 0; y < oh; y++) {                                              \
         const T *dr = d + y * ow, *xr = xs + y * rstep;                               \
-        for (ptrdiff_t x = 0; x < full; x += VL) {                                    \
+        for (ptrdiff_t x0 = 0; x0 == 0 || x0 < full; x0 += FCNN_DIRECT_RUN * VL) {    \
+            ptrdiff_t x1 = x0 + FCNN_DIRECT_RUN * VL < full ? x0 + FCNN_DIRECT_RUN * VL : full; \
             for (int f = 0; f < FB; f++)                                              \
-                dv[f] = V_LOAD(dr + f * L + x);                                       \
-            for (int t = 0; t < TB; t++) {                                            \
-                VT xv = V_LOAD(xr + offs[t] + x);                                     \
+                for (int t = 0; t < TB; t++)                                          \
+                    acc[f][t] = V_ZERO();                                             \
+            for (ptrdiff_t x = x0; x < x1; x += VL) {                                 \
                 for (int f = 0; f < FB; f++)                                          \
-                    acc[f][t] = V_ADD(acc[f][t], V_MUL(dv[f], xv));                          \
+                    dv[f] = V_LOAD(dr + f * L + x);                                   \
+                for (int t = 0; t < TB; t++) {                                        \
+                    VT xv = V_LOAD(xr + offs[t] + x);                                 \
+                    for (int f = 0; f < FB; f++)                                      \
+                        acc[f][t] = V_ADD(acc[f][t], V_MUL(dv[f], xv));               \
+                }                                                                     \
             }                                                                         \
-        }                                                                             \
-        if (full < ow) {                                                              \
+            if (x1 == full && full < ow) {                                            \
+                for (int f = 0; f < FB; f++)                                          \
+                    dv[f] = V_MASKLOAD(dr + f * L + full, m);                         \
+                for (int t = 0; t < TB; t++) {                                        \
+                    VT xv = V_AND(V_LOAD(xr + offs[t] + full), m);                    \
+                    for (int f = 0; f < FB; f++)                                      \
+                        acc[f][t] = V_ADD(acc[f][t], V_MUL(dv[f], xv));               \
+                }                                                                     \
+            }                                                                         \
             for (int f = 0; f < FB; f++)                                              \
-                dv[f] = V_MASKLOAD(dr + f * L + full, m);                             \
-            for (int t = 0; t < TB; t++) {                                            \
-                VT xv = V_AND(V_LOAD(xr + offs[t] + full), m);                        \
-                for (int f = 0; f < FB; f++)                                          \
-                    acc[f][t] = V_ADD(acc[f][t], V_MUL(dv[f], xv));                          \
-            }                                                                         \
+                for (int t = 0; t < TB; t++)                                          \
+                    total[f][t] = V_ADD(total[f][t], acc[f][t]);                      \
         }                                                                             \
     }                                                                                 \
     for (int f = 0; f < FB; f++)                                                      \
         for (int t = 0; t < TB; t++)                                                  \
-            dw[f * K + t] = V_HSUM(acc[f][t]);                                        \
+            dw[f * K + t] = V_HSUM(total[f][t]);                                      \
 }
 FCNN_DIRECT_WTILE(1, 1)
 FCNN_DIRECT_WTILE(1, 2)
@@ -136,7 +147,8 @@ FCNN_DIRECT_WTILE(3, 3)
 
 /* One sample's weight and bias gradients (as fcnn_direct_wgrad_*): blocks
  * of 3 filters x 3 taps; the bias gradient of each filter summed over its
- * flat dout plane per lane, the lanes added last. */
+ * flat dout plane per lane, in runs of FCNN_DIRECT_RUN vectors as above,
+ * the lanes added last. */
 FCNN_TARGET static void FCNN_D(fcnn_direct_wgrad)(
     const T *xs, const ptrdiff_t *offs, ptrdiff_t K, const T *d, ptrdiff_t F, ptrdiff_t oh,
     ptrdiff_t ow, ptrdiff_t rstep, T *dw, T *db)
@@ -165,8 +177,13 @@ FCNN_TARGET static void FCNN_D(fcnn_direct_wgrad)(
     for (ptrdiff_t f = 0; f < F; f++) {
         const T *df = d + f * L;
         VT s = V_ZERO();
-        for (ptrdiff_t l = 0; l < full; l += VL)
-            s = V_ADD(s, V_LOAD(df + l));
+        for (ptrdiff_t l0 = 0; l0 < full; l0 += FCNN_DIRECT_RUN * VL) {
+            ptrdiff_t l1 = l0 + FCNN_DIRECT_RUN * VL < full ? l0 + FCNN_DIRECT_RUN * VL : full;
+            VT run = V_ZERO();
+            for (ptrdiff_t l = l0; l < l1; l += VL)
+                run = V_ADD(run, V_LOAD(df + l));
+            s = V_ADD(s, run);
+        }
         if (full < L)
             s = V_ADD(s, V_MASKLOAD(df + full, V_MASK(L - full)));
         db[f] = V_HSUM(s);

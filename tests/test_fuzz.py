@@ -2437,6 +2437,13 @@ if __name__ != "__main__":
             "F.conv2d_backward", [arr([1, 1, 1, 1]), arr([1, 1, 1, 1]), arr([1, 1, 2, 2])],
             {"padding": "same", "dilation": 32769}, None,
         ),
+        # the direct kernels' bias gradient of a 65539-wide plane of equal
+        # values, summed in one run per lane, erred by 8e-5;
+        "long-conv2d_backward-long-plane": call(
+            "F.conv2d_backward",
+            [arr([1, 2, 1, 65539], layout="broadcast"), arr([1, 1, 1, 1]), arr([2, 1, 1, 1])],
+            {"padding": tup(0, 32769)}, None,
+        ),
         # a batch norm's mean of 1e30, -1e30
         # and small values is any small value, depending on the summation order.
         "long-BatchNorm2D-cancelling-mean": {
