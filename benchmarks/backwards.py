@@ -1,0 +1,58 @@
+"""Backward passes of max_unpool2d and adaptive_avg_pool2d against PyTorch.
+
+``fastcnn bench`` times these ops forward only. Here, on its shapes' pools
+(the pool's output unpooled back onto the conv's output; the conv's output
+pooled adaptively to 5x5), each backward is timed at one thread: fastcnn's
+public backward function, and the ATen call that PyTorch's autograd makes
+for it (a gather of the output gradient at the indices;
+``_adaptive_avg_pool2d_backward``). Medians of 7 runs each.
+
+    python benchmarks/backwards.py
+"""
+
+import time
+
+import numpy as np
+import torch
+
+import fastcnn
+import fastcnn.functional as F
+from fastcnn.bench import cases
+
+
+def _median(call, repeats=7):
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main():
+    torch.set_num_threads(1)
+    fastcnn.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    print("torch/fastcnn at 1 thread (> 1: fastcnn is faster)")
+    for name in ("cifar", "resnet", "mnist"):
+        shape = cases.SHAPES[name]
+        k, s, p = shape.pool_kernel, shape.pool_stride, shape.pool_padding
+        for dtype in (np.float32, np.float64):
+            x = rng.standard_normal(shape.pool_input).astype(dtype)
+            y, indices = F.max_pool2d(x, k, s, p, return_indices=True)
+            dout = rng.standard_normal(x.shape).astype(dtype)
+            ti, td = torch.from_numpy(indices), torch.from_numpy(dout)
+            mine = _median(lambda: F.max_unpool2d_backward(dout, indices))
+            theirs = _median(lambda: torch.gather(td.flatten(2), 2, ti.flatten(2)))
+            g = rng.standard_normal(x.shape[:2] + (5, 5)).astype(dtype)
+            tx, tg = torch.from_numpy(x), torch.from_numpy(g)
+            mine_a = _median(lambda: F.adaptive_avg_pool2d_backward(g, x.shape))
+            theirs_a = _median(lambda: torch.ops.aten._adaptive_avg_pool2d_backward(tg, tx))
+            print(f"{name:7s} {np.dtype(dtype).name:8s} max_unpool2d_backward {theirs / mine:5.2f} "
+                  f"({mine * 1e3:.3f} ms)  adaptive_avg_pool2d_backward {theirs_a / mine_a:5.2f} "
+                  f"({mine_a * 1e3:.3f} ms)")
+
+
+if __name__ == "__main__":
+    main()
