@@ -377,7 +377,7 @@ def _winograd_weight_grads(dout, x, weight, ph: int, pw: int):
               (dout, x, ph, pw, samples, rows, size, dweight, dbias), piece,
               macs=size * macs, taps=size * taps,
               **_gemm((samples * min(rows, th) * tw, c, f), groups * macs))
-    dweight, dbias = dweight.sum(axis=0).reshape(weight.shape), dbias.sum(axis=0)
+    dweight, dbias = _sum_parts(dweight).reshape(weight.shape), _sum_parts(dbias)
     if not (np.isfinite(dweight).all() and np.isfinite(dbias).all()):
         return None
     return dweight, dbias
@@ -464,6 +464,11 @@ def _batch_chunks(n: int, grad_bytes: int, most: int = _MAX_CHUNKS) -> tuple[int
     return size, -(-n // size)
 
 
+def _sum_parts(parts: np.ndarray) -> np.ndarray:
+    """The chunks' partial sums added in chunk order (the one chunk's, as it is)."""
+    return parts[0] if len(parts) == 1 else parts.sum(axis=0)
+
+
 def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bool = True,
                      weight_grad: bool = True):
     """:func:`conv2d_backward` of validated operands (C-contiguous, one dtype) and window.
@@ -525,7 +530,7 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bo
                   (dout, x, w, *win, groups, size, dx_part, dw_parts, db_parts),
                   piece, macs=size * macs, taps=size * taps, **_gemm((length, kg, f), n * macs))
     if want_grads:
-        grads = dweight.sum(axis=0).reshape(weight.shape), dbias.sum(axis=0)
+        grads = _sum_parts(dweight).reshape(weight.shape), _sum_parts(dbias)
     return dx if input_grad else None, *grads
 
 
@@ -538,11 +543,6 @@ _LINEAR_CHUNKS, _LINEAR_MIN_ROWS = 8, 256
 def _linear_chunks(n: int, weight: np.ndarray) -> tuple[int, int]:
     """``(samples per chunk, number of chunks)`` of a linear layer's batch of `n`."""
     return _batch_chunks(n, weight.nbytes, max(1, min(_LINEAR_CHUNKS, n // _LINEAR_MIN_ROWS)))
-
-
-def _sum_parts(parts: np.ndarray) -> np.ndarray:
-    """The chunks' partial sums added in chunk order (the one chunk's, as it is)."""
-    return parts[0] if len(parts) == 1 else parts.sum(axis=0)
 
 
 def _linear(x: np.ndarray, weight: np.ndarray, bias) -> np.ndarray:

@@ -533,14 +533,12 @@ def _torch_twin(layer, torch):
     return m
 
 
-def vgg_network(channels: int, rng=0):
+def _vgg(channels: int, rng):
     """A VGG-style network: two blocks of [3x3 conv - BatchNorm - ReLU] x 2
     (32, then 64 channels), each followed by a 2x2 max-pool, then global
     average pooling, Dropout(0.5) and a dense layer to 10 classes."""
     from .. import layers as L
-    from ..model import Sequential
 
-    rng = np.random.default_rng(rng)
     stack = []
     for width in (32, 64):
         for _ in range(2):
@@ -548,8 +546,7 @@ def vgg_network(channels: int, rng=0):
                       L.ReLU()]
             channels = width
         stack.append(L.MaxPool2D(2))
-    stack += [L.GlobalAvgPool2D(), L.Dropout(0.5, rng=rng), L.Dense(channels, 10, rng=rng)]
-    return Sequential(stack)
+    return stack + [L.GlobalAvgPool2D(), L.Dropout(0.5, rng=rng), L.Dense(channels, 10, rng=rng)]
 
 
 def _lenet5(channels: int, rng):
@@ -587,7 +584,7 @@ def _resnet(channels: int, rng):
 
 #: The training step's networks besides the demo's: builders of their layers
 #: from the input channels and a random generator (32x32 inputs).
-NETWORKS = {"vgg": lambda channels, rng: vgg_network(channels, rng).layers,
+NETWORKS = {"vgg": _vgg,
             "lenet5": _lenet5, "resnet": _resnet, "allconv": _allconv, "wide": _wide}
 
 
