@@ -5,7 +5,14 @@
 pooled adaptively to 5x5), each backward is timed at one thread: fastcnn's
 public backward function, and the ATen call that PyTorch's autograd makes
 for it (a gather of the output gradient at the indices;
-``_adaptive_avg_pool2d_backward``). Medians of 7 runs each.
+``_adaptive_avg_pool2d_backward``). Medians of 21 runs each, the
+compared calls timed in turn.
+
+The unpool backward is a gather that moves far more bytes than it computes
+on, so it is also compared with the time NumPy takes to move the same bytes
+in three plain passes (sum the indices, read one value per cache line of
+the gradient, fill the result): "floor/fastcnn" near 1 means the kernel
+runs at the memory's speed.
 
     python benchmarks/backwards.py
 """
@@ -20,14 +27,18 @@ import fastcnn.functional as F
 from fastcnn.bench import cases
 
 
-def _median(call, repeats=7):
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _medians(*calls, repeats=21):
+    """Median seconds of each call, the calls timed in turn (so that a change
+    of the machine's load falls on all of them alike)."""
+    times = [[] for _ in calls]
+    for call in calls:
         call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    for _ in range(repeats):
+        for call, spent in zip(calls, times):
+            start = time.perf_counter()
+            call()
+            spent.append(time.perf_counter() - start)
+    return [float(np.median(spent)) for spent in times]
 
 
 def main():
@@ -43,14 +54,21 @@ def main():
             y, indices = F.max_pool2d(x, k, s, p, return_indices=True)
             dout = rng.standard_normal(x.shape).astype(dtype)
             ti, td = torch.from_numpy(indices), torch.from_numpy(dout)
-            mine = _median(lambda: F.max_unpool2d_backward(dout, indices))
-            theirs = _median(lambda: torch.gather(td.flatten(2), 2, ti.flatten(2)))
+            lines = dout.reshape(-1)[:: 64 // dout.itemsize]
+            dx = np.empty(indices.shape, dtype)
+            mine, theirs, floor = _medians(
+                lambda: F.max_unpool2d_backward(dout, indices),
+                lambda: torch.gather(td.flatten(2), 2, ti.flatten(2)),
+                lambda: (indices.sum(), lines.sum(), dx.fill(0)),
+            )
             g = rng.standard_normal(x.shape[:2] + (5, 5)).astype(dtype)
             tx, tg = torch.from_numpy(x), torch.from_numpy(g)
-            mine_a = _median(lambda: F.adaptive_avg_pool2d_backward(g, x.shape))
-            theirs_a = _median(lambda: torch.ops.aten._adaptive_avg_pool2d_backward(tg, tx))
+            mine_a, theirs_a = _medians(
+                lambda: F.adaptive_avg_pool2d_backward(g, x.shape),
+                lambda: torch.ops.aten._adaptive_avg_pool2d_backward(tg, tx),
+            )
             print(f"{name:7s} {np.dtype(dtype).name:8s} max_unpool2d_backward {theirs / mine:5.2f} "
-                  f"({mine * 1e3:.3f} ms)  adaptive_avg_pool2d_backward {theirs_a / mine_a:5.2f} "
+                  f"({mine * 1e3:.3f} ms, floor/fastcnn {floor / mine:4.2f})  adaptive_avg_pool2d_backward {theirs_a / mine_a:5.2f} "
                   f"({mine_a * 1e3:.3f} ms)")
 
 
