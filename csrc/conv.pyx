@@ -7,7 +7,10 @@ through NumPy in the same order.
 
 A convolution goes sample by sample: each sample is unfolded (im2col) into
 the calling thread's scratch columns, which stay in cache for its GEMMs,
-one per group, through ``scipy.linalg.cython_blas``. Samples are spread
+one per group, through ``scipy.linalg.cython_blas``; the forward's, where
+the CPU has AVX2 and FMA, through ``gemm_simd.h`` instead, which packs the
+filters once per call rather than once per sample (a level-0 cap, see
+``_cap_simd``, makes it call BLAS). Samples are spread
 over the OpenMP team with the GIL released throughout; the Python layer
 makes sure that BLAS itself runs one thread meanwhile, so that the team is
 the only parallelism.
@@ -31,9 +34,72 @@ from libc.stdlib cimport free
 from libc.string cimport memcpy
 
 from gemm cimport gemm, row_sums
+from simd cimport fcnn_set_simd_cap
 from planes cimport FOLD_CHUNKS_DEFAULT, fold_by_rows, fold_plane, fold_tables, im2col_rows
 from scratch cimport per_thread_scratch
 from window cimport clip, end_inside, first_inside
+
+
+cdef extern from "gemm_simd.h" nogil:
+    int fcnn_gemm_level()
+    ptrdiff_t fcnn_gemm_ld_f32(ptrdiff_t n)
+    ptrdiff_t fcnn_gemm_ld_f64(ptrdiff_t n)
+    ptrdiff_t fcnn_gemm_packed_size(ptrdiff_t m, ptrdiff_t k)
+    void fcnn_gemm_pack_f32(const float* a, ptrdiff_t lda, ptrdiff_t m, ptrdiff_t k, float* packed)
+    void fcnn_gemm_pack_f64(const double* a, ptrdiff_t lda, ptrdiff_t m, ptrdiff_t k,
+                            double* packed)
+    void fcnn_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* packed,
+                       const float* b, ptrdiff_t ldb, const float* bias, float* c, ptrdiff_t ldc)
+    void fcnn_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const double* packed,
+                       const double* b, ptrdiff_t ldb, const double* bias, double* c,
+                       ptrdiff_t ldc)
+
+
+def _cap_simd(int level):
+    """Use SIMD kernels up to `level` (0 none: BLAS for every product); returns
+    the previous cap. For the tests, which run every instruction set the
+    machine has; the levels agree to rounding."""
+    return fcnn_set_simd_cap(level)
+
+
+# The gemm_simd.h forward unfolds and multiplies a sample in bands of output
+# rows of about this many bytes of columns, which stay in a 512 KiB L2 cache
+# beside the packed filters, but of at least OWN_GEMM_MIN_CELLS outputs, so
+# that each product has panels enough to pay for reading the filters. (Side
+# by side on a 2-core AMD EPYC, bands of 96-384 KiB and 64-256 outputs were
+# within noise of each other on 3x3 and 5x5 convolutions of 3-64 channels;
+# 5x5 ones from 3 channels ran 1.6x as fast as with whole samples.)
+cdef enum:
+    OWN_GEMM_BAND_BYTES = 128 << 10
+    OWN_GEMM_MIN_CELLS = 128
+
+
+cdef inline Py_ssize_t own_gemm_ld(bint own, Py_ssize_t n, floating* kind) noexcept nogil:
+    """Row stride of columns of `n` cells: gemm_simd.h's if `own`, else `n` (BLAS)."""
+    if not own:
+        return n
+    elif floating is float:
+        return fcnn_gemm_ld_f32(n)
+    else:
+        return fcnn_gemm_ld_f64(n)
+
+
+cdef inline void own_gemm_pack(const floating* a, Py_ssize_t lda, Py_ssize_t m, Py_ssize_t k,
+                               floating* packed) noexcept nogil:
+    if floating is float:
+        fcnn_gemm_pack_f32(a, lda, m, k, packed)
+    else:
+        fcnn_gemm_pack_f64(a, lda, m, k, packed)
+
+
+cdef inline void own_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* packed,
+                          const floating* b, Py_ssize_t ldb, const floating* bias, floating* c,
+                          Py_ssize_t ldc) noexcept nogil:
+    """gemm_simd.h's ``c = a @ b + bias`` (row-major, `a` packed by own_gemm_pack)."""
+    if floating is float:
+        fcnn_gemm_f32(m, n, k, packed, b, ldb, bias, c, ldc)
+    else:
+        fcnn_gemm_f64(m, n, k, packed, b, ldb, bias, c, ldc)
 
 
 cdef inline void add_into(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
@@ -46,17 +112,18 @@ cdef inline void unfold_sample(
     const floating* x, floating* cols, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-    Py_ssize_t oh, Py_ssize_t ow,
+    Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t ya, Py_ssize_t yb, Py_ssize_t ld,
 ) noexcept nogil:
-    """im2col of one (C, H, W) sample into its (C*kh*kw, oh*ow) columns."""
+    """im2col of one (C, H, W) sample: output rows ``[ya, yb)`` of its
+    (C*kh*kw, oh*ow) columns, each of those rows `ld` cells apart."""
     cdef Py_ssize_t c, i, j, y0, y1
     for c in range(C):
         for i in range(kh):
             y0 = clip(first_inside(i * dh - ph, sh), 0, oh)
             y1 = clip(end_inside(i * dh - ph, sh, H), y0, oh)
             for j in range(kw):
-                im2col_rows(x + c * H * W, cols + ((c * kh + i) * kw + j) * oh * ow,
-                            i * dh - ph, j * dw - pw, y0, y1, 0, oh, W, sh, sw, ow)
+                im2col_rows(x + c * H * W, cols + ((c * kh + i) * kw + j) * ld,
+                            i * dh - ph, j * dw - pw, y0, y1, ya, yb, W, sh, sw, ow)
 
 
 def conv2d_forward(
@@ -77,28 +144,55 @@ def conv2d_forward(
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = weight.shape[0], kg = weight.shape[1], fg = F // groups
-    cdef Py_ssize_t L = oh * ow, rows = C * kh * kw, n, g, f, stride = 0
+    cdef Py_ssize_t L = oh * ow, rows = C * kh * kw, n, g, f, l, stride = 0
     cdef bint has_bias = bias.shape[0] > 0
-    cdef floating* scratch = <floating*> per_thread_scratch(num_threads, rows * L, sizeof(floating),
-                                                            &stride)
+    cdef bint own = fcnn_gemm_level() > 0
+    # gemm_simd.h multiplies bands of output rows whose columns stay in L2
+    cdef Py_ssize_t band = oh
+    if own:
+        band = clip(max(OWN_GEMM_BAND_BYTES // (rows * ow * sizeof(floating)),
+                        (OWN_GEMM_MIN_CELLS + ow - 1) // ow), 1, oh)
+    cdef Py_ssize_t ld = own_gemm_ld(own, band * ow, <floating*> NULL), packed_stride = 0
+    cdef Py_ssize_t tile = fcnn_gemm_packed_size(fg, kg) if own else 0
+    cdef Py_ssize_t b, y0, cells
+    cdef floating* packed = NULL
+    cdef floating* scratch = NULL
     cdef floating* cols
     cdef floating* y
-    cdef Py_ssize_t l
     try:
+        scratch = <floating*> per_thread_scratch(num_threads, rows * ld, sizeof(floating), &stride)
+        if own:
+            # the filters, packed once for every sample's product
+            packed = <floating*> per_thread_scratch(1, groups * tile, sizeof(floating),
+                                                    &packed_stride)
+            for g in range(groups):
+                own_gemm_pack(&weight[g * fg, 0], kg, fg, kg, packed + g * tile)
         with nogil, parallel(num_threads=num_threads):
             cols = scratch + threadid() * stride
             for n in prange(N, schedule="dynamic"):
-                unfold_sample(&x[n, 0, 0, 0], cols, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
                 y = &out[n, 0, 0, 0]
-                for g in range(groups):
-                    gemm("N", "N", L, fg, kg, cols + g * kg * L, L, &weight[g * fg, 0], kg,
-                         y + g * fg * L, L)
-                if has_bias:
-                    for f in range(F):
-                        for l in range(L):
-                            y[f * L + l] += bias[f]
+                if not own:
+                    unfold_sample(&x[n, 0, 0, 0], cols, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw,
+                                  oh, ow, 0, oh, L)
+                    for g in range(groups):
+                        gemm("N", "N", L, fg, kg, cols + g * kg * L, L, &weight[g * fg, 0], kg,
+                             y + g * fg * L, L)
+                    if has_bias:
+                        for f in range(F):
+                            for l in range(L):
+                                y[f * L + l] += bias[f]
+                    continue
+                for b in range((oh + band - 1) // band):
+                    y0 = b * band
+                    cells = (min(y0 + band, oh) - y0) * ow
+                    unfold_sample(&x[n, 0, 0, 0], cols, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw,
+                                  oh, ow, y0, min(y0 + band, oh), ld)
+                    for g in range(groups):
+                        own_gemm(fg, cells, kg, packed + g * tile, cols + g * kg * ld, ld,
+                                 &bias[g * fg] if has_bias else NULL, y + g * fg * L + y0 * ow, L)
     finally:
         free(scratch)
+        free(packed)
     return out.base
 
 
@@ -159,7 +253,7 @@ def conv2d_backward(
                 for n in range(p * chunk, min(N, (p + 1) * chunk)):
                     if want_dw:
                         unfold_sample(&x[n, 0, 0, 0], cols, C, H, W, kh, kw, sh, sw, ph, pw, dh,
-                                      dw, oh, ow)
+                                      dw, oh, ow, 0, oh, L)
                     d = &dout[n, 0, 0, 0]
                     for g in range(groups):
                         if want_dw:

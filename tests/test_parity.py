@@ -317,12 +317,13 @@ def test_adaptive_windows_of_huge_axes_do_not_overflow():
 # on the same cases: padding, ceil mode, rows shorter than a vector, partial
 # vector blocks, more outputs per row than one chunk of blocks, odd sizes.
 
+from fastcnn._kernels import conv as _conv  # noqa: E402
 from fastcnn._kernels import direct as _direct  # noqa: E402
 from fastcnn._kernels import pool as _pool  # noqa: E402
 from fastcnn._kernels import unfold as _unfold  # noqa: E402
 
 SIMD_LEVELS = list(range(_pool._simd_level() + 1))
-_CAPPED = (_pool, _unfold, _direct)
+_CAPPED = (_pool, _unfold, _direct, _conv)
 
 
 @contextlib.contextmanager
@@ -742,6 +743,43 @@ def test_kernel_conv2d_direct(g, f, dtype, kind, seed, nt, level, chunk, with_bi
     _assert_sum_close(db_c, db_r, bound_b)
 
 
+# The GEMM driver's forward at every level: BLAS (level 0) and, with AVX2 and
+# FMA, gemm_simd.h's product, which packs the filters once per call and
+# multiplies bands of output rows. Cases span several of its blocks of 256
+# taps, partial tiles of filters (6 rows) and of outputs (8 or 16 columns),
+# several bands per sample and groups.
+
+@hsettings(150)
+@given(g=conv_geometries(max_n=3, max_c=40, max_k=5, max_d=2, max_p=2, extra=30),
+       f=st.integers(1, 20), groups=st.sampled_from([1, 2, 3]), dtype=dtypes,
+       kind=st.sampled_from(["normal", "ties", "special", "zeros"]), seed=seeds, nt=threads,
+       level=st.sampled_from(SIMD_LEVELS), with_bias=st.booleans())
+@example(g=Geometry(2, 40, 9, 11, 3, 3, 1, 1, 1, 1), f=13, groups=1, dtype=np.float32,
+         kind="normal", seed=0, nt=2, level=SIMD_LEVELS[-1], with_bias=True)  # 360 taps
+@example(g=Geometry(1, 64, 40, 40, 3, 3, 1, 1, 1, 1), f=7, groups=1, dtype=np.float64,
+         kind="normal", seed=1, nt=1, level=SIMD_LEVELS[-1], with_bias=True)  # 10 bands
+@example(g=Geometry(2, 300, 5, 7, 1, 1, 1, 1, 0, 0), f=11, groups=3, dtype=np.float32,
+         kind="ties", seed=2, nt=3, level=SIMD_LEVELS[-1], with_bias=False)  # 1x1, groups
+def test_kernel_conv2d_forward_levels(g, f, groups, dtype, kind, seed, nt, level, with_bias):
+    if g.c % groups:
+        g = dataclasses.replace(g, c=g.c + groups - g.c % groups)
+    f = f * groups
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, g.shape, dtype, kind)
+    w = make_values(rng, (f, g.c // groups * g.kh * g.kw), dtype, kind)
+    b = make_values(rng, (f,) if with_bias else (0,), dtype, kind)
+    out_shape = (g.n, f, g.conv_oh, g.conv_ow)
+    compiled, reference = _pair("conv2d_forward")
+    args = (*g.conv_params(), groups)
+    with _simd_cap(level), np.errstate(invalid="ignore", over="ignore"):
+        out_c = compiled(x, w, b, *args, _garbage(out_shape, dtype, 7.0), nt)
+        one = compiled(x, w, b, *args, _garbage(out_shape, dtype, -3.0), 1)
+        out_r = reference(x, w, b, *args, _garbage(out_shape, dtype, -3.0))
+        bound = reference(np.abs(x), np.abs(w), np.abs(b), *args, np.empty(out_shape, dtype))
+    _assert_same(out_c, one)  # the thread count changes nothing
+    _assert_sum_close(out_c, out_r, bound)
+
+
 @hsettings(80)
 @given(problem=conv_problems(), f=st.integers(1, 9), dtype=dtypes,
        kind=st.sampled_from(["normal", "ties", "special"]), seed=seeds, layout=layouts,
@@ -758,7 +796,10 @@ def test_public_conv2d_direct_equals_gemm(problem, f, dtype, kind, seed, layout,
     arrays = [x, w, b] if with_bias else [x, w]
     with np.errstate(invalid="ignore"):
         with _backend.use_conv_algorithm("direct"):
-            out = _all_ways(F.conv2d, arrays, layout, **kwargs)
+            # (a stride beyond the window's extent runs the GEMM driver even so)
+            win = _validation.conv_window(x.shape, w.shape[2:], **kwargs)
+            direct = F._direct_eligible(x, w, win, 1)
+            out = _all_ways(F.conv2d, arrays, layout, gemm=not direct, **kwargs)
         with _backend.use_conv_algorithm("gemm"):
             expected = F.conv2d(*arrays, **kwargs)
         _assert_sum_close(out, expected, F.conv2d(*[np.abs(a) for a in arrays], **kwargs))

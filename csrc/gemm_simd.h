@@ -1,0 +1,164 @@
+/* An AVX2 + FMA matrix product for the conv2d forward driver (csrc/conv.pyx):
+ * ``c = a @ b (+ bias per row)``, row-major, with `a` packed once per call.
+ *
+ * The driver unfolds a sample into columns b (K x N, row stride ldb) and
+ * multiplies the filters a (M x K) by them. A general BLAS packs both
+ * operands on every call, and a convolution calls it once per sample, so it
+ * packs the same filters N times over; here they are packed once (by
+ * fcnn_gemm_pack_*), and b is read where the unfolding wrote it: the driver
+ * gives its rows a stride of an odd number of 64-byte lines
+ * (fcnn_gemm_ld_*), so that the lines of a column panel spread over every
+ * set of the L1 cache.
+ *
+ * Blocking (as in BLIS): for each block of KC rows of b, for each panel of
+ * NR columns of b, for each tile of MR rows of a, the micro-kernel keeps
+ * the MR x NR tile of c in 12 vector registers over the block's KC
+ * products, loading one column-panel row and broadcasting MR filter values
+ * per step. The panel (KC x NR, 16 KiB) stays in L1 across the tiles, the
+ * block of a (M x KC) in L2.
+ *
+ * Each element of c is summed in one fixed order, k = 0, 1, ..., K - 1, by
+ * fused multiply-adds from +0.0 (the running sum passes through c between
+ * blocks of KC), and the bias is added last: the result depends neither on
+ * the thread count nor on where the tile lies. It differs from a BLAS
+ * product by rounding only.
+ *
+ * Only x86-64 builds with GCC or Clang have it (fcnn_gemm_level() is 0
+ * elsewhere, and the driver calls BLAS).
+ */
+#ifndef FASTCNN_GEMM_SIMD_H
+#define FASTCNN_GEMM_SIMD_H
+
+#include <stddef.h>
+#include <string.h>
+
+#include "simd.h"
+
+/* Rows of a per tile; columns of b per panel (two AVX2 vectors); rows of b
+ * per block. */
+#define FCNN_GEMM_MR 6
+#define FCNN_GEMM_NR_F32 16
+#define FCNN_GEMM_NR_F64 8
+#define FCNN_GEMM_KC 256
+
+/* Row stride for N columns of b: whole panels, an odd number of 64-byte
+ * lines (both panel widths are one line). */
+static ptrdiff_t fcnn_gemm_ld_f32(ptrdiff_t n) { return FCNN_GEMM_NR_F32 * (((n + 15) / 16) | 1); }
+static ptrdiff_t fcnn_gemm_ld_f64(ptrdiff_t n) { return FCNN_GEMM_NR_F64 * (((n + 7) / 8) | 1); }
+
+/* Cells of a packed M x K matrix: MR-row tiles, the last zero-padded. */
+static ptrdiff_t fcnn_gemm_packed_size(ptrdiff_t m, ptrdiff_t k)
+{
+    return (m + FCNN_GEMM_MR - 1) / FCNN_GEMM_MR * FCNN_GEMM_MR * k;
+}
+
+/* Pack a (M x K, row stride lda): tile t holds rows t*MR ..., column by
+ * column: packed[(t*K + k)*MR + r] = a[(t*MR + r)*lda + k]. */
+#define FCNN_GEMM_PACK(T, sfx)                                                      \
+    static void fcnn_gemm_pack_##sfx(const T *a, ptrdiff_t lda, ptrdiff_t m, ptrdiff_t k, \
+                                     T *packed)                                     \
+    {                                                                               \
+        for (ptrdiff_t t = 0; t * FCNN_GEMM_MR < m; t++)                            \
+            for (ptrdiff_t j = 0; j < k; j++)                                       \
+                for (ptrdiff_t r = 0; r < FCNN_GEMM_MR; r++) {                      \
+                    ptrdiff_t row = t * FCNN_GEMM_MR + r;                           \
+                    packed[(t * k + j) * FCNN_GEMM_MR + r] = row < m ? a[row * lda + j] : 0; \
+                }                                                                   \
+    }
+FCNN_GEMM_PACK(float, f32)
+FCNN_GEMM_PACK(double, f64)
+#undef FCNN_GEMM_PACK
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+
+static int fcnn_gemm_level(void)
+{
+    return fcnn_simd_level() > 0 && __builtin_cpu_supports("fma");
+}
+
+/* The micro-kernel: c[0:rows, 0:cols] (row stride ldc) = (c if `accumulate`
+ * else 0) + a_tile @ b_panel over kc steps, plus bias[0:rows] if `bias`.
+ * A partial tile goes through a local copy, so that only its own cells are
+ * read and written. */
+#define FCNN_GEMM_KERNEL(T, V, sfx, NR, LANES, vload, vstore, vzero, vset1, vfmadd, vadd) \
+    __attribute__((target("avx2,fma"))) static void fcnn_gemm_tile_##sfx(          \
+        ptrdiff_t kc, const T *a, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc,      \
+        int accumulate, const T *bias, ptrdiff_t rows, ptrdiff_t cols)              \
+    {                                                                               \
+        T local[FCNN_GEMM_MR * NR];                                                 \
+        T *dst = c;                                                                 \
+        ptrdiff_t ld = ldc;                                                         \
+        if (rows < FCNN_GEMM_MR || cols < NR) {                                     \
+            dst = local, ld = NR;                                                   \
+            memset(local, 0, sizeof local);                                         \
+            if (accumulate)                                                         \
+                for (ptrdiff_t r = 0; r < rows; r++)                                \
+                    memcpy(local + r * NR, c + r * ldc, cols * sizeof(T));          \
+        }                                                                           \
+        V acc[FCNN_GEMM_MR][2];                                                     \
+        for (int r = 0; r < FCNN_GEMM_MR; r++) {                                    \
+            acc[r][0] = accumulate ? vload(dst + r * ld) : vzero();                 \
+            acc[r][1] = accumulate ? vload(dst + r * ld + LANES) : vzero();         \
+        }                                                                           \
+        for (ptrdiff_t k = 0; k < kc; k++) {                                        \
+            V b0 = vload(b + k * ldb), b1 = vload(b + k * ldb + LANES);             \
+            for (int r = 0; r < FCNN_GEMM_MR; r++) {                                \
+                V w = vset1(a[k * FCNN_GEMM_MR + r]);                               \
+                acc[r][0] = vfmadd(w, b0, acc[r][0]);                               \
+                acc[r][1] = vfmadd(w, b1, acc[r][1]);                               \
+            }                                                                       \
+        }                                                                           \
+        for (int r = 0; r < FCNN_GEMM_MR; r++) {                                    \
+            if (bias && r < rows) {                                                 \
+                V s = vset1(bias[r]);                                               \
+                acc[r][0] = vadd(acc[r][0], s);                                     \
+                acc[r][1] = vadd(acc[r][1], s);                                     \
+            }                                                                       \
+            vstore(dst + r * ld, acc[r][0]);                                        \
+            vstore(dst + r * ld + LANES, acc[r][1]);                                \
+        }                                                                           \
+        if (dst == local)                                                           \
+            for (ptrdiff_t r = 0; r < rows; r++)                                    \
+                memcpy(c + r * ldc, local + r * NR, cols * sizeof(T));              \
+    }
+FCNN_GEMM_KERNEL(float, __m256, f32, FCNN_GEMM_NR_F32, 8, _mm256_loadu_ps, _mm256_storeu_ps,
+                 _mm256_setzero_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps)
+FCNN_GEMM_KERNEL(double, __m256d, f64, FCNN_GEMM_NR_F64, 4, _mm256_loadu_pd, _mm256_storeu_pd,
+                 _mm256_setzero_pd, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_add_pd)
+#undef FCNN_GEMM_KERNEL
+
+/* c (M x N, row stride ldc) = a @ b + bias (bias per row; NULL for none),
+ * with `packed` = fcnn_gemm_pack of a (M x K) and b (K x N, row stride ldb)
+ * readable up to whole panels: ldb >= N rounded up to NR; K >= 1. */
+#define FCNN_GEMM(T, sfx, NR)                                                       \
+    static void fcnn_gemm_##sfx(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *packed, \
+                                const T *b, ptrdiff_t ldb, const T *bias, T *c, ptrdiff_t ldc) \
+    {                                                                               \
+        for (ptrdiff_t k0 = 0; k0 < k; k0 += FCNN_GEMM_KC) {                        \
+            ptrdiff_t kc = k - k0 < FCNN_GEMM_KC ? k - k0 : FCNN_GEMM_KC;           \
+            int last = k0 + kc == k;                                                \
+            for (ptrdiff_t j = 0; j < n; j += NR)                                   \
+                for (ptrdiff_t i = 0; i < m; i += FCNN_GEMM_MR)                     \
+                    fcnn_gemm_tile_##sfx(kc, packed + (i * k + k0 * FCNN_GEMM_MR),  \
+                                         b + k0 * ldb + j, ldb, c + i * ldc + j, ldc, \
+                                         k0 > 0, last && bias ? bias + i : NULL,    \
+                                         m - i < FCNN_GEMM_MR ? m - i : FCNN_GEMM_MR, \
+                                         n - j < NR ? n - j : NR);                  \
+        }                                                                           \
+    }
+FCNN_GEMM(float, f32, FCNN_GEMM_NR_F32)
+FCNN_GEMM(double, f64, FCNN_GEMM_NR_F64)
+#undef FCNN_GEMM
+
+#else
+
+static int fcnn_gemm_level(void) { return 0; }
+static void fcnn_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *packed,
+                          const float *b, ptrdiff_t ldb, const float *bias, float *c,
+                          ptrdiff_t ldc) {}
+static void fcnn_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const double *packed,
+                          const double *b, ptrdiff_t ldb, const double *bias, double *c,
+                          ptrdiff_t ldc) {}
+
+#endif
+#endif
