@@ -52,17 +52,18 @@ static ptrdiff_t fcnn_gemm_packed_size(ptrdiff_t m, ptrdiff_t k)
     return (m + FCNN_GEMM_MR - 1) / FCNN_GEMM_MR * FCNN_GEMM_MR * k;
 }
 
-/* Pack a (M x K, row stride lda): tile t holds rows t*MR ..., column by
- * column: packed[(t*K + k)*MR + r] = a[(t*MR + r)*lda + k]. */
+/* Pack a (M x K; element (i, j) at a[i*rs + j*cs], so a transposed matrix
+ * packs as well): tile t holds rows t*MR ..., column by column:
+ * packed[(t*K + j)*MR + r] = a(t*MR + r, j). */
 #define FCNN_GEMM_PACK(T, sfx)                                                      \
-    static void fcnn_gemm_pack_##sfx(const T *a, ptrdiff_t lda, ptrdiff_t m, ptrdiff_t k, \
-                                     T *packed)                                     \
+    static void fcnn_gemm_pack_##sfx(const T *a, ptrdiff_t rs, ptrdiff_t cs, ptrdiff_t m, \
+                                     ptrdiff_t k, T *packed)                        \
     {                                                                               \
         for (ptrdiff_t t = 0; t * FCNN_GEMM_MR < m; t++)                            \
             for (ptrdiff_t j = 0; j < k; j++)                                       \
                 for (ptrdiff_t r = 0; r < FCNN_GEMM_MR; r++) {                      \
                     ptrdiff_t row = t * FCNN_GEMM_MR + r;                           \
-                    packed[(t * k + j) * FCNN_GEMM_MR + r] = row < m ? a[row * lda + j] : 0; \
+                    packed[(t * k + j) * FCNN_GEMM_MR + r] = row < m ? a[row * rs + j * cs] : 0; \
                 }                                                                   \
     }
 FCNN_GEMM_PACK(float, f32)
@@ -76,11 +77,25 @@ static int fcnn_gemm_level(void)
     return fcnn_simd_level() > 0 && __builtin_cpu_supports("fma");
 }
 
+/* Lanes below n (of a vector of LANES) set, for masked loads. */
+__attribute__((target("avx2"))) static __m256i fcnn_gemm_mask_f32(ptrdiff_t n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n < 0 ? 0 : n > 8 ? 8 : n)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+__attribute__((target("avx2"))) static __m256i fcnn_gemm_mask_f64(ptrdiff_t n)
+{
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n < 0 ? 0 : n > 4 ? 4 : n),
+                              _mm256_setr_epi64x(0, 1, 2, 3));
+}
+
 /* The micro-kernel: c[0:rows, 0:cols] (row stride ldc) = (c if `accumulate`
  * else 0) + a_tile @ b_panel over kc steps, plus bias[0:rows] if `bias`.
- * A partial tile goes through a local copy, so that only its own cells are
- * read and written. */
-#define FCNN_GEMM_KERNEL(T, V, sfx, NR, LANES, vload, vstore, vzero, vset1, vfmadd, vadd) \
+ * A partial panel of b is read through masked loads, which touch none of
+ * the cells past `cols`, and a partial tile of c goes through a local
+ * copy: only the operands' own cells are read and written. */
+#define FCNN_GEMM_KERNEL(T, V, sfx, NR, LANES, vload, vstore, vzero, vset1, vfmadd, vadd, \
+                         vmaskload)                                                 \
     __attribute__((target("avx2,fma"))) static void fcnn_gemm_tile_##sfx(          \
         ptrdiff_t kc, const T *a, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc,      \
         int accumulate, const T *bias, ptrdiff_t rows, ptrdiff_t cols)              \
@@ -100,12 +115,24 @@ static int fcnn_gemm_level(void)
             acc[r][0] = accumulate ? vload(dst + r * ld) : vzero();                 \
             acc[r][1] = accumulate ? vload(dst + r * ld + LANES) : vzero();         \
         }                                                                           \
-        for (ptrdiff_t k = 0; k < kc; k++) {                                        \
-            V b0 = vload(b + k * ldb), b1 = vload(b + k * ldb + LANES);             \
-            for (int r = 0; r < FCNN_GEMM_MR; r++) {                                \
-                V w = vset1(a[k * FCNN_GEMM_MR + r]);                               \
-                acc[r][0] = vfmadd(w, b0, acc[r][0]);                               \
-                acc[r][1] = vfmadd(w, b1, acc[r][1]);                               \
+        if (cols == NR)                                                             \
+            for (ptrdiff_t k = 0; k < kc; k++) {                                    \
+                V b0 = vload(b + k * ldb), b1 = vload(b + k * ldb + LANES);         \
+                for (int r = 0; r < FCNN_GEMM_MR; r++) {                            \
+                    V w = vset1(a[k * FCNN_GEMM_MR + r]);                           \
+                    acc[r][0] = vfmadd(w, b0, acc[r][0]);                           \
+                    acc[r][1] = vfmadd(w, b1, acc[r][1]);                           \
+                }                                                                   \
+            }                                                                       \
+        else {                                                                      \
+            __m256i m0 = fcnn_gemm_mask_##sfx(cols), m1 = fcnn_gemm_mask_##sfx(cols - LANES); \
+            for (ptrdiff_t k = 0; k < kc; k++) {                                    \
+                V b0 = vmaskload(b + k * ldb, m0), b1 = vmaskload(b + k * ldb + LANES, m1); \
+                for (int r = 0; r < FCNN_GEMM_MR; r++) {                            \
+                    V w = vset1(a[k * FCNN_GEMM_MR + r]);                           \
+                    acc[r][0] = vfmadd(w, b0, acc[r][0]);                           \
+                    acc[r][1] = vfmadd(w, b1, acc[r][1]);                           \
+                }                                                                   \
             }                                                                       \
         }                                                                           \
         for (int r = 0; r < FCNN_GEMM_MR; r++) {                                    \
@@ -122,14 +149,16 @@ static int fcnn_gemm_level(void)
                 memcpy(c + r * ldc, local + r * NR, cols * sizeof(T));              \
     }
 FCNN_GEMM_KERNEL(float, __m256, f32, FCNN_GEMM_NR_F32, 8, _mm256_loadu_ps, _mm256_storeu_ps,
-                 _mm256_setzero_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps)
+                 _mm256_setzero_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps,
+                 _mm256_maskload_ps)
 FCNN_GEMM_KERNEL(double, __m256d, f64, FCNN_GEMM_NR_F64, 4, _mm256_loadu_pd, _mm256_storeu_pd,
-                 _mm256_setzero_pd, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_add_pd)
+                 _mm256_setzero_pd, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_add_pd,
+                 _mm256_maskload_pd)
 #undef FCNN_GEMM_KERNEL
 
 /* c (M x N, row stride ldc) = a @ b + bias (bias per row; NULL for none),
- * with `packed` = fcnn_gemm_pack of a (M x K) and b (K x N, row stride ldb)
- * readable up to whole panels: ldb >= N rounded up to NR; K >= 1. */
+ * with `packed` = fcnn_gemm_pack of a (M x K) and b (K x N, row stride ldb);
+ * K >= 1. */
 #define FCNN_GEMM(T, sfx, NR)                                                       \
     static void fcnn_gemm_##sfx(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *packed, \
                                 const T *b, ptrdiff_t ldb, const T *bias, T *c, ptrdiff_t ldc) \
@@ -152,7 +181,7 @@ FCNN_GEMM(double, f64, FCNN_GEMM_NR_F64)
 
 #else
 
-static int fcnn_gemm_level(void) { return 0; }
+static int fcnn_gemm_level(void) { return 0; }  /* the drivers call BLAS */
 static void fcnn_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *packed,
                           const float *b, ptrdiff_t ldb, const float *bias, float *c,
                           ptrdiff_t ldc) {}

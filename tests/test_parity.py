@@ -743,9 +743,9 @@ def test_kernel_conv2d_direct(g, f, dtype, kind, seed, nt, level, chunk, with_bi
     _assert_sum_close(db_c, db_r, bound_b)
 
 
-# The GEMM driver's forward at every level: BLAS (level 0) and, with AVX2 and
-# FMA, gemm_simd.h's product, which packs the filters once per call and
-# multiplies bands of output rows. Cases span several of its blocks of 256
+# The GEMM driver's forward and input gradient at every level: BLAS (level 0)
+# and, with AVX2 and FMA, gemm_simd.h's products, which pack the filters once
+# per call (the forward multiplies bands of output rows). Cases span several of its blocks of 256
 # taps, partial tiles of filters (6 rows) and of outputs (8 or 16 columns),
 # several bands per sample and groups.
 
@@ -760,7 +760,7 @@ def test_kernel_conv2d_direct(g, f, dtype, kind, seed, nt, level, chunk, with_bi
          kind="normal", seed=1, nt=1, level=SIMD_LEVELS[-1], with_bias=True)  # 10 bands
 @example(g=Geometry(2, 300, 5, 7, 1, 1, 1, 1, 0, 0), f=11, groups=3, dtype=np.float32,
          kind="ties", seed=2, nt=3, level=SIMD_LEVELS[-1], with_bias=False)  # 1x1, groups
-def test_kernel_conv2d_forward_levels(g, f, groups, dtype, kind, seed, nt, level, with_bias):
+def test_kernel_conv2d_gemm_levels(g, f, groups, dtype, kind, seed, nt, level, with_bias):
     if g.c % groups:
         g = dataclasses.replace(g, c=g.c + groups - g.c % groups)
     f = f * groups
@@ -778,6 +778,24 @@ def test_kernel_conv2d_forward_levels(g, f, groups, dtype, kind, seed, nt, level
         bound = reference(np.abs(x), np.abs(w), np.abs(b), *args, np.empty(out_shape, dtype))
     _assert_same(out_c, one)  # the thread count changes nothing
     _assert_sum_close(out_c, out_r, bound)
+
+    # the input gradient (also gemm_simd.h's where it runs), alone and with the others
+    dout = make_values(rng, out_shape, dtype, kind)
+    compiled, reference = _pair("conv2d_backward")
+    f_, k_ = w.shape
+    with _simd_cap(level), np.errstate(invalid="ignore", over="ignore"):
+        for parts in (0, g.n):
+            grads = [(_garbage(g.shape, dtype, fill), _garbage((parts, f_, k_), dtype, fill),
+                      _garbage((parts, f_), dtype, fill)) for fill in (7.0, -3.0, 5.0)]
+            for run, grad in zip((lambda *a: compiled(*a, nt), lambda *a: compiled(*a, 1),
+                                  reference), grads):
+                run(dout, x, w, *args, 1, *grad)
+            bound = reference(np.abs(dout), np.abs(x), np.abs(w), *args, 1,
+                              np.empty(g.shape, dtype), np.empty((parts, f_, k_), dtype),
+                              np.empty((parts, f_), dtype))
+            for got, one, expected in zip(*grads):
+                _assert_same(got, one)
+            _assert_sum_close(grads[0][0], grads[2][0], bound)
 
 
 @hsettings(80)
