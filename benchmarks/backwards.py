@@ -27,7 +27,7 @@ import fastcnn.functional as F
 from fastcnn.bench import cases
 
 
-def _medians(*calls, repeats=21):
+def interleaved_medians(*calls, repeats=21):
     """Median seconds of each call, the calls timed in turn (so that a change
     of the machine's load falls on all of them alike)."""
     times = [[] for _ in calls]
@@ -56,14 +56,14 @@ def main():
             ti, td = torch.from_numpy(indices), torch.from_numpy(dout)
             lines = dout.reshape(-1)[:: 64 // dout.itemsize]
             dx = np.empty(indices.shape, dtype)
-            mine, theirs, floor = _medians(
+            mine, theirs, floor = interleaved_medians(
                 lambda: F.max_unpool2d_backward(dout, indices),
                 lambda: torch.gather(td.flatten(2), 2, ti.flatten(2)),
                 lambda: (indices.sum(), lines.sum(), dx.fill(0)),
             )
             g = rng.standard_normal(x.shape[:2] + (5, 5)).astype(dtype)
             tx, tg = torch.from_numpy(x), torch.from_numpy(g)
-            mine_a, theirs_a = _medians(
+            mine_a, theirs_a = interleaved_medians(
                 lambda: F.adaptive_avg_pool2d_backward(g, x.shape),
                 lambda: torch.ops.aten._adaptive_avg_pool2d_backward(tg, tx),
             )

@@ -26,6 +26,8 @@ from fastcnn.bench import cases
 from fastcnn.losses import softmax_cross_entropy
 from fastcnn.optim import Adam
 
+from backwards import interleaved_medians  # this folder's script
+
 NETS = ("mnist", "cifar-demo", "cifar-vgg", "lenet5", "cifar-resnet", "cifar-allconv", "cifar-wide")
 
 
@@ -56,22 +58,10 @@ def _products(model, x):
     return total
 
 
-def _interleaved(calls, steps):
-    times = [[] for _ in calls]
-    for call in calls:
-        call()
-    for _ in range(steps):
-        for call, spent in zip(calls, times):
-            start = time.perf_counter()
-            call()
-            spent.append(time.perf_counter() - start)
-    return [float(np.median(t)) for t in times]
-
-
 def _gemm_rate():
     a = np.random.default_rng(0).standard_normal((1536, 1536)).astype(np.float32)
     with threadpool_limits(1):
-        (seconds,) = _interleaved([lambda: a @ a], 5)
+        (seconds,) = interleaved_medians(lambda: a @ a, repeats=5)
     return 2 * 1536**3 / seconds
 
 
@@ -106,7 +96,7 @@ def main():
             torch.nn.functional.cross_entropy(net(tx), tl).backward()
             topt.step()
 
-        mine, theirs = _interleaved([step, torch_step], args.steps)
+        mine, theirs = interleaved_medians(step, torch_step, repeats=args.steps)
         print(f"{name:14s} {flops / 1e9:6.2f} {mine * 1e3:10.1f} {flops / mine / 1e9:7.1f} "
               f"{theirs * 1e3:8.1f} {flops / theirs / 1e9:7.1f} {flops / rate * 1e3:15.1f}")
 

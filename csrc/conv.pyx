@@ -45,9 +45,8 @@ cdef extern from "gemm_simd.h" nogil:
     ptrdiff_t fcnn_gemm_ld_f32(ptrdiff_t n)
     ptrdiff_t fcnn_gemm_ld_f64(ptrdiff_t n)
     ptrdiff_t fcnn_gemm_packed_size(ptrdiff_t m, ptrdiff_t k)
-    void fcnn_gemm_pack_f32(const float* a, ptrdiff_t rs, ptrdiff_t cs, ptrdiff_t m, ptrdiff_t k,
-                            float* packed)
-    void fcnn_gemm_pack_f64(const double* a, ptrdiff_t rs, ptrdiff_t cs, ptrdiff_t m, ptrdiff_t k,
+    void fcnn_gemm_pack_f32(const float* a, ptrdiff_t lda, ptrdiff_t m, ptrdiff_t k, float* packed)
+    void fcnn_gemm_pack_f64(const double* a, ptrdiff_t lda, ptrdiff_t m, ptrdiff_t k,
                             double* packed)
     void fcnn_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* packed,
                        const float* b, ptrdiff_t ldb, const float* bias, float* c, ptrdiff_t ldc)
@@ -85,24 +84,19 @@ cdef inline Py_ssize_t own_gemm_ld(bint own, Py_ssize_t n, floating* kind) noexc
         return fcnn_gemm_ld_f64(n)
 
 
-cdef floating* own_gemm_pack(const floating[:, ::1] weight, Py_ssize_t groups,
-                            bint transposed) except NULL:
+cdef floating* own_gemm_pack(const floating[:, ::1] weight, Py_ssize_t groups) except NULL:
     """Each group's filters (``weight``'s rows, F/groups per group) packed by
-    gemm_simd.h for ``filters @ columns``, or if `transposed` for
-    ``filters.T @ dout``; group g's at ``g * fcnn_gemm_packed_size(m, k)`` of
-    the result (free it with ``free``), m x k = F/groups x C/groups*kh*kw or
-    the reverse."""
+    gemm_simd.h, group g's at ``g * fcnn_gemm_packed_size(F/groups, kg)`` of
+    the result (free it with ``free``)."""
     cdef Py_ssize_t fg = weight.shape[0] // groups, kg = weight.shape[1], g, stride = 0
-    cdef Py_ssize_t m = kg if transposed else fg, k = fg if transposed else kg
-    cdef Py_ssize_t size = fcnn_gemm_packed_size(m, k)
-    cdef Py_ssize_t rs = 1 if transposed else kg, cs = kg if transposed else 1
+    cdef Py_ssize_t size = fcnn_gemm_packed_size(fg, kg)
     cdef floating* packed = <floating*> per_thread_scratch(1, groups * size, sizeof(floating),
                                                            &stride)
     for g in range(groups):
         if floating is float:
-            fcnn_gemm_pack_f32(&weight[g * fg, 0], rs, cs, m, k, packed + g * size)
+            fcnn_gemm_pack_f32(&weight[g * fg, 0], kg, fg, kg, packed + g * size)
         else:
-            fcnn_gemm_pack_f64(&weight[g * fg, 0], rs, cs, m, k, packed + g * size)
+            fcnn_gemm_pack_f64(&weight[g * fg, 0], kg, fg, kg, packed + g * size)
     return packed
 
 
@@ -176,7 +170,7 @@ def conv2d_forward(
     try:
         scratch = <floating*> per_thread_scratch(num_threads, rows * ld, sizeof(floating), &stride)
         if own:
-            packed = own_gemm_pack(weight, groups, False)  # once for every sample's product
+            packed = own_gemm_pack(weight, groups)  # once for every sample's product
         with nogil, parallel(num_threads=num_threads):
             cols = scratch + threadid() * stride
             for n in prange(N, schedule="dynamic"):
@@ -233,10 +227,6 @@ def conv2d_backward(
     cdef Py_ssize_t F = weight.shape[0], kg = weight.shape[1], fg = F // groups
     cdef bint want_dx = dx.shape[0] > 0, want_dw = dweight_parts.shape[0] > 0
     cdef Py_ssize_t L = oh * ow, rows = C * kh * kw
-    # the input gradient's products by gemm_simd.h where it runs, else BLAS
-    cdef bint own = want_dx and fcnn_gemm_level() > 0
-    cdef Py_ssize_t tile = fcnn_gemm_packed_size(kg, fg) if own else 0
-    cdef floating* packed = NULL
     cdef Py_ssize_t parts = dweight_parts.shape[0] if want_dw else (N + chunk - 1) // chunk
     cdef Py_ssize_t p, n, g, c, l, stride = 0, t_stride = 0
     cdef bint by_rows = fold_by_rows(W, kw, sw, pw, dw, ow, sizeof(floating), FOLD_CHUNKS_DEFAULT)
@@ -254,8 +244,6 @@ def conv2d_backward(
     try:
         scratch = <floating*> per_thread_scratch(num_threads, cells, sizeof(floating), &stride)
         tables = fold_tables(num_threads if by_rows else 0, kh, kw, &t_stride)
-        if own:
-            packed = own_gemm_pack(weight, groups, True)
         with nogil, parallel(num_threads=num_threads):
             cols = scratch + threadid() * stride
             dcols = cols + rows * L
@@ -275,10 +263,7 @@ def conv2d_backward(
                         if want_dw:
                             gemm("T", "N", kg, fg, L, cols + g * kg * L, L, d + g * fg * L, L,
                                  dw1 + g * fg * kg, kg)
-                        if own:
-                            own_gemm(kg, L, fg, packed + g * tile, d + g * fg * L, L, NULL,
-                                     dcols + g * kg * L, L)
-                        elif want_dx:
+                        if want_dx:
                             gemm("N", "T", L, kg, fg, d + g * fg * L, L, &weight[g * fg, 0], kg,
                                  dcols + g * kg * L, L)
                     if want_dw:
@@ -297,7 +282,6 @@ def conv2d_backward(
     finally:
         free(scratch)
         free(tables)
-        free(packed)
     return dx.base
 
 

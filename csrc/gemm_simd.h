@@ -10,12 +10,13 @@
  * (fcnn_gemm_ld_*), so that the lines of a column panel spread over every
  * set of the L1 cache.
  *
- * Blocking (as in BLIS): for each block of KC rows of b, for each panel of
- * NR columns of b, for each tile of MR rows of a, the micro-kernel keeps
+ * Blocking (as in BLIS): for each block of KC rows of b, for each tile of
+ * MR rows of a, for each panel of NR columns of b, the micro-kernel keeps
  * the MR x NR tile of c in 12 vector registers over the block's KC
- * products, loading one column-panel row and broadcasting MR filter values
- * per step. The panel (KC x NR, 16 KiB) stays in L1 across the tiles, the
- * block of a (M x KC) in L2.
+ * products, loading one panel row and broadcasting MR filter values per
+ * step. The tile of a (KC x MR) stays in L1 across the panels, the block
+ * of b (the driver keeps N small enough) in L2, and c is written row by
+ * row. A partial panel of b is read through masked loads.
  *
  * Each element of c is summed in one fixed order, k = 0, 1, ..., K - 1, by
  * fused multiply-adds from +0.0 (the running sum passes through c between
@@ -52,18 +53,17 @@ static ptrdiff_t fcnn_gemm_packed_size(ptrdiff_t m, ptrdiff_t k)
     return (m + FCNN_GEMM_MR - 1) / FCNN_GEMM_MR * FCNN_GEMM_MR * k;
 }
 
-/* Pack a (M x K; element (i, j) at a[i*rs + j*cs], so a transposed matrix
- * packs as well): tile t holds rows t*MR ..., column by column:
- * packed[(t*K + j)*MR + r] = a(t*MR + r, j). */
+/* Pack a (M x K, row stride lda): tile t holds rows t*MR ..., column by
+ * column: packed[(t*K + j)*MR + r] = a[(t*MR + r)*lda + j]. */
 #define FCNN_GEMM_PACK(T, sfx)                                                      \
-    static void fcnn_gemm_pack_##sfx(const T *a, ptrdiff_t rs, ptrdiff_t cs, ptrdiff_t m, \
-                                     ptrdiff_t k, T *packed)                        \
+    static void fcnn_gemm_pack_##sfx(const T *a, ptrdiff_t lda, ptrdiff_t m, ptrdiff_t k, \
+                                     T *packed)                                     \
     {                                                                               \
         for (ptrdiff_t t = 0; t * FCNN_GEMM_MR < m; t++)                            \
             for (ptrdiff_t j = 0; j < k; j++)                                       \
                 for (ptrdiff_t r = 0; r < FCNN_GEMM_MR; r++) {                      \
                     ptrdiff_t row = t * FCNN_GEMM_MR + r;                           \
-                    packed[(t * k + j) * FCNN_GEMM_MR + r] = row < m ? a[row * rs + j * cs] : 0; \
+                    packed[(t * k + j) * FCNN_GEMM_MR + r] = row < m ? a[row * lda + j] : 0; \
                 }                                                                   \
     }
 FCNN_GEMM_PACK(float, f32)
@@ -88,6 +88,19 @@ __attribute__((target("avx2"))) static __m256i fcnn_gemm_mask_f64(ptrdiff_t n)
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n < 0 ? 0 : n > 4 ? 4 : n),
                               _mm256_setr_epi64x(0, 1, 2, 3));
 }
+
+/* The micro-kernel's kc steps, each row `p` of the b panel read as the two
+ * vectors `load0` and `load1`. */
+#define FCNN_GEMM_STEPS(T, V, vset1, vfmadd, load0, load1)                          \
+    for (ptrdiff_t k = 0; k < kc; k++) {                                            \
+        const T *p = b + k * ldb;                                                   \
+        V b0 = load0, b1 = load1;                                                   \
+        for (int r = 0; r < FCNN_GEMM_MR; r++) {                                    \
+            V w = vset1(a[k * FCNN_GEMM_MR + r]);                                   \
+            acc[r][0] = vfmadd(w, b0, acc[r][0]);                                   \
+            acc[r][1] = vfmadd(w, b1, acc[r][1]);                                   \
+        }                                                                           \
+    }
 
 /* The micro-kernel: c[0:rows, 0:cols] (row stride ldc) = (c if `accumulate`
  * else 0) + a_tile @ b_panel over kc steps, plus bias[0:rows] if `bias`.
@@ -116,24 +129,11 @@ __attribute__((target("avx2"))) static __m256i fcnn_gemm_mask_f64(ptrdiff_t n)
             acc[r][1] = accumulate ? vload(dst + r * ld + LANES) : vzero();         \
         }                                                                           \
         if (cols == NR)                                                             \
-            for (ptrdiff_t k = 0; k < kc; k++) {                                    \
-                V b0 = vload(b + k * ldb), b1 = vload(b + k * ldb + LANES);         \
-                for (int r = 0; r < FCNN_GEMM_MR; r++) {                            \
-                    V w = vset1(a[k * FCNN_GEMM_MR + r]);                           \
-                    acc[r][0] = vfmadd(w, b0, acc[r][0]);                           \
-                    acc[r][1] = vfmadd(w, b1, acc[r][1]);                           \
-                }                                                                   \
-            }                                                                       \
+            FCNN_GEMM_STEPS(T, V, vset1, vfmadd, vload(p), vload(p + LANES))        \
         else {                                                                      \
             __m256i m0 = fcnn_gemm_mask_##sfx(cols), m1 = fcnn_gemm_mask_##sfx(cols - LANES); \
-            for (ptrdiff_t k = 0; k < kc; k++) {                                    \
-                V b0 = vmaskload(b + k * ldb, m0), b1 = vmaskload(b + k * ldb + LANES, m1); \
-                for (int r = 0; r < FCNN_GEMM_MR; r++) {                            \
-                    V w = vset1(a[k * FCNN_GEMM_MR + r]);                           \
-                    acc[r][0] = vfmadd(w, b0, acc[r][0]);                           \
-                    acc[r][1] = vfmadd(w, b1, acc[r][1]);                           \
-                }                                                                   \
-            }                                                                       \
+            FCNN_GEMM_STEPS(T, V, vset1, vfmadd, vmaskload(p, m0),                  \
+                            vmaskload(p + LANES, m1))                               \
         }                                                                           \
         for (int r = 0; r < FCNN_GEMM_MR; r++) {                                    \
             if (bias && r < rows) {                                                 \
@@ -155,6 +155,7 @@ FCNN_GEMM_KERNEL(double, __m256d, f64, FCNN_GEMM_NR_F64, 4, _mm256_loadu_pd, _mm
                  _mm256_setzero_pd, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_add_pd,
                  _mm256_maskload_pd)
 #undef FCNN_GEMM_KERNEL
+#undef FCNN_GEMM_STEPS
 
 /* c (M x N, row stride ldc) = a @ b + bias (bias per row; NULL for none),
  * with `packed` = fcnn_gemm_pack of a (M x K) and b (K x N, row stride ldb);
@@ -166,8 +167,8 @@ FCNN_GEMM_KERNEL(double, __m256d, f64, FCNN_GEMM_NR_F64, 4, _mm256_loadu_pd, _mm
         for (ptrdiff_t k0 = 0; k0 < k; k0 += FCNN_GEMM_KC) {                        \
             ptrdiff_t kc = k - k0 < FCNN_GEMM_KC ? k - k0 : FCNN_GEMM_KC;           \
             int last = k0 + kc == k;                                                \
-            for (ptrdiff_t j = 0; j < n; j += NR)                                   \
-                for (ptrdiff_t i = 0; i < m; i += FCNN_GEMM_MR)                     \
+            for (ptrdiff_t i = 0; i < m; i += FCNN_GEMM_MR)                         \
+                for (ptrdiff_t j = 0; j < n; j += NR)                               \
                     fcnn_gemm_tile_##sfx(kc, packed + (i * k + k0 * FCNN_GEMM_MR),  \
                                          b + k0 * ldb + j, ldb, c + i * ldc + j, ldc, \
                                          k0 > 0, last && bias ? bias + i : NULL,    \

@@ -743,9 +743,9 @@ def test_kernel_conv2d_direct(g, f, dtype, kind, seed, nt, level, chunk, with_bi
     _assert_sum_close(db_c, db_r, bound_b)
 
 
-# The GEMM driver's forward and input gradient at every level: BLAS (level 0)
-# and, with AVX2 and FMA, gemm_simd.h's products, which pack the filters once
-# per call (the forward multiplies bands of output rows). Cases span several of its blocks of 256
+# The GEMM driver at every level: BLAS (level 0) and, with AVX2 and FMA, the
+# forward by gemm_simd.h's product, which packs the filters once per call and
+# multiplies bands of output rows. Cases span several of its blocks of 256
 # taps, partial tiles of filters (6 rows) and of outputs (8 or 16 columns),
 # several bands per sample and groups.
 
@@ -779,7 +779,7 @@ def test_kernel_conv2d_gemm_levels(g, f, groups, dtype, kind, seed, nt, level, w
     _assert_same(out_c, one)  # the thread count changes nothing
     _assert_sum_close(out_c, out_r, bound)
 
-    # the input gradient (also gemm_simd.h's where it runs), alone and with the others
+    # the gradients: the input's alone, and all three
     dout = make_values(rng, out_shape, dtype, kind)
     compiled, reference = _pair("conv2d_backward")
     f_, k_ = w.shape
