@@ -190,7 +190,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
     Notes
     -----
     Each sample is unfolded (im2col) into a buffer that stays in cache
-    while BLAS multiplies it by the weight; a layer of few input channels
+    while it is multiplied by the weight (with AVX2 and FMA, by fastcnn's
+    own product, bands of output rows at a time, with the weight packed
+    once per call; elsewhere by BLAS); a layer of few input channels
     (at most 32 taps ``C*kh*kw`` and 32 filters, groups = 1) runs a direct
     convolution instead, accumulating every tap in vector registers, and 3x3
     kernels of stride 1 and dilation 1 (one group) with at least 4 input
