@@ -74,11 +74,9 @@ cdef enum:
     OWN_GEMM_MIN_CELLS = 128
 
 
-cdef inline Py_ssize_t own_gemm_ld(bint own, Py_ssize_t n, floating* kind) noexcept nogil:
-    """Row stride of columns of `n` cells: gemm_simd.h's if `own`, else `n` (BLAS)."""
-    if not own:
-        return n
-    elif floating is float:
+cdef inline Py_ssize_t own_gemm_ld(Py_ssize_t n, floating* kind) noexcept nogil:
+    """gemm_simd.h's row stride for columns of `n` cells of `kind`'s type."""
+    if floating is float:
         return fcnn_gemm_ld_f32(n)
     else:
         return fcnn_gemm_ld_f64(n)
@@ -155,14 +153,15 @@ def conv2d_forward(
     cdef Py_ssize_t L = oh * ow, rows = C * kh * kw, n, g, f, l, stride = 0
     cdef bint has_bias = bias.shape[0] > 0
     cdef bint own = fcnn_gemm_level() > 0
-    # gemm_simd.h multiplies bands of output rows whose columns stay in L2
-    cdef Py_ssize_t band = oh
+    # gemm_simd.h multiplies bands of output rows whose columns stay in L2;
+    # BLAS, whole samples (one band)
+    cdef Py_ssize_t band = oh, ld = L
     if own:
         band = clip(max(OWN_GEMM_BAND_BYTES // (rows * ow * sizeof(floating)),
                         (OWN_GEMM_MIN_CELLS + ow - 1) // ow), 1, oh)
-    cdef Py_ssize_t ld = own_gemm_ld(own, band * ow, <floating*> NULL)
-    cdef Py_ssize_t tile = fcnn_gemm_packed_size(fg, kg) if own else 0
-    cdef Py_ssize_t b, y0, cells
+        ld = own_gemm_ld(band * ow, <floating*> NULL)
+    cdef Py_ssize_t group_packed = fcnn_gemm_packed_size(fg, kg) if own else 0
+    cdef Py_ssize_t b, y0, y1, cells
     cdef floating* packed = NULL
     cdef floating* scratch = NULL
     cdef floating* cols
@@ -174,26 +173,24 @@ def conv2d_forward(
         with nogil, parallel(num_threads=num_threads):
             cols = scratch + threadid() * stride
             for n in prange(N, schedule="dynamic"):
-                y = &out[n, 0, 0, 0]
-                if not own:
-                    unfold_sample(&x[n, 0, 0, 0], cols, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw,
-                                  oh, ow, 0, oh, L)
-                    for g in range(groups):
-                        gemm("N", "N", L, fg, kg, cols + g * kg * L, L, &weight[g * fg, 0], kg,
-                             y + g * fg * L, L)
-                    if has_bias:
-                        for f in range(F):
-                            for l in range(L):
-                                y[f * L + l] += bias[f]
-                    continue
                 for b in range((oh + band - 1) // band):
                     y0 = b * band
-                    cells = (min(y0 + band, oh) - y0) * ow
+                    y1 = min(y0 + band, oh)
+                    cells = (y1 - y0) * ow
+                    y = &out[n, 0, y0, 0]  # the band's outputs of filter 0, rows L apart
                     unfold_sample(&x[n, 0, 0, 0], cols, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw,
-                                  oh, ow, y0, min(y0 + band, oh), ld)
+                                  oh, ow, y0, y1, ld)
                     for g in range(groups):
-                        own_gemm(fg, cells, kg, packed + g * tile, cols + g * kg * ld, ld,
-                                 &bias[g * fg] if has_bias else NULL, y + g * fg * L + y0 * ow, L)
+                        if own:
+                            own_gemm(fg, cells, kg, packed + g * group_packed, cols + g * kg * ld,
+                                     ld, &bias[g * fg] if has_bias else NULL, y + g * fg * L, L)
+                        else:
+                            gemm("N", "N", cells, fg, kg, cols + g * kg * ld, ld,
+                                 &weight[g * fg, 0], kg, y + g * fg * L, L)
+                    if has_bias and not own:
+                        for f in range(F):
+                            for l in range(cells):
+                                y[f * L + l] += bias[f]
     finally:
         free(scratch)
         free(packed)
