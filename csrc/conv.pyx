@@ -33,26 +33,12 @@ from libc.stddef cimport ptrdiff_t
 from libc.stdlib cimport free
 from libc.string cimport memcpy
 
-from gemm cimport gemm, row_sums
+from gemm cimport (fcnn_gemm_level, fcnn_gemm_packed_size, gemm, own_gemm, own_gemm_ld,
+                   own_gemm_pack, row_sums)
 from simd cimport fcnn_set_simd_cap
 from planes cimport FOLD_CHUNKS_DEFAULT, fold_by_rows, fold_plane, fold_tables, im2col_rows
 from scratch cimport per_thread_scratch
 from window cimport clip, end_inside, first_inside
-
-
-cdef extern from "gemm_simd.h" nogil:
-    int fcnn_gemm_level()
-    ptrdiff_t fcnn_gemm_ld_f32(ptrdiff_t n)
-    ptrdiff_t fcnn_gemm_ld_f64(ptrdiff_t n)
-    ptrdiff_t fcnn_gemm_packed_size(ptrdiff_t m, ptrdiff_t k)
-    void fcnn_gemm_pack_f32(const float* a, ptrdiff_t lda, ptrdiff_t m, ptrdiff_t k, float* packed)
-    void fcnn_gemm_pack_f64(const double* a, ptrdiff_t lda, ptrdiff_t m, ptrdiff_t k,
-                            double* packed)
-    void fcnn_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* packed,
-                       const float* b, ptrdiff_t ldb, const float* bias, float* c, ptrdiff_t ldc)
-    void fcnn_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const double* packed,
-                       const double* b, ptrdiff_t ldb, const double* bias, double* c,
-                       ptrdiff_t ldc)
 
 
 def _cap_simd(int level):
@@ -72,40 +58,6 @@ def _cap_simd(int level):
 cdef enum:
     OWN_GEMM_BAND_BYTES = 128 << 10
     OWN_GEMM_MIN_CELLS = 128
-
-
-cdef inline Py_ssize_t own_gemm_ld(Py_ssize_t n, floating* kind) noexcept nogil:
-    """gemm_simd.h's row stride for columns of `n` cells of `kind`'s type."""
-    if floating is float:
-        return fcnn_gemm_ld_f32(n)
-    else:
-        return fcnn_gemm_ld_f64(n)
-
-
-cdef floating* own_gemm_pack(const floating[:, ::1] weight, Py_ssize_t groups) except NULL:
-    """Each group's filters (``weight``'s rows, F/groups per group) packed by
-    gemm_simd.h, group g's at ``g * fcnn_gemm_packed_size(F/groups, kg)`` of
-    the result (free it with ``free``)."""
-    cdef Py_ssize_t fg = weight.shape[0] // groups, kg = weight.shape[1], g, stride = 0
-    cdef Py_ssize_t size = fcnn_gemm_packed_size(fg, kg)
-    cdef floating* packed = <floating*> per_thread_scratch(1, groups * size, sizeof(floating),
-                                                           &stride)
-    for g in range(groups):
-        if floating is float:
-            fcnn_gemm_pack_f32(&weight[g * fg, 0], kg, fg, kg, packed + g * size)
-        else:
-            fcnn_gemm_pack_f64(&weight[g * fg, 0], kg, fg, kg, packed + g * size)
-    return packed
-
-
-cdef inline void own_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* packed,
-                          const floating* b, Py_ssize_t ldb, const floating* bias, floating* c,
-                          Py_ssize_t ldc) noexcept nogil:
-    """gemm_simd.h's ``c = a @ b + bias`` (row-major, `a` packed by own_gemm_pack)."""
-    if floating is float:
-        fcnn_gemm_f32(m, n, k, packed, b, ldb, bias, c, ldc)
-    else:
-        fcnn_gemm_f64(m, n, k, packed, b, ldb, bias, c, ldc)
 
 
 cdef inline void add_into(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
@@ -169,7 +121,8 @@ def conv2d_forward(
     try:
         scratch = <floating*> per_thread_scratch(num_threads, rows * ld, sizeof(floating), &stride)
         if own:
-            packed = own_gemm_pack(weight, groups)  # once for every sample's product
+            # each group's filters, once for every sample's product
+            packed = own_gemm_pack(&weight[0, 0], kg, fg, kg, groups, fg * kg)
         with nogil, parallel(num_threads=num_threads):
             cols = scratch + threadid() * stride
             for n in prange(N, schedule="dynamic"):

@@ -1,8 +1,27 @@
-# The BLAS calls of the GEMM drivers (conv.pyx, winograd.pyx), through
-# SciPy's BLAS (the Python layer holds it at one thread while they run).
+# The products of the GEMM drivers (conv.pyx, winograd.pyx): BLAS calls
+# through SciPy's BLAS (the Python layer holds it at one thread while they
+# run), and gemm_simd.h's product with one operand packed once per call.
 
 from cython cimport floating
+from libc.stddef cimport ptrdiff_t
 from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
+
+from scratch cimport per_thread_scratch
+
+
+cdef extern from "gemm_simd.h" nogil:
+    int fcnn_gemm_level()
+    ptrdiff_t fcnn_gemm_ld_f32(ptrdiff_t n)
+    ptrdiff_t fcnn_gemm_ld_f64(ptrdiff_t n)
+    ptrdiff_t fcnn_gemm_packed_size(ptrdiff_t m, ptrdiff_t k)
+    void fcnn_gemm_pack_f32(const float* a, ptrdiff_t lda, ptrdiff_t m, ptrdiff_t k, float* packed)
+    void fcnn_gemm_pack_f64(const double* a, ptrdiff_t lda, ptrdiff_t m, ptrdiff_t k,
+                            double* packed)
+    void fcnn_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* packed,
+                       const float* b, ptrdiff_t ldb, const float* bias, float* c, ptrdiff_t ldc)
+    void fcnn_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const double* packed,
+                       const double* b, ptrdiff_t ldb, const double* bias, double* c,
+                       ptrdiff_t ldc)
 
 
 cdef inline void blas_gemm(char* ta, char* tb, int m, int n, int k,
@@ -34,3 +53,39 @@ cdef inline void row_sums(int rows, int length, const floating* a, int lda,
     else:
         dgemv("T", &length, &rows, &one, <double*> a, &lda, <double*> ones, &inc, &beta, out,
               &inc)
+
+
+cdef inline Py_ssize_t own_gemm_ld(Py_ssize_t n, floating* kind) noexcept nogil:
+    """gemm_simd.h's row stride for rows of `n` cells of `kind`'s type."""
+    if floating is float:
+        return fcnn_gemm_ld_f32(n)
+    else:
+        return fcnn_gemm_ld_f64(n)
+
+
+cdef inline floating* own_gemm_pack(const floating* a, Py_ssize_t lda, Py_ssize_t m,
+                                    Py_ssize_t k, Py_ssize_t count,
+                                    Py_ssize_t step) except NULL:
+    """`count` matrices (m x k, row stride lda, matrix i at ``a + i*step``)
+    packed by gemm_simd.h, matrix i's at ``i * fcnn_gemm_packed_size(m, k)``
+    of the result (free it with ``free``)."""
+    cdef Py_ssize_t size = fcnn_gemm_packed_size(m, k), i, stride = 0
+    cdef floating* packed = <floating*> per_thread_scratch(1, count * size, sizeof(floating),
+                                                           &stride)
+    for i in range(count):
+        if floating is float:
+            fcnn_gemm_pack_f32(a + i * step, lda, m, k, packed + i * size)
+        else:
+            fcnn_gemm_pack_f64(a + i * step, lda, m, k, packed + i * size)
+    return packed
+
+
+cdef inline void own_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* packed,
+                          const floating* b, Py_ssize_t ldb, const floating* bias, floating* c,
+                          Py_ssize_t ldc) noexcept nogil:
+    """gemm_simd.h's row-major ``c = a @ b + bias`` (m x n, inner size k;
+    `a` packed by own_gemm_pack, `bias` per row or NULL)."""
+    if floating is float:
+        fcnn_gemm_f32(m, n, k, packed, b, ldb, bias, c, ldc)
+    else:
+        fcnn_gemm_f64(m, n, k, packed, b, ldb, bias, c, ldc)

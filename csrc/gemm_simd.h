@@ -1,5 +1,6 @@
-/* An AVX2 + FMA matrix product for the conv2d forward driver (csrc/conv.pyx):
- * ``c = a @ b (+ bias per row)``, row-major, with `a` packed once per call.
+/* An AVX2 + FMA matrix product for the conv2d forward driver (csrc/conv.pyx)
+ * and the Winograd convolution (csrc/winograd.pyx): ``c = a @ b (+ bias per
+ * row)``, row-major, with `a` packed once per call.
  *
  * The driver unfolds a sample into columns b (K x N, row stride ldb) and
  * multiplies the filters a (M x K) by them. A general BLAS packs both

@@ -17,10 +17,15 @@ gradient sums the products of the same transformed input tiles with the
 transformed 4x4 tiles of the output gradient over the tiles, 36 GEMMs
 ``D[t] @ V[t].T``, and transforms the sums into 3x3 kernels.
 
+The convolution's GEMMs multiply the same U[t] by every block's V[t]: where
+the CPU has AVX2 and FMA they run gemm_simd.h's product, with the 36 U[t]
+packed once per call, instead of BLAS, which would pack U[t] again for
+every block (a level-0 cap, see ``_cap_simd``, keeps BLAS).
+
 The batch is cut into blocks of tiles (a few whole samples, or a few tile
 rows of one sample): a partition that depends on the sizes only. Each
 block's tiles are transformed into the calling thread's scratch, multiplied
-there by one GEMM per t through ``scipy.linalg.cython_blas``, and
+there by one GEMM per t, and
 transformed back into the output (or summed, per chunk of blocks, for the
 weight gradient). Blocks are spread over the OpenMP team with the GIL
 released; the Python layer holds BLAS at one thread meanwhile. Every output
@@ -39,7 +44,9 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.stdlib cimport free
 from libc.string cimport memset
 
-from gemm cimport blas_gemm, gemm, row_sums
+from gemm cimport (blas_gemm, fcnn_gemm_level, fcnn_gemm_packed_size, gemm, own_gemm,
+                   own_gemm_ld, own_gemm_pack, row_sums)
+from simd cimport fcnn_set_simd_cap
 from scratch cimport per_thread_scratch
 from window cimport clip, end_inside, first_inside
 
@@ -66,6 +73,12 @@ cdef extern from "winograd.h" nogil:
     void fcnn_deinterleave4_f64(const double* src, double* dst, Py_ssize_t ds, Py_ssize_t n)
     bint fcnn_any_nonfinite_f32(const float* src, Py_ssize_t n)
     bint fcnn_any_nonfinite_f64(const double* src, Py_ssize_t n)
+
+
+def _cap_simd(int level):
+    """Cap the SIMD level at `level`, returning the previous cap: at 0, the
+    convolution's products run BLAS (for the tests, which compare both)."""
+    return fcnn_set_simd_cap(level)
 
 
 # The one-dimensional transforms of csrc/winograd.h.
@@ -204,16 +217,17 @@ cdef inline void transform_input_plane(
 
 cdef void transform_input_block(
     const floating* x, Py_ssize_t samples, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-    floating* d, floating* e, floating* V, Py_ssize_t ty0, Py_ssize_t nt, Py_ssize_t tw,
-    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t hr, Py_ssize_t wr,
+    floating* d, floating* e, floating* V, Py_ssize_t ld, Py_ssize_t ty0, Py_ssize_t nt,
+    Py_ssize_t tw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t hr, Py_ssize_t wr,
 ) noexcept nogil:
-    """A block's V (36, C, P), P = samples*nt*tw: the transformed input tiles
-    of tile rows ``[ty0, ty0 + nt)`` of `samples` (C, H, W) samples from `x`
-    on, sample by sample (scratch `d` and `e` as :func:`transform_input_plane`)."""
-    cdef Py_ssize_t n = nt * tw, P = samples * n, s, c
+    """A block's V (36, C, P), P = samples*nt*tw, rows `ld` cells apart: the
+    transformed input tiles of tile rows ``[ty0, ty0 + nt)`` of `samples`
+    (C, H, W) samples from `x` on, sample by sample (scratch `d` and `e` as
+    :func:`transform_input_plane`)."""
+    cdef Py_ssize_t n = nt * tw, s, c
     for s in range(samples):
         for c in range(C):
-            transform_input_plane(x + (s * C + c) * H * W, d, e, V + c * P + s * n, C * P,
+            transform_input_plane(x + (s * C + c) * H * W, d, e, V + c * ld + s * n, C * ld,
                                   ty0, nt, tw, ph, pw, hr, wr, W)
 
 
@@ -313,17 +327,25 @@ def winograd_conv2d(
     cdef Py_ssize_t most = samples * rows * tw  # tiles of a block
     cdef Py_ssize_t cells = (24 * rows + 8) * (tw + 1)
     cdef Py_ssize_t stride = 0, it, n0, n1, ty0, ty1, nt, n, P, s, f, t, r, pb
-    cdef bint has_bias = bias.shape[0] > 0, bad
-    cdef floating* scratch = <floating*> per_thread_scratch(
-        num_threads, 36 * (C + F) * most + 2 * cells, sizeof(floating), &stride)
+    cdef bint has_bias = bias.shape[0] > 0, bad, own = fcnn_gemm_level() > 0
+    # gemm_simd.h reads V[t] in rows of whole panels (see fcnn_gemm_ld_*);
+    # BLAS, in rows of a block's P tiles
+    cdef Py_ssize_t most_ld = own_gemm_ld(most, <floating*> NULL) if own else most, ld
+    cdef Py_ssize_t packed_u = fcnn_gemm_packed_size(F, C)
+    cdef floating* packed = NULL
+    cdef floating* scratch = NULL
     cdef floating* V
     cdef floating* M
     cdef floating* d
     cdef floating* e
     try:
+        scratch = <floating*> per_thread_scratch(
+            num_threads, 36 * (C * most_ld + F * most) + 2 * cells, sizeof(floating), &stride)
+        if own:  # the 36 U[t], once for every block's products
+            packed = own_gemm_pack(&u[0, 0, 0], C, F, C, 36, F * C)
         with nogil, parallel(num_threads=num_threads):
-            V = scratch + threadid() * stride  # (36, C, P)
-            M = V + 36 * C * most              # (36, F, P)
+            V = scratch + threadid() * stride  # (36, C, P), rows ld apart
+            M = V + 36 * C * most_ld           # (36, F, P)
             # one plane's rows, de-interleaved (4*nt + 2, 4, w1); then (6, 4, n)
             d = M + 36 * F * most
             # their columns' transform (6, nt, 4, w1); then the output tiles (4, 4, n)
@@ -337,10 +359,15 @@ def winograd_conv2d(
                 n = nt * tw
                 P = (n1 - n0) * n
                 bad = False
-                transform_input_block(&x[n0, 0, 0, 0], n1 - n0, C, H, W, d, e, V, ty0, nt, tw,
-                                      ph, pw, hr, wr)
+                ld = most_ld if own else P
+                transform_input_block(&x[n0, 0, 0, 0], n1 - n0, C, H, W, d, e, V, ld, ty0, nt,
+                                      tw, ph, pw, hr, wr)
                 for t in range(36):
-                    gemm("N", "N", P, F, C, V + t * C * P, P, &u[t, 0, 0], C, M + t * F * P, P)
+                    if own:
+                        own_gemm(F, P, C, packed + t * packed_u, V + t * C * ld, ld, NULL,
+                                 M + t * F * P, P)
+                    else:
+                        gemm("N", "N", P, F, C, V + t * C * P, P, &u[t, 0, 0], C, M + t * F * P, P)
                 for s in range(n1 - n0):
                     pb = s * n
                     for f in range(F):
@@ -354,6 +381,7 @@ def winograd_conv2d(
                 nonfinite[it] = bad
     finally:
         free(scratch)
+        free(packed)
     return out.base
 
 
@@ -428,8 +456,8 @@ def winograd_conv2d_backward(
                         nt = ty1 - ty0
                         n = nt * tw
                         P = (n1 - n0) * n
-                        transform_input_block(&x[n0, 0, 0, 0], n1 - n0, C, H, W, d, e, V, ty0,
-                                              nt, tw, ph, pw, hr, wr)
+                        transform_input_block(&x[n0, 0, 0, 0], n1 - n0, C, H, W, d, e, V, P,
+                                              ty0, nt, tw, ph, pw, hr, wr)
                         for s in range(n1 - n0):
                             for f in range(F):
                                 transform_dout_plane(&dout[n0 + s, f, 0, 0], d, e,

@@ -321,9 +321,10 @@ from fastcnn._kernels import conv as _conv  # noqa: E402
 from fastcnn._kernels import direct as _direct  # noqa: E402
 from fastcnn._kernels import pool as _pool  # noqa: E402
 from fastcnn._kernels import unfold as _unfold  # noqa: E402
+from fastcnn._kernels import winograd as _winograd  # noqa: E402
 
 SIMD_LEVELS = list(range(_pool._simd_level() + 1))
-_CAPPED = (_pool, _unfold, _direct, _conv)
+_CAPPED = (_pool, _unfold, _direct, _conv, _winograd)
 
 
 @contextlib.contextmanager
