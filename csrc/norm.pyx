@@ -6,6 +6,15 @@ Python twins: ``fastcnn.reference.batch_norm_stats``, ``batch_norm_elemt``,
 ``(N, C, L)`` (BatchNorm1D's ``(N, C)`` is L = 1, BatchNorm2D's L = H*W),
 C-contiguous, validated in Python; per-channel statistics are float64.
 
+A ReLU after the normalisation can be fused into it (``relu``): the forward
+writes ``relu(y)`` of the normalised ``y``, and the backward passes take
+the gradient of that output and zero it wherever ``y <= 0``. They need no
+mask in memory: y is a monotone function of x (each of its operations
+rounds monotonically), so the x whose y is positive form an interval,
+found per channel by bisection over the floats with the forward's own
+expression (_relu_window); the passes then compare x with its ends, and
+the ReLU costs neither a pass over memory nor the arithmetic of y.
+
 Work is split into tiles: a block of rows (samples) times a piece of the
 ``C*L`` cells of a row, either a piece of one channel's L cells (large L) or
 several whole channels (small L), so that every inner loop runs over
@@ -23,8 +32,10 @@ for float32 data.
 
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport isfinite
+from libc.math cimport INFINITY, isfinite
+from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 from scratch cimport per_thread_scratch
 
@@ -164,19 +175,20 @@ cdef enum TilePass:
 
 cdef int _run_tiles(TilePass kind, const Tiling* t, const floating* x, const floating* dout,
                     floating* out, const double* centre, const double* coef, double* partial,
-                    double* partial_2, bint training, int num_threads) except -1:
+                    double* partial_2, bint training, bint relu, int num_threads) except -1:
     """Run every tile of pass `kind` on a team of `num_threads` threads.
 
     The tiles take the arrays they need of `x`, `dout` and `out`, the
     per-channel `centre` (the shift or the mean) and coefficients `coef`
-    (see _elemt_tile),
-    and write their partial sums to `partial` and `partial_2`. Each thread
+    (see _elemt_tile and _backward_reduce_tile), and write their partial
+    sums to `partial` and `partial_2`; `relu` fuses a ReLU. Each thread
     has scratch for a few arrays of a piece's cells, and remembers which
     piece's values it holds: a thread's tiles run piece by piece, so the
     element-wise passes spread them once per piece.
     """
     cdef Py_ssize_t i, stride = 0, held_stride = 0
-    cdef Py_ssize_t arrays = 4 if kind == BACKWARD_ELEMT else 2 if kind == STATS else 3
+    cdef Py_ssize_t arrays = 6 if kind == BACKWARD_ELEMT else 5 if kind == BACKWARD_REDUCE else \
+        2 if kind == STATS else 3
     cdef double* scratch = NULL
     cdef Py_ssize_t* held = NULL
     cdef double* s
@@ -194,14 +206,14 @@ cdef int _run_tiles(TilePass kind, const Tiling* t, const floating* x, const flo
                     _stats_tile(x, t, i // t.blocks, i % t.blocks, centre, s, s + t.cells,
                                 partial, partial_2)
                 elif kind == BACKWARD_REDUCE:
-                    _backward_reduce_tile(dout, x, t, i // t.blocks, i % t.blocks, centre, s,
-                                          s + t.cells, s + 2 * t.cells, partial, partial_2)
+                    _backward_reduce_tile(dout, x, t, i // t.blocks, i % t.blocks, centre, coef,
+                                          relu, s, partial, partial_2)
                 elif kind == ELEMT:  # (a constant kind: the compiler drops the other pass)
                     _elemt_tile(ELEMT, dout, x, out, t, i // t.blocks, i % t.blocks, training,
-                                centre, coef, s, piece_in_s)
+                                relu, centre, coef, s, piece_in_s)
                 else:
                     _elemt_tile(BACKWARD_ELEMT, dout, x, out, t, i // t.blocks, i % t.blocks,
-                                training, centre, coef, s, piece_in_s)
+                                training, relu, centre, coef, s, piece_in_s)
     finally:
         free(scratch)
         free(held)
@@ -312,7 +324,7 @@ def batch_norm_stats(
             # would make every shifted value NaN.
             first = x[0, c, 0]
             shift[c] = first if isfinite(first) else 0.0
-        _run_tiles(STATS, &t, &x[0, 0, 0], NULL, NULL, shift, NULL, psum, pm2, False,
+        _run_tiles(STATS, &t, &x[0, 0, 0], NULL, NULL, shift, NULL, psum, pm2, False, False,
                    num_threads)
         with nogil:
             for c in prange(C, schedule="static", num_threads=num_threads):
@@ -343,6 +355,85 @@ cdef inline floating _normalised(floating x, double centre, double scale,
     return <floating> ((<double> x - centre) * scale + shift)
 
 
+cdef inline floating _rectified(floating y, bint relu) noexcept nogil:
+    """relu(y) if `relu` (NaN stays NaN, -0.0 becomes 0.0, as the ReLU
+    kernel), else y."""
+    return 0 if relu and y <= 0 else y
+
+
+cdef inline floating _through(floating dout, floating x, floating lo, floating hi,
+                              bint relu) noexcept nogil:
+    """`dout` where the fused ReLU passed its input on (x in its
+    _relu_window [lo, hi]); 0 elsewhere (a NaN x included, as the ReLU's
+    gradient)."""
+    return 0 if relu and not (lo <= x and x <= hi) else dout
+
+
+cdef inline uint64_t _order(floating v) noexcept nogil:
+    """The rank of a non-NaN `v` among the floats of its type (-0.0 just
+    below 0.0)."""
+    cdef unsigned int u32
+    cdef uint64_t u
+    if floating is float:
+        memcpy(&u32, &v, 4)
+        u = u32
+        return u ^ (<uint64_t> 1 << 31) if u >> 31 == 0 else ((<uint64_t> 1 << 32) - 1) - u
+    else:
+        memcpy(&u, &v, 8)
+        return u ^ (<uint64_t> 1 << 63) if u >> 63 == 0 else ~u
+
+
+cdef inline floating _ranked(uint64_t k, floating v) noexcept nogil:
+    """The float of rank `k` (_order's inverse), of `v`'s type."""
+    cdef unsigned int u32
+    if floating is float:
+        u32 = <unsigned int> (k ^ (<uint64_t> 1 << 31) if k >> 31
+                              else ((<uint64_t> 1 << 32) - 1) - k)
+        memcpy(&v, &u32, 4)
+    else:
+        k = k ^ (<uint64_t> 1 << 63) if k >> 63 else ~k
+        memcpy(&v, &k, 8)
+    return v
+
+
+cdef inline bint _positive(uint64_t k, double centre, double scale, double shift,
+                           floating kind) noexcept nogil:
+    return _normalised(_ranked(k, kind), centre, scale, shift) > 0
+
+
+cdef void _relu_window(double centre, double scale, double shift, double* lo, double* hi,
+                       floating kind) noexcept nogil:
+    """The x (of `kind`'s type) whose ``_normalised(x, centre, scale, shift)``
+    is positive: those in [lo, hi] (lo > hi if none). They form an interval
+    because _normalised is monotone in x, increasing or decreasing with the
+    sign of `scale`; with a zero scale it is the shift wherever x - centre
+    is finite, an interval too. One positive x (+inf, -inf or 0.0 by that
+    sign) splits it into two monotone halves, whose ends are bisected."""
+    cdef uint64_t a, b, m
+    cdef floating inf = INFINITY
+    cdef floating inside = inf if scale > 0 else -inf if scale < 0 else 0
+    cdef uint64_t k = _order(inside)
+    if not _positive(k, centre, scale, shift, kind):
+        lo[0], hi[0] = INFINITY, -INFINITY
+        return
+    a, b = _order(-inf), k  # the lowest positive x in [a, b]
+    while a < b:
+        m = a + (b - a) // 2
+        if _positive(m, centre, scale, shift, kind):
+            b = m
+        else:
+            a = m + 1
+    lo[0] = _ranked(a, kind)
+    a, b = k, _order(inf)  # the highest in [a, b]
+    while a < b:
+        m = b - (b - a) // 2
+        if _positive(m, centre, scale, shift, kind):
+            a = m
+        else:
+            b = m - 1
+    hi[0] = _ranked(a, kind)
+
+
 cdef inline floating _input_grad(floating dout, floating x, double centre, double mean_dy,
                                  double proj, double scale, bint training) noexcept nogil:
     if training:
@@ -351,28 +442,34 @@ cdef inline floating _input_grad(floating dout, floating x, double centre, doubl
 
 
 cdef void _elemt_tile(TilePass kind, const floating* dout, const floating* x, floating* out,
-                      const Tiling* t, Py_ssize_t k, Py_ssize_t b, bint training,
+                      const Tiling* t, Py_ssize_t k, Py_ssize_t b, bint training, bint relu,
                       const double* mean, const double* coef, double* cells,
                       Py_ssize_t* piece_in_cells) noexcept nogil:
     """The cells of tile (k, b) of an element-wise pass: ``_normalised`` of x
-    (ELEMT) or ``_input_grad`` of dout and x (BACKWARD_ELEMT).
+    (ELEMT) or ``_input_grad`` of dout and x (BACKWARD_ELEMT), a ReLU fused
+    if `relu`.
 
     `coef` holds per-channel arrays of C values: the scale, then the shift
-    (ELEMT) or mean_dy and proj (BACKWARD_ELEMT). `cells` holds those and
-    the mean spread over the cells of a piece.
+    (ELEMT), or mean_dy, proj and the ReLU's _relu_window ends lo and hi
+    (BACKWARD_ELEMT). `cells` holds those and the mean spread over the
+    cells of a piece.
     """
     cdef Py_ssize_t c0, c1, p0, p1, n, p, c, off, s0, s1, m, a
     cdef Py_ssize_t n0 = b * t.rows, n1 = min(t.N, n0 + t.rows)
-    cdef Py_ssize_t arrays = 2 if kind == ELEMT else 3
+    cdef Py_ssize_t arrays = 2 if kind == ELEMT else 5
     cdef const double* scale = coef
-    cdef const double* shift = coef + t.C
-    cdef const double* mean_dy = coef + t.C  # (the passes have one or the other)
+    cdef const double* shift = coef + t.C  # (the passes have one or the other)
+    cdef const double* mean_dy = coef + t.C
     cdef const double* proj = coef + 2 * t.C
+    cdef const double* lo = coef + 3 * t.C
+    cdef const double* hi = coef + 4 * t.C
     cdef double* centre_p = cells
     cdef double* scale_p = cells + t.cells
     cdef double* shift_p = cells + 2 * t.cells
     cdef double* mean_dy_p = cells + 2 * t.cells
     cdef double* proj_p = cells + 3 * t.cells
+    cdef double* lo_p = cells + 4 * t.cells
+    cdef double* hi_p = cells + 5 * t.cells
     _piece(t, k, &c0, &c1, &p0, &p1)
     m = p1 - p0
     if t.L >= WIDE_CELLS:  # channel by channel, its coefficients in registers
@@ -383,14 +480,17 @@ cdef void _elemt_tile(TilePass kind, const floating* dout, const floating* x, fl
                 off = n * t.C * t.L + p0
                 if kind == ELEMT:
                     for p in range(off + s0, off + s1):
-                        out[p] = _normalised(x[p], mean[c], scale[c], shift[c])
+                        out[p] = _rectified(_normalised(x[p], mean[c], scale[c], shift[c]), relu)
                 elif training:
                     for p in range(off + s0, off + s1):
-                        out[p] = _input_grad(dout[p], x[p], mean[c], mean_dy[c], proj[c],
-                                             scale[c], True)
+                        out[p] = _input_grad(_through(dout[p], x[p], <floating> lo[c],
+                                                      <floating> hi[c], relu), x[p],
+                                             mean[c], mean_dy[c], proj[c], scale[c], True)
                 else:
                     for p in range(off + s0, off + s1):
-                        out[p] = _input_grad(dout[p], x[p], 0, 0, 0, scale[c], False)
+                        out[p] = _input_grad(_through(dout[p], x[p], <floating> lo[c],
+                                                      <floating> hi[c], relu), x[p],
+                                             0, 0, 0, scale[c], False)
         return
     if piece_in_cells[0] != k:  # a thread's tiles run piece by piece
         _spread(t, mean, centre_p, c0, c1, p0, p1)
@@ -401,14 +501,38 @@ cdef void _elemt_tile(TilePass kind, const floating* dout, const floating* x, fl
         off = n * t.C * t.L + p0
         if kind == ELEMT:
             for p in range(m):
-                out[off + p] = _normalised(x[off + p], centre_p[p], scale_p[p], shift_p[p])
+                out[off + p] = _rectified(
+                    _normalised(x[off + p], centre_p[p], scale_p[p], shift_p[p]), relu)
         elif training:
             for p in range(m):
-                out[off + p] = _input_grad(dout[off + p], x[off + p], centre_p[p], mean_dy_p[p],
-                                           proj_p[p], scale_p[p], True)
+                out[off + p] = _input_grad(
+                    _through(dout[off + p], x[off + p], <floating> lo_p[p], <floating> hi_p[p],
+                             relu),
+                    x[off + p], centre_p[p], mean_dy_p[p], proj_p[p], scale_p[p], True)
         else:
             for p in range(m):
-                out[off + p] = _input_grad(dout[off + p], x[off + p], 0, 0, 0, scale_p[p], False)
+                out[off + p] = _input_grad(
+                    _through(dout[off + p], x[off + p], <floating> lo_p[p], <floating> hi_p[p],
+                             relu),
+                    x[off + p], 0, 0, 0, scale_p[p], False)
+
+
+cdef double* _forward_coefficients(const double[::1] mean, const double[::1] inv_std,
+                                   const floating[::1] weight, const floating[::1] bias,
+                                   bint relu) except NULL:
+    """Per channel, the forward's scale ``weight * inv_std`` and shift
+    ``bias``, then (if `relu`, else undefined) the ends lo and hi of the
+    fused ReLU's _relu_window: five arrays of C doubles (free them with
+    ``free``)."""
+    cdef Py_ssize_t C = inv_std.shape[0], c
+    cdef double* coef = _doubles(5 * C)
+    for c in range(C):
+        coef[c] = <double> weight[c] * inv_std[c]
+        coef[C + c] = bias[c]
+        if relu:
+            _relu_window(mean[c], coef[c], coef[C + c], coef + 3 * C + c, coef + 4 * C + c,
+                         weight[c])
+    return coef
 
 
 def batch_norm_elemt(
@@ -417,27 +541,25 @@ def batch_norm_elemt(
     const double[::1] inv_std,
     const floating[::1] weight,
     const floating[::1] bias,
+    bint relu,
     floating[:, :, ::1] out not None,
     int num_threads,
 ):
-    """batch_norm_elemt(x, mean, inv_std, weight, bias, out, num_threads) -> out
+    """batch_norm_elemt(x, mean, inv_std, weight, bias, relu, out, num_threads) -> out
 
     ``out = (x - mean) * (weight * inv_std) + bias`` per channel, computed in
     double; mean and inv_std float64 (C,), weight and bias (C,) of x's dtype.
+    With `relu`, ``relu(out)`` instead.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Tiling t = _tiling(N, C, L)
-    cdef Py_ssize_t c
     cdef double* coef = NULL
     if N * C * L == 0:
         return out.base
     try:
-        coef = _doubles(2 * C)
-        for c in range(C):  # scale, shift
-            coef[c] = <double> weight[c] * inv_std[c]
-            coef[C + c] = bias[c]
+        coef = _forward_coefficients(mean, inv_std, weight, bias, False)
         _run_tiles(ELEMT, &t, &x[0, 0, 0], NULL, &out[0, 0, 0], &mean[0], coef, NULL, NULL,
-                   False, num_threads)
+                   False, relu, num_threads)
     finally:
         free(coef)
     return out.base
@@ -448,25 +570,50 @@ def batch_norm_elemt(
 
 
 cdef void _backward_reduce_tile(const floating* dout, const floating* x, const Tiling* t,
-                                Py_ssize_t k, Py_ssize_t b, const double* mean, double* acc,
-                                double* acc_xc, double* centre, double* psum,
+                                Py_ssize_t k, Py_ssize_t b, const double* mean,
+                                const double* coef, bint relu, double* cells, double* psum,
                                 double* psum_xc) noexcept nogil:
+    """Tile (k, b)'s partial sums of dout and of ``dout * (x - mean)``; with
+    `relu`, of dout zeroed outside the fused ReLU's _relu_window, whose
+    ends lo and hi per channel `coef` holds. `cells` holds five arrays of
+    a piece's cells."""
     cdef Py_ssize_t c0, c1, p0, p1, m, n, p, c, off, idx
     cdef Py_ssize_t n0 = b * t.rows, n1 = min(t.N, n0 + t.rows)
     cdef Py_ssize_t j = k % t.per_channel
     cdef double g, s, s_xc
+    cdef floating lo_c, hi_c
+    cdef double* acc = cells
+    cdef double* acc_xc = cells + t.cells
+    cdef double* centre = cells + 2 * t.cells
+    cdef double* lo = cells + 3 * t.cells
+    cdef double* hi = cells + 4 * t.cells
     _piece(t, k, &c0, &c1, &p0, &p1)
     m = p1 - p0
     _spread(t, mean, centre, c0, c1, p0, p1)
+    if relu:
+        _spread(t, coef, lo, c0, c1, p0, p1)
+        _spread(t, coef + t.C, hi, c0, c1, p0, p1)
     for p in range(m):
         acc[p] = 0
         acc_xc[p] = 0
     for n in range(n0, n1):
         off = n * t.C * t.L + p0
-        for p in range(m):
-            g = dout[off + p]
-            acc[p] += g
-            acc_xc[p] += g * (<double> x[off + p] - centre[p])
+        if relu and c1 - c0 == 1:  # one channel: its window's ends in registers
+            lo_c, hi_c = <floating> lo[0], <floating> hi[0]
+            for p in range(m):
+                g = _through(dout[off + p], x[off + p], lo_c, hi_c, True)
+                acc[p] += g
+                acc_xc[p] += g * (<double> x[off + p] - centre[p])
+        elif relu:
+            for p in range(m):
+                g = _through(dout[off + p], x[off + p], <floating> lo[p], <floating> hi[p], True)
+                acc[p] += g
+                acc_xc[p] += g * (<double> x[off + p] - centre[p])
+        else:
+            for p in range(m):
+                g = dout[off + p]
+                acc[p] += g
+                acc_xc[p] += g * (<double> x[off + p] - centre[p])
     for c in range(c0, c1):
         s = 0
         s_xc = 0
@@ -482,27 +629,36 @@ def batch_norm_backward_reduce(
     const floating[:, :, ::1] dout,
     const floating[:, :, ::1] x,
     const double[::1] mean,
+    const double[::1] inv_std,
+    const floating[::1] weight,
+    const floating[::1] bias,
+    bint relu,
     double[::1] sum_dout not None,
     double[::1] sum_dout_xc not None,
     int num_threads,
 ):
-    """batch_norm_backward_reduce(dout, x, mean, sum_dout, sum_dout_xc, num_threads) -> (sum_dout, sum_dout_xc)
+    """batch_norm_backward_reduce(dout, x, mean, inv_std, weight, bias, relu, sum_dout, sum_dout_xc, num_threads) -> (sum_dout, sum_dout_xc)
 
     Per channel, ``sum(dout)`` and ``sum(dout * (x - mean))`` over N and L,
-    into float64 (C,) arrays (dbias, and dweight / inv_std).
+    into float64 (C,) arrays (dbias, and dweight / inv_std). With `relu`
+    (the forward's, see :func:`batch_norm_elemt`), dout is zeroed wherever
+    the forward's normalised value was not positive; inv_std, weight and
+    bias matter only then.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Tiling t = _tiling(N, C, L)
     cdef Py_ssize_t c
     cdef double* psum = NULL
     cdef double* psum_xc = NULL
+    cdef double* coef = NULL
     if N * C * L == 0:
         return sum_dout.base, sum_dout_xc.base
     try:
         psum = _doubles(t.partials)
         psum_xc = _doubles(t.partials)
-        _run_tiles(BACKWARD_REDUCE, &t, &x[0, 0, 0], &dout[0, 0, 0], NULL, &mean[0], NULL,
-                   psum, psum_xc, False, num_threads)
+        coef = _forward_coefficients(mean, inv_std, weight, bias, relu)
+        _run_tiles(BACKWARD_REDUCE, &t, &x[0, 0, 0], &dout[0, 0, 0], NULL, &mean[0], coef + 3 * C,
+                   psum, psum_xc, False, relu, num_threads)
         with nogil:
             for c in prange(C, schedule="static", num_threads=num_threads):
                 sum_dout[c] = _channel_total(&t, psum, c)
@@ -510,6 +666,7 @@ def batch_norm_backward_reduce(
     finally:
         free(psum)
         free(psum_xc)
+        free(coef)
     return sum_dout.base, sum_dout_xc.base
 
 
@@ -519,13 +676,15 @@ def batch_norm_backward_elemt(
     const double[::1] mean,
     const double[::1] inv_std,
     const floating[::1] weight,
+    const floating[::1] bias,
+    bint relu,
     const double[::1] sum_dout,
     const double[::1] sum_dout_xc,
     bint training,
     floating[:, :, ::1] out not None,
     int num_threads,
 ):
-    """batch_norm_backward_elemt(dout, x, mean, inv_std, weight, sum_dout, sum_dout_xc, training, out, num_threads) -> out
+    """batch_norm_backward_elemt(dout, x, mean, inv_std, weight, bias, relu, sum_dout, sum_dout_xc, training, out, num_threads) -> out
 
     dx of batch norm, computed in double. In training (batch statistics),
     with M = N*L, ``mean_dy = sum_dout / M``,
@@ -533,7 +692,8 @@ def batch_norm_backward_elemt(
     ``scale = inv_std * weight`` per channel:
     ``dx = ((dout - mean_dy) - (x - mean) * proj) * scale``. Otherwise
     (running statistics) ``dx = dout * scale``: x, mean and the sums do not
-    matter.
+    matter. With `relu` (the forward's), dout is first zeroed as in
+    :func:`batch_norm_backward_reduce`.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2]
     cdef Tiling t = _tiling(N, C, L)
@@ -543,13 +703,13 @@ def batch_norm_backward_elemt(
     if N * C * L == 0:
         return out.base
     try:
-        coef = _doubles(3 * C)
-        for c in range(C):  # scale, mean_dy, proj
-            coef[c] = inv_std[c] * weight[c]
+        # scale (the forward's), mean_dy, proj, lo, hi
+        coef = _forward_coefficients(mean, inv_std, weight, bias, relu)
+        for c in range(C):
             coef[C + c] = sum_dout[c] / count
             coef[2 * C + c] = sum_dout_xc[c] / count * inv_std[c] * inv_std[c]
         _run_tiles(BACKWARD_ELEMT, &t, &x[0, 0, 0], &dout[0, 0, 0], &out[0, 0, 0], &mean[0],
-                   coef, NULL, NULL, training, num_threads)
+                   coef, NULL, NULL, training, relu, num_threads)
     finally:
         free(coef)
     return out.base

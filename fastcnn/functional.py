@@ -807,7 +807,8 @@ def avg_pool2d_backward(
 # results and call the active kernel set.
 
 
-def _batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
+def _batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                        relu=False):
     """Batch normalisation over every axis but 1, as ``F.batch_norm``.
 
     Parameters
@@ -822,6 +823,9 @@ def _batch_norm_forward(x, weight, bias, running_mean, running_var, training, mo
         variance normalise.
     training : bool
     momentum, eps : float
+    relu : bool
+        Fuse a ReLU: ``out`` is ``relu(batch_norm(x))``, in the same pass
+        (and the backward takes the gradient of that, in the same passes).
 
     Returns
     -------
@@ -856,8 +860,8 @@ def _batch_norm_forward(x, weight, bias, running_mean, running_var, training, mo
     else:
         mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
     inv_std = 1.0 / np.sqrt(var + eps)
-    kernel("batch_norm_elemt")(x3, mean, inv_std, weight, bias, out.reshape(x3.shape))
-    return out, (x3, mean, inv_std, training)
+    kernel("batch_norm_elemt")(x3, mean, inv_std, weight, bias, relu, out.reshape(x3.shape))
+    return out, (x3, mean, inv_std, training, relu, bias)
 
 
 def _batch_norm_backward(dout, cache, weight):
@@ -878,14 +882,15 @@ def _batch_norm_backward(dout, cache, weight):
     """
     if cache is None:
         return np.empty_like(dout), np.zeros_like(weight), np.zeros_like(weight)
-    x3, mean, inv_std, training = cache
+    x3, mean, inv_std, training, relu, bias = cache
     channels = x3.shape[1]
     dout3 = dout.reshape(x3.shape)
+    forward = (mean, inv_std, weight, bias, relu)  # (the fused ReLU's mask is recomputed)
     sum_dout, sum_dout_xc = kernel("batch_norm_backward_reduce")(
-        dout3, x3, mean, np.empty(channels), np.empty(channels))
+        dout3, x3, *forward, np.empty(channels), np.empty(channels))
     dx = np.empty_like(dout)
-    kernel("batch_norm_backward_elemt")(dout3, x3, mean, inv_std, weight, sum_dout, sum_dout_xc,
-                                        training, dx.reshape(x3.shape))
+    kernel("batch_norm_backward_elemt")(dout3, x3, *forward, sum_dout, sum_dout_xc, training,
+                                        dx.reshape(x3.shape))
     return dx, (sum_dout_xc * inv_std).astype(weight.dtype), sum_dout.astype(weight.dtype)
 
 

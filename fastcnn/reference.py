@@ -840,7 +840,7 @@ def batch_norm_stats(x, mean, var):
     return mean, var
 
 
-def batch_norm_elemt(x, mean, inv_std, weight, bias, out):
+def batch_norm_elemt(x, mean, inv_std, weight, bias, relu, out):
     """``out = (x - mean) * (weight * inv_std) + bias`` per channel.
 
     Parameters
@@ -848,30 +848,49 @@ def batch_norm_elemt(x, mean, inv_std, weight, bias, out):
     x : ndarray, shape (N, C, L)
     mean, inv_std : ndarray of float64, shape (C,)
     weight, bias : ndarray, shape (C,), dtype of `x`
+    relu : bool
+        Whether a ReLU is fused: ``out = relu(...)`` (as :func:`relu`).
     out : ndarray, shape (N, C, L), dtype of `x`
     """
     scale = weight * inv_std
     out[...] = (x - mean[:, None]) * scale[:, None] + bias[:, None]
+    if relu:
+        out[out <= 0] = 0  # as the ReLU kernel: NaN stays NaN, -0.0 becomes 0.0
     return out
 
 
-def batch_norm_backward_reduce(dout, x, mean, sum_dout, sum_dout_xc):
+def _through_relu(dout, x, mean, inv_std, weight, bias, relu):
+    """`dout`, zeroed where a fused ReLU's input (the forward's normalised
+    value, recomputed) was not positive if `relu`."""
+    if not relu:
+        return dout
+    y = batch_norm_elemt(x, mean, inv_std, weight, bias, False, np.empty_like(x))
+    return np.where(y > 0, dout, 0)
+
+
+def batch_norm_backward_reduce(dout, x, mean, inv_std, weight, bias, relu, sum_dout, sum_dout_xc):
     """Per-channel ``sum(dout)`` and ``sum(dout * (x - mean))`` over N and L.
 
     Parameters
     ----------
     dout, x : ndarray, shape (N, C, L), one dtype
-    mean : ndarray of float64, shape (C,)
+    mean, inv_std : ndarray of float64, shape (C,)
+    weight, bias : ndarray, shape (C,), dtype of `x`
+    relu : bool
+        The forward's (:func:`batch_norm_elemt`): dout is then zeroed where
+        its normalised value was not positive (inv_std, weight and bias
+        matter only then).
     sum_dout, sum_dout_xc : ndarray of float64, shape (C,)
         Filled with the sums (agreeing with the compiled kernel's to rounding).
     """
+    dout = _through_relu(dout, x, mean, inv_std, weight, bias, relu)
     np.sum(dout, axis=(0, 2), dtype=np.float64, out=sum_dout)
     np.sum(dout * (x - mean[:, None]), axis=(0, 2), out=sum_dout_xc)
     return sum_dout, sum_dout_xc
 
 
-def batch_norm_backward_elemt(dout, x, mean, inv_std, weight, sum_dout, sum_dout_xc, training,
-                              out):
+def batch_norm_backward_elemt(dout, x, mean, inv_std, weight, bias, relu, sum_dout, sum_dout_xc,
+                              training, out):
     """The input gradient of batch normalisation.
 
     Parameters
@@ -879,7 +898,9 @@ def batch_norm_backward_elemt(dout, x, mean, inv_std, weight, sum_dout, sum_dout
     dout, x : ndarray, shape (N, C, L), one dtype
     mean, inv_std, sum_dout, sum_dout_xc : ndarray of float64, shape (C,)
         The forward's statistics and :func:`batch_norm_backward_reduce`'s sums.
-    weight : ndarray, shape (C,), dtype of `x`
+    weight, bias : ndarray, shape (C,), dtype of `x`
+    relu : bool
+        The forward's: dout is first zeroed as in :func:`batch_norm_backward_reduce`.
     training : bool
         Whether the forward normalised with the batch's statistics (which
         then depend on x) or with fixed running statistics.
@@ -888,6 +909,7 @@ def batch_norm_backward_elemt(dout, x, mean, inv_std, weight, sum_dout, sum_dout
         where ``proj = sum_dout_xc / M * inv_std * inv_std`` and
         ``scale = inv_std * weight``; ``dout * scale`` if not `training`.
     """
+    dout = _through_relu(dout, x, mean, inv_std, weight, bias, relu)
     count = dout.shape[0] * dout.shape[2]
     scale = (inv_std * weight)[:, None]
     if training:

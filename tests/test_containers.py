@@ -25,7 +25,9 @@ import pytest
 
 import fastcnn
 from fastcnn.gradcheck import gradcheck
+from fastcnn.layers.activation import _FUSED
 from fastcnn.layers import (
+    BatchNorm1D,
     BatchNorm2D,
     Conv2D,
     ConvTranspose2D,
@@ -257,6 +259,63 @@ def test_nested_sequential_is_a_layer():
         "(6,", "2,", "4,", "4)", "20"]
     assert lines[5].split() == ["0.1", "ReLU()", "(6,", "2,", "4,", "4)", "0"]
     assert lines[-1] == "Total params: 119"
+
+
+# A batch norm followed by a ReLU runs fused in a Sequential
+# (BatchNorm2D.forward_relu): the same outputs, gradients and running
+# statistics as the two layers one after the other, bit for bit.
+
+
+class _ShiftedReLU(ReLU):
+    """A ReLU subclass: not fused (it may compute something else)."""
+
+    def _forward(self, x, training):
+        out, saved = super()._forward(x, training)
+        return out + 1, saved
+
+
+@pytest.mark.parametrize(
+    "backend", ["numpy", "cython"] if fastcnn._backend.compiled_available() else ["numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(6, 3, 5, 7), (9, 4), (5, 2, 40, 40)])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("relu", [ReLU, _ShiftedReLU])
+def test_batch_norm_then_relu_runs_fused_and_equals_the_two_layers(backend, dtype, shape,
+                                                                   training, relu):
+    norm = BatchNorm2D if len(shape) == 4 else BatchNorm1D
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.flat[::17] = np.resize(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], dtype),
+                             x.flat[::17].shape)
+    dout = rng.standard_normal(shape).astype(dtype)
+    weight, bias = rng.standard_normal((2, shape[1]))
+    results = []
+    with fastcnn.use_backend(backend), np.errstate(invalid="ignore"):
+        for fused in (True, False):
+            bn, act = norm(shape[1], dtype=dtype), relu()
+            bn.params["weight"][:], bn.params["bias"][:] = weight, bias
+            bn.state["running_mean"][:], bn.state["running_var"][:] = 0.2, 1.5
+            if fused:
+                model = Sequential([bn, act])
+                out, dx = model.forward(x, training), model.backward(dout)
+                assert (act._cache is _FUSED) == (relu is ReLU)
+            else:
+                out = act.forward(bn.forward(x, training), training)
+                dx = bn.backward(act.backward(dout))
+            results.append([out, dx, *bn.grads.values(), *bn.state.values()])
+    for got, expected in zip(*results):
+        assert got.tobytes() == expected.tobytes()
+
+
+def test_the_relu_of_a_fused_pair_passes_its_gradient_on():
+    bn, act = BatchNorm2D(2), ReLU()
+    x = np.random.default_rng(0).standard_normal((4, 2, 3, 3)).astype(np.float32)
+    out = Sequential([bn, act])(x)
+    assert (out >= 0).all() and out.shape == x.shape
+    dout = np.ones_like(out)
+    assert act.backward(dout) is dout  # the batch norm's backward applies the ReLU's mask
+    with pytest.raises(ValueError, match="shape"):
+        act.backward(dout[:1])
 
 
 # ---------------------------------------------------------------------------

@@ -1090,6 +1090,16 @@ tilings = st.sampled_from([(1024, 16384), (1, 1), (3, 5), (16, 40), (40, 7), (7,
 bn_kinds = st.sampled_from(["normal", "offset", "ties", "special", "zeros"])
 
 
+def _bn_affine(rng, c, dtype, kind):
+    """(mean, inv_std, weight, bias) of a normalisation; with `kind` "special"
+    or "zeros", also zero, infinite and NaN scales and shifts (the fused
+    ReLU's windows of every sort)."""
+    mean, inv_std = rng.standard_normal(c), rng.random(c) + 0.1
+    odd = kind if kind in ("special", "zeros") else "normal"
+    return (mean, inv_std, make_values(rng, (c,), dtype, odd),
+            make_values(rng, (c,), dtype, odd if kind == "special" else "normal"))
+
+
 def _assert_sums_close(got, expected, scale, rtol):
     """float64 per-channel results: the same NaNs, else |got - expected| <= rtol * scale."""
     assert got.dtype == expected.dtype == np.float64 and got.shape == expected.shape
@@ -1156,42 +1166,46 @@ def test_kernel_batch_norm_stats_are_exact_to_rounding_far_from_zero(dtype, shap
 
 
 @hsettings(150)
-@given(shape=bn_shapes(), dtype=dtypes, kind=bn_kinds, seed=seeds, nt=threads, tiling=tilings)
-def test_kernel_batch_norm_elemt(shape, dtype, kind, seed, nt, tiling):
-    # (x - mean) * (weight * inv_std) + bias in float64, rounded once: exact.
+@given(shape=bn_shapes(), dtype=dtypes, kind=bn_kinds, seed=seeds, nt=threads, tiling=tilings,
+       relu=st.booleans())
+def test_kernel_batch_norm_elemt(shape, dtype, kind, seed, nt, tiling, relu):
+    # (x - mean) * (weight * inv_std) + bias in float64, rounded once: exact
+    # (and the fused ReLU: exact).
     compiled, reference = _pair("batch_norm_elemt")
     rng = np.random.default_rng(seed)
     x = _bn_values(rng, shape, dtype, kind)
-    c = shape[1]
-    mean, inv_std = rng.standard_normal(c), rng.random(c) + 0.1
-    weight, bias = make_values(rng, (c,), dtype, "normal"), make_values(rng, (c,), dtype, "normal")
+    affine = _bn_affine(rng, shape[1], dtype, kind)
     out_c = _garbage(shape, dtype, 7.0)
     out_r = _garbage(shape, dtype, -3.0)
-    with _norm_tiling(*tiling):
-        assert compiled(x, mean, inv_std, weight, bias, out_c, nt) is out_c
-    with np.errstate(invalid="ignore"):
-        assert reference(x, mean, inv_std, weight, bias, out_r) is out_r
+    with _norm_tiling(*tiling), np.errstate(invalid="ignore", over="ignore"):
+        assert compiled(x, *affine, relu, out_c, nt) is out_c
+        assert reference(x, *affine, relu, out_r) is out_r
     _assert_same(out_c, out_r)
 
 
 @hsettings(150)
-@given(shape=bn_shapes(), dtype=dtypes, kind=bn_kinds, seed=seeds, nt=threads, tiling=tilings)
-def test_kernel_batch_norm_backward_reduce(shape, dtype, kind, seed, nt, tiling):
+@given(shape=bn_shapes(), dtype=dtypes, kind=bn_kinds, seed=seeds, nt=threads, tiling=tilings,
+       relu=st.booleans())
+def test_kernel_batch_norm_backward_reduce(shape, dtype, kind, seed, nt, tiling, relu):
     # Plain float64 sums in two orders: within 1e-13 of the sum of the
-    # terms' magnitudes (a few ulps of the largest partial sum).
+    # terms' magnitudes (a few ulps of the largest partial sum). With the
+    # fused ReLU, the terms it zeroes are the same: one more or less would
+    # move a sum by about a term, far beyond that bound.
     compiled, reference = _pair("batch_norm_backward_reduce")
     rng = np.random.default_rng(seed)
     x = _bn_values(rng, shape, dtype, kind)
     dout = make_values(rng, shape, dtype, "normal" if kind == "offset" else kind)
     c = shape[1]
+    _, inv_std, weight, bias = _bn_affine(rng, c, dtype, kind)
     with np.errstate(invalid="ignore"):
         mean = fastcnn.reference.batch_norm_stats(x, np.empty(c), np.empty(c))[0]
+    args = (dout, x, mean, inv_std, weight, bias, relu)
     sums_c = np.full(c, 7.0), np.full(c, 7.0)
     sums_r = np.full(c, -3.0), np.full(c, -3.0)
-    with _norm_tiling(*tiling):
-        res_c = compiled(dout, x, mean, *sums_c, nt)
-    with np.errstate(invalid="ignore"):
-        res_r = reference(dout, x, mean, *sums_r)
+    with _norm_tiling(*tiling), np.errstate(invalid="ignore", over="ignore"):
+        res_c = compiled(*args, *sums_c, nt)
+        res_r = reference(*args, *sums_r)
+        dout = fastcnn.reference._through_relu(*args)  # the terms the sums add
         terms = np.abs(dout * (x - mean[:, None]))
     assert res_c[0] is sums_c[0] and res_c[1] is sums_c[1]
     assert res_r[0] is sums_r[0] and res_r[1] is sums_r[1]
@@ -1202,26 +1216,64 @@ def test_kernel_batch_norm_backward_reduce(shape, dtype, kind, seed, nt, tiling)
 
 @hsettings(150)
 @given(shape=bn_shapes(), dtype=dtypes, kind=bn_kinds, seed=seeds, nt=threads, tiling=tilings,
-       training=st.booleans())
-def test_kernel_batch_norm_backward_elemt(shape, dtype, kind, seed, nt, tiling, training):
+       training=st.booleans(), relu=st.booleans())
+@example(shape=(3, 2, 20), dtype=np.float32, kind="special", seed=0, nt=2, tiling=(1024, 16384),
+         training=True, relu=True)
+def test_kernel_batch_norm_backward_elemt(shape, dtype, kind, seed, nt, tiling, training, relu):
     # The same per-channel coefficients, then the same float64 operations
-    # per cell, rounded once: exact.
+    # per cell, rounded once: exact. The fused ReLU zeroes dout where the
+    # twin's recomputed forward value is not positive; the kernel compares
+    # x with its window's ends instead: the same cells, bit for bit.
     compiled, reference = _pair("batch_norm_backward_elemt")
     rng = np.random.default_rng(seed)
     x = _bn_values(rng, shape, dtype, kind)
     dout = make_values(rng, shape, dtype, "normal" if kind == "offset" else kind)
     c = shape[1]
-    mean, inv_std = rng.standard_normal(c), rng.random(c) + 0.1
+    mean, inv_std, weight, bias = _bn_affine(rng, c, dtype, kind)
     sum_dout, sum_dout_xc = rng.standard_normal(c) * 10, rng.standard_normal(c) * 10
-    weight = make_values(rng, (c,), dtype, "normal")
-    args = (dout, x, mean, inv_std, weight, sum_dout, sum_dout_xc, training)
+    args = (dout, x, mean, inv_std, weight, bias, relu, sum_dout, sum_dout_xc, training)
     out_c = _garbage(shape, dtype, 7.0)
     out_r = _garbage(shape, dtype, -3.0)
-    with _norm_tiling(*tiling):
+    with _norm_tiling(*tiling), np.errstate(invalid="ignore", over="ignore"):
         assert compiled(*args, out_c, nt) is out_c
-    with np.errstate(invalid="ignore"):
         assert reference(*args, out_r) is out_r
     _assert_same(out_c, out_r)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("mean, scale, shift", [
+    (0.3, 1.7, -0.2), (-5.0, -3.0, 1.0), (1e4, 1e-3, 7.0), (0.0, 0.0, 1.0), (0.0, 0.0, -1.0),
+    (2.0, 1e30, 3.0), (0.1, -1e-30, 0.0), (1e30, 1.0, -1e30),
+])
+def test_fused_relu_window_ends_to_the_last_float(dtype, mean, scale, shift):
+    # The kernels find the x whose normalised value is positive by bisection
+    # over the floats; next to the window's ends every float counts: the 400
+    # floats nearest the value's root, and the extremes, give the twin's
+    # cells (the forward's value recomputed), bit for bit.
+    compiled, reference = _pair("batch_norm_backward_elemt")
+    root = np.array(mean - shift / scale if scale else 0.0, dtype)
+    near = [root]
+    for direction in (np.inf, -np.inf):
+        v = root
+        for _ in range(200):
+            v = np.nextafter(v, np.array(direction, dtype))
+            near.append(v)
+    info = np.finfo(dtype)
+    x = np.array(near + [np.inf, -np.inf, np.nan, info.max, -info.max, info.tiny, 0.0, -0.0],
+                 dtype).reshape(1, 1, -1)
+    dout = np.ones_like(x)
+    args = (dout, x, np.array([mean]), np.array([scale]), np.ones(1, dtype),
+            np.array([shift], dtype), True, np.zeros(1), np.zeros(1), False)
+    with np.errstate(invalid="ignore", over="ignore"):
+        expected = reference(*args, np.empty_like(x))
+    assert 0 < np.count_nonzero(expected) < x.size or not scale
+    _assert_same(compiled(*args, np.empty_like(x), 1), expected)
+    # (with a zero scale, dx is zero: the reduction counts the cells let through)
+    reduce_c, reduce_r = _pair("batch_norm_backward_reduce")
+    with np.errstate(invalid="ignore", over="ignore"):
+        passed = reduce_r(*args[:7], np.empty(1), np.empty(1))[0]
+    assert 0 < passed[0] < x.size or (scale == 0 and shift < 0)
+    assert reduce_c(*args[:7], np.empty(1), np.empty(1), 1)[0] == passed
 
 
 # Flat sizes around the element-wise kernels' block of 16384 cells.
@@ -1545,10 +1597,14 @@ def test_avx2_batch_norm_build_equals_the_baseline_bitwise(shape, dtype, kind, s
     for module in (_norm_baseline, _norm):
         with _norm_tiling(*tiling, module=module), np.errstate(all="ignore"):
             stats = module.batch_norm_stats(x, np.empty(c), np.empty(c), nt)
-            out = module.batch_norm_elemt(x, mean, inv_std, weight, bias, np.empty_like(x), nt)
-            sums = module.batch_norm_backward_reduce(dout, x, mean, np.empty(c), np.empty(c), nt)
-            dx = module.batch_norm_backward_elemt(dout, x, mean, inv_std, weight, *sums,
-                                                  training, np.empty_like(x), nt)
+            out = module.batch_norm_elemt(x, mean, inv_std, weight, bias, training,
+                                          np.empty_like(x), nt)
+            # (the fused ReLU, with and without: `training` picks one)
+            forward = (mean, inv_std, weight, bias, training)
+            sums = module.batch_norm_backward_reduce(dout, x, *forward, np.empty(c), np.empty(c),
+                                                     nt)
+            dx = module.batch_norm_backward_elemt(dout, x, *forward, *sums, training,
+                                                  np.empty_like(x), nt)
         results.append([*stats, out, *sums, dx])
     for got, expected in zip(*results):
         # IEEE 754 leaves a NaN's sign and payload unspecified, and which of two

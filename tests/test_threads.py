@@ -800,13 +800,15 @@ def _run_layer_kernels(shape, dtype, nt):
     weight, bias = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
     mean, var = k["batch_norm_stats"](x, np.empty(c), np.empty(c), nt)
     inv_std = 1 / np.sqrt(var + 1e-5)
-    outs = [mean, var, k["batch_norm_elemt"](x, mean, inv_std, weight, bias,
-                                              np.empty_like(x), nt)]
-    sums = k["batch_norm_backward_reduce"](dout, x, mean, np.empty(c), np.empty(c), nt)
-    outs += list(sums)
-    for training in (True, False):
-        outs.append(k["batch_norm_backward_elemt"](dout, x, mean, inv_std, weight, *sums,
-                                                   training, np.empty_like(x), nt))
+    outs = [mean, var]
+    for relu in (False, True):
+        forward = (mean, inv_std, weight, bias, relu)
+        outs.append(k["batch_norm_elemt"](x, *forward, np.empty_like(x), nt))
+        sums = k["batch_norm_backward_reduce"](dout, x, *forward, np.empty(c), np.empty(c), nt)
+        outs += list(sums)
+        for training in (True, False):
+            outs.append(k["batch_norm_backward_elemt"](dout, x, *forward, *sums, training,
+                                                       np.empty_like(x), nt))
     flat_x, flat_dout = dout.reshape(-1), x.reshape(-1) - 100  # both signs
     out = np.empty_like(flat_x)
     outs += [k["relu"](flat_x, out.copy(), nt),

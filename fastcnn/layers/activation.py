@@ -46,10 +46,23 @@ class _Elementwise(Layer):
         return ", ".join(f"{name}={getattr(self, name)}" for name in self._arguments)
 
 
+# ReLU's cache after BatchNorm's forward_relu computed its output.
+_FUSED = object()
+
+
 class ReLU(_Elementwise):
     """``max(x, 0)``; the gradient is 1 where ``x > 0`` and 0 elsewhere (as PyTorch)."""
 
     _ops = (F._relu, F._relu_backward)
+
+    def _fused_after(self, out) -> None:
+        """Take `out` as this layer's output, computed by the layer before it
+        (see :meth:`fastcnn.layers.BatchNorm2D.forward_relu`), which also
+        applies this layer's gradient."""
+        self._cache, self._out_shape, self._out_dtype = _FUSED, out.shape, out.dtype
+
+    def _backward(self, dout, saved):
+        return dout if saved is _FUSED else super()._backward(dout, saved)
 
 
 class LeakyReLU(_Elementwise):

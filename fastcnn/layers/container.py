@@ -10,7 +10,9 @@ import operator
 import numpy as np
 
 from .._validation import as_float_array, flag, shape_tuple
+from .activation import ReLU
 from .base import Layer, _named_modules, _output_shape_or_none
+from .normalization import BatchNorm1D, BatchNorm2D
 
 __all__ = ["Sequential", "Residual", "Identity", "named_layers"]
 
@@ -119,10 +121,21 @@ class Sequential(Layer):
         """Run `x` through every layer; see :meth:`fastcnn.layers.Layer.forward`.
 
         `training` is passed to every layer as given (None: each layer's own mode).
+        A batch norm followed by a ReLU runs as one
+        (:meth:`~fastcnn.layers.BatchNorm2D.forward_relu`).
         """
         _check_training(training)
-        for layer in self.layers:
-            x = layer.forward(x, training)
+        layers = self.layers
+        i = 0
+        while i < len(layers):
+            layer, after = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+            # (exact types: a subclass may compute something else)
+            if type(layer) in (BatchNorm1D, BatchNorm2D) and type(after) is ReLU:
+                x = layer.forward_relu(x, after, training)
+                i += 2
+            else:
+                x = layer.forward(x, training)
+                i += 1
         return x
 
     def backward(self, dout, input_grad: bool = True) -> np.ndarray | None:

@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import functional as F
 from .._validation import check_same_dtype, flag, positive_int, real, shape_tuple
+from .activation import ReLU
 from .base import Layer, _describe_args, _float_dtype
 
 __all__ = ["BatchNorm1D", "BatchNorm2D", "GroupNorm", "LayerNorm"]
@@ -15,6 +16,8 @@ class _BatchNorm(Layer):
     """Batch normalisation over every axis but 1 (the channel axis)."""
 
     _ndims: tuple[int, ...] = ()
+    # True while forward_relu runs: the forward then fuses the ReLU after it.
+    _relu = False
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32) -> None:
         super().__init__()
@@ -44,7 +47,24 @@ class _BatchNorm(Layer):
         check_same_dtype(x=x, weight=self.params["weight"])
         return F._batch_norm_forward(
             x, self.params["weight"], self.params["bias"], self.state["running_mean"],
-            self.state["running_var"], training, self.momentum, self.eps)
+            self.state["running_var"], training, self.momentum, self.eps, self._relu)
+
+    def forward_relu(self, x, relu: ReLU, training: bool | None = None) -> np.ndarray:
+        """``relu.forward(self.forward(x, training))`` in one pass over memory.
+
+        The two layers' backward calls, `relu`'s then this layer's, then
+        give the gradients of the unfused pair (the ReLU passes its output
+        gradient on, and this layer zeroes it where the ReLU's input was not
+        positive, in its own passes). :class:`~fastcnn.layers.Sequential`
+        runs a batch norm followed by a ReLU this way.
+        """
+        self._relu = True
+        try:
+            out = self.forward(x, training)
+        finally:
+            del self._relu
+        relu._fused_after(out)
+        return out
 
     def _backward(self, dout, cache):
         dx, dweight, dbias = F._batch_norm_backward(dout, cache, self.params["weight"])
