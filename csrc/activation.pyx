@@ -105,13 +105,13 @@ def relu_backward(const floating[::1] dout, const floating[::1] x, floating[::1]
     return _map2(_relu_backward[floating], dout, x, 0, 0, out, num_threads)
 
 
-cdef void _leaky_relu(const floating* x, floating slope, floating q, floating* out,
-                      Py_ssize_t n) noexcept nogil:
+cdef void _leaky_scaled(const floating* dout, const floating* x, floating slope,
+                        floating q, floating* out, Py_ssize_t n) noexcept nogil:
+    # dout times leaky_relu's slope at x; with dout = x, leaky_relu (x * 1 is x)
     cdef Py_ssize_t i
-    cdef floating v, one = 1
+    cdef floating one = 1
     for i in range(n):
-        v = x[i]
-        out[i] = v * (one if v > 0 else slope)  # v * 1 is v
+        out[i] = dout[i] * (one if x[i] > 0 else slope)
 
 
 def leaky_relu(const floating[::1] x, double negative_slope, floating[::1] out not None,
@@ -120,17 +120,7 @@ def leaky_relu(const floating[::1] x, double negative_slope, floating[::1] out n
 
     ``out = x where x > 0, else x * negative_slope``.
     """
-    return _map(_leaky_relu[floating], x, <floating> negative_slope, 0, out, num_threads)
-
-
-cdef void _leaky_relu_backward(const floating* dout, const floating* x, floating slope,
-                               floating q, floating* out, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating g, v, one = 1
-    for i in range(n):
-        g = dout[i]
-        v = x[i]
-        out[i] = g * (one if v > 0 else slope)
+    return _map2(_leaky_scaled[floating], x, x, <floating> negative_slope, 0, out, num_threads)
 
 
 def leaky_relu_backward(const floating[::1] dout, const floating[::1] x, double negative_slope,
@@ -139,7 +129,7 @@ def leaky_relu_backward(const floating[::1] dout, const floating[::1] x, double 
 
     ``out = dout where x > 0, else dout * negative_slope``.
     """
-    return _map2(_leaky_relu_backward[floating], dout, x, <floating> negative_slope, 0, out,
+    return _map2(_leaky_scaled[floating], dout, x, <floating> negative_slope, 0, out,
                  num_threads)
 
 
@@ -170,23 +160,6 @@ def sigmoid(const floating[::1] x, floating[::1] out not None, int num_threads):
     return _map(_sigmoid[floating], x, 0, 0, out, num_threads)
 
 
-cdef void _sigmoid_backward(const floating* dout, const floating* y, floating p, floating q,
-                            floating* out, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating one = 1
-    for i in range(n):
-        out[i] = dout[i] * y[i] * (one - y[i])
-
-
-def sigmoid_backward(const floating[::1] dout, const floating[::1] y, floating[::1] out not None,
-                     int num_threads):
-    """sigmoid_backward(dout, y, out, num_threads) -> out
-
-    ``out = dout * y * (1 - y)`` for the forward's output y.
-    """
-    return _map2(_sigmoid_backward[floating], dout, y, 0, 0, out, num_threads)
-
-
 cdef void _tanh(const floating* x, floating p, floating q, floating* out,
                 Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
@@ -202,21 +175,27 @@ def tanh(const floating[::1] x, floating[::1] out not None, int num_threads):
     return _map(_tanh[floating], x, 0, 0, out, num_threads)
 
 
-cdef void _tanh_backward(const floating* dout, const floating* y, floating p, floating q,
-                         floating* out, Py_ssize_t n) noexcept nogil:
+cdef void _by_output(const floating* dout, const floating* y, floating of_tanh, floating q,
+                     floating* out, Py_ssize_t n) noexcept nogil:
+    # the derivative chosen once per block, each loop as in its own kernel
     cdef Py_ssize_t i
     cdef floating one = 1
-    for i in range(n):
-        out[i] = dout[i] * (one - y[i] * y[i])
+    if of_tanh:
+        for i in range(n):
+            out[i] = dout[i] * (one - y[i] * y[i])
+    else:
+        for i in range(n):
+            out[i] = dout[i] * y[i] * (one - y[i])
 
 
-def tanh_backward(const floating[::1] dout, const floating[::1] y, floating[::1] out not None,
-                  int num_threads):
-    """tanh_backward(dout, y, out, num_threads) -> out
+def _by_output_backward(bint of_tanh, const floating[::1] dout, const floating[::1] y,
+                        floating[::1] out not None, int num_threads):
+    """_by_output_backward(of_tanh, dout, y, out, num_threads) -> out
 
-    ``out = dout * (1 - y * y)`` for the forward's output y.
+    sigmoid_backward, ``out = dout * y * (1 - y)``, or, if `of_tanh`,
+    tanh_backward, ``out = dout * (1 - y * y)``, for the forward's output y.
     """
-    return _map2(_tanh_backward[floating], dout, y, 0, 0, out, num_threads)
+    return _map2(_by_output[floating], dout, y, of_tanh, 0, out, num_threads)
 
 
 cdef inline floating _negative_part(floating v) noexcept nogil:

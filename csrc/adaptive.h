@@ -63,46 +63,48 @@ static inline __m128i fcnn_blend(__m128i a, __m128i b, __m128i take)
     return _mm_or_si128(_mm_and_si128(take, b), _mm_andnot_si128(take, a));
 }
 
-/* Four float32 columns down rows [h0, h1) from p, the column maxima and
- * their rows in registers. */
-static inline void fcnn_max_block_f32(const float *p, ptrdiff_t W, ptrdiff_t h0, ptrdiff_t h1,
-                                      float *best, int64_t *row_of)
+/* Set the int64 rows r of the columns that `take` selects to `here`:
+ * float32's four lanes span two registers of rows, float64's two lanes one. */
+static inline void fcnn_take_rows_ps(__m128i *r, __m128i here, __m128i take)
 {
-    __m128 b = _mm_loadu_ps(p);
-    __m128i here = _mm_set1_epi64x(h0), one = _mm_set1_epi64x(1);
-    __m128i r0 = here, r1 = here;
-    for (ptrdiff_t ih = h0 + 1; ih < h1; ih++) {
-        p += W;
-        here = _mm_add_epi64(here, one);
-        __m128 v = _mm_loadu_ps(p);
-        __m128i take = _mm_castps_si128(_mm_or_ps(_mm_cmplt_ps(b, v), _mm_cmpunord_ps(v, v)));
-        b = _mm_castsi128_ps(fcnn_blend(_mm_castps_si128(b), _mm_castps_si128(v), take));
-        r0 = fcnn_blend(r0, here, _mm_unpacklo_epi32(take, take));
-        r1 = fcnn_blend(r1, here, _mm_unpackhi_epi32(take, take));
-    }
-    _mm_storeu_ps(best, b);
-    _mm_storeu_si128((__m128i *)row_of, r0);
-    _mm_storeu_si128((__m128i *)(row_of + 2), r1);
+    r[0] = fcnn_blend(r[0], here, _mm_unpacklo_epi32(take, take));
+    r[1] = fcnn_blend(r[1], here, _mm_unpackhi_epi32(take, take));
 }
 
-/* Two float64 columns, likewise. */
-static inline void fcnn_max_block_f64(const double *p, ptrdiff_t W, ptrdiff_t h0, ptrdiff_t h1,
-                                      double *best, int64_t *row_of)
+static inline void fcnn_take_rows_pd(__m128i *r, __m128i here, __m128i take)
 {
-    __m128d b = _mm_loadu_pd(p);
-    __m128i here = _mm_set1_epi64x(h0), one = _mm_set1_epi64x(1);
-    __m128i r = here;
-    for (ptrdiff_t ih = h0 + 1; ih < h1; ih++) {
-        p += W;
-        here = _mm_add_epi64(here, one);
-        __m128d v = _mm_loadu_pd(p);
-        __m128i take = _mm_castpd_si128(_mm_or_pd(_mm_cmplt_pd(b, v), _mm_cmpunord_pd(v, v)));
-        b = _mm_castsi128_pd(fcnn_blend(_mm_castpd_si128(b), _mm_castpd_si128(v), take));
-        r = fcnn_blend(r, here, take);
-    }
-    _mm_storeu_pd(best, b);
-    _mm_storeu_si128((__m128i *)row_of, r);
+    r[0] = fcnn_blend(r[0], here, take);
 }
+
+/* One vector of columns (type T in VT, the intrinsics' suffix X) down rows
+ * [h0, h1) from p, the column maxima and their rows (R registers) in
+ * registers. */
+#define FCNN_MAX_BLOCK(name, T, VT, X, R)                                       \
+    static inline void name(const T *p, ptrdiff_t W, ptrdiff_t h0, ptrdiff_t h1, \
+                            T *best, int64_t *row_of)                           \
+    {                                                                           \
+        VT b = _mm_loadu_##X(p);                                                \
+        __m128i here = _mm_set1_epi64x(h0), one = _mm_set1_epi64x(1);           \
+        __m128i r[R];                                                           \
+        for (int k = 0; k < R; k++)                                             \
+            r[k] = here;                                                        \
+        for (ptrdiff_t ih = h0 + 1; ih < h1; ih++) {                            \
+            p += W;                                                             \
+            here = _mm_add_epi64(here, one);                                    \
+            VT v = _mm_loadu_##X(p);                                            \
+            __m128i take = _mm_cast##X##_si128(                                 \
+                _mm_or_##X(_mm_cmplt_##X(b, v), _mm_cmpunord_##X(v, v)));       \
+            b = _mm_castsi128_##X(                                              \
+                fcnn_blend(_mm_cast##X##_si128(b), _mm_cast##X##_si128(v), take)); \
+            fcnn_take_rows_##X(r, here, take);                                  \
+        }                                                                       \
+        _mm_storeu_##X(best, b);                                                \
+        for (int k = 0; k < R; k++)                                             \
+            _mm_storeu_si128((__m128i *)row_of + k, r[k]);                      \
+    }
+FCNN_MAX_BLOCK(fcnn_max_block_f32, float, __m128, ps, 2)
+FCNN_MAX_BLOCK(fcnn_max_block_f64, double, __m128d, pd, 1)
+#undef FCNN_MAX_BLOCK
 
 #define FCNN_MAX_COLUMNS(name, T, S, block, lanes)                              \
     static void name(const T *src, ptrdiff_t W, ptrdiff_t h0, ptrdiff_t h1,     \

@@ -139,14 +139,10 @@ cdef floating _plane_sum(const floating* src, Py_ssize_t n) noexcept nogil:
     return total
 
 
-def adaptive_avg_pool2d_forward(
-    const floating[:, :, :, ::1] x not None,
-    floating[:, :, :, ::1] out not None,
-    int num_threads,
+cdef _avg_forward(
+    const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out, int num_threads,
+    Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow,
 ):
-    """adaptive_avg_pool2d_forward(x, out, num_threads) -> out"""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t oh = out.shape[2], ow = out.shape[3]
     cdef Py_ssize_t plane, n, c
     cdef Py_ssize_t* t = _windows(H, W, oh, ow, False)
     try:
@@ -264,14 +260,10 @@ cdef void _avg_backward_plane(
             _add_shares(line, share + oy * ow, ws, we, ow)
 
 
-def adaptive_avg_pool2d_backward(
-    const floating[:, :, :, ::1] dout not None,
-    floating[:, :, :, ::1] out not None,
-    int num_threads,
+cdef _avg_backward(
+    const floating[:, :, :, ::1] dout, floating[:, :, :, ::1] out, int num_threads,
+    Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow,
 ):
-    """adaptive_avg_pool2d_backward(dout, out, num_threads) -> out"""
-    cdef Py_ssize_t N = out.shape[0], C = out.shape[1], H = out.shape[2], W = out.shape[3]
-    cdef Py_ssize_t oh = dout.shape[2], ow = dout.shape[3]
     cdef Py_ssize_t plane, n, c
     cdef Py_ssize_t stride = 0
     cdef floating* shares = NULL
@@ -292,3 +284,23 @@ def adaptive_avg_pool2d_backward(
         free(t)
         free(shares)
     return out.base
+
+
+def _adaptive_avg_pool2d(
+    bint backward,
+    const floating[:, :, :, ::1] src not None,
+    floating[:, :, :, ::1] out not None,
+    int num_threads,
+):
+    """_adaptive_avg_pool2d(backward, src, out, num_threads) -> out
+
+    adaptive_avg_pool2d_forward of the input `src` into `out`, or, if
+    `backward`, adaptive_avg_pool2d_backward of the output gradient `src`
+    into `out`.
+    """
+    cdef Py_ssize_t N = out.shape[0], C = out.shape[1]
+    if backward:
+        return _avg_backward(src, out, num_threads, N, C, out.shape[2], out.shape[3],
+                             src.shape[2], src.shape[3])
+    return _avg_forward(src, out, num_threads, N, C, src.shape[2], src.shape[3],
+                        out.shape[2], out.shape[3])

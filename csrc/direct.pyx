@@ -41,30 +41,18 @@ cdef extern from "direct_simd.h" nogil:
                              Py_ssize_t pw, Py_ssize_t PW, double* s)
     void fcnn_direct_pack_f32(const float* w, Py_ssize_t F, Py_ssize_t K, float* wp)
     void fcnn_direct_pack_f64(const double* w, Py_ssize_t F, Py_ssize_t K, double* wp)
-    void fcnn_direct_row_f32(const float* base, const ptrdiff_t* offs, Py_ssize_t K,
-                             const float* w, const float* bias, Py_ssize_t F, float* out,
-                             Py_ssize_t L, Py_ssize_t ow)
-    void fcnn_direct_row_f64(const double* base, const ptrdiff_t* offs, Py_ssize_t K,
-                             const double* w, const double* bias, Py_ssize_t F, double* out,
-                             Py_ssize_t L, Py_ssize_t ow)
-    void fcnn_direct_row_f32_avx2(const float* base, const ptrdiff_t* offs, Py_ssize_t K,
-                                  const float* w, const float* bias, Py_ssize_t F, float* out,
-                                  Py_ssize_t L, Py_ssize_t ow)
-    void fcnn_direct_row_f64_avx2(const double* base, const ptrdiff_t* offs, Py_ssize_t K,
-                                  const double* w, const double* bias, Py_ssize_t F,
-                                  double* out, Py_ssize_t L, Py_ssize_t ow)
-    void fcnn_direct_wgrad_f32(const float* xs, const ptrdiff_t* offs, Py_ssize_t K,
-                               const float* d, Py_ssize_t F, Py_ssize_t oh, Py_ssize_t ow,
-                               Py_ssize_t rstep, float* dw, float* db)
-    void fcnn_direct_wgrad_f64(const double* xs, const ptrdiff_t* offs, Py_ssize_t K,
-                               const double* d, Py_ssize_t F, Py_ssize_t oh, Py_ssize_t ow,
-                               Py_ssize_t rstep, double* dw, double* db)
-    void fcnn_direct_wgrad_f32_avx2(const float* xs, const ptrdiff_t* offs, Py_ssize_t K,
-                                    const float* d, Py_ssize_t F, Py_ssize_t oh, Py_ssize_t ow,
-                                    Py_ssize_t rstep, float* dw, float* db)
-    void fcnn_direct_wgrad_f64_avx2(const double* xs, const ptrdiff_t* offs, Py_ssize_t K,
-                                    const double* d, Py_ssize_t F, Py_ssize_t oh, Py_ssize_t ow,
-                                    Py_ssize_t rstep, double* dw, double* db)
+    void fcnn_direct_row_at_f32(bint simd, const float* base, const ptrdiff_t* offs, Py_ssize_t K,
+                                const float* w, const float* bias, Py_ssize_t F, float* out,
+                                Py_ssize_t L, Py_ssize_t ow)
+    void fcnn_direct_row_at_f64(bint simd, const double* base, const ptrdiff_t* offs,
+                                Py_ssize_t K, const double* w, const double* bias, Py_ssize_t F,
+                                double* out, Py_ssize_t L, Py_ssize_t ow)
+    void fcnn_direct_wgrad_at_f32(bint simd, const float* xs, const ptrdiff_t* offs, Py_ssize_t K,
+                                  const float* d, Py_ssize_t F, Py_ssize_t oh, Py_ssize_t ow,
+                                  Py_ssize_t rstep, float* dw, float* db)
+    void fcnn_direct_wgrad_at_f64(bint simd, const double* xs, const ptrdiff_t* offs,
+                                  Py_ssize_t K, const double* d, Py_ssize_t F, Py_ssize_t oh,
+                                  Py_ssize_t ow, Py_ssize_t rstep, double* dw, double* db)
 
 
 # Output rows per forward work item: enough items to share a small batch
@@ -173,15 +161,11 @@ def conv2d_direct_forward(
                 for y in range(y0, y1):
                     base = s + (y - y0) * sh * sw * PW
                     if floating is float:
-                        if simd:
-                            fcnn_direct_row_f32_avx2(base, offs, K, w, b, F, &out[n, 0, y, 0], L, ow)
-                        else:
-                            fcnn_direct_row_f32(base, offs, K, w, b, F, &out[n, 0, y, 0], L, ow)
+                        fcnn_direct_row_at_f32(simd, base, offs, K, w, b, F,
+                                               &out[n, 0, y, 0], L, ow)
                     else:
-                        if simd:
-                            fcnn_direct_row_f64_avx2(base, offs, K, w, b, F, &out[n, 0, y, 0], L, ow)
-                        else:
-                            fcnn_direct_row_f64(base, offs, K, w, b, F, &out[n, 0, y, 0], L, ow)
+                        fcnn_direct_row_at_f64(simd, base, offs, K, w, b, F,
+                                               &out[n, 0, y, 0], L, ow)
     finally:
         free(scratch)
         free(packed)
@@ -235,19 +219,11 @@ def conv2d_direct_backward(
                 for n in range(p * chunk, min(N, (p + 1) * chunk)):
                     pad_rows(&x[n, 0, 0, 0], C, H, W, -ph, R, R, sw, pw, PW, s)
                     if floating is float:
-                        if simd:
-                            fcnn_direct_wgrad_f32_avx2(s, offs, K, &dout[n, 0, 0, 0], F, oh, ow,
-                                                       rstep, dw1, db1)
-                        else:
-                            fcnn_direct_wgrad_f32(s, offs, K, &dout[n, 0, 0, 0], F, oh, ow,
-                                                  rstep, dw1, db1)
+                        fcnn_direct_wgrad_at_f32(simd, s, offs, K, &dout[n, 0, 0, 0], F, oh, ow,
+                                                 rstep, dw1, db1)
                     else:
-                        if simd:
-                            fcnn_direct_wgrad_f64_avx2(s, offs, K, &dout[n, 0, 0, 0], F, oh, ow,
-                                                       rstep, dw1, db1)
-                        else:
-                            fcnn_direct_wgrad_f64(s, offs, K, &dout[n, 0, 0, 0], F, oh, ow,
-                                                  rstep, dw1, db1)
+                        fcnn_direct_wgrad_at_f64(simd, s, offs, K, &dout[n, 0, 0, 0], F, oh, ow,
+                                                 rstep, dw1, db1)
                     if n == p * chunk:
                         memcpy(pw_dw, dw1, F * K * sizeof(floating))
                         memcpy(pw_db, db1, F * sizeof(floating))

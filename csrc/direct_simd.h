@@ -244,4 +244,26 @@ FCNN_DIRECT_NONE(double, f64_avx2)
 #undef FCNN_DIRECT_NONE
 
 #endif
+
+/* The AVX2 kernel where `simd` (fcnn_direct_level() > 0), else the generic one. */
+#define FCNN_DIRECT_AT(T, SFX)                                                          \
+static inline void fcnn_direct_row_at_##SFX(int simd, const T *base, const ptrdiff_t *offs, \
+                                            ptrdiff_t K, const T *w, const T *bias,    \
+                                            ptrdiff_t F, T *out, ptrdiff_t L, ptrdiff_t ow) \
+{                                                                                       \
+    (simd ? fcnn_direct_row_##SFX##_avx2 : fcnn_direct_row_##SFX)(base, offs, K, w, bias, \
+                                                                   F, out, L, ow);      \
+}                                                                                       \
+static inline void fcnn_direct_wgrad_at_##SFX(int simd, const T *xs, const ptrdiff_t *offs, \
+                                              ptrdiff_t K, const T *d, ptrdiff_t F,    \
+                                              ptrdiff_t oh, ptrdiff_t ow, ptrdiff_t rstep, \
+                                              T *dw, T *db)                             \
+{                                                                                       \
+    (simd ? fcnn_direct_wgrad_##SFX##_avx2 : fcnn_direct_wgrad_##SFX)(xs, offs, K, d, F, oh, \
+                                                                       ow, rstep, dw, db); \
+}
+FCNN_DIRECT_AT(float, f32)
+FCNN_DIRECT_AT(double, f64)
+#undef FCNN_DIRECT_AT
+
 #endif

@@ -349,14 +349,18 @@ cdef void _avg_pool_plane(
         fcnn_avg_pool_plane_f64(src, dst, div, H, W, kh, ph, pw, oh, ow)
 
 
-cdef _avg_pool(
+def _avg_pool2d(
     bint backward, const floating[:, :, :, ::1] src,
     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
     Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad, Py_ssize_t divisor_override,
-    floating[:, :, :, ::1] out, int num_threads,
+    floating[:, :, :, ::1] out not None,
+    int num_threads,
 ):
-    """avg_pool2d of the input `src` into `out`, or, if `backward`, its gradient:
-    avg_pool2d_backward of the output gradient `src` into `out`."""
+    """_avg_pool2d(backward, src, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override, out, num_threads) -> out
+
+    avg_pool2d of the input `src` into `out`, or, if `backward`, its gradient:
+    avg_pool2d_backward of the output gradient `src` into `out`.
+    """
     cdef Py_ssize_t N = out.shape[0], C = out.shape[1], H, W, oh, ow
     cdef Py_ssize_t plane, stride = 0
     cdef Py_ssize_t lanes = FCNN_VL_F32 if floating is float else FCNN_VL_F64
@@ -389,26 +393,3 @@ cdef _avg_pool(
         free(shares)
     return out.base
 
-
-def avg_pool2d(
-    const floating[:, :, :, ::1] x,
-    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-    Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad, Py_ssize_t divisor_override,
-    floating[:, :, :, ::1] out not None,
-    int num_threads,
-):
-    """avg_pool2d(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override, out, num_threads) -> out"""
-    return _avg_pool(False, x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override, out,
-                     num_threads)
-
-
-def avg_pool2d_backward(
-    const floating[:, :, :, ::1] dout,
-    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-    Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad, Py_ssize_t divisor_override,
-    floating[:, :, :, ::1] out not None,
-    int num_threads,
-):
-    """avg_pool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override, out, num_threads) -> out"""
-    return _avg_pool(True, dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override, out,
-                     num_threads)

@@ -192,6 +192,17 @@ cdef object _backward(
     return out.base
 
 
+cdef object _interpolate(
+    bint backward, const floating[:, :, :, ::1] src, floating[:, :, :, ::1] out,
+    int num_threads, const int64_t* rows, const int64_t* cols, Py_ssize_t taps,
+    const floating* row_weights, const floating* col_weights,
+):
+    """_forward, or _backward if `backward`, from `src` into `out`."""
+    if backward:
+        return _backward(src, out, num_threads, rows, cols, taps, row_weights, col_weights)
+    return _forward(src, out, num_threads, rows, cols, taps, row_weights, col_weights)
+
+
 # -- nearest -----------------------------------------------------------------
 
 
@@ -212,28 +223,22 @@ cdef void _nearest_plane(
             o[j] = line[cols[j]]
 
 
-def interpolate_nearest(
-    const floating[:, :, :, ::1] x,
+def _interpolate_nearest(
+    bint backward,
+    const floating[:, :, :, ::1] src,
     const int64_t[::1] rows not None,
     const int64_t[::1] cols not None,
     floating[:, :, :, ::1] out not None,
     int num_threads,
 ):
-    """interpolate_nearest(x, rows, cols, out, num_threads) -> out"""
-    _nearest_shapes(rows, cols, out.shape[2], out.shape[3])
-    return _forward(x, out, num_threads, &rows[0], &cols[0], 1, NULL, NULL)
+    """_interpolate_nearest(backward, src, rows, cols, out, num_threads) -> out
 
-
-def interpolate_nearest_backward(
-    const floating[:, :, :, ::1] dout,
-    const int64_t[::1] rows not None,
-    const int64_t[::1] cols not None,
-    floating[:, :, :, ::1] out not None,
-    int num_threads,
-):
-    """interpolate_nearest_backward(dout, rows, cols, out, num_threads) -> out"""
-    _nearest_shapes(rows, cols, dout.shape[2], dout.shape[3])
-    return _backward(dout, out, num_threads, &rows[0], &cols[0], 1, NULL, NULL)
+    interpolate_nearest of the input `src` into `out`, or, if `backward`,
+    interpolate_nearest_backward of the output gradient `src` into `out`.
+    """
+    _nearest_shapes(rows, cols, src.shape[2] if backward else out.shape[2],
+                    src.shape[3] if backward else out.shape[3])
+    return _interpolate(backward, src, out, num_threads, &rows[0], &cols[0], 1, NULL, NULL)
 
 
 # -- bilinear ----------------------------------------------------------------
@@ -329,8 +334,9 @@ cdef object _forward(
     return out.base
 
 
-def interpolate_bilinear(
-    const floating[:, :, :, ::1] x,
+def _interpolate_bilinear(
+    bint backward,
+    const floating[:, :, :, ::1] src,
     const int64_t[:, ::1] rows not None,
     const floating[:, ::1] row_weights not None,
     const int64_t[:, ::1] cols not None,
@@ -338,25 +344,16 @@ def interpolate_bilinear(
     floating[:, :, :, ::1] out not None,
     int num_threads,
 ):
-    """interpolate_bilinear(x, rows, row_weights, cols, col_weights, out, num_threads) -> out"""
-    _linear_shapes(rows, row_weights, cols, col_weights, out.shape[2], out.shape[3])
-    return _forward(x, out, num_threads, &rows[0, 0], &cols[0, 0], 2,
-                    &row_weights[0, 0], &col_weights[0, 0])
+    """_interpolate_bilinear(backward, src, rows, row_weights, cols, col_weights, out, num_threads) -> out
 
-
-def interpolate_bilinear_backward(
-    const floating[:, :, :, ::1] dout,
-    const int64_t[:, ::1] rows not None,
-    const floating[:, ::1] row_weights not None,
-    const int64_t[:, ::1] cols not None,
-    const floating[:, ::1] col_weights not None,
-    floating[:, :, :, ::1] out not None,
-    int num_threads,
-):
-    """interpolate_bilinear_backward(dout, rows, row_weights, cols, col_weights, out, num_threads) -> out"""
-    _linear_shapes(rows, row_weights, cols, col_weights, dout.shape[2], dout.shape[3])
-    return _backward(dout, out, num_threads, &rows[0, 0], &cols[0, 0], 2,
-                     &row_weights[0, 0], &col_weights[0, 0])
+    interpolate_bilinear of the input `src` into `out`, or, if `backward`,
+    interpolate_bilinear_backward of the output gradient `src` into `out`.
+    """
+    _linear_shapes(rows, row_weights, cols, col_weights,
+                   src.shape[2] if backward else out.shape[2],
+                   src.shape[3] if backward else out.shape[3])
+    return _interpolate(backward, src, out, num_threads, &rows[0, 0], &cols[0, 0], 2,
+                        &row_weights[0, 0], &col_weights[0, 0])
 
 
 # -- max_unpool2d -------------------------------------------------------------
@@ -406,13 +403,20 @@ cdef Py_ssize_t _unpool_backward_plane(
     return outside
 
 
-cdef object _unpool(
-    const floating[:, :, :, ::1] src, const int64_t[:, :, :, ::1] indices,
-    floating[:, :, :, ::1] out, int num_threads, bint backward,
+def _max_unpool2d(
+    bint backward,
+    const floating[:, :, :, ::1] src,
+    const int64_t[:, :, :, ::1] indices,
+    floating[:, :, :, ::1] out not None,
+    int num_threads,
 ):
-    """max_unpool2d (a scatter from `src` into `out` by index) or its backward
-    (a gather); Python does not check the indices first: this raises
-    ValueError (with `out` undefined) if one lies outside its plane."""
+    """_max_unpool2d(backward, src, indices, out, num_threads) -> out
+
+    max_unpool2d (a scatter from `src` into `out` by index) or, if
+    `backward`, its backward (a gather); Python does not check the indices
+    first: this raises ValueError (with `out` undefined) if one lies outside
+    its plane.
+    """
     cdef Py_ssize_t N = indices.shape[0], C = indices.shape[1]
     cdef Py_ssize_t L = indices.shape[2] * indices.shape[3]
     cdef Py_ssize_t size = (src.shape[2] * src.shape[3] if backward
@@ -432,22 +436,3 @@ cdef object _unpool(
         raise ValueError(f"indices must lie in [0, {size}), got {outside} outside")
     return out.base
 
-
-def max_unpool2d(
-    const floating[:, :, :, ::1] x,
-    const int64_t[:, :, :, ::1] indices,
-    floating[:, :, :, ::1] out not None,
-    int num_threads,
-):
-    """max_unpool2d(x, indices, out, num_threads) -> out (ValueError for an index outside its plane)"""
-    return _unpool(x, indices, out, num_threads, False)
-
-
-def max_unpool2d_backward(
-    const floating[:, :, :, ::1] dout,
-    const int64_t[:, :, :, ::1] indices,
-    floating[:, :, :, ::1] out not None,
-    int num_threads,
-):
-    """max_unpool2d_backward(dout, indices, out, num_threads) -> out (ValueError for an index outside its plane)"""
-    return _unpool(dout, indices, out, num_threads, True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 import threading
 import time
@@ -90,15 +91,17 @@ except ImportError as exc:  # a source checkout that was never built
     _compiled = {}
     _import_error = exc
 else:
+    # A forward and its backward that differ only in direction are one
+    # compiled function taking the direction first, bound here for each.
     _compiled = {
         "im2col": _unfold.im2col,
         "col2im": _unfold.col2im,
         "max_pool2d": _pool.max_pool2d,
         "max_pool2d_backward": _pool.max_pool2d_backward,
-        "avg_pool2d": _pool.avg_pool2d,
-        "avg_pool2d_backward": _pool.avg_pool2d_backward,
-        "adaptive_avg_pool2d_forward": _adaptive.adaptive_avg_pool2d_forward,
-        "adaptive_avg_pool2d_backward": _adaptive.adaptive_avg_pool2d_backward,
+        "avg_pool2d": functools.partial(_pool._avg_pool2d, False),
+        "avg_pool2d_backward": functools.partial(_pool._avg_pool2d, True),
+        "adaptive_avg_pool2d_forward": functools.partial(_adaptive._adaptive_avg_pool2d, False),
+        "adaptive_avg_pool2d_backward": functools.partial(_adaptive._adaptive_avg_pool2d, True),
         "adaptive_max_pool2d_forward": _adaptive.adaptive_max_pool2d_forward,
         "conv2d_forward": _conv.conv2d_forward,
         "conv2d_backward": _conv.conv2d_backward,
@@ -118,9 +121,9 @@ else:
         "leaky_relu": _activation.leaky_relu,
         "leaky_relu_backward": _activation.leaky_relu_backward,
         "sigmoid": _activation.sigmoid,
-        "sigmoid_backward": _activation.sigmoid_backward,
+        "sigmoid_backward": functools.partial(_activation._by_output_backward, False),
         "tanh": _activation.tanh,
-        "tanh_backward": _activation.tanh_backward,
+        "tanh_backward": functools.partial(_activation._by_output_backward, True),
         "elu": _activation.elu,
         "elu_backward": _activation.elu_backward,
         "softmax_cross_entropy": _loss.softmax_cross_entropy,
@@ -131,12 +134,12 @@ else:
         "adadelta_update": _optim.adadelta_update,
     }
     _compiled.update({
-        "interpolate_nearest": _resample.interpolate_nearest,
-        "interpolate_nearest_backward": _resample.interpolate_nearest_backward,
-        "interpolate_bilinear": _resample.interpolate_bilinear,
-        "interpolate_bilinear_backward": _resample.interpolate_bilinear_backward,
-        "max_unpool2d": _resample.max_unpool2d,
-        "max_unpool2d_backward": _resample.max_unpool2d_backward,
+        "interpolate_nearest": functools.partial(_resample._interpolate_nearest, False),
+        "interpolate_nearest_backward": functools.partial(_resample._interpolate_nearest, True),
+        "interpolate_bilinear": functools.partial(_resample._interpolate_bilinear, False),
+        "interpolate_bilinear_backward": functools.partial(_resample._interpolate_bilinear, True),
+        "max_unpool2d": functools.partial(_resample._max_unpool2d, False),
+        "max_unpool2d_backward": functools.partial(_resample._max_unpool2d, True),
     })
     _import_error = None
 

@@ -22,6 +22,7 @@ import sys
 import numpy as np
 
 from . import functional as F
+from ._docstrings import fill_doc
 from ._validation import flag, real
 from .layers.base import _dotted, _named_arrays, _named_modules
 
@@ -36,6 +37,16 @@ __all__ = [
     "clip_grad_norm_",
     "clip_grad_value_",
 ]
+
+
+def _parameters(lr: str) -> str:
+    """The head of an optimizer's Parameters section: `model`, and `lr` defaulting to `lr`."""
+    return f"""
+    Parameters
+    ----------
+    model : Sequential, Layer or list of layers
+    lr : float, default {lr}
+    """
 
 
 class Optimizer:
@@ -153,13 +164,11 @@ class SGD(Optimizer):
             )
 
 
+@fill_doc(parameters=_parameters("1e-2"))
 class Adagrad(Optimizer):
     """Adagrad, as ``torch.optim.Adagrad``.
 
-    Parameters
-    ----------
-    model : Sequential, Layer or list of layers
-    lr : float, default 1e-2
+    {parameters}
     lr_decay : float, default 0
         Step k uses ``lr / (1 + (k - 1) * lr_decay)``.
     weight_decay : float, default 0
@@ -194,13 +203,11 @@ class Adagrad(Optimizer):
             self.state[key].update(step=0, sum=np.full_like(param, self.initial_accumulator_value))
 
 
+@fill_doc(parameters=_parameters("1.0"))
 class Adadelta(Optimizer):
     """Adadelta, as ``torch.optim.Adadelta``.
 
-    Parameters
-    ----------
-    model : Sequential, Layer or list of layers
-    lr : float, default 1.0
+    {parameters}
         Scales the delta before it is applied.
     rho : float, default 0.9
         Decay of both running averages, in ``[0, 1]``.
@@ -218,13 +225,11 @@ class Adadelta(Optimizer):
         self.eps = real(eps, "eps", low=0)
 
 
+@fill_doc(parameters=_parameters("1e-2"))
 class RMSprop(Optimizer):
     """RMSprop, as ``torch.optim.RMSprop``.
 
-    Parameters
-    ----------
-    model : Sequential, Layer or list of layers
-    lr : float, default 1e-2
+    {parameters}
     alpha : float, default 0.99
         Decay of the running average of squared gradients.
     eps : float, default 1e-8
@@ -258,13 +263,11 @@ class RMSprop(Optimizer):
         self.centered = flag(centered, "centered")
 
 
+@fill_doc(parameters=_parameters("1e-3"))
 class Adam(Optimizer):
     """Adam (and AMSGrad), as ``torch.optim.Adam``.
 
-    Parameters
-    ----------
-    model : Sequential, Layer or list of layers
-    lr : float, default 1e-3
+    {parameters}
     betas : (float, float), default (0.9, 0.999)
         Decay rates of the first and second moment estimates, each in ``[0, 1)``.
     eps : float, default 1e-8
@@ -300,16 +303,14 @@ class Adam(Optimizer):
         self.amsgrad = flag(amsgrad, "amsgrad")
 
 
+@fill_doc(parameters=_parameters("1e-3"))
 class AdamW(Adam):
     """Adam with decoupled weight decay, as ``torch.optim.AdamW``.
 
     Each step first shrinks the parameter, ``param *= 1 - lr * weight_decay``,
     then applies the Adam update of the (undecayed) gradient.
 
-    Parameters
-    ----------
-    model : Sequential, Layer or list of layers
-    lr : float, default 1e-3
+    {parameters}
     betas : (float, float), default (0.9, 0.999)
     eps : float, default 1e-8
     weight_decay : float, default 1e-2

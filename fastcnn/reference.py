@@ -24,6 +24,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 from scipy.special import expit
 
+from ._docstrings import fill_doc
+
 __all__ = [
     "im2col",
     "col2im",
@@ -152,6 +154,22 @@ def _scan_pick(values, valid):
     return np.where(is_nan.any(axis=-1), last_nan, first_best)
 
 
+# The arrays of the max pools (docstring section, see fastcnn._docstrings).
+_MAX_ARRAYS = """
+x : ndarray, shape (N, C, H, W)
+out : ndarray, shape (N, C, oh, ow), same dtype as `x`
+indices : ndarray of int64, shape (N, C, oh, ow)
+    Flat index ``ih * W + iw`` of each maximum inside its (n, c) plane.
+"""
+
+
+def _plane_sizes(inputs, outputs):
+    """``(h, w, oh, ow)``: the planes of a pool's `inputs` (its x, or the
+    gradient dx) and of its `outputs` (out, or dout)."""
+    return inputs.shape[2], inputs.shape[3], outputs.shape[2], outputs.shape[3]
+
+
+@fill_doc(max_arrays=_MAX_ARRAYS)
 def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out, indices):
     """Max pooling with argmax, as ``F.max_pool2d(..., return_indices=True)``.
 
@@ -161,13 +179,9 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out, indices):
 
     Parameters
     ----------
-    x : ndarray, shape (N, C, H, W)
-    out : ndarray, shape (N, C, oh, ow), same dtype as `x`
-    indices : ndarray of int64, shape (N, C, oh, ow)
-        Flat index ``ih * W + iw`` of each maximum inside its (n, c) plane.
+    {max_arrays}
     """
-    _, _, h, w = x.shape
-    oh, ow = out.shape[2:]
+    h, w, oh, ow = _plane_sizes(x, out)
     geometry = (kh, kw, sh, sw, dh, dw, oh, ow)
     vals = _windows(_pad_to_cover(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, -np.inf), *geometry)
     inside = np.ones((1, 1, h, w), dtype=bool)
@@ -231,8 +245,7 @@ def avg_pool2d(x, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override, o
         If non-zero, divide every window sum by it instead.
     out : ndarray, shape (N, C, oh, ow), same dtype as `x`
     """
-    _, _, h, w = x.shape
-    oh, ow = out.shape[2:]
+    h, w, oh, ow = _plane_sizes(x, out)
     xp = _pad_to_cover(x, kh, kw, sh, sw, ph, pw, 1, 1, oh, ow, 0)
     acc = np.zeros_like(out)
     for i in range(kh):
@@ -251,8 +264,7 @@ def avg_pool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divisor
     dout : ndarray, shape (N, C, oh, ow)
     out : ndarray, shape (N, C, H, W), same dtype as `dout`
     """
-    n, c, h, w = out.shape
-    oh, ow = dout.shape[2:]
+    h, w, oh, ow = _plane_sizes(out, dout)
     div = _avg_divisors(h, w, kh, kw, sh, sw, ph, pw, oh, ow, count_include_pad, divisor_override)
     grad = dout / div.astype(dout.dtype)
     acc = _pad_to_cover(np.zeros_like(out), kh, kw, sh, sw, ph, pw, 1, 1, oh, ow, 0)
@@ -348,8 +360,7 @@ def adaptive_avg_pool2d_forward(x, out):
     x : ndarray, shape (N, C, H, W)
     out : ndarray, shape (N, C, oh, ow), same dtype as `x`
     """
-    h, w = x.shape[2:]
-    oh, ow = out.shape[2:]
+    h, w, oh, ow = _plane_sizes(x, out)
     if oh == ow == 1:
         sums = _plane_sums(x)[..., None, None]
     else:
@@ -359,6 +370,7 @@ def adaptive_avg_pool2d_forward(x, out):
     return out
 
 
+@fill_doc(max_arrays=_MAX_ARRAYS)
 def adaptive_max_pool2d_forward(x, out, indices):
     """Adaptive max pooling with argmax, as ``F.adaptive_max_pool2d(...,
     return_indices=True)``.
@@ -369,13 +381,9 @@ def adaptive_max_pool2d_forward(x, out, indices):
 
     Parameters
     ----------
-    x : ndarray, shape (N, C, H, W)
-    out : ndarray, shape (N, C, oh, ow), same dtype as `x`
-    indices : ndarray of int64, shape (N, C, oh, ow)
-        Flat index ``ih * W + iw`` of each maximum inside its (n, c) plane.
+    {max_arrays}
     """
-    h, w = x.shape[2:]
-    oh, ow = out.shape[2:]
+    h, w, oh, ow = _plane_sizes(x, out)
     cells, inside = _adaptive_cells(h, w, oh, ow)
     values = np.where(inside, _planes(x)[:, :, cells], x.dtype.type(-np.inf))
     pos = _scan_pick(values, inside)
@@ -398,8 +406,7 @@ def adaptive_avg_pool2d_backward(dout, out):
     dout : ndarray, shape (N, C, oh, ow)
     out : ndarray, shape (N, C, H, W), same dtype as `dout`
     """
-    h, w = out.shape[2:]
-    oh, ow = dout.shape[2:]
+    h, w, oh, ow = _plane_sizes(out, dout)
     share = _per_window(dout, h, w)
     hs, he = _adaptive_windows(h, oh)
     ws, we = _adaptive_windows(w, ow)
@@ -925,14 +932,26 @@ def batch_norm_backward_elemt(dout, x, mean, inv_std, weight, bias, relu, sum_do
 # Activations, cell by cell on flat arrays (any shape, flattened). A slope is
 # rounded to the arrays' dtype first, as NumPy rounds a Python float.
 
+# Docstring sections (see fastcnn._docstrings) of the activations' arrays.
+_OF_INPUT = """
+Parameters
+----------
+x : ndarray, shape (n,)
+out : ndarray, shape (n,), dtype of `x`
+"""
+_OF_OUTPUT = """
+Parameters
+----------
+dout, y : ndarray, shape (n,), one dtype
+out : ndarray, shape (n,), dtype of `y`
+"""
 
+
+@fill_doc(arrays=_OF_INPUT)
 def relu(x, out):
     """``out = 0 where x <= 0, else x``: NaN stays NaN, -0.0 becomes 0.0.
 
-    Parameters
-    ----------
-    x : ndarray, shape (n,)
-    out : ndarray, shape (n,), dtype of `x`
+    {arrays}
     """
     out[...] = np.where(x <= 0, 0, x)
     return out
@@ -978,47 +997,39 @@ def leaky_relu_backward(dout, x, negative_slope, out):
     return out
 
 
+@fill_doc(arrays=_OF_INPUT)
 def sigmoid(x, out):
     """``out = 1 / (1 + exp(-x))`` by ``scipy.special.expit`` (never overflows).
 
-    Parameters
-    ----------
-    x : ndarray, shape (n,)
-    out : ndarray, shape (n,), dtype of `x`
+    {arrays}
     """
     return expit(x, out=out)
 
 
+@fill_doc(arrays=_OF_OUTPUT)
 def sigmoid_backward(dout, y, out):
     """``out = dout * y * (1 - y)`` for the forward's output `y`.
 
-    Parameters
-    ----------
-    dout, y : ndarray, shape (n,), one dtype
-    out : ndarray, shape (n,), dtype of `y`
+    {arrays}
     """
     out[...] = dout * y * (1 - y)
     return out
 
 
+@fill_doc(arrays=_OF_INPUT)
 def tanh(x, out):
     """``out = tanh(x)`` (NumPy's; the compiled kernel's is the C library's).
 
-    Parameters
-    ----------
-    x : ndarray, shape (n,)
-    out : ndarray, shape (n,), dtype of `x`
+    {arrays}
     """
     return np.tanh(x, out=out)
 
 
+@fill_doc(arrays=_OF_OUTPUT)
 def tanh_backward(dout, y, out):
     """``out = dout * (1 - y * y)`` for the forward's output `y`.
 
-    Parameters
-    ----------
-    dout, y : ndarray, shape (n,), one dtype
-    out : ndarray, shape (n,), dtype of `y`
+    {arrays}
     """
     out[...] = dout * (1 - y * y)
     return out
@@ -1367,8 +1378,8 @@ def max_unpool2d_backward(dout, indices, out):
     Parameters
     ----------
     dout : ndarray, shape (N, C, oh, ow)
-    indices : ndarray of int64, shape (N, C, H, W)
-        Each in ``[0, oh*ow)``, else ValueError.
+    indices
+        As for :func:`max_unpool2d`.
     out : ndarray, shape (N, C, H, W), same dtype as `dout`
     """
     n, c = out.shape[:2]
