@@ -76,7 +76,7 @@ def main(argv=None) -> int:
 
 
 def _layer_medians(shape, seconds: float) -> tuple[list, dict, int]:
-    """``(layers, {(i, part): median ms}, steps)`` of the shape's network, as
+    """``(labels, {(i, part): median ms}, steps)`` of the shape's network, as
     bench's train_step runs it (forward, loss, backward, Adam step), with
     "loss" and "optimizer" as two more parts."""
     from fastcnn.losses import softmax_cross_entropy
@@ -92,19 +92,31 @@ def _layer_medians(shape, seconds: float) -> tuple[list, dict, int]:
         times.setdefault(key, []).append(time.perf_counter() - t)
         return result
 
+    # as Sequential.forward runs them: a batch norm and the ReLU after it as one
+    runs = model._runs()
+
+    def forward(run, h):
+        return run[0].forward(h) if len(run) == 1 else run[0].forward_relu(h, run[1])
+
+    def backward(run, d, input_grad):
+        for layer in reversed(run[1:]):
+            d = layer.backward(d)
+        return run[0].backward(d, input_grad)
+
     start, steps = time.perf_counter(), 0
     while steps < 3 or time.perf_counter() - start < seconds:
         h = x
-        for i, layer in enumerate(model.layers):
-            h = timed((i, "forward"), layer.forward, h)
+        for i, run in enumerate(runs):
+            h = timed((i, "forward"), forward, run, h)
         _, d = timed(("loss", ""), softmax_cross_entropy, h, labels)
-        for i in reversed(range(len(model.layers))):
+        for i in reversed(range(len(runs))):
             # as the training step: the first layer computes no input gradient
-            d = timed((i, "backward"), model.layers[i].backward, d, i > 0)
+            d = timed((i, "backward"), backward, runs[i], d, i > 0)
         timed(("optimizer", ""), optimizer.step)
         steps += 1
     # the first step allocates and warms up: left out
-    return model.layers, {k: 1e3 * float(np.median(v[1:])) for k, v in times.items()}, steps
+    labels = [" + ".join(repr(layer) for layer in run) for run in runs]
+    return labels, {k: 1e3 * float(np.median(v[1:])) for k, v in times.items()}, steps
 
 
 def _time_layers(shape, seconds: float, thread_counts) -> None:
@@ -119,7 +131,7 @@ def _time_layers(shape, seconds: float, thread_counts) -> None:
           f"(steps: {steps}); forward / backward at each thread count")
     print(f"  {'':59s}" + "".join(f"{f'{n} thread(s)':>20s}" for n in thread_counts))
     totals = dict.fromkeys(thread_counts, 0.0)
-    rows = [(f"{i:2d} {layer!r}", [(i, "forward"), (i, "backward")]) for i, layer in enumerate(layers)]
+    rows = [(f"{i:2d} {label}", [(i, "forward"), (i, "backward")]) for i, label in enumerate(layers)]
     rows += [("loss (softmax cross-entropy)", [("loss", "")]), ("Adam step", [("optimizer", "")])]
     for label, keys in rows:
         cells = ""

@@ -125,18 +125,22 @@ class Sequential(Layer):
         (:meth:`~fastcnn.layers.BatchNorm2D.forward_relu`).
         """
         _check_training(training)
-        layers = self.layers
-        i = 0
-        while i < len(layers):
-            layer, after = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-            # (exact types: a subclass may compute something else)
-            if type(layer) in (BatchNorm1D, BatchNorm2D) and type(after) is ReLU:
-                x = layer.forward_relu(x, after, training)
-                i += 2
-            else:
-                x = layer.forward(x, training)
-                i += 1
+        for run in self._runs():
+            x = run[0].forward(x, training) if len(run) == 1 else run[0].forward_relu(
+                x, run[1], training)
         return x
+
+    def _runs(self) -> list[tuple[Layer, ...]]:
+        """The layers as :meth:`forward` runs them, one by one, and a batch
+        norm followed by a ReLU as a pair."""
+        runs, layers, i = [], self.layers, 0
+        while i < len(layers):
+            after = layers[i + 1] if i + 1 < len(layers) else None
+            # (exact types: a subclass may compute something else)
+            fused = type(layers[i]) in (BatchNorm1D, BatchNorm2D) and type(after) is ReLU
+            runs.append((layers[i], after) if fused else (layers[i],))
+            i += len(runs[-1])
+        return runs
 
     def backward(self, dout, input_grad: bool = True) -> np.ndarray | None:
         """Back-propagate through every layer in reverse; fills each layer's ``grads``.
