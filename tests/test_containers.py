@@ -316,6 +316,9 @@ def test_the_relu_of_a_fused_pair_passes_its_gradient_on():
     assert act.backward(dout) is dout  # the batch norm's backward applies the ReLU's mask
     with pytest.raises(ValueError, match="shape"):
         act.backward(dout[:1])
+    for other in (_ShiftedReLU(), Identity()):
+        with pytest.raises(TypeError, match="relu must be a fastcnn.layers.ReLU"):
+            bn.forward_relu(x, other)
 
 
 # ---------------------------------------------------------------------------

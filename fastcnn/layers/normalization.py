@@ -57,7 +57,16 @@ class _BatchNorm(Layer):
         gradient on, and this layer zeroes it where the ReLU's input was not
         positive, in its own passes). :class:`~fastcnn.layers.Sequential`
         runs a batch norm followed by a ReLU this way.
+
+        Raises
+        ------
+        TypeError
+            If `relu` is not a :class:`~fastcnn.layers.ReLU` (a subclass may
+            compute something else, and is not fused).
         """
+        if type(relu) is not ReLU:
+            raise TypeError(
+                f"relu must be a fastcnn.layers.ReLU (not a subclass), got {type(relu).__name__}")
         self._relu = True
         try:
             out = self.forward(x, training)
