@@ -60,8 +60,7 @@ def main(argv=None) -> int:
             for process in busy:
                 process.kill()
                 process.wait()
-        print(f"{policy:16s}" + "".join(f"{v:10.1f}" for v in quiet[:1])
-              + f"{quiet[1]:11.1f}" + "".join(f"{v:10.1f}" for v in loaded))
+        print(f"{policy:16s}{quiet[0]:10.1f}{quiet[1]:11.1f}{loaded[0]:10.1f}{loaded[1]:10.1f}")
     return 0
 
 

@@ -521,14 +521,16 @@ cdef double* _forward_coefficients(const double[::1] mean, const double[::1] inv
                                    const floating[::1] weight, const floating[::1] bias,
                                    bint relu) except NULL:
     """Per channel, the forward's scale ``weight * inv_std`` and shift
-    ``bias``, then (if `relu`, else undefined) the ends lo and hi of the
-    fused ReLU's _relu_window: five arrays of C doubles (free them with
-    ``free``)."""
+    ``bias``, a third array for the caller, then the ends lo and hi of the
+    fused ReLU's _relu_window (without `relu`, the whole line, which the
+    passes read but never compare): five arrays of C doubles (free them
+    with ``free``)."""
     cdef Py_ssize_t C = inv_std.shape[0], c
     cdef double* coef = _doubles(5 * C)
     for c in range(C):
         coef[c] = <double> weight[c] * inv_std[c]
         coef[C + c] = bias[c]
+        coef[3 * C + c], coef[4 * C + c] = -INFINITY, INFINITY
         if relu:
             _relu_window(mean[c], coef[c], coef[C + c], coef + 3 * C + c, coef + 4 * C + c,
                          weight[c])

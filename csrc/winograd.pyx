@@ -367,7 +367,8 @@ def winograd_conv2d(
                         own_gemm(F, P, C, packed + t * packed_u, V + t * C * ld, ld, NULL,
                                  M + t * F * P, P)
                     else:
-                        gemm("N", "N", P, F, C, V + t * C * P, P, &u[t, 0, 0], C, M + t * F * P, P)
+                        gemm("N", "N", P, F, C, V + t * C * ld, ld, &u[t, 0, 0], C,
+                             M + t * F * P, P)
                 for s in range(n1 - n0):
                     pb = s * n
                     for f in range(F):

@@ -885,7 +885,7 @@ def _batch_norm_backward(dout, cache, weight):
     x3, mean, inv_std, training, relu, bias = cache
     channels = x3.shape[1]
     dout3 = dout.reshape(x3.shape)
-    forward = (mean, inv_std, weight, bias, relu)  # (the fused ReLU's mask is recomputed)
+    forward = (mean, inv_std, weight, bias, relu)  # (the fused ReLU's windows come from them)
     sum_dout, sum_dout_xc = kernel("batch_norm_backward_reduce")(
         dout3, x3, *forward, np.empty(channels), np.empty(channels))
     dx = np.empty_like(dout)
