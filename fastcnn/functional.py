@@ -19,6 +19,7 @@ import numpy as np
 from . import _backend
 from . import _validation as v
 from ._backend import in_pieces, kernel
+from ._buffers import empty, empty_like
 from ._docstrings import fill_doc
 
 __all__ = [
@@ -77,7 +78,7 @@ def _samples(index, chunk: int) -> slice:
 def _unfold(x: np.ndarray, win: v.Window) -> np.ndarray:
     n, c, h, w = x.shape
     k = win.kh * win.kw
-    out = np.empty((n, c * k, win.oh * win.ow), dtype=x.dtype)
+    out = empty((n, c * k, win.oh * win.ow), dtype=x.dtype)
     if n:
         in_pieces("im2col", (n, c), (x, *win, out), lambda i: (x[i], *win, out[_rows(i, k)]),
                   taps=_plane_taps(win, h, w))
@@ -85,7 +86,7 @@ def _unfold(x: np.ndarray, win: v.Window) -> np.ndarray:
 
 
 def _fold(cols: np.ndarray, shape, win: v.Window) -> np.ndarray:
-    out = np.empty(shape, dtype=cols.dtype)
+    out = empty(shape, dtype=cols.dtype)
     if shape[0]:
         k = win.kh * win.kw
         in_pieces("col2im", shape[:2], (cols, *win, out),
@@ -229,7 +230,7 @@ def _gemm(dims, macs: int) -> dict:
 
 
 def _no_bias(dtype) -> np.ndarray:
-    return np.empty(0, dtype)
+    return empty(0, dtype)
 
 
 # A convolution of at most this many taps per output (C/groups * kh * kw)
@@ -329,14 +330,15 @@ def _winograd(x, weight, bias, ph: int, pw: int, out: np.ndarray) -> bool:
     computes the convolution directly instead (`out` is then garbage)."""
     n, c = x.shape[:2]
     f, (oh, ow) = weight.shape[0], out.shape[2:]
-    u = np.empty((36, f, c), x.dtype)
+    u = empty((36, f, c), x.dtype)
     in_pieces("winograd_weight", (1,), (weight, u))
-    if not np.isfinite(u).all():
+    # a NaN makes the minimum NaN, an infinity the minimum or maximum infinite
+    if not (np.isfinite(u.min()) and np.isfinite(u.max())):
         return False
     samples, rows = _winograd_blocks(n, oh, ow)
     th, tw = -(-oh // 4), -(-ow // 4)
     row_blocks, count = -(-th // rows), -(-n // samples)  # per group, groups of samples
-    nonfinite = np.empty(count * row_blocks, np.uint8)
+    nonfinite = empty(count * row_blocks, np.uint8)
     bias = _no_bias(x.dtype) if bias is None else bias
     tiles = samples * th * tw  # of a group
     columns = samples * min(rows, th) * tw  # of a block's GEMMs
@@ -368,8 +370,8 @@ def _winograd_weight_grads(dout, x, weight, ph: int, pw: int):
     seconds = groups * (macs * _backend.MAC_SECONDS + taps * _backend.TAP_SECONDS)
     size, count = _batch_chunks(groups, weight.nbytes,
                                 max(_MAX_CHUNKS, int(seconds / _CHUNK_SECONDS)))
-    dweight = np.empty((count, f, c * 9), x.dtype)
-    dbias = np.empty((count, f), x.dtype)
+    dweight = empty((count, f, c * 9), x.dtype)
+    dbias = empty((count, f), x.dtype)
 
     def piece(i):
         s = _samples(i, size * samples)
@@ -388,7 +390,7 @@ def _winograd_weight_grads(dout, x, weight, ph: int, pw: int):
 def _conv2d(x, weight, bias, win: v.Window, groups: int) -> np.ndarray:
     """:func:`conv2d` of validated operands (C-contiguous, one dtype) and window."""
     n, f = x.shape[0], weight.shape[0]
-    out = np.empty((n, f, win.oh, win.ow), dtype=x.dtype)
+    out = empty((n, f, win.oh, win.ow), dtype=x.dtype)
     if not n:  # (an empty batch's output planes may be huge)
         return out
     if (_winograd_eligible(win, groups, x.shape[1], f, "forward")
@@ -468,7 +470,16 @@ def _batch_chunks(n: int, grad_bytes: int, most: int = _MAX_CHUNKS) -> tuple[int
 
 def _sum_parts(parts: np.ndarray) -> np.ndarray:
     """The chunks' partial sums added in chunk order (the one chunk's, as it is)."""
-    return parts[0] if len(parts) == 1 else parts.sum(axis=0)
+    return parts[0] if len(parts) == 1 else parts.sum(axis=0, out=empty(parts.shape[1:],
+                                                                          parts.dtype))
+
+
+def _turned(weight: np.ndarray) -> np.ndarray:
+    """The kernels of the input gradient's convolution: `weight` (F, C, kh, kw)
+    with in and out channels swapped and turned by 180 degrees, C-contiguous."""
+    out = empty((weight.shape[1], weight.shape[0], *weight.shape[2:]), weight.dtype)
+    np.copyto(out, weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    return out
 
 
 def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bool = True,
@@ -485,14 +496,13 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bo
     """
     n, f = x.shape[0], weight.shape[0]
     kg, length = weight[0].size, win.oh * win.ow
-    dx = np.empty(x.shape if input_grad else (0, *x.shape[1:]), dtype=x.dtype)
+    dx = empty(x.shape if input_grad else (0, *x.shape[1:]), dtype=x.dtype)
     if not n:
         return dx if input_grad else None, np.zeros_like(weight), np.zeros(f, x.dtype)
     c = x.shape[1]
     # By Winograd where eligible (see _winograd); what it could not compute, by the others
     dx_done = not input_grad or _winograd_eligible(win, groups, c, f, "input") and _winograd(
-        dout, np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), None,
-        2 - win.ph, 2 - win.pw, dx)
+        dout, _turned(weight), None, 2 - win.ph, 2 - win.pw, dx)
     grads = None if weight_grad else (None, None)
     if weight_grad and _winograd_eligible(win, groups, c, f, "weight"):
         grads = _winograd_weight_grads(dout, x, weight, win.ph, win.pw)
@@ -504,8 +514,8 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bo
     seconds = n * ((want_dx + want_grads) * product * _backend.MAC_SECONDS
                    + ((2 * want_dx + want_grads) * columns + f * length) * _backend.TAP_SECONDS)
     size, count = _batch_chunks(n, weight.nbytes, max(_MAX_CHUNKS, int(seconds / _CHUNK_SECONDS)))
-    dweight = np.empty((count, f, kg), dtype=x.dtype)
-    dbias = np.empty((count, f), dtype=x.dtype)
+    dweight = empty((count, f, kg), dtype=x.dtype)
+    dbias = empty((count, f), dtype=x.dtype)
     w = weight.reshape(f, kg)
     direct = want_grads and _direct_eligible(x, w, win, groups)
     if direct:
@@ -553,7 +563,7 @@ def _linear(x: np.ndarray, weight: np.ndarray, bias) -> np.ndarray:
     x (N, I), weight (O, I), bias (O,) or None; returns (N, O).
     """
     n, o = len(x), len(weight)
-    out = np.empty((n, o), dtype=x.dtype)
+    out = empty((n, o), dtype=x.dtype)
     if not n:
         return out
     size, count = _linear_chunks(n, weight)
@@ -569,12 +579,12 @@ def _linear_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray,
     """Gradients ``(dx, dweight, dbias)`` of :func:`_linear`, from validated
     operands; dx is None and not computed if `input_grad` is False."""
     n = len(x)
-    dx = np.empty(x.shape if input_grad else (0, x.shape[1]), dtype=x.dtype)
+    dx = empty(x.shape if input_grad else (0, x.shape[1]), dtype=x.dtype)
     if not n:
         return dx if input_grad else None, np.zeros_like(weight), np.zeros(len(weight), x.dtype)
     size, count = _linear_chunks(n, weight)
-    dweight = np.empty((count,) + weight.shape, dtype=x.dtype)
-    dbias = np.empty((count, len(weight)), dtype=x.dtype)
+    dweight = empty((count,) + weight.shape, dtype=x.dtype)
+    dbias = empty((count, len(weight)), dtype=x.dtype)
 
     def piece(i):
         s = _samples(i, size)
@@ -665,8 +675,8 @@ def max_pool2d(
 def _max_pool2d(x: np.ndarray, win: v.Window) -> tuple[np.ndarray, np.ndarray]:
     """:func:`max_pool2d` of a validated `x` and window: ``(out, indices)``."""
     shape = x.shape[:2] + (win.oh, win.ow)
-    out = np.empty(shape, dtype=x.dtype)
-    indices = np.empty(shape, dtype=np.int64)
+    out = empty(shape, dtype=x.dtype)
+    indices = empty(shape, dtype=np.int64)
     if shape[0]:
         # (a max-pool tap, a comparison and two selects, costs about two)
         in_pieces("max_pool2d", shape[:2], (x, *win.params, out, indices),
@@ -713,7 +723,7 @@ def max_pool2d_backward(dout, indices, input_shape) -> np.ndarray:
 
 def _max_pool2d_backward(dout: np.ndarray, indices: np.ndarray, shape) -> np.ndarray:
     """:func:`max_pool2d_backward` of validated `dout`, in-range int64 `indices` and shape."""
-    out = np.empty(shape, dtype=dout.dtype)
+    out = empty(shape, dtype=dout.dtype)
     if shape[0]:
         in_pieces("max_pool2d_backward", shape[:2], (dout, indices, out),
                   taps=dout.shape[2] * dout.shape[3] + shape[2] * shape[3])
@@ -762,7 +772,7 @@ def avg_pool2d(
     v.check_nchw(x, "x")
     args, win = _avg_args(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
                           divisor_override)
-    out = np.empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
+    out = empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
     if x.shape[0]:
         in_pieces("avg_pool2d", x.shape[:2], (x, *args, out), taps=_plane_taps(win, *x.shape[2:]))
     return out
@@ -793,7 +803,7 @@ def avg_pool2d_backward(
     args, win = _avg_args(shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
                           divisor_override)
     _check_dout_shape(dout, shape[:2] + (win.oh, win.ow), "avg_pool2d")
-    out = np.empty(shape, dtype=dout.dtype)
+    out = empty(shape, dtype=dout.dtype)
     if shape[0]:
         in_pieces("avg_pool2d_backward", shape[:2], (dout, *args, out),
                   taps=_plane_taps(win, *shape[2:]))
@@ -847,7 +857,7 @@ def _batch_norm_forward(x, weight, bias, running_mean, running_var, training, mo
             "training-mode BatchNorm needs more than 1 value per channel, "
             f"got x of shape {x.shape}; use training=False or a larger batch"
         )
-    out = np.empty_like(x)
+    out = empty_like(x)
     if n == 0:
         return out, None
     x3 = x.reshape(n, channels, length)
@@ -881,14 +891,14 @@ def _batch_norm_backward(dout, cache, weight):
         empty batch).
     """
     if cache is None:
-        return np.empty_like(dout), np.zeros_like(weight), np.zeros_like(weight)
+        return empty_like(dout), np.zeros_like(weight), np.zeros_like(weight)
     x3, mean, inv_std, training, relu, bias = cache
     channels = x3.shape[1]
     dout3 = dout.reshape(x3.shape)
     forward = (mean, inv_std, weight, bias, relu)  # (the fused ReLU's windows come from them)
     sum_dout, sum_dout_xc = kernel("batch_norm_backward_reduce")(
         dout3, x3, *forward, np.empty(channels), np.empty(channels))
-    dx = np.empty_like(dout)
+    dx = empty_like(dout)
     kernel("batch_norm_backward_elemt")(dout3, x3, *forward, sum_dout, sum_dout_xc, training,
                                         dx.reshape(x3.shape))
     return dx, (sum_dout_xc * inv_std).astype(weight.dtype), sum_dout.astype(weight.dtype)
@@ -897,7 +907,7 @@ def _batch_norm_backward(dout, cache, weight):
 def _flat_apply(name, out_like, *args):
     """Kernel `name` on the flattened arrays of `args` (other arguments as
     given), into a new array shaped and typed as `out_like`."""
-    out = np.empty_like(out_like)
+    out = empty_like(out_like)
     flat = [a.reshape(-1) if isinstance(a, np.ndarray) else a for a in args]
     kernel(name)(*flat, out.reshape(-1))
     return out
@@ -971,7 +981,7 @@ def _softmax_cross_entropy(logits, labels):
         ``(softmax(logits) - onehot(labels)) / N``.
     """
     labels = np.ascontiguousarray(labels, dtype=np.int64)
-    return kernel("softmax_cross_entropy")(logits, labels, np.empty_like(logits))
+    return kernel("softmax_cross_entropy")(logits, labels, empty_like(logits))
 
 
 # Optimizer steps: one parameter, updated in place with its state dict
@@ -1196,7 +1206,7 @@ def pad(x, pad, mode="constant", value=0.0) -> np.ndarray:
     out_shape = _pad_shape(x.shape, pad, mode)
     value = v.real(value, "value") if mode == "constant" else 0.0
     if not x.shape[0]:  # (the index arrays could be larger than the empty result)
-        return np.empty(out_shape, dtype=x.dtype)
+        return empty(out_shape, dtype=x.dtype)
     rows, cols, mode = _pad_plan(x.shape, pad, mode)
     if mode != "constant":
         return np.take(np.take(x, rows, axis=2), cols, axis=3)
@@ -1227,7 +1237,7 @@ def pad_backward(dout, input_shape, pad, mode="constant") -> np.ndarray:
     dout, shape = _gradient_operands(dout, input_shape)
     _check_dout_shape(dout, _pad_shape(shape, pad, mode), "pad")
     if not shape[0]:
-        return np.empty(shape, dtype=dout.dtype)
+        return empty(shape, dtype=dout.dtype)
     rows, cols, mode = _pad_plan(shape, pad, mode)
     if mode != "constant":
         return _scatter_add(_scatter_add(dout, rows, shape[2], 2), cols, shape[3], 3)
@@ -1381,7 +1391,7 @@ def interpolate(
     v.check_nchw(x, "x")
     oh, ow, scales, mode, align = _interpolate_plan(
         x.shape, size, scale_factor, mode, align_corners, recompute_scale_factor)
-    out = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
+    out = empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
     if not x.shape[0]:  # (the tables could be larger than the empty result)
         return out
     name, tables = _interpolate_tables(x.shape, oh, ow, scales, mode, align, x.dtype)
@@ -1408,7 +1418,7 @@ def interpolate_backward(
     oh, ow, scales, mode, align = _interpolate_plan(
         shape, size, scale_factor, mode, align_corners, recompute_scale_factor)
     _check_dout_shape(dout, shape[:2] + (oh, ow), "interpolate")
-    out = np.empty(shape, dtype=dout.dtype)
+    out = empty(shape, dtype=dout.dtype)
     if not shape[0]:
         return out
     name, tables = _interpolate_tables(shape, oh, ow, scales, mode, align, dout.dtype)
@@ -1452,7 +1462,7 @@ def adaptive_avg_pool2d(x, output_size) -> np.ndarray:
     """
     x = v.as_float_array(x, "x")
     v.check_nchw(x, "x")
-    out = np.empty(_adaptive_shape(x.shape, output_size), dtype=x.dtype)
+    out = empty(_adaptive_shape(x.shape, output_size), dtype=x.dtype)
     if x.shape[0]:
         in_pieces("adaptive_avg_pool2d_forward", x.shape[:2], (x, out),
                   taps=_adaptive_taps(x.shape, *out.shape[2:]))
@@ -1476,7 +1486,7 @@ def adaptive_avg_pool2d_backward(dout, input_shape) -> np.ndarray:
     dout, shape = _gradient_operands(dout, input_shape)
     _check_planes(dout, shape)
     _adaptive_shape(shape, dout.shape[2:])
-    out = np.empty(shape, dtype=dout.dtype)
+    out = empty(shape, dtype=dout.dtype)
     if shape[0]:
         in_pieces("adaptive_avg_pool2d_backward", shape[:2], (dout, out),
                   taps=_adaptive_taps(shape, *dout.shape[2:]))
@@ -1507,7 +1517,7 @@ def adaptive_max_pool2d(x, output_size, return_indices=False):
     v.check_nchw(x, "x")
     return_indices = v.flag(return_indices, "return_indices")
     shape = _adaptive_shape(x.shape, output_size)
-    out, indices = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int64)
+    out, indices = empty(shape, dtype=x.dtype), empty(shape, dtype=np.int64)
     if x.shape[0]:
         # (a max-pool tap, a comparison and two selects, costs about two)
         in_pieces("adaptive_max_pool2d_forward", x.shape[:2], (x, out, indices),
@@ -1603,7 +1613,7 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     v.check_nchw(x, "x")
     oh, ow = _unpool_shape(x.shape, kernel_size, stride, padding, output_size)
     indices = _unpool_indices(indices, x.shape)
-    out = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
+    out = empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
     return _unpool("max_unpool2d", x, indices, out, oh * ow, taps=oh * ow + x.shape[2] * x.shape[3])
 
 
@@ -1629,7 +1639,7 @@ def max_unpool2d_backward(dout, indices) -> np.ndarray:
             f"indices must be 4-D with dout's (N, C)={(n, c)}, got shape {idx.shape}"
         )
     idx = _unpool_indices(idx, idx.shape)
-    out = np.empty(idx.shape, dtype=dout.dtype)
+    out = empty(idx.shape, dtype=dout.dtype)
     return _unpool("max_unpool2d_backward", dout, idx, out, oh * ow,
                    taps=2 * idx.shape[2] * idx.shape[3])
 
@@ -1670,7 +1680,7 @@ def _affine_norm(x, weight, bias, eps, groups_shape) -> np.ndarray:
     """Normalise `x` over the last axis of `groups_shape`, then scale and shift by
     `weight` and `bias` (None, or arrays that broadcast against `x`)."""
     if not x.size:
-        return np.empty_like(x)
+        return empty_like(x)
     out, _ = _normalize(x, groups_shape, eps)
     if weight is not None:
         out *= weight
@@ -1685,7 +1695,7 @@ def _affine_norm_backward(dout, x, weight, eps, groups_shape, axes, param_shape)
     if dout.shape != x.shape:
         raise ValueError(f"dout must have the shape of x {x.shape}, got {dout.shape}")
     if not x.size:
-        return np.empty_like(x), np.zeros(param_shape, x.dtype), np.zeros(param_shape, x.dtype)
+        return empty_like(x), np.zeros(param_shape, x.dtype), np.zeros(param_shape, x.dtype)
     xhat, rstd = _normalize(x, groups_shape, eps)
     grad = dout if weight is None else dout * weight
     dx = _normalize_backward(grad, xhat, rstd, groups_shape)
@@ -1928,7 +1938,7 @@ def _conv_transpose2d(x, weight, bias, geo: _Transposed, groups: int) -> np.ndar
     """:func:`conv_transpose2d` of validated operands and geometry: the input
     gradient of the conv2d of window ``geo.win`` whose output gradient is `x`."""
     # The conv's input: its shape and dtype are read, never its pages.
-    canvas = np.empty(geo.out_shape, x.dtype)
+    canvas = empty(geo.out_shape, x.dtype)
     out = _conv2d_backward(_conv_output(x, geo), canvas, weight, geo.win, groups,
                            weight_grad=False)[0]
     if bias is not None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .. import _npz
+from .._buffers import BufferPool
 from .._validation import (
     SUPPORTED_DTYPES,
     _describe,
@@ -163,6 +164,12 @@ class Layer:
     A layer whose forward draws random numbers keeps its
     ``numpy.random.Generator`` as ``rng``; :func:`fastcnn.gradcheck.gradcheck`
     restores that generator's state before every evaluation.
+
+    While ``_forward`` and ``_backward`` run, the functional ops take their
+    large results from the layer's pool (:mod:`fastcnn._buffers`): arrays of
+    earlier calls that nothing refers to any more. A block that computes
+    outside them takes its arrays with ``with self._pool:`` and
+    :func:`fastcnn._buffers.empty`.
     """
 
     # Attributes of the base class that may hold anything (a cache can hold a
@@ -175,6 +182,8 @@ class Layer:
         self.state: dict[str, np.ndarray] = {}
         self.training = True
         self._cache = None
+        # The arrays its computations make, reused from call to call.
+        self._pool = BufferPool()
         # Shape and dtype of the last forward's output; None until forward runs.
         self._out_shape: tuple[int, ...] | None = None
         self._out_dtype: np.dtype | None = None
@@ -252,7 +261,8 @@ class Layer:
         """
         given, x = x, as_float_array(x, "x")
         self._check_arrays()
-        out, self._cache = self._forward(x, self._mode(training))
+        with self._pool:
+            out, self._cache = self._forward(x, self._mode(training))
         # A ufunc of a 0-d array gives a NumPy scalar: the contract is an ndarray.
         out = given_back(np.asarray(out), x, given)
         self._out_shape, self._out_dtype = out.shape, out.dtype
@@ -304,10 +314,12 @@ class Layer:
                 f"dout must have the dtype of the last forward output {self._out_dtype}, "
                 f"got dout.dtype={dout.dtype} (fastcnn never promotes silently)"
             )
-        if not flag(input_grad, "input_grad"):
-            self._backward_params(dout, self._cache)
-            return None
-        return given_back(np.asarray(self._backward(dout, self._cache)), dout, given)
+        with self._pool:
+            if not flag(input_grad, "input_grad"):
+                self._backward_params(dout, self._cache)
+                return None
+            dx = self._backward(dout, self._cache)
+        return given_back(np.asarray(dx), dout, given)
 
     def output_shape(self, input_shape) -> tuple[int, ...]:
         """Shape of the output for an input of shape `input_shape`.
@@ -433,6 +445,7 @@ class Layer:
             if isinstance(getattr(layer, "dtype", None), np.dtype):
                 layer.dtype = dtype
             layer._forget_last_forward()
+            layer._pool.clear()
         return self
 
     def predict(self, x, batch_size: int = 256) -> np.ndarray:

@@ -9,6 +9,7 @@ import operator
 
 import numpy as np
 
+from .._buffers import empty_like
 from .._validation import as_float_array, flag, shape_tuple
 from .activation import ReLU
 from .base import Layer, _named_modules, _output_shape_or_none
@@ -237,17 +238,20 @@ class Residual(Layer):
                 f"Residual: body output shape {out.shape} differs from shortcut output shape "
                 f"{skip.shape} for x of shape {x.shape}; give a shortcut that matches the body"
             )
-        return out + skip
+        with self._pool:
+            return np.add(out, skip, out=empty_like(out))
 
     def backward(self, dout, input_grad: bool = True) -> np.ndarray | None:
         """The sum of the body's and the shortcut's input gradients for `dout`
         (None if `input_grad` is False; see :meth:`fastcnn.layers.Layer.backward`)."""
         input_grad = flag(input_grad, "input_grad")
         dx = _backward(self.body, dout, input_grad)
-        if self.shortcut is None:
-            return dx + as_float_array(dout, "dout") if input_grad else None
-        skip = _backward(self.shortcut, dout, input_grad)
-        return dx + skip if input_grad else None
+        skip = as_float_array(dout, "dout") if self.shortcut is None else _backward(
+            self.shortcut, dout, input_grad)
+        if not input_grad:
+            return None
+        with self._pool:
+            return np.add(dx, skip, out=empty_like(dx))
 
     def output_shape(self, input_shape):
         shape = shape_tuple(input_shape)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._buffers import empty, empty_like
 from .._validation import real
 from .base import Layer
 
@@ -37,11 +38,13 @@ class Dropout(Layer):
             return x, None
         # p == 1 keeps nothing; the scale is then irrelevant, avoid 1/0.
         scale = 0.0 if self.p == 1 else 1.0 / (1.0 - self.p)
-        mask = (self.rng.random(x.shape) >= self.p) * np.asarray(scale, dtype=x.dtype)
-        return x * mask, mask
+        draws = self.rng.random(out=empty(x.shape, np.float64))
+        mask = np.greater_equal(draws, self.p, out=empty(x.shape, x.dtype))
+        mask *= np.asarray(scale, dtype=x.dtype)
+        return np.multiply(x, mask, out=empty_like(x)), mask
 
     def _backward(self, dout, mask):
-        return dout if mask is None else dout * mask
+        return dout if mask is None else np.multiply(dout, mask, out=empty_like(dout))
 
     def _extra_repr(self):
         return f"p={self.p}"

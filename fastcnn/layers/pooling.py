@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from .._buffers import empty
 from .._docstrings import fill_doc
 from .._validation import check_nchw, flag, input_shape_4d, pair, pool_window, spatial_size
 from .base import Layer, _describe_args
@@ -157,7 +158,7 @@ class GlobalAvgPool2D(Layer):
 
     def _backward(self, dout, input_shape):
         h, w = input_shape[2:]
-        dx = np.empty(input_shape, dout.dtype)
+        dx = empty(input_shape, dout.dtype)
         dx[...] = (dout / (h * w))[:, :, None, None]
         return dx
 
