@@ -87,8 +87,9 @@ cdef inline void col2im_plane(
     const floating* src, floating* dst, Py_ssize_t H, Py_ssize_t W,
     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-    Py_ssize_t oh, Py_ssize_t ow,
+    Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t ld,
 ) noexcept nogil:
+    """col2im of one plane whose kh*kw column rows are `ld` cells apart."""
     # Taps in (i, j) order, positions inside: the reference adds in this order too.
     cdef Py_ssize_t i, j, oy, ox, iw0, lo, hi, y0, y1
     cdef const floating* row
@@ -102,7 +103,7 @@ cdef inline void col2im_plane(
             lo = clip(first_inside(iw0, sw), 0, ow)
             hi = clip(end_inside(iw0, sw, W), lo, ow)
             for oy in range(y0, y1):
-                row = src + ((i * kw + j) * oh + oy) * ow
+                row = src + (i * kw + j) * ld + oy * ow
                 line = dst + (oy * sh - ph + i * dh) * W
                 if sw == 2:  # a constant stride, which the compiler vectorises
                     for ox in range(lo, hi):
@@ -137,7 +138,7 @@ cdef inline void col2im_plane_rows(
     const floating* src, floating* dst, Py_ssize_t H, Py_ssize_t W,
     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-    Py_ssize_t oh, Py_ssize_t ow,
+    Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t ld,
     const floating** rows, ptrdiff_t* shift, Py_ssize_t* tap_j, Py_ssize_t* reach,
 ) noexcept nogil:
     """col2im_plane for column stride 1, image row by image row.
@@ -162,7 +163,7 @@ cdef inline void col2im_plane_rows(
             if oy < 0 or oy % sh != 0 or oy // sh >= oh:
                 continue
             for j in range(kw):
-                rows[t] = src + ((i * kw + j) * oh + oy // sh) * ow
+                rows[t] = src + (i * kw + j) * ld + oy // sh * ow
                 shift[t] = j * dw - pw
                 tap_j[t] = j
                 t += 1
@@ -212,16 +213,17 @@ cdef inline void fold_plane(
     const floating* src, floating* dst, Py_ssize_t H, Py_ssize_t W,
     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-    Py_ssize_t oh, Py_ssize_t ow, bint by_rows,
+    Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t ld, bint by_rows,
     const floating** rows, ptrdiff_t* shift, Py_ssize_t* index,
 ) noexcept nogil:
-    """col2im of one plane, by rows or tap by tap; `rows`, `shift` (kh*kw
-    entries) and `index` (kh*kw + 2*kw) are the tables of col2im_plane_rows."""
+    """col2im of one plane whose kh*kw column rows are `ld` cells apart, by
+    rows or tap by tap; `rows`, `shift` (kh*kw entries) and `index` (kh*kw +
+    2*kw) are the tables of col2im_plane_rows."""
     if by_rows:
-        col2im_plane_rows(src, dst, H, W, kh, kw, sh, ph, pw, dh, dw, oh, ow,
+        col2im_plane_rows(src, dst, H, W, kh, kw, sh, ph, pw, dh, dw, oh, ow, ld,
                           rows, shift, index, index + kh * kw)
     else:
-        col2im_plane(src, dst, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+        col2im_plane(src, dst, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, ld)
 
 
 cdef inline void** fold_tables(Py_ssize_t threads, Py_ssize_t kh, Py_ssize_t kw,

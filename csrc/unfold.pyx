@@ -165,7 +165,7 @@ def col2im(
             for plane in prange(N * C, schedule="static"):
                 fold_plane(&cols[plane // C, plane % C * kh * kw, 0],
                            &out[plane // C, plane % C, 0, 0], H, W,
-                           kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, by_rows,
+                           kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, oh * ow, by_rows,
                            <const floating**> t, <ptrdiff_t*> (t + kh * kw),
                            <Py_ssize_t*> (t + 2 * kh * kw))
     finally:

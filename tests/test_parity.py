@@ -754,14 +754,18 @@ def test_kernel_conv2d_direct(g, f, dtype, kind, seed, nt, level, chunk, with_bi
 @given(g=conv_geometries(max_n=3, max_c=40, max_k=5, max_d=2, max_p=2, extra=30),
        f=st.integers(1, 20), groups=st.sampled_from([1, 2, 3]), dtype=dtypes,
        kind=st.sampled_from(["normal", "ties", "special", "zeros"]), seed=seeds, nt=threads,
-       level=st.sampled_from(SIMD_LEVELS), with_bias=st.booleans())
+       level=st.sampled_from(SIMD_LEVELS), with_bias=st.booleans(), chunk=st.integers(1, 3))
 @example(g=Geometry(2, 40, 9, 11, 3, 3, 1, 1, 1, 1), f=13, groups=1, dtype=np.float32,
-         kind="normal", seed=0, nt=2, level=SIMD_LEVELS[-1], with_bias=True)  # 360 taps
+         kind="normal", seed=0, nt=2, level=SIMD_LEVELS[-1], with_bias=True, chunk=1)  # 360 taps
 @example(g=Geometry(1, 64, 40, 40, 3, 3, 1, 1, 1, 1), f=7, groups=1, dtype=np.float64,
-         kind="normal", seed=1, nt=1, level=SIMD_LEVELS[-1], with_bias=True)  # 10 bands
+         kind="normal", seed=1, nt=1, level=SIMD_LEVELS[-1], with_bias=True, chunk=1)  # 10 bands
 @example(g=Geometry(2, 300, 5, 7, 1, 1, 1, 1, 0, 0), f=11, groups=3, dtype=np.float32,
-         kind="ties", seed=2, nt=3, level=SIMD_LEVELS[-1], with_bias=False)  # 1x1, groups
-def test_kernel_conv2d_gemm_levels(g, f, groups, dtype, kind, seed, nt, level, with_bias):
+         kind="ties", seed=2, nt=3, level=SIMD_LEVELS[-1], with_bias=False, chunk=2)  # 1x1, groups
+@example(g=Geometry(3, 16, 4, 4, 3, 3, 1, 1, 1, 1), f=8, groups=2, dtype=np.float32,
+         kind="normal", seed=3, nt=2, level=0, with_bias=True, chunk=3)  # a backward batch of 3
+@example(g=Geometry(3, 40, 5, 8, 3, 3, 1, 1, 1, 1), f=5, groups=1, dtype=np.float64,
+         kind="special", seed=4, nt=2, level=0, with_bias=True, chunk=3)  # batches of 2 and 1
+def test_kernel_conv2d_gemm_levels(g, f, groups, dtype, kind, seed, nt, level, with_bias, chunk):
     if g.c % groups:
         g = dataclasses.replace(g, c=g.c + groups - g.c % groups)
     f = f * groups
@@ -780,23 +784,24 @@ def test_kernel_conv2d_gemm_levels(g, f, groups, dtype, kind, seed, nt, level, w
     _assert_same(out_c, one)  # the thread count changes nothing
     _assert_sum_close(out_c, out_r, bound)
 
-    # the gradients: the input's alone, and all three
+    # the gradients: the input's alone, and all three (the compiled backward
+    # multiplies small planes' samples in batches within a chunk)
     dout = make_values(rng, out_shape, dtype, kind)
     compiled, reference = _pair("conv2d_backward")
     f_, k_ = w.shape
     with _simd_cap(level), np.errstate(invalid="ignore", over="ignore"):
-        for parts in (0, g.n):
+        for parts in (0, -(-g.n // chunk)):
             grads = [(_garbage(g.shape, dtype, fill), _garbage((parts, f_, k_), dtype, fill),
                       _garbage((parts, f_), dtype, fill)) for fill in (7.0, -3.0, 5.0)]
             for run, grad in zip((lambda *a: compiled(*a, nt), lambda *a: compiled(*a, 1),
                                   reference), grads):
-                run(dout, x, w, *args, 1, *grad)
-            bound = reference(np.abs(dout), np.abs(x), np.abs(w), *args, 1,
-                              np.empty(g.shape, dtype), np.empty((parts, f_, k_), dtype),
-                              np.empty((parts, f_), dtype))
-            for got, one, expected in zip(*grads):
+                run(dout, x, w, *args, chunk, *grad)
+            bounds = (np.empty(g.shape, dtype), np.empty((parts, f_, k_), dtype),
+                      np.empty((parts, f_), dtype))
+            reference(np.abs(dout), np.abs(x), np.abs(w), *args, chunk, *bounds)
+            for got, one, expected, bound in zip(*grads, bounds):
                 _assert_same(got, one)
-            _assert_sum_close(grads[0][0], grads[2][0], bound)
+                _assert_sum_close(got, expected, bound)
 
 
 @hsettings(80)
