@@ -28,7 +28,7 @@ KERNELS = ("unfold", "pool", "adaptive", "conv", "direct", "winograd", "openmp",
 # ``NAME.pyx``), on x86-64 only; fastcnn imports that build where the CPU has
 # AVX2. Their loops compute every cell alone (no reassociation, no
 # contraction), so the wider vectors give the same bits.
-AVX2_KERNELS = ("norm",) if platform.machine().lower() in ("x86_64", "amd64") else ()
+AVX2_KERNELS = ("norm", "activation") if platform.machine().lower() in ("x86_64", "amd64") else ()
 
 
 def _flag(name):

@@ -83,6 +83,7 @@ try:
     # process on an illegal instruction: the CPU is asked first.
     _avx2 = _pool._simd_level() >= 1
     if _avx2:
+        from ._kernels import activation_avx2 as _activation
         from ._kernels import norm_avx2 as _norm
 except ImportError as exc:  # a source checkout that was never built
     _openmp = None
@@ -594,4 +595,4 @@ def build_info() -> dict:
         return {"compiled": False, "error": str(_import_error)}
     simd = ("none", "avx2", "avx512")[_pool._simd_level()]
     return {"compiled": True, "openmp": _openmp.OPENMP, "compiler": _openmp.COMPILER,
-            "pool_simd": simd, "norm_simd": "avx2" if _avx2 else "none"}
+            "pool_simd": simd, "avx2_builds": ["norm", "activation"] if _avx2 else []}

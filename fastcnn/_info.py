@@ -120,7 +120,8 @@ def show_config(file=None) -> None:
     build = cfg["build"]
     if build["compiled"]:
         built = (f"compiled by {build['compiler_name']}, OpenMP {'on' if build['openmp'] else 'OFF'}, "
-                 f"pooling SIMD {build['pool_simd']}, batch norm SIMD {build['norm_simd']}")  # fmt: skip
+                 f"pooling SIMD {build['pool_simd']}, "
+                 f"AVX2 builds {', '.join(build['avx2_builds']) or 'none'}")  # fmt: skip
     else:
         built = f"NOT compiled ({build['error']})"
     lines = [

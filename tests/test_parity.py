@@ -1058,7 +1058,9 @@ def test_kernel_much_larger_than_input_is_a_global_pool():
 # backward's sums) add in another order (tiles of rows, four rows at a time)
 # and agree to rounding; the tolerances are in each test.
 
-from fastcnn._backend import _norm  # noqa: E402  (the build in use: AVX2 where the CPU has it)
+# the builds in use: AVX2 where the CPU has it
+from fastcnn._backend import _activation, _norm  # noqa: E402
+from fastcnn._kernels import activation as _activation_baseline  # noqa: E402
 from fastcnn._kernels import norm as _norm_baseline  # noqa: E402
 
 
@@ -1570,17 +1572,20 @@ def test_parameter_only_linear_backward_equals_the_full_one(n, i, o, dtype, back
 
 
 # ---------------------------------------------------------------------------
-# The AVX2 build of the batch-norm kernels (setup.py's AVX2_KERNELS) is the one
-# in use where the CPU has AVX2, and gives the baseline build's bits.
+# The AVX2 builds of the batch-norm and activation kernels (setup.py's
+# AVX2_KERNELS) are the ones in use where the CPU has AVX2, and give the
+# baseline builds' bits.
 
 _HAS_AVX2 = platform.machine().lower() in ("x86_64", "amd64") and _pool._simd_level() >= 1
 
 
-def test_the_avx2_build_is_used_where_the_cpu_has_avx2():
-    expected = "norm_avx2" if _HAS_AVX2 else "norm"
-    assert _norm.__name__ == f"fastcnn._kernels.{expected}"
+def test_the_avx2_builds_are_used_where_the_cpu_has_avx2():
+    suffix = "_avx2" if _HAS_AVX2 else ""
+    assert _norm.__name__ == f"fastcnn._kernels.norm{suffix}"
     assert _backend.pair_of("batch_norm_stats")[0] is _norm.batch_norm_stats
-    assert _backend.build_info()["norm_simd"] == ("avx2" if _HAS_AVX2 else "none")
+    assert _backend.pair_of("tanh")[0] is _activation.tanh
+    assert _activation.__name__ == f"fastcnn._kernels.activation{suffix}"
+    assert _backend.build_info()["avx2_builds"] == (["norm", "activation"] if _HAS_AVX2 else [])
 
 
 @pytest.mark.skipif(not _HAS_AVX2, reason="the CPU has no AVX2: there is no AVX2 build to run")
@@ -1621,6 +1626,29 @@ def test_avx2_batch_norm_build_equals_the_baseline_bitwise(shape, dtype, kind, s
 
 def _nan_canonical(a):
     return np.where(np.isnan(a), np.array(np.nan, a.dtype), a)
+
+
+@pytest.mark.skipif(not _HAS_AVX2, reason="the CPU has no AVX2: there is no AVX2 build to run")
+@hsettings(60)
+@given(n=flat_sizes, dtype=dtypes, kind=st.sampled_from(["normal", "wide", "special", "zeros"]),
+       seed=seeds, nt=threads, slope=slopes)
+@example(n=16385, dtype=np.float32, kind="wide", seed=0, nt=2, slope=0.1)
+def test_avx2_activation_build_equals_the_baseline_bitwise(n, dtype, kind, seed, nt, slope):
+    rng = np.random.default_rng(seed)
+    x = ((rng.standard_normal(n) * 60).astype(dtype) if kind == "wide"
+         else make_values(rng, (n,), dtype, kind))
+    dout = make_values(rng, (n,), dtype, "normal" if kind == "wide" else kind)
+    calls = [("relu", (x,)), ("relu_backward", (dout, x)), ("leaky_relu", (x, slope)),
+             ("leaky_relu_backward", (dout, x, slope)), ("sigmoid", (x,)), ("tanh", (x,)),
+             ("elu", (x, 1.6732632423543772, 1.0507009873554805)),
+             ("elu_backward", (dout, x, 1.0, 1.0)),
+             ("_by_output_backward", (False, dout, x)), ("_by_output_backward", (True, dout, x))]
+    for name, args in calls:
+        with np.errstate(all="ignore"):
+            got, expected = (getattr(module, name)(*args, np.empty((n,), dtype), nt)
+                             for module in (_activation, _activation_baseline))
+        assert np.array_equal(np.isnan(got), np.isnan(expected)), name
+        assert _nan_canonical(got).tobytes() == _nan_canonical(expected).tobytes(), name
 
 
 # ---------------------------------------------------------------------------
