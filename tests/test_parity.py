@@ -1299,9 +1299,7 @@ def test_kernel_activations(n, dtype, kind, seed, nt, slope):
     rng = np.random.default_rng(seed)
     x = make_values(rng, (n,), dtype, kind)
     dout = make_values(rng, (n,), dtype, kind)
-    cases = [("relu", (x,)), ("relu_backward", (dout, x)), ("leaky_relu", (x, slope)),
-             ("leaky_relu_backward", (dout, x, slope))]
-    for name, args in cases:
+    for name, args in _relu_calls(x, dout, slope):
         compiled, reference = _pair(name)
         out_c = _garbage((n,), dtype, 7.0)
         out_r = _garbage((n,), dtype, -3.0)
@@ -1309,6 +1307,12 @@ def test_kernel_activations(n, dtype, kind, seed, nt, slope):
         with np.errstate(invalid="ignore"):
             assert reference(*args, out_r) is out_r
         _assert_same(out_c, out_r)
+
+
+def _relu_calls(x, dout, slope):
+    """``(kernel name, arguments)`` of the ReLU family's kernels."""
+    return [("relu", (x,)), ("relu_backward", (dout, x)), ("leaky_relu", (x, slope)),
+            ("leaky_relu_backward", (dout, x, slope))]
 
 
 def _assert_within_ulps(got, expected, ulps):
@@ -1638,8 +1642,7 @@ def test_avx2_activation_build_equals_the_baseline_bitwise(n, dtype, kind, seed,
     x = ((rng.standard_normal(n) * 60).astype(dtype) if kind == "wide"
          else make_values(rng, (n,), dtype, kind))
     dout = make_values(rng, (n,), dtype, "normal" if kind == "wide" else kind)
-    calls = [("relu", (x,)), ("relu_backward", (dout, x)), ("leaky_relu", (x, slope)),
-             ("leaky_relu_backward", (dout, x, slope)), ("sigmoid", (x,)), ("tanh", (x,)),
+    calls = [*_relu_calls(x, dout, slope), ("sigmoid", (x,)), ("tanh", (x,)),
              ("elu", (x, 1.6732632423543772, 1.0507009873554805)),
              ("elu_backward", (dout, x, 1.0, 1.0)),
              ("_by_output_backward", (False, dout, x)), ("_by_output_backward", (True, dout, x))]

@@ -246,8 +246,10 @@ class Residual(Layer):
         (None if `input_grad` is False; see :meth:`fastcnn.layers.Layer.backward`)."""
         input_grad = flag(input_grad, "input_grad")
         dx = _backward(self.body, dout, input_grad)
-        skip = as_float_array(dout, "dout") if self.shortcut is None else _backward(
-            self.shortcut, dout, input_grad)
+        if self.shortcut is None:
+            skip = as_float_array(dout, "dout")
+        else:
+            skip = _backward(self.shortcut, dout, input_grad)
         if not input_grad:
             return None
         with self._pool:
