@@ -322,6 +322,13 @@ def _winograd_blocks(n: int, oh: int, ow: int) -> tuple[int, int]:
     return min(n, _WINOGRAD_TILES // (th * tw)), th
 
 
+def _all_finite(*arrays: np.ndarray) -> bool:
+    """Whether every value of the (non-empty) `arrays` is finite, without a
+    temporary: a NaN makes the minimum NaN, an infinity the minimum or maximum
+    infinite."""
+    return all(np.isfinite(a.min()) and np.isfinite(a.max()) for a in arrays)
+
+
 def _winograd(x, weight, bias, ph: int, pw: int, out: np.ndarray) -> bool:
     """Fill `out` (N, F, oh, ow) with the 3x3 convolution of stride 1 of `x`
     (N, C, H, W) with `weight` (F, C, 3, 3) and `bias` (or None), top/left
@@ -332,8 +339,7 @@ def _winograd(x, weight, bias, ph: int, pw: int, out: np.ndarray) -> bool:
     f, (oh, ow) = weight.shape[0], out.shape[2:]
     u = empty((36, f, c), x.dtype)
     in_pieces("winograd_weight", (1,), (weight, u))
-    # a NaN makes the minimum NaN, an infinity the minimum or maximum infinite
-    if not (np.isfinite(u.min()) and np.isfinite(u.max())):
+    if not _all_finite(u):
         return False
     samples, rows = _winograd_blocks(n, oh, ow)
     th, tw = -(-oh // 4), -(-ow // 4)
@@ -382,7 +388,7 @@ def _winograd_weight_grads(dout, x, weight, ph: int, pw: int):
               macs=size * macs, taps=size * taps,
               **_gemm((samples * min(rows, th) * tw, c, f), groups * macs))
     dweight, dbias = _sum_parts(dweight).reshape(weight.shape), _sum_parts(dbias)
-    if not (np.isfinite(dweight).all() and np.isfinite(dbias).all()):
+    if not _all_finite(dweight, dbias):
         return None
     return dweight, dbias
 
