@@ -23,20 +23,8 @@
 #include <stdint.h>
 #include <string.h>
 
-/* b where take, else a, through integers (where a select is a cmov). */
-#define FCNN_SELECT(name, T, U)                                                 \
-    static inline T name(int take, T a, T b)                                    \
-    {                                                                           \
-        U ua, ub;                                                               \
-        memcpy(&ua, &a, sizeof a);                                              \
-        memcpy(&ub, &b, sizeof b);                                              \
-        ua = take ? ub : ua;                                                    \
-        memcpy(&a, &ua, sizeof a);                                              \
-        return a;                                                               \
-    }
-FCNN_SELECT(fcnn_select_f32, float, uint32_t)
-FCNN_SELECT(fcnn_select_f64, double, uint64_t)
-#undef FCNN_SELECT
+#include "select.h"
+
 
 /* One column of a window row, scalar: rows [h0, h1) of column `col`. */
 #define FCNN_MAX_COLUMN(T, S)                                                   \
@@ -56,12 +44,6 @@ FCNN_SELECT(fcnn_select_f64, double, uint64_t)
 #if defined(__SSE2__) || defined(_M_X64)
 
 #include <emmintrin.h>
-
-/* b where take, else a. */
-static inline __m128i fcnn_blend(__m128i a, __m128i b, __m128i take)
-{
-    return _mm_or_si128(_mm_and_si128(take, b), _mm_andnot_si128(take, a));
-}
 
 /* Set the int64 rows r of the columns that `take` selects to `here`:
  * float32's four lanes span two registers of rows, float64's two lanes one. */

@@ -7,10 +7,11 @@ validated by ``fastcnn._validation`` before they get here. Work is split by
 (n, c) plane, so no two threads write one element.
 
 The common geometries (2x2 and 3x3 windows, stride 2, no dilation) run the
-AVX2 / AVX-512 kernels of ``pool_simd.h`` where the CPU has them; every other
-geometry, and other CPUs, run the generic kernels below. Both give the same
-bits: the SIMD kernels do the generic kernels' comparisons and additions in
-the same order, one output per vector lane.
+AVX2 / AVX-512 kernels of ``pool_simd.h`` where the CPU has them, and max
+pooling's 2x2 windows in short output rows those of ``pool_quads.h``; every
+other geometry, and other CPUs, run the generic kernels below. All give the
+same bits: the other kernels do the generic kernels' comparisons and
+additions in the same order.
 """
 
 from cython cimport floating
@@ -61,6 +62,21 @@ cdef extern from "pool_simd.h" nogil:
         Py_ssize_t wg)
 
 
+cdef extern from "pool_quads.h" nogil:
+    void fcnn_max_pool_quads_f32(
+        const float* x, float* out, int64_t* idx, Py_ssize_t planes, Py_ssize_t H, Py_ssize_t W,
+        Py_ssize_t oh, Py_ssize_t ow)
+    void fcnn_max_pool_quads_f64(
+        const double* x, double* out, int64_t* idx, Py_ssize_t planes, Py_ssize_t H,
+        Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow)
+    int fcnn_max_pool_backward_quads_f32(
+        const float* dout, const int64_t* idx, float* dx, Py_ssize_t planes, Py_ssize_t H,
+        Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow)
+    int fcnn_max_pool_backward_quads_f64(
+        const double* dout, const int64_t* idx, double* dx, Py_ssize_t planes, Py_ssize_t H,
+        Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow)
+
+
 # max_pool2d_backward writes outputs of at least this many bytes (beyond the
 # per-core caches, so they go to memory anyway) with non-temporal stores:
 # those skip the read that a plain store makes of each line it misses. (On
@@ -68,6 +84,12 @@ cdef extern from "pool_simd.h" nogil:
 # and did not change float32 ones; for outputs that fit in a cache it is
 # several times slower, hence the bound.)
 cdef Py_ssize_t STREAM_BYTES = 16 << 20
+
+# Output rows shorter than this, of 2x2 windows with stride 2 that lie inside
+# the plane, are pooled by pool_quads.h's kernels, in runs of planes of
+# about QUAD_RUN outputs.
+cdef Py_ssize_t SHORT_ROW = 8
+cdef Py_ssize_t QUAD_RUN = 1024
 
 
 cdef bint _simd_window(
@@ -137,6 +159,31 @@ cdef void _max_pool_plane_generic(
             idx[oy * ow + ox] = best_pos
 
 
+cdef bint _quads(Py_ssize_t H, Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow) noexcept nogil:
+    """Whether 2x2 windows with stride 2 lie inside the plane, in short rows."""
+    return 2 * oh <= H and 2 * ow <= W and ow < SHORT_ROW
+
+
+cdef void _max_pool_quads(
+    const floating* x, floating* out, int64_t* idx, Py_ssize_t planes, Py_ssize_t H,
+    Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow,
+) noexcept nogil:
+    if floating is float:
+        fcnn_max_pool_quads_f32(x, out, idx, planes, H, W, oh, ow)
+    else:
+        fcnn_max_pool_quads_f64(x, out, idx, planes, H, W, oh, ow)
+
+
+cdef int _max_pool_backward_quads(
+    const floating* g, const int64_t* idx, floating* dx, Py_ssize_t planes, Py_ssize_t H,
+    Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow,
+) noexcept nogil:
+    if floating is float:
+        return fcnn_max_pool_backward_quads_f32(g, idx, dx, planes, H, W, oh, ow)
+    else:
+        return fcnn_max_pool_backward_quads_f64(g, idx, dx, planes, H, W, oh, ow)
+
+
 cdef void _max_pool_plane(
     bint simd, const floating* src, floating* dst, int64_t* idx, Py_ssize_t H, Py_ssize_t W,
     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -163,8 +210,16 @@ def max_pool2d(
     """max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out, indices, num_threads) -> (out, indices)"""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t oh = out.shape[2], ow = out.shape[3]
-    cdef Py_ssize_t plane
+    cdef Py_ssize_t plane, lo, run = max(QUAD_RUN // max(oh * ow, 1), 1)
     cdef bint simd = _simd_window(H, W, kh, kw, sh, sw, dh, dw, floating is float)
+    if (N * C > 0 and kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+            and dh == 1 and dw == 1 and _quads(H, W, oh, ow)):
+        with nogil:
+            for lo in prange(0, N * C, run, schedule="static", num_threads=num_threads):
+                _max_pool_quads(&x[0, 0, 0, 0] + lo * H * W, &out[0, 0, 0, 0] + lo * oh * ow,
+                                &indices[0, 0, 0, 0] + lo * oh * ow, min(run, N * C - lo),
+                                H, W, oh, ow)
+        return out.base, indices.base
     with nogil:
         for plane in prange(N * C, schedule="static", num_threads=num_threads):
             _max_pool_plane(simd, &x[plane // C, plane % C, 0, 0],
@@ -178,6 +233,10 @@ cdef int _tiles_plane(
     const floating* g, const int64_t* idx, floating* dst, Py_ssize_t H, Py_ssize_t W,
     Py_ssize_t oh, Py_ssize_t ow,
 ) noexcept nogil:
+    """Gradient of one plane whose indices tile it in 2x2 cells (see
+    pool_simd.h): 0 if some index lies outside its tile."""
+    if _quads(H, W, oh, ow):
+        return _max_pool_backward_quads(g, idx, dst, 1, H, W, oh, ow)
     if floating is float:
         return fcnn_max_pool_backward_tiles_f32(g, idx, dst, H, W, oh, ow)
     else:
@@ -222,16 +281,16 @@ def max_pool2d_backward(
     """max_pool2d_backward(dout, indices, out, num_threads) -> out"""
     cdef Py_ssize_t N = out.shape[0], C = out.shape[1], H = out.shape[2], W = out.shape[3]
     cdef Py_ssize_t oh = dout.shape[2], ow = dout.shape[3]
-    cdef Py_ssize_t plane
+    cdef Py_ssize_t plane, lo, hi, run = max(QUAD_RUN // max(oh * ow, 1), 1)
     # Indices that tile the input in 2x2 cells (as 2x2 windows with stride 2
     # give) let every cell be written once, without zeroing and scattering.
     # The indices come from the user: whether the first plane's do decides
     # which kernel to try, and a plane whose indices do not falls back. (The
     # tile kernel only compares indices with its cells' positions, so any
     # values, even ones changed by another thread meanwhile, are safe there.)
-    cdef bint tiles = (
-        N * C > 0 and fcnn_simd_level() > 0 and 2 * oh <= H and 2 * ow <= W
-        and (floating is double or (H + 3) * W <= INT32_MAX)
+    cdef bint quads = _quads(H, W, oh, ow)
+    cdef bint tiles = N * C > 0 and 2 * oh <= H and 2 * ow <= W and (
+        quads or fcnn_simd_level() > 0 and (floating is double or (H + 3) * W <= INT32_MAX)
     )
     cdef bint stream
     cdef Py_ssize_t stride = 0
@@ -241,6 +300,19 @@ def max_pool2d_backward(
         with nogil:
             tiles = _tiles_plane(&dout[0, 0, 0, 0], &indices[0, 0, 0, 0], &out[0, 0, 0, 0],
                                  H, W, oh, ow)
+    if tiles and quads:  # in runs of planes; a run with strays is scattered
+        with nogil:
+            for lo in prange(0, N * C, run, schedule="static", num_threads=num_threads):
+                hi = min(lo + run, N * C)
+                if not _max_pool_backward_quads(&dout[0, 0, 0, 0] + lo * oh * ow,
+                                                &indices[0, 0, 0, 0] + lo * oh * ow,
+                                                &out[0, 0, 0, 0] + lo * H * W, hi - lo,
+                                                H, W, oh, ow):
+                    for plane in range(lo, hi):
+                        _scatter_plane(&dout[0, 0, 0, 0] + plane * oh * ow,
+                                       &indices[0, 0, 0, 0] + plane * oh * ow,
+                                       &out[0, 0, 0, 0] + plane * H * W, H * W, oh * ow)
+        return out.base
     # Otherwise each plane is zeroed and scattered into while it is in cache:
     # in place, or in a per-thread scratch plane that is then streamed out.
     stream = not tiles and FCNN_HAVE_STREAM and out.size * sizeof(floating) >= STREAM_BYTES

@@ -86,6 +86,17 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define FCNN_CAT_(a, b) a##_##b
 #define FCNN_CAT(a, b) FCNN_CAT_(a, b)
 
+/* Store the first n lanes (0 < n < lanes, natural order) of v, of `type`
+ * cells, at p, through a buffer: AVX2's masked stores are microcoded on
+ * AMD's cores (tens of cycles each), which made them most of the time of a
+ * small plane, whose every row ends in a partial vector. */
+#define FCNN_STORE_THROUGH(type, lanes, store, p, n, v) do { \
+    type b_[lanes]; \
+    store(b_, v); \
+    for (ptrdiff_t i_ = 0; i_ < (n); i_++) \
+        (p)[i_] = b_[i_]; \
+} while (0)
+
 /* ---- AVX2, what both types share: 256-bit vectors; masks are vectors. */
 #define FCNN_TARGET __attribute__((target("avx2")))
 #define IV __m256i
@@ -105,7 +116,7 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define VL 8
 #define V_LOAD _mm256_loadu_ps
 #define V_STORE _mm256_storeu_ps
-#define V_MASKSTORE(p, m, v) _mm256_maskstore_ps(p, m, v)
+#define V_STORE_FIRST(p, n, v) FCNN_STORE_THROUGH(float, 8, V_STORE, p, n, v)
 #define V_MASKLOAD(p, m, fill) \
     _mm256_blendv_ps(fill, _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m))
 #define V_SET1 _mm256_set1_ps
@@ -143,12 +154,7 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
     _mm256_storeu_si256((__m256i *)(p), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v))); \
     _mm256_storeu_si256((__m256i *)(p) + 1, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1))); \
 } while (0)
-#define IDX_MASKSTORE(p, m, v) do { \
-    _mm256_maskstore_epi64((long long *)(p), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(m)), \
-                           _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v))); \
-    _mm256_maskstore_epi64((long long *)(p) + 4, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1)), \
-                           _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1))); \
-} while (0)
+#define IDX_STORE_FIRST(p, n, v) FCNN_STORE_THROUGH(int64_t, 8, IDX_STORE, p, n, v)
 #include "pool_simd_impl.h"
 #include "pool_simd_undef.h"
 
@@ -162,7 +168,7 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define VL 4
 #define V_LOAD _mm256_loadu_pd
 #define V_STORE _mm256_storeu_pd
-#define V_MASKSTORE(p, m, v) _mm256_maskstore_pd(p, m, v)
+#define V_STORE_FIRST(p, n, v) FCNN_STORE_THROUGH(double, 4, V_STORE, p, n, v)
 #define V_MASKLOAD(p, m, fill) \
     _mm256_blendv_pd(fill, _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m))
 #define V_SET1 _mm256_set1_pd
@@ -191,7 +197,7 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define IDX_LOAD(p) _mm256_loadu_si256((const __m256i *)(p))
 #define IDX_MASKLOAD(p, m) _mm256_maskload_epi64((const long long *)(p), m)
 #define IDX_STORE(p, v) _mm256_storeu_si256((__m256i *)(p), v)
-#define IDX_MASKSTORE(p, m, v) _mm256_maskstore_epi64((long long *)(p), m, v)
+#define IDX_STORE_FIRST(p, n, v) FCNN_STORE_THROUGH(int64_t, 4, IDX_STORE, p, n, v)
 #include "pool_simd_impl.h"
 #define FCNN_ISA_DONE
 #include "pool_simd_undef.h"
@@ -213,7 +219,7 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define VL 16
 #define V_LOAD _mm512_loadu_ps
 #define V_STORE _mm512_storeu_ps
-#define V_MASKSTORE(p, m, v) _mm512_mask_storeu_ps(p, m, v)
+#define V_STORE_FIRST(p, n, v) _mm512_mask_storeu_ps(p, FCNN(fcnn_first_lanes)(n), v)
 #define V_MASKLOAD(p, m, fill) _mm512_mask_loadu_ps(fill, m, p)
 #define V_SET1 _mm512_set1_ps
 #define V_ZERO _mm512_setzero_ps
@@ -250,9 +256,10 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
     _mm512_storeu_si512((p), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v))); \
     _mm512_storeu_si512((p) + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1))); \
 } while (0)
-#define IDX_MASKSTORE(p, m, v) do { \
-    _mm512_mask_storeu_epi64((p), (__mmask8)(m), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v))); \
-    _mm512_mask_storeu_epi64((p) + 8, (__mmask8)((m) >> 8), \
+#define IDX_STORE_FIRST(p, n, v) do { \
+    MT m_ = FCNN(fcnn_first_lanes)(n); \
+    _mm512_mask_storeu_epi64((p), (__mmask8)m_, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v))); \
+    _mm512_mask_storeu_epi64((p) + 8, (__mmask8)(m_ >> 8), \
                              _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1))); \
 } while (0)
 #include "pool_simd_impl.h"
@@ -266,7 +273,7 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define VL 8
 #define V_LOAD _mm512_loadu_pd
 #define V_STORE _mm512_storeu_pd
-#define V_MASKSTORE(p, m, v) _mm512_mask_storeu_pd(p, m, v)
+#define V_STORE_FIRST(p, n, v) _mm512_mask_storeu_pd(p, FCNN(fcnn_first_lanes)(n), v)
 #define V_MASKLOAD(p, m, fill) _mm512_mask_loadu_pd(fill, m, p)
 #define V_SET1 _mm512_set1_pd
 #define V_ZERO _mm512_setzero_pd
@@ -293,7 +300,7 @@ static void fcnn_fill_f64(double *p, ptrdiff_t n, double value)
 #define IDX_LOAD(p) _mm512_loadu_si512(p)
 #define IDX_MASKLOAD(p, m) _mm512_maskz_loadu_epi64(m, p)
 #define IDX_STORE(p, v) _mm512_storeu_si512((p), v)
-#define IDX_MASKSTORE(p, m, v) _mm512_mask_storeu_epi64((p), m, v)
+#define IDX_STORE_FIRST(p, n, v) _mm512_mask_storeu_epi64((p), FCNN(fcnn_first_lanes)(n), v)
 #include "pool_simd_impl.h"
 #define FCNN_ISA_DONE
 #include "pool_simd_undef.h"

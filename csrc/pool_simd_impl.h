@@ -171,9 +171,8 @@ FCNN_TARGET static inline void FCNN(fcnn_max_rows)(
                     V_STORE(o, value);
                     IDX_STORE(ix, index);
                 } else {
-                    MT m = FCNN(fcnn_first_lanes)(ow - k0);
-                    V_MASKSTORE(o, m, value);
-                    IDX_MASKSTORE(ix, m, index);
+                    V_STORE_FIRST(o, ow - k0, value);
+                    IDX_STORE_FIRST(ix, ow - k0, index);
                 }
             }
         }
@@ -220,7 +219,7 @@ FCNN_TARGET static inline void FCNN(fcnn_avg_rows)(
                 if (ow - k0 >= VL)
                     V_STORE(out + oy * ow + k0, acc);
                 else
-                    V_MASKSTORE(out + oy * ow + k0, FCNN(fcnn_first_lanes)(ow - k0), acc);
+                    V_STORE_FIRST(out + oy * ow + k0, ow - k0, acc);
             }
         }
     }
@@ -244,8 +243,8 @@ FCNN_TARGET static inline void FCNN(fcnn_store_pixels)(T *dx, ptrdiff_t iw0, ptr
 {
     if (W - iw0 >= VL)
         V_STORE(dx + iw0, v);
-    else
-        V_MASKSTORE(dx + iw0, FCNN(fcnn_first_lanes)(W - iw0), v);
+    else if (W > iw0)
+        V_STORE_FIRST(dx + iw0, W - iw0, v);
 }
 
 FCNN_TARGET static inline void FCNN(fcnn_avg_backward_rows)(

@@ -8,7 +8,7 @@
 #undef VL
 #undef V_LOAD
 #undef V_STORE
-#undef V_MASKSTORE
+#undef V_STORE_FIRST
 #undef V_MASKLOAD
 #undef V_SET1
 #undef V_ZERO
@@ -30,7 +30,7 @@
 #undef I_LANES
 #undef I_SIGMA2
 #undef IDX_STORE
-#undef IDX_MASKSTORE
+#undef IDX_STORE_FIRST
 #undef I_EQ
 #undef V_MASKZ
 #undef IDX_NARROW

@@ -348,7 +348,7 @@ def simd_level(request):
 def _simd_cases():
     cases = []
     for k, p in ((2, 0), (2, 1), (3, 0), (3, 1)):
-        for h, w in ((2, 2), (3, 5), (6, 7), (17, 33), (9, 1100)):
+        for h, w in ((2, 2), (3, 5), (6, 7), (4, 14), (8, 16), (17, 33), (9, 1100)):
             for ceil in (False, True):
                 g = Geometry(2, 3, h, w, k, k, 2, 2, p, p, 1, 1, ceil)
                 if g.pool_oh >= 1 and g.pool_ow >= 1:
@@ -387,6 +387,36 @@ def test_simd_kernels(simd_level, g, dtype):
             with np.errstate(invalid="ignore"):  # inf - inf where indices repeat
                 got = compiled(dout, idx, _garbage(g.shape, dtype, 7.0), nt)
                 _assert_same(got, reference(dout, idx, _garbage(g.shape, dtype, -3.0)))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("kind", ["special", "ties", "neg_inf"])
+@pytest.mark.parametrize("h, w", [(4, 6), (5, 15), (2, 2), (8, 16)])
+def test_max_pool2d_short_rows_in_runs(dtype, kind, h, w):
+    # 2x2 windows with stride 2 in output rows shorter than pool.SHORT_ROW
+    # (8) are pooled in runs of planes of about 1024 outputs, several
+    # windows per vector across rows and planes: 600 planes make several
+    # runs and a last partial one, and odd output counts leave windows after
+    # the last whole vector. (8, 16) has rows of 8 outputs: the other kernels.
+    rng = np.random.default_rng(h * 100 + w)
+    g = Geometry(3, 200, h, w, 2, 2, 2, 2, 0, 0)
+    x = make_values(rng, g.shape, dtype, kind)
+    for nt in (1, 2, 3):
+        out_c, idx_c = _garbage(g.pool_shape, dtype, 7.0), _garbage(g.pool_shape, np.int64, -7)
+        out_r, idx_r = _garbage(g.pool_shape, dtype, -3.0), _garbage(g.pool_shape, np.int64, -3)
+        _pair("max_pool2d")[0](x, *g.pool_params(), out_c, idx_c, nt)
+        _pair("max_pool2d")[1](x, *g.pool_params(), out_r, idx_r)
+        _assert_same(out_c, out_r)
+        _assert_same(idx_c, idx_r)
+        # the forward's indices; one index out of its tile in the second
+        # run (that run is scattered); and any indices
+        dout = make_values(rng, g.pool_shape, dtype, "normal")
+        stray = idx_r.copy()
+        stray[1, 100, 0, 0] = g.h * g.w - 1
+        for idx in (idx_r, stray, rng.integers(0, g.h * g.w, size=g.pool_shape)):
+            compiled, reference = _pair("max_pool2d_backward")
+            got = compiled(dout, idx, _garbage(g.shape, dtype, 7.0), nt)
+            _assert_same(got, reference(dout, idx, _garbage(g.shape, dtype, -3.0)))
 
 
 def test_simd_max_pool2d_backward_streams_large_outputs(simd_level):
