@@ -106,8 +106,9 @@ __attribute__((target("avx2"))) static __m256i fcnn_gemm_mask_f64(ptrdiff_t n)
 /* The micro-kernel: c[0:rows, 0:cols] (row stride ldc) = (c if `accumulate`
  * else 0) + a_tile @ b_panel over kc steps, plus bias[0:rows] if `bias`.
  * A partial panel of b is read through masked loads, which touch none of
- * the cells past `cols`, and a partial tile of c goes through a local
- * copy: only the operands' own cells are read and written. */
+ * the cells past `cols`, and a tile of c with fewer columns goes through a
+ * local copy; of a tile with fewer rows, only its rows are read and
+ * written: only the operands' own cells are touched. */
 #define FCNN_GEMM_KERNEL(T, V, sfx, NR, LANES, vload, vstore, vzero, vset1, vfmadd, vadd, \
                          vmaskload)                                                 \
     __attribute__((target("avx2,fma"))) static void fcnn_gemm_tile_##sfx(          \
@@ -117,7 +118,7 @@ __attribute__((target("avx2"))) static __m256i fcnn_gemm_mask_f64(ptrdiff_t n)
         T local[FCNN_GEMM_MR * NR];                                                 \
         T *dst = c;                                                                 \
         ptrdiff_t ld = ldc;                                                         \
-        if (rows < FCNN_GEMM_MR || cols < NR) {                                     \
+        if (cols < NR) {                                                            \
             dst = local, ld = NR;                                                   \
             memset(local, 0, sizeof local);                                         \
             if (accumulate)                                                         \
@@ -125,9 +126,12 @@ __attribute__((target("avx2"))) static __m256i fcnn_gemm_mask_f64(ptrdiff_t n)
                     memcpy(local + r * NR, c + r * ldc, cols * sizeof(T));          \
         }                                                                           \
         V acc[FCNN_GEMM_MR][2];                                                     \
+        /* the local copy has every row; c, only `rows` */                          \
+        ptrdiff_t own_rows = dst == local ? FCNN_GEMM_MR : rows;                    \
         for (int r = 0; r < FCNN_GEMM_MR; r++) {                                    \
-            acc[r][0] = accumulate ? vload(dst + r * ld) : vzero();                 \
-            acc[r][1] = accumulate ? vload(dst + r * ld + LANES) : vzero();         \
+            int load = accumulate && r < own_rows;                                  \
+            acc[r][0] = load ? vload(dst + r * ld) : vzero();                       \
+            acc[r][1] = load ? vload(dst + r * ld + LANES) : vzero();               \
         }                                                                           \
         if (cols == NR)                                                             \
             FCNN_GEMM_STEPS(T, V, vset1, vfmadd, vload(p), vload(p + LANES))        \
@@ -142,8 +146,10 @@ __attribute__((target("avx2"))) static __m256i fcnn_gemm_mask_f64(ptrdiff_t n)
                 acc[r][0] = vadd(acc[r][0], s);                                     \
                 acc[r][1] = vadd(acc[r][1], s);                                     \
             }                                                                       \
-            vstore(dst + r * ld, acc[r][0]);                                        \
-            vstore(dst + r * ld + LANES, acc[r][1]);                                \
+            if (r < own_rows) {                                                     \
+                vstore(dst + r * ld, acc[r][0]);                                    \
+                vstore(dst + r * ld + LANES, acc[r][1]);                            \
+            }                                                                       \
         }                                                                           \
         if (dst == local)                                                           \
             for (ptrdiff_t r = 0; r < rows; r++)                                    \
