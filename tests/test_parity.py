@@ -363,12 +363,7 @@ def test_simd_kernels(simd_level, g, dtype):
     kinds = ["special", "zeros", "neg_inf", "normal"]
     for nt, kind in enumerate(kinds, 1):
         x = make_values(rng, g.shape, dtype, kind)
-        out_c, idx_c = _garbage(g.pool_shape, dtype, 7.0), _garbage(g.pool_shape, np.int64, -7)
-        out_r, idx_r = _garbage(g.pool_shape, dtype, -3.0), _garbage(g.pool_shape, np.int64, -3)
-        _pair("max_pool2d")[0](x, *g.pool_params(), out_c, idx_c, nt)
-        _pair("max_pool2d")[1](x, *g.pool_params(), out_r, idx_r)
-        _assert_same(out_c, out_r)
-        _assert_same(idx_c, idx_r)
+        idx_r = _max_pools_agree(x, g, dtype, nt)
         dout = make_values(rng, g.pool_shape, dtype, kind)
         for cip, div in ((True, 0), (False, 0), (True, 3)):
             args = (*g.avg_params(), cip, div)
@@ -382,11 +377,29 @@ def test_simd_kernels(simd_level, g, dtype):
         # input), the same with one index moved out of its window, and any
         strays = idx_r.copy()
         strays.reshape(-1)[rng.integers(strays.size)] = rng.integers(g.h * g.w)
-        for idx in (idx_r, strays, rng.integers(0, g.h * g.w, size=g.pool_shape)):
-            compiled, reference = _pair("max_pool2d_backward")
-            with np.errstate(invalid="ignore"):  # inf - inf where indices repeat
-                got = compiled(dout, idx, _garbage(g.shape, dtype, 7.0), nt)
-                _assert_same(got, reference(dout, idx, _garbage(g.shape, dtype, -3.0)))
+        anywhere = rng.integers(0, g.h * g.w, size=g.pool_shape)
+        _max_pool_backwards_agree(dout, (idx_r, strays, anywhere), g, dtype, nt)
+
+
+def _max_pools_agree(x, g, dtype, nt):
+    """Assert that the compiled max_pool2d gives its twin's values and indices; return those."""
+    out_c, idx_c = _garbage(g.pool_shape, dtype, 7.0), _garbage(g.pool_shape, np.int64, -7)
+    out_r, idx_r = _garbage(g.pool_shape, dtype, -3.0), _garbage(g.pool_shape, np.int64, -3)
+    _pair("max_pool2d")[0](x, *g.pool_params(), out_c, idx_c, nt)
+    _pair("max_pool2d")[1](x, *g.pool_params(), out_r, idx_r)
+    _assert_same(out_c, out_r)
+    _assert_same(idx_c, idx_r)
+    return idx_r
+
+
+def _max_pool_backwards_agree(dout, indices, g, dtype, nt):
+    """Assert that the compiled max_pool2d_backward gives its twin's gradient
+    for each of `indices`."""
+    compiled, reference = _pair("max_pool2d_backward")
+    for idx in indices:
+        with np.errstate(invalid="ignore"):  # inf - inf where indices repeat
+            got = compiled(dout, idx, _garbage(g.shape, dtype, 7.0), nt)
+            _assert_same(got, reference(dout, idx, _garbage(g.shape, dtype, -3.0)))
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -402,21 +415,14 @@ def test_max_pool2d_short_rows_in_runs(dtype, kind, h, w):
     g = Geometry(3, 200, h, w, 2, 2, 2, 2, 0, 0)
     x = make_values(rng, g.shape, dtype, kind)
     for nt in (1, 2, 3):
-        out_c, idx_c = _garbage(g.pool_shape, dtype, 7.0), _garbage(g.pool_shape, np.int64, -7)
-        out_r, idx_r = _garbage(g.pool_shape, dtype, -3.0), _garbage(g.pool_shape, np.int64, -3)
-        _pair("max_pool2d")[0](x, *g.pool_params(), out_c, idx_c, nt)
-        _pair("max_pool2d")[1](x, *g.pool_params(), out_r, idx_r)
-        _assert_same(out_c, out_r)
-        _assert_same(idx_c, idx_r)
+        idx_r = _max_pools_agree(x, g, dtype, nt)
         # the forward's indices; one index out of its tile in the second
         # run (that run is scattered); and any indices
         dout = make_values(rng, g.pool_shape, dtype, "normal")
         stray = idx_r.copy()
         stray[1, 100, 0, 0] = g.h * g.w - 1
-        for idx in (idx_r, stray, rng.integers(0, g.h * g.w, size=g.pool_shape)):
-            compiled, reference = _pair("max_pool2d_backward")
-            got = compiled(dout, idx, _garbage(g.shape, dtype, 7.0), nt)
-            _assert_same(got, reference(dout, idx, _garbage(g.shape, dtype, -3.0)))
+        anywhere = rng.integers(0, g.h * g.w, size=g.pool_shape)
+        _max_pool_backwards_agree(dout, (idx_r, stray, anywhere), g, dtype, nt)
 
 
 def test_simd_max_pool2d_backward_streams_large_outputs(simd_level):
