@@ -12,10 +12,12 @@
  * a time, taken in output order across rows and planes.
  *
  * fcnn_max_pool_backward_quads_*: the gradient from indices that tile the
- * planes, as pool_simd.h's tile kernel: every cell written once, with
- * ``+0.0 + dout`` or +0.0; returns 0 if some index lies outside its tile
- * (the caller then scatters the planes). Indices are only compared with
- * cell positions, never used as addresses.
+ * planes: the planes zeroed in one go, then each output's ``+0.0 + dout``
+ * stored at its index (each cell gets at most one: the tiles are
+ * disjoint), which is the generic kernel's zeroing and scatter. Returns 0
+ * if some index lies outside its tile (the caller then scatters the
+ * planes); such an index is never used as an address, so any values, even
+ * ones another thread changes meanwhile, are safe.
  *
  * Written with selects (select.h), not branches: random data mispredict a
  * branch per cell, which made the plain C forward 3x slower than the SIMD
@@ -129,24 +131,18 @@ FCNN_QUAD_BLOCK(f64, double, __m128d, pd, 2, 1, FCNN_QUAD_LOAD_F64, FCNN_QUAD_MA
                                                   ptrdiff_t W, ptrdiff_t oh, ptrdiff_t ow)   \
     {                                                                                        \
         int strays = 0;                                                                      \
+        memset(dx, 0, (size_t)(planes * H * W) * sizeof(T));                                \
         for (ptrdiff_t q = 0; q < planes; q++, dout += oh * ow, idx += oh * ow, dx += H * W) { \
-            for (ptrdiff_t oy = 0; oy < oh; oy++) {                                          \
-                T *top = dx + 2 * oy * W, *bottom = top + W;                                 \
+            for (ptrdiff_t oy = 0; oy < oh; oy++)                                            \
                 for (ptrdiff_t ox = 0; ox < ow; ox++) {                                      \
-                    T share = dout[oy * ow + ox] + (T)0;                                     \
-                    int64_t d = idx[oy * ow + ox] - 2 * (oy * W + ox);                       \
-                    top[2 * ox] = fcnn_keep_##sfx(d == 0, share);                            \
-                    top[2 * ox + 1] = fcnn_keep_##sfx(d == 1, share);                        \
-                    bottom[2 * ox] = fcnn_keep_##sfx(d == W, share);                         \
-                    bottom[2 * ox + 1] = fcnn_keep_##sfx(d == W + 1, share);                 \
-                    strays |= (d != 0) & (d != 1) & (d != W) & (d != W + 1);                 \
+                    ptrdiff_t tile = 2 * (oy * W + ox);                                      \
+                    int64_t d = idx[oy * ow + ox] - tile;                                    \
+                    int inside = (d == 0) | (d == 1) | (d == W) | (d == W + 1);              \
+                    strays |= !inside;                                                       \
+                    /* a stray stores +0.0 at its tile's first cell */                       \
+                    dx[tile + (inside ? d : 0)] =                                            \
+                        fcnn_keep_##sfx(inside, dout[oy * ow + ox] + (T)0);                  \
                 }                                                                            \
-                if (W > 2 * ow) {                                                            \
-                    memset(top + 2 * ow, 0, (size_t)(W - 2 * ow) * sizeof(T));               \
-                    memset(bottom + 2 * ow, 0, (size_t)(W - 2 * ow) * sizeof(T));            \
-                }                                                                            \
-            }                                                                                \
-            memset(dx + 2 * oh * W, 0, (size_t)((H - 2 * oh) * W) * sizeof(T));              \
         }                                                                                    \
         return !strays;                                                                      \
     }

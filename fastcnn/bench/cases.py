@@ -85,8 +85,9 @@ SHAPES = {
         Shape("resnet", (32, 64, 56, 56), 64, 3, 1, 3, 2, 1),
         # MNIST first layer (LeNet-like); also the demo network on 28x28 images.
         Shape("mnist", (128, 1, 28, 28), 8, 5, 2, 2, 2, 0, train=True),
-        # The demo's default data (scikit-learn digits, 8x8): training step only.
-        Shape("digits", (128, 1, 8, 8), train=True),
+        # The demo's default data (scikit-learn digits, 8x8): its first layer,
+        # the small planes of small images, and its training step.
+        Shape("digits", (128, 1, 8, 8), 16, 3, 1, 2, 2, 0, train=True),
         # Training steps only: the demo network on CIFAR-sized images, and a
         # VGG-style network (two blocks of two 3x3 convolutions).
         Shape("cifar-demo", (128, 3, 32, 32), train=True),
