@@ -283,8 +283,9 @@ def max_pool2d_backward(
     cdef Py_ssize_t oh = dout.shape[2], ow = dout.shape[3]
     cdef Py_ssize_t plane, lo, hi, run = max(QUAD_RUN // max(oh * ow, 1), 1)
     # Indices that tile the input in 2x2 cells (as 2x2 windows with stride 2
-    # give) let every cell be written once, without zeroing and scattering.
-    # The indices come from the user: whether the first plane's do decides
+    # give) let every cell be written once, without zeroing and scattering
+    # (short rows: the planes of a run are zeroed at once and each gradient
+    # stored once, pool_quads.h). The indices come from the user: whether the first plane's do decides
     # which kernel to try, and a plane whose indices do not falls back. (The
     # tile kernel only compares indices with its cells' positions, so any
     # values, even ones changed by another thread meanwhile, are safe there.)
