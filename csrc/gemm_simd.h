@@ -1,4 +1,4 @@
-/* An AVX2 + FMA matrix product for the conv2d forward driver (csrc/conv.pyx)
+/* An AVX2 + FMA (or AVX-512) matrix product for the conv2d forward driver (csrc/conv.pyx)
  * and the Winograd convolution (csrc/winograd.pyx): ``c = a @ b (+ bias per
  * row)``, row-major, with `a` packed once per call.
  *
@@ -25,7 +25,9 @@
  * the thread count nor on where the tile lies. It differs from a BLAS
  * product by rounding only.
  *
- * Only x86-64 builds with GCC or Clang have it (fcnn_gemm_level() is 0
+ * The AVX-512 micro-kernel (chosen at run time, fcnn_gemm_level) has
+ * panels twice as wide and the same order: both give the same bits. Only
+ * x86-64 builds with GCC or Clang have them (fcnn_gemm_level() is 0
  * elsewhere, and the driver calls BLAS).
  */
 #ifndef FASTCNN_GEMM_SIMD_H
@@ -36,11 +38,13 @@
 
 #include "simd.h"
 
-/* Rows of a per tile; columns of b per panel (two AVX2 vectors); rows of b
- * per block. */
+/* Rows of a per tile; columns of b per panel (two AVX2 or two AVX-512
+ * vectors); rows of b per block. */
 #define FCNN_GEMM_MR 6
 #define FCNN_GEMM_NR_F32 16
 #define FCNN_GEMM_NR_F64 8
+#define FCNN_GEMM_NR512_F32 32
+#define FCNN_GEMM_NR512_F64 16
 #define FCNN_GEMM_KC 256
 
 /* Row stride for N columns of b: whole panels, an odd number of 64-byte
@@ -73,9 +77,13 @@ FCNN_GEMM_PACK(double, f64)
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 
+/* 0: none (the drivers call BLAS); FCNN_SIMD_AVX2 with AVX2 and FMA;
+ * FCNN_SIMD_AVX512 with AVX-512F (which has FMA), capped as every SIMD
+ * kernel of the module is. */
 static int fcnn_gemm_level(void)
 {
-    return fcnn_simd_level() > 0 && __builtin_cpu_supports("fma");
+    int level = fcnn_simd_level();
+    return level == FCNN_SIMD_AVX2 && !__builtin_cpu_supports("fma") ? 0 : level;
 }
 
 /* Lanes below n (of a vector of LANES) set, for masked loads. */
@@ -162,29 +170,91 @@ FCNN_GEMM_KERNEL(double, __m256d, f64, FCNN_GEMM_NR_F64, 4, _mm256_loadu_pd, _mm
                  _mm256_setzero_pd, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_add_pd,
                  _mm256_maskload_pd)
 #undef FCNN_GEMM_KERNEL
+
+/* The AVX-512 micro-kernel: the same tile of a (MR rows, packed alike) by
+ * panels of b twice as wide, two 512-bit vectors. A partial panel is read,
+ * and a partial tile of c read and written, through mask registers, which
+ * touch none of the cells they leave out (and cost nothing extra, unlike
+ * AVX2's masked stores). Each element of c is summed in the AVX2 kernel's
+ * order: both give the same bits. The accumulators are named variables, one
+ * per row and half (FCNN_GEMM_ROWS), not an array: GCC stores an array's
+ * registers back at every step when the loop has masked loads. */
+#define FCNN_GEMM_ROWS(X, ...)                                                      \
+    X(0, __VA_ARGS__) X(1, __VA_ARGS__) X(2, __VA_ARGS__) X(3, __VA_ARGS__)       \
+    X(4, __VA_ARGS__) X(5, __VA_ARGS__)
+#define FCNN_GEMM_KERNEL512(T, V, sfx, NR, LANES, M, vmaskload, vmaskstore, vzero, vset1, \
+                            vfmadd, vadd)                                           \
+    __attribute__((target("avx512f"))) static void fcnn_gemm_tile512_##sfx(        \
+        ptrdiff_t kc, const T *a, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc,      \
+        int accumulate, const T *bias, ptrdiff_t rows, ptrdiff_t cols)              \
+    {                                                                               \
+        M m0 = (M)(cols >= LANES ? ~0u : (1u << cols) - 1);                         \
+        M m1 = (M)(cols >= NR ? ~0u : cols <= LANES ? 0u : (1u << (cols - LANES)) - 1); \
+        _Static_assert(FCNN_GEMM_MR == 6, "FCNN_GEMM_ROWS names MR rows");          \
+        FCNN_GEMM_ROWS(FCNN_GEMM_INIT512, V, LANES, vmaskload, vzero)               \
+        for (ptrdiff_t k = 0; k < kc; k++) {                                        \
+            const T *p = b + k * ldb;                                               \
+            V b0 = vmaskload(m0, p), b1 = vmaskload(m1, p + LANES);                 \
+            FCNN_GEMM_ROWS(FCNN_GEMM_STEP512, V, vset1, vfmadd)                     \
+        }                                                                           \
+        FCNN_GEMM_ROWS(FCNN_GEMM_STORE512, LANES, vmaskstore, vset1, vadd)          \
+    }
+#define FCNN_GEMM_INIT512(r, V, LANES, vmaskload, vzero)                            \
+    V acc##r##0 = accumulate && r < rows ? vmaskload(m0, c + r * ldc) : vzero();    \
+    V acc##r##1 = accumulate && r < rows ? vmaskload(m1, c + r * ldc + LANES) : vzero();
+#define FCNN_GEMM_STEP512(r, V, vset1, vfmadd)                                      \
+    {                                                                               \
+        V w = vset1(a[k * FCNN_GEMM_MR + r]);                                       \
+        acc##r##0 = vfmadd(w, b0, acc##r##0);                                       \
+        acc##r##1 = vfmadd(w, b1, acc##r##1);                                       \
+    }
+#define FCNN_GEMM_STORE512(r, LANES, vmaskstore, vset1, vadd)                       \
+    if (r < rows) {                                                                 \
+        if (bias) {                                                                 \
+            acc##r##0 = vadd(acc##r##0, vset1(bias[r]));                            \
+            acc##r##1 = vadd(acc##r##1, vset1(bias[r]));                            \
+        }                                                                           \
+        vmaskstore(c + r * ldc, m0, acc##r##0);                                     \
+        vmaskstore(c + r * ldc + LANES, m1, acc##r##1);                             \
+    }
+FCNN_GEMM_KERNEL512(float, __m512, f32, FCNN_GEMM_NR512_F32, 16, __mmask16, _mm512_maskz_loadu_ps,
+                    _mm512_mask_storeu_ps, _mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps,
+                    _mm512_add_ps)
+FCNN_GEMM_KERNEL512(double, __m512d, f64, FCNN_GEMM_NR512_F64, 8, __mmask8, _mm512_maskz_loadu_pd,
+                    _mm512_mask_storeu_pd, _mm512_setzero_pd, _mm512_set1_pd, _mm512_fmadd_pd,
+                    _mm512_add_pd)
+#undef FCNN_GEMM_STORE512
+#undef FCNN_GEMM_STEP512
+#undef FCNN_GEMM_INIT512
+#undef FCNN_GEMM_ROWS
+#undef FCNN_GEMM_KERNEL512
 #undef FCNN_GEMM_STEPS
 
 /* c (M x N, row stride ldc) = a @ b + bias (bias per row; NULL for none),
  * with `packed` = fcnn_gemm_pack of a (M x K) and b (K x N, row stride ldb);
- * K >= 1. */
-#define FCNN_GEMM(T, sfx, NR)                                                       \
+ * K >= 1. The micro-kernel is the widest that fcnn_gemm_level allows, but
+ * for a last panel that the narrower one covers (half its work would be
+ * masked off). */
+#define FCNN_GEMM(T, sfx, NR, NR512)                                                \
     static void fcnn_gemm_##sfx(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *packed, \
                                 const T *b, ptrdiff_t ldb, const T *bias, T *c, ptrdiff_t ldc) \
     {                                                                               \
+        int wide = fcnn_gemm_level() == FCNN_SIMD_AVX512;                           \
+        ptrdiff_t nr = wide ? NR512 : NR;                                           \
         for (ptrdiff_t k0 = 0; k0 < k; k0 += FCNN_GEMM_KC) {                        \
             ptrdiff_t kc = k - k0 < FCNN_GEMM_KC ? k - k0 : FCNN_GEMM_KC;           \
             int last = k0 + kc == k;                                                \
             for (ptrdiff_t i = 0; i < m; i += FCNN_GEMM_MR)                         \
-                for (ptrdiff_t j = 0; j < n; j += NR)                               \
-                    fcnn_gemm_tile_##sfx(kc, packed + (i * k + k0 * FCNN_GEMM_MR),  \
-                                         b + k0 * ldb + j, ldb, c + i * ldc + j, ldc, \
-                                         k0 > 0, last && bias ? bias + i : NULL,    \
-                                         m - i < FCNN_GEMM_MR ? m - i : FCNN_GEMM_MR, \
-                                         n - j < NR ? n - j : NR);                  \
+                for (ptrdiff_t j = 0; j < n; j += nr)                               \
+                    /* a last panel of at most NR columns: the narrower tile */   \
+                    (wide && n - j > NR ? fcnn_gemm_tile512_##sfx : fcnn_gemm_tile_##sfx)( \
+                        kc, packed + (i * k + k0 * FCNN_GEMM_MR), b + k0 * ldb + j, ldb, \
+                        c + i * ldc + j, ldc, k0 > 0, last && bias ? bias + i : NULL, \
+                        m - i < FCNN_GEMM_MR ? m - i : FCNN_GEMM_MR, n - j < nr ? n - j : nr); \
         }                                                                           \
     }
-FCNN_GEMM(float, f32, FCNN_GEMM_NR_F32)
-FCNN_GEMM(double, f64, FCNN_GEMM_NR_F64)
+FCNN_GEMM(float, f32, FCNN_GEMM_NR_F32, FCNN_GEMM_NR512_F32)
+FCNN_GEMM(double, f64, FCNN_GEMM_NR_F64, FCNN_GEMM_NR512_F64)
 #undef FCNN_GEMM
 
 #else

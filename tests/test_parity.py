@@ -780,8 +780,9 @@ def test_kernel_conv2d_direct(g, f, dtype, kind, seed, nt, level, chunk, with_bi
     _assert_sum_close(db_c, db_r, bound_b)
 
 
-# The GEMM driver at every level: BLAS (level 0) and, with AVX2 and FMA, the
-# forward by gemm_simd.h's product, which packs the filters once per call and
+# The GEMM driver at every level: BLAS (level 0) and, with AVX2 and FMA (or
+# AVX-512, whose micro-kernel gives AVX2's bits), the forward by
+# gemm_simd.h's product, which packs the filters once per call and
 # multiplies bands of output rows. Cases span several of its blocks of 256
 # taps, partial tiles of filters (6 rows) and of outputs (8 or 16 columns),
 # several bands per sample and groups.
@@ -819,6 +820,10 @@ def test_kernel_conv2d_gemm_levels(g, f, groups, dtype, kind, seed, nt, level, w
         bound = reference(np.abs(x), np.abs(w), np.abs(b), *args, np.empty(out_shape, dtype))
     _assert_same(out_c, one)  # the thread count changes nothing
     _assert_sum_close(out_c, out_r, bound)
+    if level > 1:  # AVX-512's micro-kernel sums in AVX2's order
+        with _simd_cap(1), np.errstate(invalid="ignore", over="ignore"):
+            narrow = compiled(x, w, b, *args, _garbage(out_shape, dtype, 5.0), nt)
+        _assert_same(out_c, narrow)
 
     # the gradients: the input's alone, and all three (the compiled backward
     # multiplies small planes' samples in batches within a chunk)
