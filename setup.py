@@ -24,11 +24,13 @@ from setuptools.command.build_ext import build_ext
 
 KERNELS = ("unfold", "pool", "adaptive", "conv", "direct", "winograd", "openmp", "norm",
            "activation", "loss", "optim", "resample")
-# Modules built a second time for AVX2 (``csrc/NAME_avx2.pyx`` includes
-# ``NAME.pyx``), on x86-64 only; fastcnn imports that build where the CPU has
-# AVX2. Their loops compute every cell alone (no reassociation, no
-# contraction), so the wider vectors give the same bits.
-AVX2_KERNELS = ("norm", "activation") if platform.machine().lower() in ("x86_64", "amd64") else ()
+# Modules built again for wider vector units (``csrc/NAME_ISA.pyx`` includes
+# ``NAME.pyx``), on x86-64 only, with the compiler flags below; fastcnn
+# imports the widest build the CPU runs. Their loops compute every cell
+# alone (no reassociation, no contraction), so the wider vectors give the
+# same bits.
+SIMD_KERNELS = ("norm", "activation") if platform.machine().lower() in ("x86_64", "amd64") else ()
+SIMD_FLAGS = {"avx2": ("-mavx2", "/arch:AVX2"), "avx512": ("-mavx512f", "/arch:AVX512")}
 
 
 def _flag(name):
@@ -78,9 +80,10 @@ class BuildExt(build_ext):
         debug = _flag("FASTCNN_DEBUG")
         sanitize = os.environ.get("FASTCNN_SANITIZE", "").strip()
         for ext in self.extensions:
-            if ext.name.endswith("_avx2"):
-                ext.extra_compile_args.append(
-                    "/arch:AVX2" if self.compiler.compiler_type == "msvc" else "-mavx2")
+            base, _, isa = ext.name.rpartition(".")[2].rpartition("_")
+            if base in SIMD_KERNELS and isa in SIMD_FLAGS:
+                gcc, msvc = SIMD_FLAGS[isa]
+                ext.extra_compile_args.append(msvc if self.compiler.compiler_type == "msvc" else gcc)
             if flag:
                 ext.extra_compile_args.append(flag)
                 ext.extra_link_args.append(flag)
@@ -107,7 +110,7 @@ debug = _flag("FASTCNN_DEBUG") or bool(os.environ.get("FASTCNN_SANITIZE", "").st
 HEADERS = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h"))
 extensions = [
     Extension(f"fastcnn._kernels.{name}", [os.path.join("csrc", f"{name}.pyx")], depends=HEADERS)
-    for name in KERNELS + tuple(f"{name}_avx2" for name in AVX2_KERNELS)
+    for name in KERNELS + tuple(f"{name}_{isa}" for isa in SIMD_FLAGS for name in SIMD_KERNELS)
 ]
 
 setup(

@@ -1,2 +1,2 @@
-# activation.pyx compiled with AVX2 enabled (see setup.py's AVX2_KERNELS).
+# activation.pyx compiled with AVX2 enabled (see setup.py's SIMD_KERNELS).
 include "activation.pyx"

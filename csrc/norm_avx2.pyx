@@ -1,2 +1,2 @@
-# norm.pyx compiled with AVX2 enabled (see setup.py's AVX2_KERNELS).
+# norm.pyx compiled with AVX2 enabled (see setup.py's SIMD_KERNELS).
 include "norm.pyx"

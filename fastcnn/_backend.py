@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import importlib
 import os
 import threading
 import time
@@ -78,17 +79,18 @@ try:
     from ._kernels import unfold as _unfold
     from ._kernels import winograd as _winograd
 
-    # The AVX2 build of a module where the CPU has AVX2 (same results; see
-    # setup.py's AVX2_KERNELS). Importing it elsewhere could stop the
-    # process on an illegal instruction: the CPU is asked first.
-    _avx2 = _pool._simd_level() >= 1
-    if _avx2:
-        from ._kernels import activation_avx2 as _activation
-        from ._kernels import norm_avx2 as _norm
+    # The widest build of a module that the CPU runs (same results; see
+    # setup.py's SIMD_KERNELS). Importing a wider one could stop the
+    # process on an illegal instruction: the CPU is asked first. Every
+    # build it runs is imported, so that a build missing one fails here.
+    _simd_build = ""
+    for _simd_build in ("_avx2", "_avx512")[:_pool._simd_level()]:
+        _activation = importlib.import_module(f"._kernels.activation{_simd_build}", __package__)
+        _norm = importlib.import_module(f"._kernels.norm{_simd_build}", __package__)
 except ImportError as exc:  # a source checkout that was never built
     _openmp = None
     _direct = None
-    _avx2 = False
+    _simd_build = ""
     _compiled = {}
     _import_error = exc
 else:
@@ -598,4 +600,6 @@ def build_info() -> dict:
         return {"compiled": False, "error": str(_import_error)}
     simd = ("none", "avx2", "avx512")[_pool._simd_level()]
     return {"compiled": True, "openmp": _openmp.OPENMP, "compiler": _openmp.COMPILER,
-            "pool_simd": simd, "avx2_builds": ["norm", "activation"] if _avx2 else []}
+            "pool_simd": simd,
+            "simd_builds": [f"{name}{_simd_build}" for name in ("norm", "activation")
+                            if _simd_build]}

@@ -121,7 +121,7 @@ def show_config(file=None) -> None:
     if build["compiled"]:
         built = (f"compiled by {build['compiler_name']}, OpenMP {'on' if build['openmp'] else 'OFF'}, "
                  f"pooling SIMD {build['pool_simd']}, "
-                 f"AVX2 builds {', '.join(build['avx2_builds']) or 'none'}")  # fmt: skip
+                 f"builds for the CPU: {', '.join(build['simd_builds']) or 'none'}")  # fmt: skip
     else:
         built = f"NOT compiled ({build['error']})"
     lines = [

@@ -32,6 +32,7 @@ geometry on both backends, no integer overflow.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import platform
 import dataclasses
 
@@ -1619,23 +1620,33 @@ def test_parameter_only_linear_backward_equals_the_full_one(n, i, o, dtype, back
 
 
 # ---------------------------------------------------------------------------
-# The AVX2 builds of the batch-norm and activation kernels (setup.py's
-# AVX2_KERNELS) are the ones in use where the CPU has AVX2, and give the
-# baseline builds' bits.
+# The builds of the batch-norm and activation kernels for wider vector units
+# (setup.py's SIMD_KERNELS): the widest the CPU runs is the one in use, and
+# every one the CPU runs gives the baseline builds' bits.
 
-_HAS_AVX2 = platform.machine().lower() in ("x86_64", "amd64") and _pool._simd_level() >= 1
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+#: The builds this CPU runs, narrowest first.
+_SIMD_BUILDS = ["avx2", "avx512"][:_pool._simd_level()] if _X86 else []
 
 
-def test_the_avx2_builds_are_used_where_the_cpu_has_avx2():
-    suffix = "_avx2" if _HAS_AVX2 else ""
+def test_the_widest_builds_the_cpu_runs_are_used():
+    suffix = f"_{_SIMD_BUILDS[-1]}" if _SIMD_BUILDS else ""
     assert _norm.__name__ == f"fastcnn._kernels.norm{suffix}"
     assert _backend.pair_of("batch_norm_stats")[0] is _norm.batch_norm_stats
     assert _backend.pair_of("tanh")[0] is _activation.tanh
     assert _activation.__name__ == f"fastcnn._kernels.activation{suffix}"
-    assert _backend.build_info()["avx2_builds"] == (["norm", "activation"] if _HAS_AVX2 else [])
+    assert _backend.build_info()["simd_builds"] == (
+        [f"norm{suffix}", f"activation{suffix}"] if suffix else [])
 
 
-@pytest.mark.skipif(not _HAS_AVX2, reason="the CPU has no AVX2: there is no AVX2 build to run")
+def _builds(name):
+    """`name`'s builds that this CPU runs (a test parameter)."""
+    return pytest.mark.parametrize(
+        "module", [importlib.import_module(f"fastcnn._kernels.{name}_{isa}") for isa in _SIMD_BUILDS],
+        ids=_SIMD_BUILDS)
+
+
+@_builds("norm")
 @hsettings(60)
 @given(shape=bn_shapes(), dtype=dtypes, kind=bn_kinds, seed=seeds, nt=threads, tiling=tilings,
        training=st.booleans())
@@ -1643,15 +1654,15 @@ def test_the_avx2_builds_are_used_where_the_cpu_has_avx2():
          tiling=(1024, 16384), training=True)
 @example(shape=(1, 1, 15), dtype=np.float32, kind="special", seed=52, nt=1,  # NaN signs differed
          tiling=(1024, 16384), training=False)
-def test_avx2_batch_norm_build_equals_the_baseline_bitwise(shape, dtype, kind, seed, nt, tiling,
-                                                             training):
+def test_simd_batch_norm_builds_equal_the_baseline_bitwise(module, shape, dtype, kind, seed, nt,
+                                                            tiling, training):
     rng = np.random.default_rng(seed)
     x, dout = _bn_values(rng, shape, dtype, kind), _bn_values(rng, shape, dtype, kind)
     c = shape[1]
     mean, inv_std = rng.standard_normal(c), rng.random(c) + 0.1
     weight, bias = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
     results = []
-    for module in (_norm_baseline, _norm):
+    for module in (_norm_baseline, module):
         with _norm_tiling(*tiling, module=module), np.errstate(all="ignore"):
             stats = module.batch_norm_stats(x, np.empty(c), np.empty(c), nt)
             out = module.batch_norm_elemt(x, mean, inv_std, weight, bias, training,
@@ -1675,12 +1686,12 @@ def _nan_canonical(a):
     return np.where(np.isnan(a), np.array(np.nan, a.dtype), a)
 
 
-@pytest.mark.skipif(not _HAS_AVX2, reason="the CPU has no AVX2: there is no AVX2 build to run")
+@_builds("activation")
 @hsettings(60)
 @given(n=flat_sizes, dtype=dtypes, kind=st.sampled_from(["normal", "wide", "special", "zeros"]),
        seed=seeds, nt=threads, slope=slopes)
 @example(n=16385, dtype=np.float32, kind="wide", seed=0, nt=2, slope=0.1)
-def test_avx2_activation_build_equals_the_baseline_bitwise(n, dtype, kind, seed, nt, slope):
+def test_simd_activation_builds_equal_the_baseline_bitwise(module, n, dtype, kind, seed, nt, slope):
     rng = np.random.default_rng(seed)
     x = ((rng.standard_normal(n) * 60).astype(dtype) if kind == "wide"
          else make_values(rng, (n,), dtype, kind))
@@ -1691,8 +1702,8 @@ def test_avx2_activation_build_equals_the_baseline_bitwise(n, dtype, kind, seed,
              ("_by_output_backward", (False, dout, x)), ("_by_output_backward", (True, dout, x))]
     for name, args in calls:
         with np.errstate(all="ignore"):
-            got, expected = (getattr(module, name)(*args, np.empty((n,), dtype), nt)
-                             for module in (_activation, _activation_baseline))
+            got, expected = (getattr(build, name)(*args, np.empty((n,), dtype), nt)
+                             for build in (module, _activation_baseline))
         assert np.array_equal(np.isnan(got), np.isnan(expected)), name
         assert _nan_canonical(got).tobytes() == _nan_canonical(expected).tobytes(), name
 

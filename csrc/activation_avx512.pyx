@@ -1,0 +1,2 @@
+# activation.pyx compiled with AVX-512F enabled (see setup.py's SIMD_KERNELS).
+include "activation.pyx"
