@@ -171,44 +171,52 @@ FCNN_GEMM_KERNEL(double, __m256d, f64, FCNN_GEMM_NR_F64, 4, _mm256_loadu_pd, _mm
                  _mm256_maskload_pd)
 #undef FCNN_GEMM_KERNEL
 
-/* The AVX-512 micro-kernel: the same tile of a (MR rows, packed alike) by
- * panels of b twice as wide, two 512-bit vectors. A partial panel is read,
- * and a partial tile of c read and written, through mask registers, which
- * touch none of the cells they leave out (and cost nothing extra, unlike
- * AVX2's masked stores). Each element of c is summed in the AVX2 kernel's
- * order: both give the same bits. The accumulators are named variables, one
- * per row and half (FCNN_GEMM_ROWS), not an array: GCC stores an array's
- * registers back at every step when the loop has masked loads. */
-#define FCNN_GEMM_ROWS(X, ...)                                                      \
-    X(0, __VA_ARGS__) X(1, __VA_ARGS__) X(2, __VA_ARGS__) X(3, __VA_ARGS__)       \
-    X(4, __VA_ARGS__) X(5, __VA_ARGS__)
-#define FCNN_GEMM_KERNEL512(T, V, sfx, NR, LANES, M, vmaskload, vmaskstore, vzero, vset1, \
-                            vfmadd, vadd)                                           \
-    __attribute__((target("avx512f"))) static void fcnn_gemm_tile512_##sfx(        \
-        ptrdiff_t kc, const T *a, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc,      \
-        int accumulate, const T *bias, ptrdiff_t rows, ptrdiff_t cols)              \
+/* The AVX-512 micro-kernels: one tile of a (MR rows, packed alike), or two
+ * consecutive ones (`a` and `a2`, 2 MR rows), by panels of b twice as wide,
+ * two 512-bit vectors: 12 or 24 accumulators of the 32 registers (the
+ * wider tile loads each panel row once for twice the products). A partial
+ * panel is read, and a partial tile of c read and written, through mask
+ * registers, which touch none of the cells they leave out (and cost nothing
+ * extra, unlike AVX2's masked stores). Each element of c is summed in the
+ * AVX2 kernel's order: both give the same bits. The accumulators are named
+ * variables, one per row and half, not an array: GCC stores an array's
+ * registers back at every step when the loop has masked loads. Each row is
+ * X(row, packed tile, its row there). */
+#define FCNN_GEMM_ROWS6(X, ...)                                                     \
+    X(0, a, 0, __VA_ARGS__) X(1, a, 1, __VA_ARGS__) X(2, a, 2, __VA_ARGS__)       \
+    X(3, a, 3, __VA_ARGS__) X(4, a, 4, __VA_ARGS__) X(5, a, 5, __VA_ARGS__)
+#define FCNN_GEMM_ROWS12(X, ...)                                                    \
+    FCNN_GEMM_ROWS6(X, __VA_ARGS__)                                                 \
+    X(6, a2, 0, __VA_ARGS__) X(7, a2, 1, __VA_ARGS__) X(8, a2, 2, __VA_ARGS__)    \
+    X(9, a2, 3, __VA_ARGS__) X(10, a2, 4, __VA_ARGS__) X(11, a2, 5, __VA_ARGS__)
+#define FCNN_GEMM_KERNEL512(name, ROWS, T, V, NR, LANES, M, vmaskload, vmaskstore, vzero, \
+                            vset1, vfmadd, vadd)                                    \
+    __attribute__((target("avx512f"))) static void name(                           \
+        ptrdiff_t kc, const T *a, const T *a2, const T *b, ptrdiff_t ldb, T *c,       \
+        ptrdiff_t ldc, int accumulate, const T *bias, ptrdiff_t rows, ptrdiff_t cols) \
     {                                                                               \
         M m0 = (M)(cols >= LANES ? ~0u : (1u << cols) - 1);                         \
         M m1 = (M)(cols >= NR ? ~0u : cols <= LANES ? 0u : (1u << (cols - LANES)) - 1); \
-        _Static_assert(FCNN_GEMM_MR == 6, "FCNN_GEMM_ROWS names MR rows");          \
-        FCNN_GEMM_ROWS(FCNN_GEMM_INIT512, V, LANES, vmaskload, vzero)               \
+        _Static_assert(FCNN_GEMM_MR == 6, "FCNN_GEMM_ROWS6 names MR rows");         \
+        (void)a2;                                                                   \
+        ROWS(FCNN_GEMM_INIT512, V, LANES, vmaskload, vzero)                         \
         for (ptrdiff_t k = 0; k < kc; k++) {                                        \
             const T *p = b + k * ldb;                                               \
             V b0 = vmaskload(m0, p), b1 = vmaskload(m1, p + LANES);                 \
-            FCNN_GEMM_ROWS(FCNN_GEMM_STEP512, V, vset1, vfmadd)                     \
+            ROWS(FCNN_GEMM_STEP512, V, vset1, vfmadd)                               \
         }                                                                           \
-        FCNN_GEMM_ROWS(FCNN_GEMM_STORE512, LANES, vmaskstore, vset1, vadd)          \
+        ROWS(FCNN_GEMM_STORE512, LANES, vmaskstore, vset1, vadd)                    \
     }
-#define FCNN_GEMM_INIT512(r, V, LANES, vmaskload, vzero)                            \
+#define FCNN_GEMM_INIT512(r, tile, tr, V, LANES, vmaskload, vzero)                  \
     V acc##r##0 = accumulate && r < rows ? vmaskload(m0, c + r * ldc) : vzero();    \
     V acc##r##1 = accumulate && r < rows ? vmaskload(m1, c + r * ldc + LANES) : vzero();
-#define FCNN_GEMM_STEP512(r, V, vset1, vfmadd)                                      \
+#define FCNN_GEMM_STEP512(r, tile, tr, V, vset1, vfmadd)                            \
     {                                                                               \
-        V w = vset1(a[k * FCNN_GEMM_MR + r]);                                       \
+        V w = vset1(tile[k * FCNN_GEMM_MR + tr]);                                   \
         acc##r##0 = vfmadd(w, b0, acc##r##0);                                       \
         acc##r##1 = vfmadd(w, b1, acc##r##1);                                       \
     }
-#define FCNN_GEMM_STORE512(r, LANES, vmaskstore, vset1, vadd)                       \
+#define FCNN_GEMM_STORE512(r, tile, tr, LANES, vmaskstore, vset1, vadd)             \
     if (r < rows) {                                                                 \
         if (bias) {                                                                 \
             acc##r##0 = vadd(acc##r##0, vset1(bias[r]));                            \
@@ -217,24 +225,32 @@ FCNN_GEMM_KERNEL(double, __m256d, f64, FCNN_GEMM_NR_F64, 4, _mm256_loadu_pd, _mm
         vmaskstore(c + r * ldc, m0, acc##r##0);                                     \
         vmaskstore(c + r * ldc + LANES, m1, acc##r##1);                             \
     }
-FCNN_GEMM_KERNEL512(float, __m512, f32, FCNN_GEMM_NR512_F32, 16, __mmask16, _mm512_maskz_loadu_ps,
-                    _mm512_mask_storeu_ps, _mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps,
-                    _mm512_add_ps)
-FCNN_GEMM_KERNEL512(double, __m512d, f64, FCNN_GEMM_NR512_F64, 8, __mmask8, _mm512_maskz_loadu_pd,
-                    _mm512_mask_storeu_pd, _mm512_setzero_pd, _mm512_set1_pd, _mm512_fmadd_pd,
-                    _mm512_add_pd)
+#define FCNN_GEMM_KERNELS512(T, V, sfx, NR, LANES, M, vmaskload, vmaskstore, vzero, vset1, \
+                             vfmadd, vadd)                                          \
+    FCNN_GEMM_KERNEL512(fcnn_gemm_tile512_##sfx, FCNN_GEMM_ROWS6, T, V, NR, LANES, M, \
+                        vmaskload, vmaskstore, vzero, vset1, vfmadd, vadd)          \
+    FCNN_GEMM_KERNEL512(fcnn_gemm_tile512x2_##sfx, FCNN_GEMM_ROWS12, T, V, NR, LANES, M, \
+                        vmaskload, vmaskstore, vzero, vset1, vfmadd, vadd)
+FCNN_GEMM_KERNELS512(float, __m512, f32, FCNN_GEMM_NR512_F32, 16, __mmask16, _mm512_maskz_loadu_ps,
+                     _mm512_mask_storeu_ps, _mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps,
+                     _mm512_add_ps)
+FCNN_GEMM_KERNELS512(double, __m512d, f64, FCNN_GEMM_NR512_F64, 8, __mmask8, _mm512_maskz_loadu_pd,
+                     _mm512_mask_storeu_pd, _mm512_setzero_pd, _mm512_set1_pd, _mm512_fmadd_pd,
+                     _mm512_add_pd)
+#undef FCNN_GEMM_KERNELS512
 #undef FCNN_GEMM_STORE512
 #undef FCNN_GEMM_STEP512
 #undef FCNN_GEMM_INIT512
-#undef FCNN_GEMM_ROWS
+#undef FCNN_GEMM_ROWS12
+#undef FCNN_GEMM_ROWS6
 #undef FCNN_GEMM_KERNEL512
 #undef FCNN_GEMM_STEPS
 
 /* c (M x N, row stride ldc) = a @ b + bias (bias per row; NULL for none),
  * with `packed` = fcnn_gemm_pack of a (M x K) and b (K x N, row stride ldb);
- * K >= 1. The micro-kernel is the widest that fcnn_gemm_level allows, but
- * for a last panel that the narrower one covers (half its work would be
- * masked off). */
+ * K >= 1. The micro-kernel is the widest that fcnn_gemm_level allows (with
+ * AVX-512, two tiles of a at once while two are left), but for a last
+ * panel that AVX2's covers (half the work would be masked off). */
 #define FCNN_GEMM(T, sfx, NR, NR512)                                                \
     static void fcnn_gemm_##sfx(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *packed, \
                                 const T *b, ptrdiff_t ldb, const T *bias, T *c, ptrdiff_t ldc) \
@@ -244,13 +260,25 @@ FCNN_GEMM_KERNEL512(double, __m512d, f64, FCNN_GEMM_NR512_F64, 8, __mmask8, _mm5
         for (ptrdiff_t k0 = 0; k0 < k; k0 += FCNN_GEMM_KC) {                        \
             ptrdiff_t kc = k - k0 < FCNN_GEMM_KC ? k - k0 : FCNN_GEMM_KC;           \
             int last = k0 + kc == k;                                                \
-            for (ptrdiff_t i = 0; i < m; i += FCNN_GEMM_MR)                         \
-                for (ptrdiff_t j = 0; j < n; j += nr)                               \
-                    /* a last panel of at most NR columns: the narrower tile */   \
-                    (wide && n - j > NR ? fcnn_gemm_tile512_##sfx : fcnn_gemm_tile_##sfx)( \
-                        kc, packed + (i * k + k0 * FCNN_GEMM_MR), b + k0 * ldb + j, ldb, \
-                        c + i * ldc + j, ldc, k0 > 0, last && bias ? bias + i : NULL, \
-                        m - i < FCNN_GEMM_MR ? m - i : FCNN_GEMM_MR, n - j < nr ? n - j : nr); \
+            ptrdiff_t mr;                                                           \
+            for (ptrdiff_t i = 0; i < m; i += mr) {                                 \
+                const T *a = packed + (i * k + k0 * FCNN_GEMM_MR);                  \
+                mr = wide && m - i > FCNN_GEMM_MR ? 2 * FCNN_GEMM_MR : FCNN_GEMM_MR; \
+                for (ptrdiff_t j = 0; j < n; j += nr) {                             \
+                    ptrdiff_t rows = m - i < mr ? m - i : mr, cols = n - j < nr ? n - j : nr; \
+                    const T *bj = b + k0 * ldb + j, *bi = last && bias ? bias + i : NULL; \
+                    if (!wide || cols <= NR)                                        \
+                        for (ptrdiff_t t = 0; t < rows; t += FCNN_GEMM_MR)          \
+                            fcnn_gemm_tile_##sfx(kc, a + t * k, bj, ldb, c + (i + t) * ldc + j, \
+                                                 ldc, k0 > 0, bi ? bi + t : NULL,     \
+                                                 rows - t < FCNN_GEMM_MR ? rows - t : FCNN_GEMM_MR, \
+                                                 cols);                             \
+                    else                                                            \
+                        (mr > FCNN_GEMM_MR ? fcnn_gemm_tile512x2_##sfx : fcnn_gemm_tile512_##sfx)( \
+                            kc, a, a + FCNN_GEMM_MR * k, bj, ldb, c + i * ldc + j, ldc, k0 > 0, \
+                            bi, rows, cols);                                        \
+                }                                                                   \
+            }                                                                       \
         }                                                                           \
     }
 FCNN_GEMM(float, f32, FCNN_GEMM_NR_F32, FCNN_GEMM_NR512_F32)
