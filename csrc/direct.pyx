@@ -26,6 +26,7 @@ from libc.stddef cimport ptrdiff_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
+from padded cimport pad_rows, padded_width, tap_offsets
 from scratch cimport per_thread_scratch
 from simd cimport fcnn_set_simd_cap
 
@@ -33,12 +34,6 @@ from simd cimport fcnn_set_simd_cap
 cdef extern from "direct_simd.h" nogil:
     const Py_ssize_t FCNN_DIRECT_SEG_F32, FCNN_DIRECT_SEG_F64
     int fcnn_direct_level()
-    void fcnn_direct_pad_f32(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-                             Py_ssize_t row0, Py_ssize_t rows, Py_ssize_t R, Py_ssize_t sw,
-                             Py_ssize_t pw, Py_ssize_t PW, float* s)
-    void fcnn_direct_pad_f64(const double* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-                             Py_ssize_t row0, Py_ssize_t rows, Py_ssize_t R, Py_ssize_t sw,
-                             Py_ssize_t pw, Py_ssize_t PW, double* s)
     void fcnn_direct_pack_f32(const float* w, Py_ssize_t F, Py_ssize_t K, float* wp)
     void fcnn_direct_pack_f64(const double* w, Py_ssize_t F, Py_ssize_t K, double* wp)
     void fcnn_direct_row_at_f32(bint simd, const float* base, const ptrdiff_t* offs, Py_ssize_t K,
@@ -73,38 +68,6 @@ def _cap_simd(int level):
 def _simd_level():
     """1 where the AVX2 kernels run here, else 0 (see :func:`_cap_simd`)."""
     return fcnn_direct_level()
-
-
-cdef inline Py_ssize_t padded_width(Py_ssize_t ow, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t dw,
-                                    Py_ssize_t seg) noexcept nogil:
-    """Cells per column phase of a scratch row: whole segments of outputs,
-    plus the reach of the widest tap."""
-    return (ow + seg - 1) // seg * seg + (kw - 1) * dw // sw
-
-
-cdef ptrdiff_t* tap_offsets(Py_ssize_t C, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sw,
-                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t R,
-                            Py_ssize_t PW) except NULL:
-    """Offset of tap (c, i, j) (at index (c*kh + i)*kw + j) from the start of
-    an output row's data in the scratch. Free it with ``free``."""
-    cdef ptrdiff_t* offs = <ptrdiff_t*> malloc(max(C * kh * kw, 1) * sizeof(ptrdiff_t))
-    if offs == NULL:
-        raise MemoryError("cannot allocate the tap offsets")
-    cdef Py_ssize_t c, i, j
-    for c in range(C):
-        for i in range(kh):
-            for j in range(kw):
-                offs[(c * kh + i) * kw + j] = ((c * R + i * dh) * sw + j * dw % sw) * PW + j * dw // sw
-    return offs
-
-
-cdef inline void pad_rows(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-                          Py_ssize_t row0, Py_ssize_t rows, Py_ssize_t R, Py_ssize_t sw,
-                          Py_ssize_t pw, Py_ssize_t PW, floating* s) noexcept nogil:
-    if floating is float:
-        fcnn_direct_pad_f32(x, C, H, W, row0, rows, R, sw, pw, PW, s)
-    else:
-        fcnn_direct_pad_f64(x, C, H, W, row0, rows, R, sw, pw, PW, s)
 
 
 def conv2d_direct_forward(

@@ -22,6 +22,14 @@ cdef extern from "gemm_simd.h" nogil:
     void fcnn_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const double* packed,
                        const double* b, ptrdiff_t ldb, const double* bias, double* c,
                        ptrdiff_t ldc)
+    void fcnn_gemm_implicit_f32(ptrdiff_t m, ptrdiff_t k, const float* packed,
+                                const ptrdiff_t* offs, const float* s, ptrdiff_t rstep,
+                                ptrdiff_t rows, ptrdiff_t ow, const float* bias, float* out,
+                                ptrdiff_t ldc)
+    void fcnn_gemm_implicit_f64(ptrdiff_t m, ptrdiff_t k, const double* packed,
+                                const ptrdiff_t* offs, const double* s, ptrdiff_t rstep,
+                                ptrdiff_t rows, ptrdiff_t ow, const double* bias, double* out,
+                                ptrdiff_t ldc)
 
 
 cdef inline void blas_gemm(char* ta, char* tb, int m, int n, int k,
@@ -89,3 +97,15 @@ cdef inline void own_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floati
         fcnn_gemm_f32(m, n, k, packed, b, ldb, bias, c, ldc)
     else:
         fcnn_gemm_f64(m, n, k, packed, b, ldb, bias, c, ldc)
+
+
+cdef inline void own_implicit(Py_ssize_t m, Py_ssize_t k, const floating* packed,
+                              const ptrdiff_t* offs, const floating* s, Py_ssize_t rstep,
+                              Py_ssize_t rows, Py_ssize_t ow, const floating* bias,
+                              floating* out, Py_ssize_t ldc) noexcept nogil:
+    """gemm_simd.h's convolution of `rows` output rows from a padded input
+    (AVX-512 only; see fcnn_gemm_implicit_*)."""
+    if floating is float:
+        fcnn_gemm_implicit_f32(m, k, packed, offs, s, rstep, rows, ow, bias, out, ldc)
+    else:
+        fcnn_gemm_implicit_f64(m, k, packed, offs, s, rstep, rows, ow, bias, out, ldc)

@@ -181,7 +181,14 @@ FCNN_GEMM_KERNEL(double, __m256d, f64, FCNN_GEMM_NR_F64, 4, _mm256_loadu_pd, _mm
  * AVX2 kernel's order: both give the same bits. The accumulators are named
  * variables, one per row and half, not an array: GCC stores an array's
  * registers back at every step when the loop has masked loads. Each row is
- * X(row, packed tile, its row there). */
+ * X(row, packed tile, its row there).
+ *
+ * The two vectors of a panel row are read at p0 + ROW(k) and p1 + ROW(k),
+ * with `cols0` and `cols1` cells, and the rows of c written at c0 and c1:
+ * in the product, one row of b (ROW(k) = k * ldb, p1 = p0 + LANES, c1 = c0
+ * + LANES); in the implicit convolution (fcnn_gemm_implicit_*), two
+ * segments of output rows, each read from the padded input at the offset of
+ * tap k (ROW(k) = offs[k]). */
 #define FCNN_GEMM_ROWS6(X, ...)                                                     \
     X(0, a, 0, __VA_ARGS__) X(1, a, 1, __VA_ARGS__) X(2, a, 2, __VA_ARGS__)       \
     X(3, a, 3, __VA_ARGS__) X(4, a, 4, __VA_ARGS__) X(5, a, 5, __VA_ARGS__)
@@ -189,52 +196,55 @@ FCNN_GEMM_KERNEL(double, __m256d, f64, FCNN_GEMM_NR_F64, 4, _mm256_loadu_pd, _mm
     FCNN_GEMM_ROWS6(X, __VA_ARGS__)                                                 \
     X(6, a2, 0, __VA_ARGS__) X(7, a2, 1, __VA_ARGS__) X(8, a2, 2, __VA_ARGS__)    \
     X(9, a2, 3, __VA_ARGS__) X(10, a2, 4, __VA_ARGS__) X(11, a2, 5, __VA_ARGS__)
-#define FCNN_GEMM_KERNEL512(name, ROWS, T, V, NR, LANES, M, vmaskload, vmaskstore, vzero, \
+#define FCNN_GEMM_KERNEL512(name, ROWS, ROW, T, V, LANES, M, vmaskload, vmaskstore, vzero, \
                             vset1, vfmadd, vadd)                                    \
     __attribute__((target("avx512f"))) static void name(                           \
-        ptrdiff_t kc, const T *a, const T *a2, const T *b, ptrdiff_t ldb, T *c,       \
-        ptrdiff_t ldc, int accumulate, const T *bias, ptrdiff_t rows, ptrdiff_t cols) \
+        ptrdiff_t kc, const T *a, const T *a2, const T *p0, const T *p1, ptrdiff_t ldb, \
+        const ptrdiff_t *offs, T *c0, T *c1, ptrdiff_t ldc, int accumulate, const T *bias, \
+        ptrdiff_t rows, ptrdiff_t cols0, ptrdiff_t cols1)                           \
     {                                                                               \
-        M m0 = (M)(cols >= LANES ? ~0u : (1u << cols) - 1);                         \
-        M m1 = (M)(cols >= NR ? ~0u : cols <= LANES ? 0u : (1u << (cols - LANES)) - 1); \
+        M m0 = (M)(cols0 >= LANES ? ~0u : (1u << cols0) - 1);                       \
+        M m1 = (M)(cols1 >= LANES ? ~0u : cols1 <= 0 ? 0u : (1u << cols1) - 1);     \
         _Static_assert(FCNN_GEMM_MR == 6, "FCNN_GEMM_ROWS6 names MR rows");         \
-        (void)a2;                                                                   \
-        ROWS(FCNN_GEMM_INIT512, V, LANES, vmaskload, vzero)                         \
+        (void)a2, (void)ldb, (void)offs;                                            \
+        ROWS(FCNN_GEMM_INIT512, V, vmaskload, vzero)                                \
         for (ptrdiff_t k = 0; k < kc; k++) {                                        \
-            const T *p = b + k * ldb;                                               \
-            V b0 = vmaskload(m0, p), b1 = vmaskload(m1, p + LANES);                 \
+            V b0 = vmaskload(m0, p0 + (ROW)), b1 = vmaskload(m1, p1 + (ROW));       \
             ROWS(FCNN_GEMM_STEP512, V, vset1, vfmadd)                               \
         }                                                                           \
-        ROWS(FCNN_GEMM_STORE512, LANES, vmaskstore, vset1, vadd)                    \
+        ROWS(FCNN_GEMM_STORE512, vmaskstore, vset1, vadd)                           \
     }
-#define FCNN_GEMM_INIT512(r, tile, tr, V, LANES, vmaskload, vzero)                  \
-    V acc##r##0 = accumulate && r < rows ? vmaskload(m0, c + r * ldc) : vzero();    \
-    V acc##r##1 = accumulate && r < rows ? vmaskload(m1, c + r * ldc + LANES) : vzero();
+#define FCNN_GEMM_INIT512(r, tile, tr, V, vmaskload, vzero)                         \
+    V acc##r##0 = accumulate && r < rows ? vmaskload(m0, c0 + r * ldc) : vzero();   \
+    V acc##r##1 = accumulate && r < rows ? vmaskload(m1, c1 + r * ldc) : vzero();
 #define FCNN_GEMM_STEP512(r, tile, tr, V, vset1, vfmadd)                            \
     {                                                                               \
         V w = vset1(tile[k * FCNN_GEMM_MR + tr]);                                   \
         acc##r##0 = vfmadd(w, b0, acc##r##0);                                       \
         acc##r##1 = vfmadd(w, b1, acc##r##1);                                       \
     }
-#define FCNN_GEMM_STORE512(r, tile, tr, LANES, vmaskstore, vset1, vadd)             \
+#define FCNN_GEMM_STORE512(r, tile, tr, vmaskstore, vset1, vadd)                    \
     if (r < rows) {                                                                 \
         if (bias) {                                                                 \
             acc##r##0 = vadd(acc##r##0, vset1(bias[r]));                            \
             acc##r##1 = vadd(acc##r##1, vset1(bias[r]));                            \
         }                                                                           \
-        vmaskstore(c + r * ldc, m0, acc##r##0);                                     \
-        vmaskstore(c + r * ldc + LANES, m1, acc##r##1);                             \
+        vmaskstore(c0 + r * ldc, m0, acc##r##0);                                    \
+        vmaskstore(c1 + r * ldc, m1, acc##r##1);                                    \
     }
-#define FCNN_GEMM_KERNELS512(T, V, sfx, NR, LANES, M, vmaskload, vmaskstore, vzero, vset1, \
-                             vfmadd, vadd)                                          \
-    FCNN_GEMM_KERNEL512(fcnn_gemm_tile512_##sfx, FCNN_GEMM_ROWS6, T, V, NR, LANES, M, \
-                        vmaskload, vmaskstore, vzero, vset1, vfmadd, vadd)          \
-    FCNN_GEMM_KERNEL512(fcnn_gemm_tile512x2_##sfx, FCNN_GEMM_ROWS12, T, V, NR, LANES, M, \
-                        vmaskload, vmaskstore, vzero, vset1, vfmadd, vadd)
-FCNN_GEMM_KERNELS512(float, __m512, f32, FCNN_GEMM_NR512_F32, 16, __mmask16, _mm512_maskz_loadu_ps,
+#define FCNN_GEMM_KERNELS512(T, V, sfx, LANES, M, ...)                              \
+    FCNN_GEMM_KERNEL512(fcnn_gemm_tile512_##sfx, FCNN_GEMM_ROWS6, k * ldb, T, V, LANES, M, \
+                        __VA_ARGS__)                                                \
+    FCNN_GEMM_KERNEL512(fcnn_gemm_tile512x2_##sfx, FCNN_GEMM_ROWS12, k * ldb, T, V, LANES, M, \
+                        __VA_ARGS__)                                                \
+    FCNN_GEMM_KERNEL512(fcnn_gemm_implicit512_##sfx, FCNN_GEMM_ROWS6, offs[k], T, V, LANES, M, \
+                        __VA_ARGS__)                                                \
+    FCNN_GEMM_KERNEL512(fcnn_gemm_implicit512x2_##sfx, FCNN_GEMM_ROWS12, offs[k], T, V, LANES, \
+                        M, __VA_ARGS__)
+FCNN_GEMM_KERNELS512(float, __m512, f32, 16, __mmask16, _mm512_maskz_loadu_ps,
                      _mm512_mask_storeu_ps, _mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps,
                      _mm512_add_ps)
-FCNN_GEMM_KERNELS512(double, __m512d, f64, FCNN_GEMM_NR512_F64, 8, __mmask8, _mm512_maskz_loadu_pd,
+FCNN_GEMM_KERNELS512(double, __m512d, f64, 8, __mmask8, _mm512_maskz_loadu_pd,
                      _mm512_mask_storeu_pd, _mm512_setzero_pd, _mm512_set1_pd, _mm512_fmadd_pd,
                      _mm512_add_pd)
 #undef FCNN_GEMM_KERNELS512
@@ -275,8 +285,9 @@ FCNN_GEMM_KERNELS512(double, __m512d, f64, FCNN_GEMM_NR512_F64, 8, __mmask8, _mm
                                                  cols);                             \
                     else                                                            \
                         (mr > FCNN_GEMM_MR ? fcnn_gemm_tile512x2_##sfx : fcnn_gemm_tile512_##sfx)( \
-                            kc, a, a + FCNN_GEMM_MR * k, bj, ldb, c + i * ldc + j, ldc, k0 > 0, \
-                            bi, rows, cols);                                        \
+                            kc, a, a + FCNN_GEMM_MR * k, bj, bj + NR512 / 2, ldb, NULL,      \
+                            c + i * ldc + j, c + i * ldc + j + NR512 / 2, ldc, k0 > 0, bi, rows, \
+                            cols < NR512 / 2 ? cols : NR512 / 2, cols - NR512 / 2);           \
                 }                                                                   \
             }                                                                       \
         }                                                                           \
@@ -284,6 +295,44 @@ FCNN_GEMM_KERNELS512(double, __m512d, f64, FCNN_GEMM_NR512_F64, 8, __mmask8, _mm
 FCNN_GEMM(float, f32, FCNN_GEMM_NR_F32, FCNN_GEMM_NR512_F32)
 FCNN_GEMM(double, f64, FCNN_GEMM_NR_F64, FCNN_GEMM_NR512_F64)
 #undef FCNN_GEMM
+
+/* The forward of a convolution without its unfolded columns (AVX-512 only,
+ * fcnn_gemm_level() == FCNN_SIMD_AVX512): out (M filters x `rows` output
+ * rows of `ow`, filter rows ldc apart) = packed filters (fcnn_gemm_pack of
+ * M x K) times the taps of a zero-padded input at s, output row y's data at
+ * s + y * rstep and tap k at offs[k] from there (csrc/direct.pyx's scratch
+ * layout), + bias. The output rows go in segments of a vector, two at a
+ * time (of one row or of two), each of them read where the padded input
+ * holds it: the products of the unfolded columns, without writing them.
+ * Each output is summed tap by tap from +0.0 by fused multiply-adds and the
+ * bias added last, as fcnn_gemm_* sums it: the same bits. */
+#define FCNN_GEMM_IMPLICIT(T, sfx, LANES)                                           \
+    static void fcnn_gemm_implicit_##sfx(ptrdiff_t m, ptrdiff_t k, const T *packed,    \
+                                         const ptrdiff_t *offs, const T *s, ptrdiff_t rstep, \
+                                         ptrdiff_t rows, ptrdiff_t ow, const T *bias, T *out, \
+                                         ptrdiff_t ldc)                             \
+    {                                                                               \
+        ptrdiff_t per_row = (ow + LANES - 1) / LANES, segs = rows * per_row;        \
+        for (ptrdiff_t g = 0; g < segs; g += 2) {                                   \
+            /* segment g, and g + 1 if there is one (else nothing is read nor written) */ \
+            ptrdiff_t g1 = g + 1 < segs ? g + 1 : g;                                \
+            ptrdiff_t y0 = g / per_row, x0 = g % per_row * LANES;                   \
+            ptrdiff_t y1 = g1 / per_row, x1 = g1 % per_row * LANES;                 \
+            ptrdiff_t cols0 = ow - x0 < LANES ? ow - x0 : LANES;                    \
+            ptrdiff_t cols1 = g1 == g ? 0 : ow - x1 < LANES ? ow - x1 : LANES;      \
+            for (ptrdiff_t i = 0; i < m; i += 2 * FCNN_GEMM_MR) {                   \
+                const T *a = packed + i * k;                                        \
+                (m - i > FCNN_GEMM_MR ? fcnn_gemm_implicit512x2_##sfx : fcnn_gemm_implicit512_##sfx)( \
+                    k, a, a + FCNN_GEMM_MR * k, s + y0 * rstep + x0, s + y1 * rstep + x1, 0, \
+                    offs, out + i * ldc + y0 * ow + x0, out + i * ldc + y1 * ow + x1, ldc, 0, \
+                    bias ? bias + i : NULL, m - i < 2 * FCNN_GEMM_MR ? m - i : 2 * FCNN_GEMM_MR, \
+                    cols0, cols1);                                                  \
+            }                                                                       \
+        }                                                                           \
+    }
+FCNN_GEMM_IMPLICIT(float, f32, 16)
+FCNN_GEMM_IMPLICIT(double, f64, 8)
+#undef FCNN_GEMM_IMPLICIT
 
 #else
 
@@ -294,6 +343,14 @@ static void fcnn_gemm_f32(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *pa
 static void fcnn_gemm_f64(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const double *packed,
                           const double *b, ptrdiff_t ldb, const double *bias, double *c,
                           ptrdiff_t ldc) {}
+static void fcnn_gemm_implicit_f32(ptrdiff_t m, ptrdiff_t k, const float *packed,
+                                   const ptrdiff_t *offs, const float *s, ptrdiff_t rstep,
+                                   ptrdiff_t rows, ptrdiff_t ow, const float *bias, float *out,
+                                   ptrdiff_t ldc) {}
+static void fcnn_gemm_implicit_f64(ptrdiff_t m, ptrdiff_t k, const double *packed,
+                                   const ptrdiff_t *offs, const double *s, ptrdiff_t rstep,
+                                   ptrdiff_t rows, ptrdiff_t ow, const double *bias, double *out,
+                                   ptrdiff_t ldc) {}
 
 #endif
 #endif

@@ -846,6 +846,39 @@ def test_kernel_conv2d_gemm_levels(g, f, groups, dtype, kind, seed, nt, level, w
                 _assert_sum_close(got, expected, bound)
 
 
+# With AVX-512 the forward reads rows wider than half a vector from a padded
+# copy of the input instead of unfolding it (conv.pyx's implicit_forward):
+# every output is the same sum, so it gives the AVX2 product's bits. Cases:
+# segments of one row and of two, an odd last one, bands of 8 rows and a
+# partial band, strides, dilations, 1 to 25 filters (12-row tiles and 6-row
+# ones), more than 256 taps.
+
+@pytest.mark.parametrize("level", SIMD_LEVELS[2:], ids=lambda level: f"simd{level}")
+@pytest.mark.parametrize("g, f", [
+    (Geometry(2, 3, 32, 32, 3, 3, 1, 1, 1, 1), 32),
+    (Geometry(3, 6, 14, 14, 5, 5, 1, 1, 0, 0), 16),
+    (Geometry(2, 5, 21, 27, 3, 3, 2, 2, 1, 1), 13),
+    (Geometry(1, 4, 19, 40, 3, 2, 1, 2, 2, 0, 2, 3), 7),
+    (Geometry(2, 40, 11, 13, 3, 3, 1, 1, 1, 1), 25),
+    (Geometry(1, 2, 30, 9, 2, 2, 2, 1, 0, 1), 1),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["normal", "special"])
+def test_implicit_forward_gives_the_unfolding_bits(level, g, f, dtype, kind):
+    rng = np.random.default_rng(11)
+    x = make_values(rng, g.shape, dtype, kind)
+    w = make_values(rng, (f, g.c * g.kh * g.kw), dtype, kind)
+    b = make_values(rng, (f,), dtype, kind)
+    out_shape = (g.n, f, g.conv_oh, g.conv_ow)
+    compiled, _ = _pair("conv2d_forward")
+    args = (*g.conv_params(), 1)
+    outs = []
+    for cap, nt in ((level, 2), (1, 1)):
+        with _simd_cap(cap), np.errstate(invalid="ignore", over="ignore"):
+            outs.append(compiled(x, w, b, *args, _garbage(out_shape, dtype, 7.0), nt))
+    _assert_same(*outs)
+
+
 @hsettings(80)
 @given(problem=conv_problems(), f=st.integers(1, 9), dtype=dtypes,
        kind=st.sampled_from(["normal", "ties", "special"]), seed=seeds, layout=layouts,
