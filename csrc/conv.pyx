@@ -53,6 +53,13 @@ def _cap_simd(int level):
     return fcnn_set_simd_cap(level)
 
 
+def _simd_level():
+    """Where gemm_simd.h's products run here: 0 nowhere (BLAS for every
+    product), 1 AVX2 and FMA, 2 AVX-512 (and the forward's implicit
+    convolution); capped by :func:`_cap_simd`."""
+    return fcnn_gemm_level()
+
+
 # The gemm_simd.h forward unfolds and multiplies a sample in bands of output
 # rows of about this many bytes of columns, which stay in a 512 KiB L2 cache
 # beside the packed filters, but of at least OWN_GEMM_MIN_CELLS outputs, so

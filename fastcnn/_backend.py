@@ -254,6 +254,12 @@ def direct_simd() -> bool:
     return _direct is not None and _direct._simd_level() > 0
 
 
+def implicit_conv() -> bool:
+    """Whether the compiled conv2d forward reads its taps from a padded copy
+    of the input rather than unfolded columns here (AVX-512)."""
+    return _openmp is not None and _conv._simd_level() >= 2
+
+
 def _available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))

@@ -246,6 +246,10 @@ _DIRECT_MAX_EXTENT = 32
 _DIRECT_MAX_FILTERS = 32
 #: ... on output rows longer than this: on 8x8 planes the GEMM was faster
 #: (by 1.1-2x forward and backward, 1 to 3 channels, 3x3 and 5x5 kernels).
+#: Where the GEMM driver's forward has AVX-512 (its implicit convolution),
+#: it is faster on first layers (1-3 channels, 3x3 and 5x5, 6-32 filters:
+#: 0.65-0.88x the direct kernels' time forward, 0.77-0.94x backward, on a
+#: 2-core Xeon, 1 and 2 threads), and the direct kernels are not used.
 _DIRECT_MIN_WIDTH = 8
 
 
@@ -264,7 +268,7 @@ def _direct_eligible(x, weight, win: v.Window, groups: int) -> bool:
         return forced == "direct"
     return (x.shape[1] * win.kh * win.kw <= _DIRECT_MAX_TAPS
             and len(weight) <= _DIRECT_MAX_FILTERS and win.ow > _DIRECT_MIN_WIDTH
-            and _backend.direct_simd())
+            and _backend.direct_simd() and not _backend.implicit_conv())
 
 
 # 3x3 convolutions of stride 1 run Winograd's F(4x4, 3x3) (csrc/winograd.pyx)
