@@ -34,7 +34,8 @@ differently from NumPy's ``a @ b + c``, which the twins compute.
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.stddef cimport ptrdiff_t
-from libc.stdlib cimport free
+from libc.math cimport isfinite
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from gemm cimport (fcnn_gemm_level, fcnn_gemm_packed_size, gemm, own_gemm, own_gemm_ld, own_implicit,
@@ -83,6 +84,13 @@ cdef enum:
 # 1.1-1.4x on rows of 8 float32 cells, which fill half a vector.
 cdef enum:
     IMPLICIT_BAND_ROWS = 8
+# The input gradient of stride 1 goes so (implicit_input_grad) on planes of
+# at least IMPLICIT_MIN_PLANE cells: side by side (Xeon, one thread, 5x5
+# windows, 6-64 channels, 16-64 filters), the whole backward took 0.73-0.88x
+# the time of the GEMM and fold on planes of 16x16 to 32x32, but 0.98-1.3x
+# on planes of 12x12 and 14x14.
+cdef enum:
+    IMPLICIT_MIN_PLANE = 256
 
 
 cdef inline void add_into(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
@@ -226,6 +234,75 @@ cdef implicit_forward(
     return out.base
 
 
+cdef bint implicit_input_grad(
+    const floating[:, :, :, ::1] dout,
+    const floating[:, ::1] weight,
+    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
+    floating[:, :, :, ::1] dx,
+    int num_threads,
+) except -1:
+    """The input gradient of a convolution of stride 1 as the forward of its
+    transpose (fcnn_gemm_implicit_*: the flipped filters, channels for
+    filters, over dout padded by the window's reach less the padding), where
+    the forward would run implicit_forward on rows of dx; returns whether it
+    did. Each cell sums its taps in (filter, row, column) order rather than
+    as the GEMM and the fold do: the two agree to rounding. Filters with a
+    value that is not finite go the other way: the transpose multiplies
+    them by the padding's zeros (NaN), where the fold adds nothing."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t F = dout.shape[1], oh = dout.shape[2], ow = dout.shape[3]
+    cdef Py_ssize_t K = F * kh * kw, f, c, i, j
+    if not (fcnn_gemm_level() == 2 and groups == 1 and sh == 1 and sw == 1
+            and 2 * W * sizeof(floating) > 64 and H * W >= IMPLICIT_MIN_PLANE and N > 0):
+        return False
+    for f in range(F):
+        for i in range(weight.shape[1]):
+            if not isfinite(weight[f, i]):
+                return False
+    cdef Py_ssize_t PW = padded_width(W, kw, 1, dw, 64 // sizeof(floating))
+    cdef Py_ssize_t band = min(H, IMPLICIT_BAND_ROWS), bands = (H + band - 1) // band
+    cdef Py_ssize_t R = band - 1 + (kh - 1) * dh + 1
+    # dx's padding: the window's reach less the forward's (negative: cropped)
+    cdef Py_ssize_t th = (kh - 1) * dh - ph, tw = (kw - 1) * dw - pw
+    cdef Py_ssize_t stride = 0, item, n, y0, y1
+    cdef floating* scratch = NULL
+    cdef floating* flipped = NULL
+    cdef floating* packed = NULL
+    cdef ptrdiff_t* offs = NULL
+    cdef floating* s
+    try:
+        flipped = <floating*> malloc(max(C * K, 1) * sizeof(floating))
+        if flipped == NULL:
+            raise MemoryError("cannot allocate the transposed filters")
+        for c in range(C):
+            for f in range(F):
+                for i in range(kh):
+                    for j in range(kw):
+                        flipped[c * K + (f * kh + i) * kw + j] = weight[
+                            f, (c * kh + kh - 1 - i) * kw + kw - 1 - j]
+        packed = own_gemm_pack(flipped, K, C, K, 1, 0)
+        scratch = <floating*> per_thread_scratch(num_threads, F * R * PW, sizeof(floating),
+                                                 &stride)
+        offs = tap_offsets(F, kh, kw, 1, dh, dw, R, PW)
+        with nogil, parallel(num_threads=num_threads):
+            s = scratch + threadid() * stride
+            for item in prange(N * bands, schedule="dynamic"):
+                n = item // bands
+                y0 = item % bands * band
+                y1 = min(H, y0 + band)
+                pad_rows(&dout[n, 0, 0, 0], F, oh, ow, y0 - th, y1 - y0 - 1 + (kh - 1) * dh + 1,
+                         R, 1, tw, PW, s)
+                own_implicit(C, K, packed, offs, s, PW, y1 - y0, W, NULL, &dx[n, 0, y0, 0],
+                             H * W)
+    finally:
+        free(flipped)
+        free(scratch)
+        free(packed)
+        free(offs)
+    return True
+
+
 # The backward multiplies the columns of several samples at once where a
 # sample has few outputs (L): one GEMM of about BATCH_CELLS columns rather
 # than one per sample, whose call cost and thin inner dimension (L, for the
@@ -274,6 +351,11 @@ def conv2d_backward(
     cdef Py_ssize_t parts = dweight_parts.shape[0] if want_dw else (N + chunk - 1) // chunk
     cdef Py_ssize_t S = batch_samples(L, rows, chunk, sizeof(floating)), ld = S * L
     cdef Py_ssize_t p, q, j, l, n, n0, n1, s, g, c, stride = 0, t_stride = 0
+    if want_dx and implicit_input_grad(dout, weight, kh, kw, sh, sw, ph, pw, dh, dw, groups, dx,
+                                       num_threads):
+        if not want_dw:
+            return dx.base
+        want_dx = False
     cdef bint by_rows = fold_by_rows(W, kw, sw, pw, dw, ow, sizeof(floating), FOLD_CHUNKS_DEFAULT)
     # per thread: a batch's columns, their gradient and its dout (F, S*L),
     # one batch's dweight and dbias, ones

@@ -879,6 +879,44 @@ def test_implicit_forward_gives_the_unfolding_bits(level, g, f, dtype, kind):
     _assert_same(*outs)
 
 
+# ... and, with stride 1 on planes of at least 256 cells, the input gradient
+# as the forward of the transposed convolution (implicit_input_grad), which
+# sums each cell's terms in another order than the GEMM and the fold: the
+# same to rounding, NaN and infinities included (filters that are not
+# finite go the GEMM's way, whose fold adds no padding), and the same bits
+# at every thread count.
+
+@pytest.mark.parametrize("level", SIMD_LEVELS[2:], ids=lambda level: f"simd{level}")
+@pytest.mark.parametrize("g, f", [
+    (Geometry(2, 6, 16, 16, 5, 5, 1, 1, 0, 0), 16),
+    (Geometry(3, 13, 20, 18, 3, 3, 1, 1, 1, 1), 7),
+    (Geometry(1, 4, 17, 33, 3, 2, 1, 1, 3, 0, 2, 3), 25),
+    (Geometry(2, 3, 16, 16, 1, 1, 1, 1, 0, 0), 5),
+    (Geometry(1, 2, 24, 12, 2, 4, 1, 1, 1, 2), 1),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["normal", "special", "infinite filter"])
+def test_implicit_input_gradient_agrees_with_the_fold(level, g, f, dtype, kind):
+    rng = np.random.default_rng(12)
+    x = make_values(rng, g.shape, dtype, "normal")
+    w = make_values(rng, (f, g.c * g.kh * g.kw), dtype, "normal")
+    if kind == "infinite filter":
+        w[-1, -1] = -np.inf
+    dout = make_values(rng, (g.n, f, g.conv_oh, g.conv_ow), dtype,
+                       "special" if kind == "special" else "normal")
+    compiled, reference = _pair("conv2d_backward")
+    args = (*g.conv_params(), 1, 1)
+    none = (np.empty((0, f, w.shape[1]), dtype), np.empty((0, f), dtype))
+    grads = []
+    with np.errstate(invalid="ignore", over="ignore"):
+        for cap, nt in ((level, 2), (level, 1), (1, 1)):
+            with _simd_cap(cap):
+                grads.append(compiled(dout, x, w, *args, _garbage(g.shape, dtype, 7.0), *none, nt))
+        bound = reference(np.abs(dout), x, np.abs(w), *args, np.empty(g.shape, dtype), *none)
+    _assert_same(grads[0], grads[1])
+    _assert_sum_close(grads[0], grads[2], bound)
+
+
 @hsettings(80)
 @given(problem=conv_problems(), f=st.integers(1, 9), dtype=dtypes,
        kind=st.sampled_from(["normal", "ties", "special"]), seed=seeds, layout=layouts,
