@@ -12,7 +12,7 @@ the CPU has AVX2 and FMA, through ``gemm_simd.h`` instead, which packs the
 filters once per call rather than once per sample (a level-0 cap, see
 ``_cap_simd``, makes it call BLAS); with AVX-512, on rows wide enough, the
 forward reads the taps from a zero-padded copy of the sample instead of its
-unfolded columns (``implicit_forward``; the same sums). Samples are spread
+unfolded columns (fcnn_gemm_implicit_*; the same sums). Samples are spread
 over the OpenMP team with the GIL released throughout; the Python layer
 makes sure that BLAS itself runs one thread meanwhile, so that the team is
 the only parallelism.
@@ -42,7 +42,7 @@ from gemm cimport (fcnn_gemm_level, fcnn_gemm_packed_size, gemm, own_gemm, own_g
                    own_gemm_pack, row_sums)
 from simd cimport fcnn_set_simd_cap, fcnn_simd_level
 from planes cimport FOLD_CHUNKS_DEFAULT, fold_by_rows, fold_plane, fold_tables, im2col_rows
-from padded cimport pad_rows, padded_width, tap_offsets
+from padded cimport Band, Bands, band_of, banded, pad_band, padded_width, tap_offsets
 from scratch cimport per_thread_scratch
 from window cimport clip, end_inside, first_inside
 
@@ -149,15 +149,33 @@ def conv2d_forward(
                           and 2 * ow * sizeof(floating) > 64
                           and sw <= (kw - 1) * dw + 1 and sh <= (kh - 1) * dh + 1)
     cdef Py_ssize_t group_packed = fcnn_gemm_packed_size(fg, kg) if own else 0
-    cdef Py_ssize_t b, y0, y1, cells
+    cdef Py_ssize_t b, y0, y1, cells, item, PW
+    cdef Bands bands
+    cdef Band piece
     cdef floating* packed = NULL
     cdef floating* scratch = NULL
+    cdef ptrdiff_t* offs = NULL
     cdef floating* cols
     cdef floating* y
-    if implicit:
-        return implicit_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, out,
-                                num_threads)
     try:
+        if implicit:
+            # (sample, band of output rows) items over the team, each padding
+            # its band's input rows and multiplying the filters by its taps
+            PW = padded_width(ow, kw, sw, dw, 64 // sizeof(floating))
+            bands = banded(oh, IMPLICIT_BAND_ROWS, kh, sh, dh)
+            scratch = <floating*> per_thread_scratch(num_threads, C * bands.R * sw * PW,
+                                                     sizeof(floating), &stride)
+            offs = tap_offsets(C, kh, kw, sw, dh, dw, bands.R, PW)
+            packed = own_gemm_pack(&weight[0, 0], kg, F, kg, 1, 0)
+            with nogil, parallel(num_threads=num_threads):
+                cols = scratch + threadid() * stride
+                for item in prange(N * bands.count, schedule="dynamic"):
+                    piece = band_of(&bands, item, oh)
+                    pad_band(&x[piece.n, 0, 0, 0], C, H, W, &bands, piece, kh, sh, ph, dh, sw, pw,
+                             PW, cols)
+                    own_implicit(F, kg, packed, offs, cols, sh * sw * PW, piece.y1 - piece.y0, ow,
+                                 &bias[0] if has_bias else NULL, &out[piece.n, 0, piece.y0, 0], L)
+            return out.base
         scratch = <floating*> per_thread_scratch(num_threads, rows * ld, sizeof(floating), &stride)
         if own:
             # each group's filters, once for every sample's product
@@ -186,50 +204,6 @@ def conv2d_forward(
     finally:
         free(scratch)
         free(packed)
-    return out.base
-
-
-cdef implicit_forward(
-    const floating[:, :, :, ::1] x,
-    const floating[:, ::1] weight,
-    const floating[::1] bias,
-    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-    Py_ssize_t oh, Py_ssize_t ow,
-    floating[:, :, :, ::1] out,
-    int num_threads,
-):
-    """conv2d_forward (groups = 1) by fcnn_gemm_implicit_*: (sample, band of
-    output rows) items over the team, each padding its band's input rows."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = weight.shape[0], K = weight.shape[1], L = oh * ow
-    cdef Py_ssize_t PW = padded_width(ow, kw, sw, dw, 64 // sizeof(floating))
-    cdef Py_ssize_t band = min(oh, IMPLICIT_BAND_ROWS), bands = (oh + band - 1) // band
-    cdef Py_ssize_t R = (band - 1) * sh + (kh - 1) * dh + 1
-    cdef Py_ssize_t stride = 0, item, n, y0, y1
-    cdef const floating* b = &bias[0] if bias.shape[0] > 0 else NULL
-    cdef floating* scratch = NULL
-    cdef floating* packed = NULL
-    cdef ptrdiff_t* offs = NULL
-    cdef floating* s
-    try:
-        scratch = <floating*> per_thread_scratch(num_threads, C * R * sw * PW, sizeof(floating),
-                                                 &stride)
-        offs = tap_offsets(C, kh, kw, sw, dh, dw, R, PW)
-        packed = own_gemm_pack(&weight[0, 0], K, F, K, 1, 0)
-        with nogil, parallel(num_threads=num_threads):
-            s = scratch + threadid() * stride
-            for item in prange(N * bands, schedule="dynamic"):
-                n = item // bands
-                y0 = item % bands * band
-                y1 = min(oh, y0 + band)
-                pad_rows(&x[n, 0, 0, 0], C, H, W, y0 * sh - ph,
-                         (y1 - y0 - 1) * sh + (kh - 1) * dh + 1, R, sw, pw, PW, s)
-                own_implicit(F, K, packed, offs, s, sh * sw * PW, y1 - y0, ow, b,
-                             &out[n, 0, y0, 0], L)
-    finally:
-        free(scratch)
-        free(packed)
         free(offs)
     return out.base
 
@@ -245,7 +219,7 @@ cdef bint implicit_input_grad(
     """The input gradient of a convolution of stride 1 as the forward of its
     transpose (fcnn_gemm_implicit_*: the flipped filters, channels for
     filters, over dout padded by the window's reach less the padding), where
-    the forward would run implicit_forward on rows of dx; returns whether it
+    the forward would read its taps so on rows of dx; returns whether it
     did. Each cell sums its taps in (filter, row, column) order rather than
     as the GEMM and the fold do: the two agree to rounding. Filters with a
     value that is not finite go the other way: the transpose multiplies
@@ -261,11 +235,11 @@ cdef bint implicit_input_grad(
             if not isfinite(weight[f, i]):
                 return False
     cdef Py_ssize_t PW = padded_width(W, kw, 1, dw, 64 // sizeof(floating))
-    cdef Py_ssize_t band = min(H, IMPLICIT_BAND_ROWS), bands = (H + band - 1) // band
-    cdef Py_ssize_t R = band - 1 + (kh - 1) * dh + 1
+    cdef Bands bands = banded(H, IMPLICIT_BAND_ROWS, kh, 1, dh)
+    cdef Band band
     # dx's padding: the window's reach less the forward's (negative: cropped)
     cdef Py_ssize_t th = (kh - 1) * dh - ph, tw = (kw - 1) * dw - pw
-    cdef Py_ssize_t stride = 0, item, n, y0, y1
+    cdef Py_ssize_t stride = 0, item
     cdef floating* scratch = NULL
     cdef floating* flipped = NULL
     cdef floating* packed = NULL
@@ -282,19 +256,17 @@ cdef bint implicit_input_grad(
                         flipped[c * K + (f * kh + i) * kw + j] = weight[
                             f, (c * kh + kh - 1 - i) * kw + kw - 1 - j]
         packed = own_gemm_pack(flipped, K, C, K, 1, 0)
-        scratch = <floating*> per_thread_scratch(num_threads, F * R * PW, sizeof(floating),
+        scratch = <floating*> per_thread_scratch(num_threads, F * bands.R * PW, sizeof(floating),
                                                  &stride)
-        offs = tap_offsets(F, kh, kw, 1, dh, dw, R, PW)
+        offs = tap_offsets(F, kh, kw, 1, dh, dw, bands.R, PW)
         with nogil, parallel(num_threads=num_threads):
             s = scratch + threadid() * stride
-            for item in prange(N * bands, schedule="dynamic"):
-                n = item // bands
-                y0 = item % bands * band
-                y1 = min(H, y0 + band)
-                pad_rows(&dout[n, 0, 0, 0], F, oh, ow, y0 - th, y1 - y0 - 1 + (kh - 1) * dh + 1,
-                         R, 1, tw, PW, s)
-                own_implicit(C, K, packed, offs, s, PW, y1 - y0, W, NULL, &dx[n, 0, y0, 0],
-                             H * W)
+            for item in prange(N * bands.count, schedule="dynamic"):
+                band = band_of(&bands, item, H)
+                pad_band(&dout[band.n, 0, 0, 0], F, oh, ow, &bands, band, kh, 1, th, dh, 1, tw, PW,
+                         s)
+                own_implicit(C, K, packed, offs, s, PW, band.y1 - band.y0, W, NULL,
+                             &dx[band.n, 0, band.y0, 0], H * W)
     finally:
         free(flipped)
         free(scratch)

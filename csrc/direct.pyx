@@ -26,7 +26,7 @@ from libc.stddef cimport ptrdiff_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-from padded cimport pad_rows, padded_width, tap_offsets
+from padded cimport Band, Bands, band_of, banded, pad_band, pad_rows, padded_width, tap_offsets
 from scratch cimport per_thread_scratch
 from simd cimport fcnn_set_simd_cap
 
@@ -90,9 +90,9 @@ def conv2d_direct_forward(
     cdef bint simd = fcnn_direct_level() > 0
     cdef Py_ssize_t seg = FCNN_DIRECT_SEG_F32 if floating is float else FCNN_DIRECT_SEG_F64
     cdef Py_ssize_t PW = padded_width(ow, kw, sw, dw, seg)
-    cdef Py_ssize_t band = min(oh, BAND_ROWS), bands = (oh + band - 1) // band
-    cdef Py_ssize_t R = (band - 1) * sh + (kh - 1) * dh + 1
-    cdef Py_ssize_t stride = 0, item, n, y, y0, y1
+    cdef Bands bands = banded(oh, BAND_ROWS, kh, sh, dh)
+    cdef Band band
+    cdef Py_ssize_t stride = 0, item, y
     cdef const floating* b = &bias[0] if bias.shape[0] > 0 else NULL
     cdef floating* scratch = NULL
     cdef floating* packed = NULL
@@ -101,9 +101,9 @@ def conv2d_direct_forward(
     cdef floating* s
     cdef floating* base
     try:
-        scratch = <floating*> per_thread_scratch(num_threads, C * R * sw * PW, sizeof(floating),
-                                                 &stride)
-        offs = tap_offsets(C, kh, kw, sw, dh, dw, R, PW)
+        scratch = <floating*> per_thread_scratch(num_threads, C * bands.R * sw * PW,
+                                                 sizeof(floating), &stride)
+        offs = tap_offsets(C, kh, kw, sw, dh, dw, bands.R, PW)
         if simd:
             packed = <floating*> malloc(F * K * sizeof(floating))
             if packed == NULL:
@@ -115,20 +115,17 @@ def conv2d_direct_forward(
             w = packed
         with nogil, parallel(num_threads=num_threads):
             s = scratch + threadid() * stride
-            for item in prange(N * bands, schedule="dynamic"):
-                n = item // bands
-                y0 = item % bands * band
-                y1 = min(oh, y0 + band)
-                pad_rows(&x[n, 0, 0, 0], C, H, W, y0 * sh - ph, (y1 - y0 - 1) * sh + (kh - 1) * dh + 1,
-                         R, sw, pw, PW, s)
-                for y in range(y0, y1):
-                    base = s + (y - y0) * sh * sw * PW
+            for item in prange(N * bands.count, schedule="dynamic"):
+                band = band_of(&bands, item, oh)
+                pad_band(&x[band.n, 0, 0, 0], C, H, W, &bands, band, kh, sh, ph, dh, sw, pw, PW, s)
+                for y in range(band.y0, band.y1):
+                    base = s + (y - band.y0) * sh * sw * PW
                     if floating is float:
                         fcnn_direct_row_at_f32(simd, base, offs, K, w, b, F,
-                                               &out[n, 0, y, 0], L, ow)
+                                               &out[band.n, 0, y, 0], L, ow)
                     else:
                         fcnn_direct_row_at_f64(simd, base, offs, K, w, b, F,
-                                               &out[n, 0, y, 0], L, ow)
+                                               &out[band.n, 0, y, 0], L, ow)
     finally:
         free(scratch)
         free(packed)

@@ -49,3 +49,42 @@ cdef inline void pad_rows(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssiz
         fcnn_direct_pad_f32(x, C, H, W, row0, rows, R, sw, pw, PW, s)
     else:
         fcnn_direct_pad_f64(x, C, H, W, row0, rows, R, sw, pw, PW, s)
+
+
+cdef struct Bands:
+    Py_ssize_t rows   # output rows per band (the last band may have fewer)
+    Py_ssize_t count  # bands per sample
+    Py_ssize_t R      # padded input rows per band: what its windows reach
+
+
+cdef inline Bands banded(Py_ssize_t oh, Py_ssize_t most, Py_ssize_t kh, Py_ssize_t sh,
+                         Py_ssize_t dh) noexcept nogil:
+    """A sample's `oh` output rows in bands of at most `most` rows."""
+    cdef Bands b
+    b.rows = min(oh, most)
+    b.count = (oh + b.rows - 1) // b.rows
+    b.R = (b.rows - 1) * sh + (kh - 1) * dh + 1
+    return b
+
+
+cdef struct Band:
+    Py_ssize_t n, y0, y1  # sample, output rows [y0, y1)
+
+
+cdef inline Band band_of(const Bands* b, Py_ssize_t item, Py_ssize_t oh) noexcept nogil:
+    """Work item `item` of a batch's (sample, band) items, samples outer."""
+    cdef Band band
+    band.n = item // b.count
+    band.y0 = item % b.count * b.rows
+    band.y1 = min(oh, band.y0 + b.rows)
+    return band
+
+
+cdef inline void pad_band(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                          const Bands* b, Band band, Py_ssize_t kh, Py_ssize_t sh,
+                          Py_ssize_t ph, Py_ssize_t dh, Py_ssize_t sw, Py_ssize_t pw,
+                          Py_ssize_t PW, floating* s) noexcept nogil:
+    """Pad the input rows that `band`'s output rows read from its sample at
+    `x` (see pad_rows)."""
+    pad_rows(x, C, H, W, band.y0 * sh - ph, (band.y1 - band.y0 - 1) * sh + (kh - 1) * dh + 1,
+             b.R, sw, pw, PW, s)

@@ -847,13 +847,18 @@ def test_kernel_conv2d_gemm_levels(g, f, groups, dtype, kind, seed, nt, level, w
 
 
 # With AVX-512 the forward reads rows wider than half a vector from a padded
-# copy of the input instead of unfolding it (conv.pyx's implicit_forward):
+# copy of the input instead of unfolding it (gemm_simd.h's implicit products):
 # every output is the same sum, so it gives the AVX2 product's bits. Cases:
 # segments of one row and of two, an odd last one, bands of 8 rows and a
 # partial band, strides, dilations, 1 to 25 filters (12-row tiles and 6-row
 # ones), more than 256 taps.
 
-@pytest.mark.parametrize("level", SIMD_LEVELS[2:], ids=lambda level: f"simd{level}")
+#: The AVX-512 level, where the machine has it (else no case).
+_avx512_level = pytest.mark.parametrize("level", SIMD_LEVELS[2:], ids=lambda level: f"simd{level}")
+_both_dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float64])
+
+
+@_avx512_level
 @pytest.mark.parametrize("g, f", [
     (Geometry(2, 3, 32, 32, 3, 3, 1, 1, 1, 1), 32),
     (Geometry(3, 6, 14, 14, 5, 5, 1, 1, 0, 0), 16),
@@ -862,7 +867,7 @@ def test_kernel_conv2d_gemm_levels(g, f, groups, dtype, kind, seed, nt, level, w
     (Geometry(2, 40, 11, 13, 3, 3, 1, 1, 1, 1), 25),
     (Geometry(1, 2, 30, 9, 2, 2, 2, 1, 0, 1), 1),
 ])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@_both_dtypes
 @pytest.mark.parametrize("kind", ["normal", "special"])
 def test_implicit_forward_gives_the_unfolding_bits(level, g, f, dtype, kind):
     rng = np.random.default_rng(11)
@@ -886,7 +891,7 @@ def test_implicit_forward_gives_the_unfolding_bits(level, g, f, dtype, kind):
 # finite go the GEMM's way, whose fold adds no padding), and the same bits
 # at every thread count.
 
-@pytest.mark.parametrize("level", SIMD_LEVELS[2:], ids=lambda level: f"simd{level}")
+@_avx512_level
 @pytest.mark.parametrize("g, f", [
     (Geometry(2, 6, 16, 16, 5, 5, 1, 1, 0, 0), 16),
     (Geometry(3, 13, 20, 18, 3, 3, 1, 1, 1, 1), 7),
@@ -894,7 +899,7 @@ def test_implicit_forward_gives_the_unfolding_bits(level, g, f, dtype, kind):
     (Geometry(2, 3, 16, 16, 1, 1, 1, 1, 0, 0), 5),
     (Geometry(1, 2, 24, 12, 2, 4, 1, 1, 1, 2), 1),
 ])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@_both_dtypes
 @pytest.mark.parametrize("kind", ["normal", "special", "infinite filter"])
 def test_implicit_input_gradient_agrees_with_the_fold(level, g, f, dtype, kind):
     rng = np.random.default_rng(12)
