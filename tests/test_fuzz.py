@@ -273,7 +273,9 @@ def _fingerprint(a):
     if a.size > 2**16:  # huge broadcast views: read-only, cannot change
         return None
     if a.dtype.kind == "O":
-        return pickle.dumps(a.tolist())
+        # flat: the nested lists of an empty array with a huge extent would
+        # not fit in the worker's address space
+        return a.shape, pickle.dumps(a.reshape(-1).tolist())
     return a.dtype.str, a.shape, a.tobytes()
 
 
