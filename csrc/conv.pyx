@@ -40,7 +40,7 @@ from libc.string cimport memcpy
 
 from gemm cimport (fcnn_gemm_level, fcnn_gemm_packed_size, gemm, own_gemm, own_gemm_ld, own_implicit,
                    own_gemm_pack, row_sums)
-from simd cimport fcnn_set_simd_cap, fcnn_simd_level
+from simd cimport fcnn_set_simd_cap
 from planes cimport FOLD_CHUNKS_DEFAULT, fold_by_rows, fold_plane, fold_tables, im2col_rows
 from padded cimport Band, Bands, band_of, banded, pad_band, padded_width, tap_offsets
 from scratch cimport per_thread_scratch
@@ -74,7 +74,7 @@ cdef enum:
 
 
 # With AVX-512, the forward reads each sample's taps from a zero-padded copy
-# of a band of IMPLICIT_BAND_ROWS output rows (csrc/direct.pyx's layout)
+# of a band of IMPLICIT_BAND_ROWS output rows (csrc/padded.pxd's layout)
 # instead of unfolding it (fcnn_gemm_implicit_*: the same sums), where an
 # output row fills more than half a vector and the window is at least as
 # wide and high as the stride (else the copy holds mostly cells that no
@@ -91,6 +91,12 @@ cdef enum:
 # on planes of 12x12 and 14x14.
 cdef enum:
     IMPLICIT_MIN_PLANE = 256
+
+
+cdef inline bint implicit_rows(Py_ssize_t width, Py_ssize_t itemsize) noexcept nogil:
+    """Whether the implicit products run on output rows of `width` cells:
+    AVX-512 here, and a row fills more than half a vector."""
+    return fcnn_gemm_level() == 2 and 2 * width * itemsize > 64
 
 
 cdef inline void add_into(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
@@ -145,8 +151,7 @@ def conv2d_forward(
         band = clip(max(OWN_GEMM_BAND_BYTES // (rows * ow * sizeof(floating)),
                         (OWN_GEMM_MIN_CELLS + ow - 1) // ow), 1, oh)
         ld = own_gemm_ld(band * ow, <floating*> NULL)
-    cdef bint implicit = (own and fcnn_simd_level() == 2 and groups == 1
-                          and 2 * ow * sizeof(floating) > 64
+    cdef bint implicit = (implicit_rows(ow, sizeof(floating)) and groups == 1
                           and sw <= (kw - 1) * dw + 1 and sh <= (kh - 1) * dh + 1)
     cdef Py_ssize_t group_packed = fcnn_gemm_packed_size(fg, kg) if own else 0
     cdef Py_ssize_t b, y0, y1, cells, item, PW
@@ -227,8 +232,8 @@ cdef bint implicit_input_grad(
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t F = dout.shape[1], oh = dout.shape[2], ow = dout.shape[3]
     cdef Py_ssize_t K = F * kh * kw, f, c, i, j
-    if not (fcnn_gemm_level() == 2 and groups == 1 and sh == 1 and sw == 1
-            and 2 * W * sizeof(floating) > 64 and H * W >= IMPLICIT_MIN_PLANE and N > 0):
+    if not (implicit_rows(W, sizeof(floating)) and groups == 1 and sh == 1 and sw == 1
+            and H * W >= IMPLICIT_MIN_PLANE and N > 0):
         return False
     for f in range(F):
         for i in range(weight.shape[1]):

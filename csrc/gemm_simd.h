@@ -266,7 +266,7 @@ FCNN_GEMM_KERNELS512(double, __m512d, f64, 8, __mmask8, _mm512_maskz_loadu_pd,
                                 const T *b, ptrdiff_t ldb, const T *bias, T *c, ptrdiff_t ldc) \
     {                                                                               \
         int wide = fcnn_gemm_level() == FCNN_SIMD_AVX512;                           \
-        ptrdiff_t nr = wide ? NR512 : NR;                                           \
+        ptrdiff_t nr = wide ? NR512 : NR, half = NR512 / 2; /* a 512-bit vector */  \
         for (ptrdiff_t k0 = 0; k0 < k; k0 += FCNN_GEMM_KC) {                        \
             ptrdiff_t kc = k - k0 < FCNN_GEMM_KC ? k - k0 : FCNN_GEMM_KC;           \
             int last = k0 + kc == k;                                                \
@@ -285,9 +285,9 @@ FCNN_GEMM_KERNELS512(double, __m512d, f64, 8, __mmask8, _mm512_maskz_loadu_pd,
                                                  cols);                             \
                     else                                                            \
                         (mr > FCNN_GEMM_MR ? fcnn_gemm_tile512x2_##sfx : fcnn_gemm_tile512_##sfx)( \
-                            kc, a, a + FCNN_GEMM_MR * k, bj, bj + NR512 / 2, ldb, NULL,      \
-                            c + i * ldc + j, c + i * ldc + j + NR512 / 2, ldc, k0 > 0, bi, rows, \
-                            cols < NR512 / 2 ? cols : NR512 / 2, cols - NR512 / 2);           \
+                            kc, a, a + FCNN_GEMM_MR * k, bj, bj + half, ldb, NULL,          \
+                            c + i * ldc + j, c + i * ldc + j + half, ldc, k0 > 0, bi, rows, \
+                            cols < half ? cols : half, cols - half);                        \
                 }                                                                   \
             }                                                                       \
         }                                                                           \
@@ -300,7 +300,7 @@ FCNN_GEMM(double, f64, FCNN_GEMM_NR_F64, FCNN_GEMM_NR512_F64)
  * fcnn_gemm_level() == FCNN_SIMD_AVX512): out (M filters x `rows` output
  * rows of `ow`, filter rows ldc apart) = packed filters (fcnn_gemm_pack of
  * M x K) times the taps of a zero-padded input at s, output row y's data at
- * s + y * rstep and tap k at offs[k] from there (csrc/direct.pyx's scratch
+ * s + y * rstep and tap k at offs[k] from there (csrc/padded.pxd's scratch
  * layout), + bias. The output rows go in segments of a vector, two at a
  * time (of one row or of two), each of them read where the padded input
  * holds it: the products of the unfolded columns, without writing them.

@@ -285,10 +285,11 @@ def max_pool2d_backward(
     # Indices that tile the input in 2x2 cells (as 2x2 windows with stride 2
     # give) let every cell be written once, without zeroing and scattering
     # (short rows: the planes of a run are zeroed at once and each gradient
-    # stored once, pool_quads.h). The indices come from the user: whether the first plane's do decides
-    # which kernel to try, and a plane whose indices do not falls back. (The
-    # tile kernel only compares indices with its cells' positions, so any
-    # values, even ones changed by another thread meanwhile, are safe there.)
+    # stored once, pool_quads.h). The indices come from the user: whether
+    # the first plane's do decides which kernel to try, and a plane whose
+    # indices do not falls back. (The tile kernel only compares indices with
+    # its cells' positions, so any values, even ones changed by another
+    # thread meanwhile, are safe there.)
     cdef bint quads = _quads(H, W, oh, ow)
     cdef bint tiles = N * C > 0 and 2 * oh <= H and 2 * ow <= W and (
         quads or fcnn_simd_level() > 0 and (floating is double or (H + 3) * W <= INT32_MAX)

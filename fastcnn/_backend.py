@@ -607,5 +607,5 @@ def build_info() -> dict:
     simd = ("none", "avx2", "avx512")[_pool._simd_level()]
     return {"compiled": True, "openmp": _openmp.OPENMP, "compiler": _openmp.COMPILER,
             "pool_simd": simd,
-            "simd_builds": [f"{name}{_simd_build}" for name in ("norm", "activation")
-                            if _simd_build]}
+            "simd_builds": [f"{name}{_simd_build}" for name in ("norm", "activation")]
+                           if _simd_build else []}
