@@ -80,15 +80,16 @@ cdef enum:
 # wide and high as the stride (else the copy holds mostly cells that no
 # window reads). Side by side on a 2-core Xeon with AVX-512, one thread,
 # 3x3 and 5x5 windows of 3-64 channels, strides 1 and 2: 0.42-0.94x the time
-# of unfolding on rows of 10 to 32 float32 cells (8 to 32 float64), but
-# 1.1-1.4x on rows of 8 float32 cells, which fill half a vector.
+# of unfolding on rows of 10 to 32 float32 cells (8 to 32 float64; 1x1
+# windows on 32-cell rows, 0.95-1.00x), but 1.1-1.4x on rows of 8 float32
+# cells, which fill half a vector.
 cdef enum:
     IMPLICIT_BAND_ROWS = 8
 # The input gradient of stride 1 goes so (implicit_input_grad) on planes of
 # at least IMPLICIT_MIN_PLANE cells: side by side (Xeon, one thread, 5x5
-# windows, 6-64 channels, 16-64 filters), the whole backward took 0.73-0.88x
-# the time of the GEMM and fold on planes of 16x16 to 32x32, but 0.98-1.3x
-# on planes of 12x12 and 14x14.
+# windows, 6-64 channels, 16-64 filters, both dtypes), the whole backward
+# took 0.72-0.86x the time of the GEMM and fold on planes of 16x16 to 32x32
+# (1x1 windows: 0.81-1.06x), but 0.88-1.31x on planes of 12x12 and 14x14.
 cdef enum:
     IMPLICIT_MIN_PLANE = 256
 

@@ -248,7 +248,7 @@ _DIRECT_MAX_FILTERS = 32
 #: (by 1.1-2x forward and backward, 1 to 3 channels, 3x3 and 5x5 kernels).
 #: Where the GEMM driver's forward has AVX-512 (its implicit convolution),
 #: it is faster on first layers (1-3 channels, 3x3 and 5x5, 6-32 filters:
-#: 0.65-0.88x the direct kernels' time forward, 0.77-0.94x backward, on a
+#: 0.65-0.90x the direct kernels' time forward, 0.71-0.94x backward, on a
 #: 2-core Xeon, 1 and 2 threads), and the direct kernels are not used.
 _DIRECT_MIN_WIDTH = 8
 
