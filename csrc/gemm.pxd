@@ -30,6 +30,12 @@ cdef extern from "gemm_simd.h" nogil:
                                 const ptrdiff_t* offs, const double* s, ptrdiff_t rstep,
                                 ptrdiff_t rows, ptrdiff_t ow, const double* bias, double* out,
                                 ptrdiff_t ldc)
+    void fcnn_wgrad_implicit_f32(ptrdiff_t K, ptrdiff_t Fp, const float* dt, const float* s,
+                                 const ptrdiff_t* offs, ptrdiff_t rstep, ptrdiff_t rows,
+                                 ptrdiff_t ow, float* dwt, int accumulate)
+    void fcnn_wgrad_implicit_f64(ptrdiff_t K, ptrdiff_t Fp, const double* dt, const double* s,
+                                 const ptrdiff_t* offs, ptrdiff_t rstep, ptrdiff_t rows,
+                                 ptrdiff_t ow, double* dwt, int accumulate)
 
 
 cdef inline void blas_gemm(char* ta, char* tb, int m, int n, int k,
@@ -109,3 +115,14 @@ cdef inline void own_implicit(Py_ssize_t m, Py_ssize_t k, const floating* packed
         fcnn_gemm_implicit_f32(m, k, packed, offs, s, rstep, rows, ow, bias, out, ldc)
     else:
         fcnn_gemm_implicit_f64(m, k, packed, offs, s, rstep, rows, ow, bias, out, ldc)
+
+
+cdef inline void own_wgrad(Py_ssize_t K, Py_ssize_t Fp, const floating* dt, const floating* s,
+                           const ptrdiff_t* offs, Py_ssize_t rstep, Py_ssize_t rows,
+                           Py_ssize_t ow, floating* dwt, bint accumulate) noexcept nogil:
+    """gemm_simd.h's transposed weight gradient of `rows` output rows from a
+    padded input (AVX-512 only; see fcnn_wgrad_implicit_*)."""
+    if floating is float:
+        fcnn_wgrad_implicit_f32(K, Fp, dt, s, offs, rstep, rows, ow, dwt, accumulate)
+    else:
+        fcnn_wgrad_implicit_f64(K, Fp, dt, s, offs, rstep, rows, ow, dwt, accumulate)

@@ -334,6 +334,108 @@ FCNN_GEMM_IMPLICIT(float, f32, 16)
 FCNN_GEMM_IMPLICIT(double, f64, 8)
 #undef FCNN_GEMM_IMPLICIT
 
+/* The weight gradient of a convolution without its unfolded columns
+ * (AVX-512 only, as fcnn_gemm_implicit_*), transposed: dwt (K taps x Fp
+ * filters, row stride Fp) (+)= the sum over the output cells p of `rows`
+ * output rows of `ow` of tap k's value at p in a zero-padded input
+ * (csrc/padded.pxd's scratch: output row y's data at s + y * rstep, tap k
+ * at offs[k] from there) times dt[p] (cell p's output gradient for the Fp
+ * filters, Fp a whole number of vectors, rows Fp apart).
+ *
+ * It is the product of the unfolded columns (K x P) by dt (P x Fp), the
+ * columns' values broadcast where the padded input holds them: a tile of
+ * taps x a panel of up to 4 vectors of filters keeps its sums in registers
+ * over all cells (6 taps x 4 vectors, or 12 taps x 2 or x 1), each cell
+ * loading the panel's vectors once for every tap. Each sum runs over the
+ * cells in order (rows, then columns) by fused multiply-adds, from +0.0 or
+ * from dwt's value: called on the bands of a chunk's samples in turn, the
+ * sums depend on the sizes alone, not on the thread count. They differ from
+ * a GEMM of the unfolded columns by rounding. Taps past the last in a tile
+ * repeat it and are not stored. */
+#define FCNN_WGRAD_T6(X, ...)                                                      \
+    X(0, __VA_ARGS__) X(1, __VA_ARGS__) X(2, __VA_ARGS__) X(3, __VA_ARGS__)       \
+    X(4, __VA_ARGS__) X(5, __VA_ARGS__)
+#define FCNN_WGRAD_T12(X, ...)                                                     \
+    FCNN_WGRAD_T6(X, __VA_ARGS__) X(6, __VA_ARGS__) X(7, __VA_ARGS__)             \
+    X(8, __VA_ARGS__) X(9, __VA_ARGS__) X(10, __VA_ARGS__) X(11, __VA_ARGS__)
+#define FCNN_WGRAD_V1(X, t, ...) X(t, 0, __VA_ARGS__)
+#define FCNN_WGRAD_V2(X, t, ...) X(t, 0, __VA_ARGS__) X(t, 1, __VA_ARGS__)
+#define FCNN_WGRAD_V4(X, t, ...)                                                   \
+    X(t, 0, __VA_ARGS__) X(t, 1, __VA_ARGS__) X(t, 2, __VA_ARGS__) X(t, 3, __VA_ARGS__)
+#define FCNN_WGRAD_INIT(t, v, V, LANES, vload, vzero)                              \
+    V acc##t##_##v = accumulate && t < taps ? vload(c + t * ldc + v * LANES) : vzero();
+#define FCNN_WGRAD_INITS(t, VECS, ...) ptrdiff_t o##t = o[t]; VECS(FCNN_WGRAD_INIT, t, __VA_ARGS__)
+#define FCNN_WGRAD_LOAD(_, v, V, LANES, vload) V d##v = vload(d + v * LANES);
+#define FCNN_WGRAD_FMA(t, v, vfmadd) acc##t##_##v = vfmadd(b, d##v, acc##t##_##v);
+#define FCNN_WGRAD_STEP(t, VECS, V, vset1, vfmadd)                                 \
+    {                                                                              \
+        V b = vset1(r[o##t]);                                                      \
+        VECS(FCNN_WGRAD_FMA, t, vfmadd)                                            \
+    }
+#define FCNN_WGRAD_STORE(t, v, LANES, vstore)                                      \
+    if (t < taps) vstore(c + t * ldc + v * LANES, acc##t##_##v);
+#define FCNN_WGRAD_STORES(t, VECS, ...) VECS(FCNN_WGRAD_STORE, t, __VA_ARGS__)
+#define FCNN_WGRAD_KERNEL(name, TAPS, VECS, NV, T, V, LANES, vload, vstore, vzero, vset1, \
+                          vfmadd)                                                   \
+    __attribute__((target("avx512f"))) static void name(                           \
+        const T *dt, ptrdiff_t ldt, const T *s, const ptrdiff_t *o, ptrdiff_t taps,   \
+        ptrdiff_t rstep, ptrdiff_t rows, ptrdiff_t ow, T *c, ptrdiff_t ldc, int accumulate) \
+    {                                                                               \
+        TAPS(FCNN_WGRAD_INITS, VECS, V, LANES, vload, vzero)                        \
+        for (ptrdiff_t y = 0; y < rows; y++) {                                      \
+            const T *r = s + y * rstep, *d = dt + y * ow * ldt;                     \
+            for (ptrdiff_t x = 0; x < ow; x++, r++, d += ldt) {                     \
+                FCNN_WGRAD_V##NV(FCNN_WGRAD_LOAD, _, V, LANES, vload)               \
+                TAPS(FCNN_WGRAD_STEP, VECS, V, vset1, vfmadd)                       \
+            }                                                                       \
+        }                                                                           \
+        TAPS(FCNN_WGRAD_STORES, VECS, LANES, vstore)                                \
+    }
+#define FCNN_WGRAD_KERNELS(T, V, sfx, LANES, ...)                                   \
+    FCNN_WGRAD_KERNEL(fcnn_wgrad_6x4_##sfx, FCNN_WGRAD_T6, FCNN_WGRAD_V4, 4, T, V, LANES, \
+                      __VA_ARGS__)                                                  \
+    FCNN_WGRAD_KERNEL(fcnn_wgrad_12x2_##sfx, FCNN_WGRAD_T12, FCNN_WGRAD_V2, 2, T, V, LANES, \
+                      __VA_ARGS__)                                                  \
+    FCNN_WGRAD_KERNEL(fcnn_wgrad_12x1_##sfx, FCNN_WGRAD_T12, FCNN_WGRAD_V1, 1, T, V, LANES, \
+                      __VA_ARGS__)                                                  \
+    static void fcnn_wgrad_implicit_##sfx(ptrdiff_t K, ptrdiff_t Fp, const T *dt,       \
+                                          const T *s, const ptrdiff_t *offs,          \
+                                          ptrdiff_t rstep, ptrdiff_t rows, ptrdiff_t ow, \
+                                          T *dwt, int accumulate)                     \
+    {                                                                               \
+        ptrdiff_t o[12];                                                            \
+        for (ptrdiff_t j = 0, nv; j < Fp; j += nv * LANES) {                        \
+            nv = (Fp - j) / LANES >= 4 ? 4 : (Fp - j) / LANES >= 2 ? 2 : 1;         \
+            ptrdiff_t per = nv == 4 ? 6 : 12;                                       \
+            for (ptrdiff_t k0 = 0; k0 < K; k0 += per) {                             \
+                for (ptrdiff_t t = 0; t < per; t++)                                 \
+                    o[t] = offs[k0 + t < K ? k0 + t : K - 1];                       \
+                ptrdiff_t taps = K - k0 < per ? K - k0 : per;                       \
+                (nv == 4 ? fcnn_wgrad_6x4_##sfx : nv == 2 ? fcnn_wgrad_12x2_##sfx   \
+                                                          : fcnn_wgrad_12x1_##sfx)( \
+                    dt + j, Fp, s, o, taps, rstep, rows, ow, dwt + k0 * Fp + j, Fp, accumulate); \
+            }                                                                       \
+        }                                                                           \
+    }
+FCNN_WGRAD_KERNELS(float, __m512, f32, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_setzero_ps,
+                   _mm512_set1_ps, _mm512_fmadd_ps)
+FCNN_WGRAD_KERNELS(double, __m512d, f64, 8, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_setzero_pd,
+                   _mm512_set1_pd, _mm512_fmadd_pd)
+#undef FCNN_WGRAD_KERNELS
+#undef FCNN_WGRAD_KERNEL
+#undef FCNN_WGRAD_STORES
+#undef FCNN_WGRAD_STORE
+#undef FCNN_WGRAD_STEP
+#undef FCNN_WGRAD_FMA
+#undef FCNN_WGRAD_LOAD
+#undef FCNN_WGRAD_INITS
+#undef FCNN_WGRAD_INIT
+#undef FCNN_WGRAD_V4
+#undef FCNN_WGRAD_V2
+#undef FCNN_WGRAD_V1
+#undef FCNN_WGRAD_T12
+#undef FCNN_WGRAD_T6
+
 #else
 
 static int fcnn_gemm_level(void) { return 0; }  /* the drivers call BLAS */
@@ -351,6 +453,13 @@ static void fcnn_gemm_implicit_f64(ptrdiff_t m, ptrdiff_t k, const double *packe
                                    const ptrdiff_t *offs, const double *s, ptrdiff_t rstep,
                                    ptrdiff_t rows, ptrdiff_t ow, const double *bias, double *out,
                                    ptrdiff_t ldc) {}
+
+static void fcnn_wgrad_implicit_f32(ptrdiff_t K, ptrdiff_t Fp, const float *dt, const float *s,
+                                    const ptrdiff_t *offs, ptrdiff_t rstep, ptrdiff_t rows,
+                                    ptrdiff_t ow, float *dwt, int accumulate) {}
+static void fcnn_wgrad_implicit_f64(ptrdiff_t K, ptrdiff_t Fp, const double *dt, const double *s,
+                                    const ptrdiff_t *offs, ptrdiff_t rstep, ptrdiff_t rows,
+                                    ptrdiff_t ow, double *dwt, int accumulate) {}
 
 #endif
 #endif

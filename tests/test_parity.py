@@ -922,6 +922,50 @@ def test_implicit_input_gradient_agrees_with_the_fold(level, g, f, dtype, kind):
     _assert_sum_close(grads[0], grads[2], bound)
 
 
+# ... and, with windows wider than a cell, at least 64 taps and a vector of
+# filters, the weight gradient from padded copies of the input
+# (implicit_weight_grad), which sums each weight's terms cell by cell over a
+# chunk's samples, where the GEMM sums them sample by sample: the same to
+# rounding, NaN and infinities included, and the same bits at every thread
+# count. Cases: panels of 4, 2 and 1 vectors of filters and a partial one,
+# a partial tile of taps, bands of rows, strides, dilations, narrow rows.
+
+@_avx512_level
+@pytest.mark.parametrize("g, f", [
+    (Geometry(5, 16, 12, 12, 3, 3, 1, 1, 1, 1), 16),
+    (Geometry(3, 4, 21, 19, 5, 5, 2, 2, 2, 2), 33),
+    (Geometry(4, 3, 40, 37, 5, 5, 1, 1, 2, 2), 70),
+    (Geometry(2, 8, 17, 9, 3, 3, 1, 1, 0, 0, 2, 2), 20),
+    (Geometry(3, 7, 15, 30, 3, 4, 3, 2, 1, 2), 16),
+])
+@_both_dtypes
+@pytest.mark.parametrize("kind", ["normal", "special"])
+def test_implicit_weight_gradient_agrees_with_the_gemm(level, g, f, dtype, kind):
+    rng = np.random.default_rng(13)
+    x = make_values(rng, g.shape, dtype, kind)
+    w = make_values(rng, (f, g.c * g.kh * g.kw), dtype, "normal")
+    dout = make_values(rng, (g.n, f, g.conv_oh, g.conv_ow), dtype, kind)
+    compiled, reference = _pair("conv2d_backward")
+    chunk = 2
+    parts = -(-g.n // chunk)
+    args = (*g.conv_params(), 1, chunk, np.empty((0, *g.shape[1:]), dtype))
+
+    def parts_of(value):
+        return _garbage((parts, f, w.shape[1]), dtype, value), _garbage((parts, f), dtype, value)
+
+    grads = []
+    with np.errstate(invalid="ignore", over="ignore"):
+        for cap, nt in ((level, 2), (level, 1), (1, 1)):
+            grads.append(parts_of(7.0))
+            with _simd_cap(cap):
+                compiled(dout, x, w, *args, *grads[-1], nt)
+        bounds = parts_of(0.0)
+        reference(np.abs(dout), np.abs(x), w, *args, *bounds)
+    for got, one, gemm, bound in zip(*grads, bounds):
+        _assert_same(got, one)
+        _assert_sum_close(got, gemm, bound)
+
+
 @hsettings(80)
 @given(problem=conv_problems(), f=st.integers(1, 9), dtype=dtypes,
        kind=st.sampled_from(["normal", "ties", "special"]), seed=seeds, layout=layouts,
