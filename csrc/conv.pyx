@@ -35,7 +35,7 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.stddef cimport ptrdiff_t
 from libc.math cimport isfinite
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 from gemm cimport (fcnn_gemm_level, fcnn_gemm_packed_size, gemm, own_gemm, own_gemm_ld, own_implicit,
@@ -85,11 +85,13 @@ cdef enum:
 # cells, which fill half a vector.
 cdef enum:
     IMPLICIT_BAND_ROWS = 8
-# The input gradient of stride 1 goes so (implicit_input_grad) on planes of
-# at least IMPLICIT_MIN_PLANE cells: side by side (Xeon, one thread, 5x5
-# windows, 6-64 channels, 16-64 filters, both dtypes), the whole backward
-# took 0.72-0.86x the time of the GEMM and fold on planes of 16x16 to 32x32
-# (1x1 windows: 0.81-1.06x), but 0.88-1.31x on planes of 12x12 and 14x14.
+# The input gradient goes so (implicit_input_grad) where each phase of the
+# stride has at least IMPLICIT_MIN_PLANE cells: side by side (Xeon, one
+# thread, 5x5 windows, 6-64 channels, 16-64 filters, both dtypes), the
+# whole backward of stride 1 took 0.72-0.86x the time of the GEMM and fold
+# on planes of 16x16 to 32x32 (1x1 windows: 0.81-1.06x), but 0.88-1.31x on
+# planes of 12x12 and 14x14; the input gradient of stride 2 (3x3 and 5x5
+# windows, 4-32 channels, phases of 16x16 and 32x32), 0.60-0.90x.
 cdef enum:
     IMPLICIT_MIN_PLANE = 256
 
@@ -225,6 +227,54 @@ def conv2d_forward(
     return out.base
 
 
+cdef struct Phase:
+    Py_ssize_t r, q         # dx's cells (sh*a + r, sw*b + q)
+    Py_ssize_t rows         # how many a
+    Py_ssize_t K            # taps: filters x window rows x window columns that reach it
+    void* packed            # the weights of those taps, packed (C x K)
+    ptrdiff_t* offs         # their offsets in the padded dout
+
+
+cdef inline void interleave(const floating* src, Py_ssize_t ss, Py_ssize_t sw, Py_ssize_t W,
+                            floating* dst) noexcept nogil:
+    """A row of W cells from its sw column phases, ss apart:
+    ``dst[b*sw + q] = src[q*ss + b]``."""
+    cdef Py_ssize_t b, q
+    if sw == 2:
+        for b in range(W // 2):
+            dst[2 * b] = src[b]
+            dst[2 * b + 1] = src[ss + b]
+        if W % 2:
+            dst[W - 1] = src[W // 2]
+        return
+    for b in range(W):
+        dst[b] = src[b % sw * ss + b // sw]
+
+
+cdef inline Py_ssize_t phase_taps(Py_ssize_t r, Py_ssize_t p, Py_ssize_t k, Py_ssize_t d,
+                                  Py_ssize_t s) noexcept nogil:
+    """How many window rows i (or columns) reach dx's rows s*a + r:
+    ``r + p - i*d`` divisible by s."""
+    cdef Py_ssize_t i, count = 0
+    for i in range(k):
+        count += (r + p - i * d) % s == 0
+    return count
+
+
+cdef inline void phase_reach(Py_ssize_t p, Py_ssize_t k, Py_ssize_t d, Py_ssize_t s,
+                             Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """The least and greatest ``e = (r + p - i*d) / s`` over the phases r < s
+    and the window rows i that reach them: dx's row s*a + r reads dout's
+    rows a + e."""
+    cdef Py_ssize_t r, i
+    lo[0], hi[0] = p, -k * d
+    for r in range(s):
+        for i in range(k):
+            if (r + p - i * d) % s == 0:
+                lo[0] = min(lo[0], (r + p - i * d) // s)
+                hi[0] = max(hi[0], (r + p - i * d) // s)
+
+
 cdef bint implicit_input_grad(
     const floating[:, :, :, ::1] dout,
     const floating[:, ::1] weight,
@@ -233,62 +283,114 @@ cdef bint implicit_input_grad(
     floating[:, :, :, ::1] dx,
     int num_threads,
 ) except -1:
-    """The input gradient of a convolution of stride 1 as the forward of its
-    transpose (fcnn_gemm_implicit_*: the flipped filters, channels for
-    filters, over dout padded by the window's reach less the padding), where
-    the forward would read its taps so on rows of dx; returns whether it
-    did. Each cell sums its taps in (filter, row, column) order rather than
-    as the GEMM and the fold do: the two agree to rounding. Filters with a
-    value that is not finite go the other way: the transpose multiplies
-    them by the padding's zeros (NaN), where the fold adds nothing."""
+    """The input gradient as the forward of the transposed convolution
+    (fcnn_gemm_implicit_*), where the forward would read its taps so on
+    rows of dx; returns whether it did. With strides, by phases: the cells
+    (sh*a + r, sw*b + q) of dx for each (r, q) are a convolution of stride 1
+    of dout, padded, by the taps (i, j) with ``r + ph - i*dh`` divisible by
+    sh and ``q + pw - j*dw`` by sw, which read dout at (a + e_i, b + e_j),
+    ``e_i = (r + ph - i*dh) / sh``; a phase of no taps is zero. Each cell
+    sums its taps in (filter, row, column) order rather than as the GEMM
+    and the fold do: the two agree to rounding. Filters with a value that
+    is not finite go the other way: the transpose multiplies them by the
+    padding's zeros (NaN), where the fold adds nothing."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t F = dout.shape[1], oh = dout.shape[2], ow = dout.shape[3]
-    cdef Py_ssize_t K = F * kh * kw, f, c, i, j
-    if not (implicit_rows(W, sizeof(floating)) and groups == 1 and sh == 1 and sw == 1
-            and H * W >= IMPLICIT_MIN_PLANE and N > 0):
+    cdef Py_ssize_t A = (H + sh - 1) // sh, B = (W + sw - 1) // sw, f, c, i, j, t
+    if not (implicit_rows(W // sw, sizeof(floating)) and groups == 1 and N > 0
+            and A * B >= IMPLICIT_MIN_PLANE
+            and sw <= (kw - 1) * dw + 1 and sh <= (kh - 1) * dh + 1):
         return False
     for f in range(F):
         for i in range(weight.shape[1]):
             if not isfinite(weight[f, i]):
                 return False
-    cdef Py_ssize_t PW = padded_width(W, kw, 1, dw, 64 // sizeof(floating))
-    cdef Bands bands = banded(H, IMPLICIT_BAND_ROWS, kh, 1, dh)
+    # the rows of dout that the phases read, from a + ey_lo to a + ey_hi (columns alike)
+    cdef Py_ssize_t ey_lo, ey_hi, ex_lo, ex_hi
+    phase_reach(ph, kh, dh, sh, &ey_lo, &ey_hi)
+    phase_reach(pw, kw, dw, sw, &ex_lo, &ex_hi)
+    cdef Py_ssize_t PW = padded_width(B, ex_hi - ex_lo + 1, 1, 1, 64 // sizeof(floating))
+    cdef Bands bands = banded(A, IMPLICIT_BAND_ROWS, ey_hi - ey_lo + 1, 1, 1)
+    cdef Py_ssize_t nphases = sh * sw, k, stride = 0, item, e, r, y, x, rows
+    cdef Phase* phases = NULL
+    cdef Phase* ph_
     cdef Band band
-    # dx's padding: the window's reach less the forward's (negative: cropped)
-    cdef Py_ssize_t th = (kh - 1) * dh - ph, tw = (kw - 1) * dw - pw
-    cdef Py_ssize_t stride = 0, item
+    cdef floating* taps = NULL
     cdef floating* scratch = NULL
-    cdef floating* flipped = NULL
-    cdef floating* packed = NULL
-    cdef ptrdiff_t* offs = NULL
     cdef floating* s
+    cdef floating* out
+    cdef bint direct = sh == 1 and sw == 1
     try:
-        flipped = <floating*> malloc(max(C * K, 1) * sizeof(floating))
-        if flipped == NULL:
-            raise MemoryError("cannot allocate the transposed filters")
-        for c in range(C):
+        phases = <Phase*> calloc(nphases, sizeof(Phase))
+        taps = <floating*> malloc(max(C * F * kh * kw, 1) * sizeof(floating))
+        if phases == NULL or taps == NULL:
+            raise MemoryError("cannot allocate the input gradient's phases")
+        for t in range(nphases):
+            ph_ = &phases[t]
+            ph_.r, ph_.q = t // sw, t % sw
+            ph_.rows = (H - ph_.r + sh - 1) // sh
+            ph_.K = F * phase_taps(ph_.r, ph, kh, dh, sh) * phase_taps(ph_.q, pw, kw, dw, sw)
+            if ph_.K == 0:
+                continue
+            ph_.offs = <ptrdiff_t*> malloc(ph_.K * sizeof(ptrdiff_t))
+            if ph_.offs == NULL:
+                raise MemoryError("cannot allocate the input gradient's tap offsets")
+            # the phase's taps (f, i, j), C x K, and where each reads dout
+            k = 0
             for f in range(F):
                 for i in range(kh):
+                    if (ph_.r + ph - i * dh) % sh:
+                        continue
+                    e = (ph_.r + ph - i * dh) // sh
                     for j in range(kw):
-                        flipped[c * K + (f * kh + i) * kw + j] = weight[
-                            f, (c * kh + kh - 1 - i) * kw + kw - 1 - j]
-        packed = own_gemm_pack(flipped, K, C, K, 1, 0)
-        scratch = <floating*> per_thread_scratch(num_threads, F * bands.R * PW, sizeof(floating),
-                                                 &stride)
-        offs = tap_offsets(F, kh, kw, 1, dh, dw, bands.R, PW)
+                        if (ph_.q + pw - j * dw) % sw:
+                            continue
+                        x = (ph_.q + pw - j * dw) // sw
+                        ph_.offs[k] = (f * bands.R + e - ey_lo) * PW + x - ex_lo
+                        for c in range(C):
+                            taps[c * ph_.K + k] = weight[f, (c * kh + i) * kw + j]
+                        k += 1
+            ph_.packed = own_gemm_pack(taps, ph_.K, C, ph_.K, 1, 0)
+        # per thread: the padded band of dout, then (with strides) a phase's
+        # cells of the band before they go to their places in dx
+        scratch = <floating*> per_thread_scratch(
+            num_threads, F * bands.R * PW + (0 if direct else sw * C * bands.rows * B),
+            sizeof(floating), &stride)
         with nogil, parallel(num_threads=num_threads):
             s = scratch + threadid() * stride
+            out = s + F * bands.R * PW
             for item in prange(N * bands.count, schedule="dynamic"):
-                band = band_of(&bands, item, H)
-                pad_band(&dout[band.n, 0, 0, 0], F, oh, ow, &bands, band, kh, 1, th, dh, 1, tw, PW,
-                         s)
-                own_implicit(C, K, packed, offs, s, PW, band.y1 - band.y0, W, NULL,
-                             &dx[band.n, 0, band.y0, 0], H * W)
+                band = band_of(&bands, item, A)
+                pad_band(&dout[band.n, 0, 0, 0], F, oh, ow, &bands, band, ey_hi - ey_lo + 1, 1,
+                         -ey_lo, 1, 1, -ex_lo, PW, s)
+                if direct:
+                    own_implicit(C, phases[0].K, <floating*> phases[0].packed, phases[0].offs, s, PW,
+                                 band.y1 - band.y0, W, NULL, &dx[band.n, 0, band.y0, 0], H * W)
+                    continue
+                for r in range(sh):
+                    # the row phase's column phases, B cells a row (the last of a
+                    # narrower one unused), then dx's rows from them
+                    rows = min(band.y1, phases[r * sw].rows) - band.y0
+                    for t in range(r * sw, r * sw + sw):
+                        if phases[t].K:
+                            own_implicit(C, phases[t].K, <floating*> phases[t].packed,
+                                         phases[t].offs, s, PW, rows, B, NULL,
+                                         out + (t - r * sw) * C * bands.rows * B, bands.rows * B)
+                        else:
+                            memset(out + (t - r * sw) * C * bands.rows * B, 0,
+                                   C * bands.rows * B * sizeof(floating))
+                    for c in range(C):
+                        for y in range(rows):
+                            interleave(out + (c * bands.rows + y) * B, C * bands.rows * B, sw, W,
+                                       &dx[band.n, c, (band.y0 + y) * sh + r, 0])
     finally:
-        free(flipped)
+        if phases != NULL:
+            for t in range(nphases):
+                free(phases[t].packed)
+                free(phases[t].offs)
+        free(phases)
+        free(taps)
         free(scratch)
-        free(packed)
-        free(offs)
     return True
 
 

@@ -884,12 +884,14 @@ def test_implicit_forward_gives_the_unfolding_bits(level, g, f, dtype, kind):
     _assert_same(*outs)
 
 
-# ... and, with stride 1 on planes of at least 256 cells, the input gradient
-# as the forward of the transposed convolution (implicit_input_grad), which
-# sums each cell's terms in another order than the GEMM and the fold: the
-# same to rounding, NaN and infinities included (filters that are not
-# finite go the GEMM's way, whose fold adds no padding), and the same bits
-# at every thread count.
+# ... and, on planes (per phase of the stride) of at least 256 cells, the
+# input gradient as the forward of the transposed convolution
+# (implicit_input_grad), phase by phase with strides, which sums each cell's
+# terms in another order than the GEMM and the fold: the same to rounding,
+# NaN and infinities included (filters that are not finite go the GEMM's
+# way, whose fold adds no padding), and the same bits at every thread
+# count. Cases with strides: odd sizes (phases of unequal widths), no
+# padding, strides 3, and a dilation that leaves phases no tap (zero).
 
 @_avx512_level
 @pytest.mark.parametrize("g, f", [
@@ -898,6 +900,11 @@ def test_implicit_forward_gives_the_unfolding_bits(level, g, f, dtype, kind):
     (Geometry(1, 4, 17, 33, 3, 2, 1, 1, 3, 0, 2, 3), 25),
     (Geometry(2, 3, 16, 16, 1, 1, 1, 1, 0, 0), 5),
     (Geometry(1, 2, 24, 12, 2, 4, 1, 1, 1, 2), 1),
+    (Geometry(2, 5, 32, 33, 3, 3, 2, 2, 1, 1), 7),
+    (Geometry(2, 4, 34, 40, 5, 5, 2, 2, 2, 2), 9),
+    (Geometry(2, 3, 33, 37, 3, 3, 2, 2, 0, 0), 6),
+    (Geometry(1, 2, 51, 54, 4, 3, 3, 3, 1, 0), 4),
+    (Geometry(1, 3, 40, 36, 3, 3, 2, 2, 1, 1, 2, 2), 5),
 ])
 @_both_dtypes
 @pytest.mark.parametrize("kind", ["normal", "special", "infinite filter"])
