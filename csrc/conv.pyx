@@ -439,10 +439,7 @@ cdef bint implicit_weight_grad(
     cdef Band piece
     cdef floating* scratch = NULL
     cdef ptrdiff_t* offs = NULL
-    cdef floating* s
-    cdef floating* dt
-    cdef floating* dwt
-    cdef floating* ones
+    cdef floating *s, *dt, *dwt, *ones
     try:
         # per thread: the padded band, its output gradient transposed (cell by
         # cell, Fp filters each), the transposed weight gradient, ones
