@@ -38,7 +38,7 @@ from libc.math cimport isfinite
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
-from gemm cimport (fcnn_gemm_level, fcnn_gemm_packed_size, gemm, own_gemm, own_gemm_ld, own_implicit,
+from gemm cimport (FCNN_GEMM_MR, fcnn_gemm_level, fcnn_gemm_packed_size, gemm, own_gemm, own_gemm_ld, own_implicit,
                    own_gemm_pack, own_wgrad, row_sums)
 from simd cimport fcnn_set_simd_cap
 from planes cimport FOLD_CHUNKS_DEFAULT, fold_by_rows, fold_plane, fold_tables, im2col_rows
@@ -85,21 +85,24 @@ cdef enum:
 # cells, which fill half a vector.
 cdef enum:
     IMPLICIT_BAND_ROWS = 8
-# The input gradient goes so (implicit_input_grad) where each phase of the
-# stride has at least IMPLICIT_MIN_PLANE cells: side by side (Xeon, one
-# thread, 5x5 windows, 6-64 channels, 16-64 filters, both dtypes), the
-# whole backward of stride 1 took 0.72-0.86x the time of the GEMM and fold
-# on planes of 16x16 to 32x32 (1x1 windows: 0.81-1.06x), but 0.88-1.31x on
-# planes of 12x12 and 14x14; the input gradient of stride 2 (3x3 and 5x5
-# windows, 4-32 channels, phases of 16x16 and 32x32), 0.60-0.90x.
+# The input gradient goes so (implicit_input_grad) on planes of at least
+# IMPLICIT_MIN_PLANE cells (stride 1), or phases of the stride of at least
+# IMPLICIT_MIN_PHASE, of at least a tile's rows of channels: side by side
+# (Xeon, one thread, 5x5 windows, 6-64 channels, 16-64 filters, both
+# dtypes), the whole backward of stride 1 took 0.72-0.86x the time of the
+# GEMM and fold on planes of 16x16 to 32x32 (1x1 windows: 0.81-1.06x), but
+# 0.87-1.18x on planes of 9x9 to 14x14 (both dtypes); the input gradient of
+# stride 2 (3x3 and 5x5 windows, 4-64 channels, phases of 8x8 to 32x32),
+# 0.60-0.90x (1.02x once, float64); on 3 channels, 1.7-2.0x.
 cdef enum:
     IMPLICIT_MIN_PLANE = 256
+    IMPLICIT_MIN_PHASE = 64
 
 
 cdef inline bint implicit_rows(Py_ssize_t width, Py_ssize_t itemsize) noexcept nogil:
     """Whether the implicit products run on output rows of `width` cells:
-    AVX-512 here, and a row fills more than half a vector."""
-    return fcnn_gemm_level() == 2 and 2 * width * itemsize > 64
+    AVX-512 here, and two rows fill more than half a vector."""
+    return fcnn_gemm_level() == 2 and 4 * width * itemsize > 64
 
 
 cdef inline void add_into(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
@@ -298,7 +301,8 @@ cdef bint implicit_input_grad(
     cdef Py_ssize_t F = dout.shape[1], oh = dout.shape[2], ow = dout.shape[3]
     cdef Py_ssize_t A = (H + sh - 1) // sh, B = (W + sw - 1) // sw, f, c, i, j, t
     if not (implicit_rows(W // sw, sizeof(floating)) and groups == 1 and N > 0
-            and A * B >= IMPLICIT_MIN_PLANE
+            and C >= FCNN_GEMM_MR
+            and A * B >= (IMPLICIT_MIN_PLANE if sh * sw == 1 else IMPLICIT_MIN_PHASE)
             and sw <= (kw - 1) * dw + 1 and sh <= (kh - 1) * dh + 1):
         return False
     for f in range(F):

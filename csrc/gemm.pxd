@@ -10,6 +10,7 @@ from scratch cimport per_thread_scratch
 
 
 cdef extern from "gemm_simd.h" nogil:
+    enum: FCNN_GEMM_MR  # rows of a packed tile
     int fcnn_gemm_level()
     ptrdiff_t fcnn_gemm_ld_f32(ptrdiff_t n)
     ptrdiff_t fcnn_gemm_ld_f64(ptrdiff_t n)

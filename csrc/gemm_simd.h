@@ -188,7 +188,10 @@ FCNN_GEMM_KERNEL(double, __m256d, f64, FCNN_GEMM_NR_F64, 4, _mm256_loadu_pd, _mm
  * in the product, one row of b (ROW(k) = k * ldb, p1 = p0 + LANES, c1 = c0
  * + LANES); in the implicit convolution (fcnn_gemm_implicit_*), two
  * segments of output rows, each read from the padded input at the offset of
- * tap k (ROW(k) = offs[k]). */
+ * tap k (ROW(k) = offs[k]). On rows of at most half a vector, a segment
+ * holds two (fcnn_gemm_implicit2r512*): its first `split` lanes are read
+ * from the first row, the others from the next, `ldb` cells further than
+ * their place in the vector (LOAD). */
 #define FCNN_GEMM_ROWS6(X, ...)                                                     \
     X(0, a, 0, __VA_ARGS__) X(1, a, 1, __VA_ARGS__) X(2, a, 2, __VA_ARGS__)       \
     X(3, a, 3, __VA_ARGS__) X(4, a, 4, __VA_ARGS__) X(5, a, 5, __VA_ARGS__)
@@ -196,24 +199,29 @@ FCNN_GEMM_KERNEL(double, __m256d, f64, FCNN_GEMM_NR_F64, 4, _mm256_loadu_pd, _mm
     FCNN_GEMM_ROWS6(X, __VA_ARGS__)                                                 \
     X(6, a2, 0, __VA_ARGS__) X(7, a2, 1, __VA_ARGS__) X(8, a2, 2, __VA_ARGS__)    \
     X(9, a2, 3, __VA_ARGS__) X(10, a2, 4, __VA_ARGS__) X(11, a2, 5, __VA_ARGS__)
-#define FCNN_GEMM_KERNEL512(name, ROWS, ROW, T, V, LANES, M, vmaskload, vmaskstore, vzero, \
-                            vset1, vfmadd, vadd)                                    \
+#define FCNN_GEMM_KERNEL512(name, ROWS, ROW, LOAD, T, V, LANES, M, vmaskload, vmaskmerge, \
+                            vmaskstore, vzero, vset1, vfmadd, vadd)                 \
     __attribute__((target("avx512f"))) static void name(                           \
         ptrdiff_t kc, const T *a, const T *a2, const T *p0, const T *p1, ptrdiff_t ldb, \
         const ptrdiff_t *offs, T *c0, T *c1, ptrdiff_t ldc, int accumulate, const T *bias, \
-        ptrdiff_t rows, ptrdiff_t cols0, ptrdiff_t cols1)                           \
+        ptrdiff_t rows, ptrdiff_t cols0, ptrdiff_t cols1, ptrdiff_t split)          \
     {                                                                               \
         M m0 = (M)(cols0 >= LANES ? ~0u : (1u << cols0) - 1);                       \
         M m1 = (M)(cols1 >= LANES ? ~0u : cols1 <= 0 ? 0u : (1u << cols1) - 1);     \
+        M lo = (M)(split >= LANES ? ~0u : (1u << split) - 1);                       \
         _Static_assert(FCNN_GEMM_MR == 6, "FCNN_GEMM_ROWS6 names MR rows");         \
-        (void)a2, (void)ldb, (void)offs;                                            \
+        (void)a2, (void)ldb, (void)offs, (void)lo;                                  \
         ROWS(FCNN_GEMM_INIT512, V, vmaskload, vzero)                                \
         for (ptrdiff_t k = 0; k < kc; k++) {                                        \
-            V b0 = vmaskload(m0, p0 + (ROW)), b1 = vmaskload(m1, p1 + (ROW));       \
+            V b0 = LOAD(M, m0, p0, ROW, vmaskload, vmaskmerge);                     \
+            V b1 = LOAD(M, m1, p1, ROW, vmaskload, vmaskmerge);                     \
             ROWS(FCNN_GEMM_STEP512, V, vset1, vfmadd)                               \
         }                                                                           \
         ROWS(FCNN_GEMM_STORE512, vmaskstore, vset1, vadd)                           \
     }
+#define FCNN_GEMM_LOAD_ONE(M, m, p, ROW, vmaskload, vmaskmerge) vmaskload(m, (p) + (ROW))
+#define FCNN_GEMM_LOAD_TWO(M, m, p, ROW, vmaskload, vmaskmerge)                     \
+    vmaskmerge(vmaskload((M)(m & lo), (p) + (ROW)), (M)(m & ~lo), (p) + ldb + (ROW))
 #define FCNN_GEMM_INIT512(r, tile, tr, V, vmaskload, vzero)                         \
     V acc##r##0 = accumulate && r < rows ? vmaskload(m0, c0 + r * ldc) : vzero();   \
     V acc##r##1 = accumulate && r < rows ? vmaskload(m1, c1 + r * ldc) : vzero();
@@ -233,20 +241,24 @@ FCNN_GEMM_KERNEL(double, __m256d, f64, FCNN_GEMM_NR_F64, 4, _mm256_loadu_pd, _mm
         vmaskstore(c1 + r * ldc, m1, acc##r##1);                                    \
     }
 #define FCNN_GEMM_KERNELS512(T, V, sfx, LANES, M, ...)                              \
-    FCNN_GEMM_KERNEL512(fcnn_gemm_tile512_##sfx, FCNN_GEMM_ROWS6, k * ldb, T, V, LANES, M, \
-                        __VA_ARGS__)                                                \
-    FCNN_GEMM_KERNEL512(fcnn_gemm_tile512x2_##sfx, FCNN_GEMM_ROWS12, k * ldb, T, V, LANES, M, \
-                        __VA_ARGS__)                                                \
-    FCNN_GEMM_KERNEL512(fcnn_gemm_implicit512_##sfx, FCNN_GEMM_ROWS6, offs[k], T, V, LANES, M, \
-                        __VA_ARGS__)                                                \
-    FCNN_GEMM_KERNEL512(fcnn_gemm_implicit512x2_##sfx, FCNN_GEMM_ROWS12, offs[k], T, V, LANES, \
-                        M, __VA_ARGS__)
+    FCNN_GEMM_KERNEL512(fcnn_gemm_tile512_##sfx, FCNN_GEMM_ROWS6, k * ldb, FCNN_GEMM_LOAD_ONE, \
+                        T, V, LANES, M, __VA_ARGS__)                                \
+    FCNN_GEMM_KERNEL512(fcnn_gemm_tile512x2_##sfx, FCNN_GEMM_ROWS12, k * ldb,       \
+                        FCNN_GEMM_LOAD_ONE, T, V, LANES, M, __VA_ARGS__)            \
+    FCNN_GEMM_KERNEL512(fcnn_gemm_implicit512_##sfx, FCNN_GEMM_ROWS6, offs[k],      \
+                        FCNN_GEMM_LOAD_ONE, T, V, LANES, M, __VA_ARGS__)            \
+    FCNN_GEMM_KERNEL512(fcnn_gemm_implicit512x2_##sfx, FCNN_GEMM_ROWS12, offs[k],   \
+                        FCNN_GEMM_LOAD_ONE, T, V, LANES, M, __VA_ARGS__)            \
+    FCNN_GEMM_KERNEL512(fcnn_gemm_implicit2r512_##sfx, FCNN_GEMM_ROWS6, offs[k],    \
+                        FCNN_GEMM_LOAD_TWO, T, V, LANES, M, __VA_ARGS__)            \
+    FCNN_GEMM_KERNEL512(fcnn_gemm_implicit2r512x2_##sfx, FCNN_GEMM_ROWS12, offs[k], \
+                        FCNN_GEMM_LOAD_TWO, T, V, LANES, M, __VA_ARGS__)
 FCNN_GEMM_KERNELS512(float, __m512, f32, 16, __mmask16, _mm512_maskz_loadu_ps,
-                     _mm512_mask_storeu_ps, _mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps,
-                     _mm512_add_ps)
+                     _mm512_mask_loadu_ps, _mm512_mask_storeu_ps, _mm512_setzero_ps,
+                     _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps)
 FCNN_GEMM_KERNELS512(double, __m512d, f64, 8, __mmask8, _mm512_maskz_loadu_pd,
-                     _mm512_mask_storeu_pd, _mm512_setzero_pd, _mm512_set1_pd, _mm512_fmadd_pd,
-                     _mm512_add_pd)
+                     _mm512_mask_loadu_pd, _mm512_mask_storeu_pd, _mm512_setzero_pd,
+                     _mm512_set1_pd, _mm512_fmadd_pd, _mm512_add_pd)
 #undef FCNN_GEMM_KERNELS512
 #undef FCNN_GEMM_STORE512
 #undef FCNN_GEMM_STEP512
@@ -254,6 +266,8 @@ FCNN_GEMM_KERNELS512(double, __m512d, f64, 8, __mmask8, _mm512_maskz_loadu_pd,
 #undef FCNN_GEMM_ROWS12
 #undef FCNN_GEMM_ROWS6
 #undef FCNN_GEMM_KERNEL512
+#undef FCNN_GEMM_LOAD_ONE
+#undef FCNN_GEMM_LOAD_TWO
 #undef FCNN_GEMM_STEPS
 
 /* c (M x N, row stride ldc) = a @ b + bias (bias per row; NULL for none),
@@ -287,7 +301,7 @@ FCNN_GEMM_KERNELS512(double, __m512d, f64, 8, __mmask8, _mm512_maskz_loadu_pd,
                         (mr > FCNN_GEMM_MR ? fcnn_gemm_tile512x2_##sfx : fcnn_gemm_tile512_##sfx)( \
                             kc, a, a + FCNN_GEMM_MR * k, bj, bj + half, ldb, NULL,          \
                             c + i * ldc + j, c + i * ldc + j + half, ldc, k0 > 0, bi, rows, \
-                            cols < half ? cols : half, cols - half);                        \
+                            cols < half ? cols : half, cols - half, 0);                     \
                 }                                                                   \
             }                                                                       \
         }                                                                           \
@@ -301,32 +315,53 @@ FCNN_GEMM(double, f64, FCNN_GEMM_NR_F64, FCNN_GEMM_NR512_F64)
  * rows of `ow`, filter rows ldc apart) = packed filters (fcnn_gemm_pack of
  * M x K) times the taps of a zero-padded input at s, output row y's data at
  * s + y * rstep and tap k at offs[k] from there (csrc/padded.pxd's scratch
- * layout), + bias. The output rows go in segments of a vector, two at a
- * time (of one row or of two), each of them read where the padded input
- * holds it: the products of the unfolded columns, without writing them.
- * Each output is summed tap by tap from +0.0 by fused multiply-adds and the
- * bias added last, as fcnn_gemm_* sums it: the same bits. */
+ * layout), + bias. The output rows go in segments of a vector (of one row,
+ * or of two rows of at most half a vector), two segments at a time, each
+ * read where the padded input holds it: the products of the unfolded
+ * columns, without writing them. Each output is summed tap by tap from
+ * +0.0 by fused multiply-adds and the bias added last, as fcnn_gemm_* sums
+ * it: the same bits. */
+/* Segment g of `rows` output rows of ow: its first row y, column x and
+ * cells (see fcnn_gemm_implicit_*). */
+static inline void fcnn_gemm_segment(ptrdiff_t g, int two, ptrdiff_t per_row, ptrdiff_t rows,
+                                     ptrdiff_t ow, ptrdiff_t lanes, ptrdiff_t *y, ptrdiff_t *x,
+                                     ptrdiff_t *cols)
+{
+    if (two) {
+        *y = 2 * g, *x = 0;
+        *cols = (rows - *y < 2 ? rows - *y : 2) * ow;
+    } else {
+        *y = g / per_row, *x = g % per_row * lanes;
+        *cols = ow - *x < lanes ? ow - *x : lanes;
+    }
+}
+
 #define FCNN_GEMM_IMPLICIT(T, sfx, LANES)                                           \
     static void fcnn_gemm_implicit_##sfx(ptrdiff_t m, ptrdiff_t k, const T *packed,    \
                                          const ptrdiff_t *offs, const T *s, ptrdiff_t rstep, \
                                          ptrdiff_t rows, ptrdiff_t ow, const T *bias, T *out, \
                                          ptrdiff_t ldc)                             \
     {                                                                               \
-        ptrdiff_t per_row = (ow + LANES - 1) / LANES, segs = rows * per_row;        \
+        int two = 2 * ow <= LANES;                                                  \
+        ptrdiff_t per_row = two ? 1 : (ow + LANES - 1) / LANES;                     \
+        ptrdiff_t segs = two ? (rows + 1) / 2 : rows * per_row;                     \
         for (ptrdiff_t g = 0; g < segs; g += 2) {                                   \
             /* segment g, and g + 1 if there is one (else nothing is read nor written) */ \
-            ptrdiff_t g1 = g + 1 < segs ? g + 1 : g;                                \
-            ptrdiff_t y0 = g / per_row, x0 = g % per_row * LANES;                   \
-            ptrdiff_t y1 = g1 / per_row, x1 = g1 % per_row * LANES;                 \
-            ptrdiff_t cols0 = ow - x0 < LANES ? ow - x0 : LANES;                    \
-            ptrdiff_t cols1 = g1 == g ? 0 : ow - x1 < LANES ? ow - x1 : LANES;      \
+            ptrdiff_t y0, x0, cols0, y1, x1, cols1;                                 \
+            fcnn_gemm_segment(g, two, per_row, rows, ow, LANES, &y0, &x0, &cols0);  \
+            fcnn_gemm_segment(g + 1 < segs ? g + 1 : g, two, per_row, rows, ow, LANES, &y1, \
+                              &x1, &cols1);                                         \
+            cols1 = g + 1 < segs ? cols1 : 0;                                       \
             for (ptrdiff_t i = 0; i < m; i += 2 * FCNN_GEMM_MR) {                   \
                 const T *a = packed + i * k;                                        \
-                (m - i > FCNN_GEMM_MR ? fcnn_gemm_implicit512x2_##sfx : fcnn_gemm_implicit512_##sfx)( \
-                    k, a, a + FCNN_GEMM_MR * k, s + y0 * rstep + x0, s + y1 * rstep + x1, 0, \
-                    offs, out + i * ldc + y0 * ow + x0, out + i * ldc + y1 * ow + x1, ldc, 0, \
-                    bias ? bias + i : NULL, m - i < 2 * FCNN_GEMM_MR ? m - i : 2 * FCNN_GEMM_MR, \
-                    cols0, cols1);                                                  \
+                int wide = m - i > FCNN_GEMM_MR;                                    \
+                (two ? (wide ? fcnn_gemm_implicit2r512x2_##sfx : fcnn_gemm_implicit2r512_##sfx) \
+                     : (wide ? fcnn_gemm_implicit512x2_##sfx : fcnn_gemm_implicit512_##sfx))( \
+                    k, a, a + FCNN_GEMM_MR * k, s + y0 * rstep + x0, s + y1 * rstep + x1, \
+                    two ? rstep - ow : 0, offs, out + i * ldc + y0 * ow + x0,         \
+                    out + i * ldc + y1 * ow + x1, ldc, 0, bias ? bias + i : NULL,     \
+                    m - i < 2 * FCNN_GEMM_MR ? m - i : 2 * FCNN_GEMM_MR, cols0, cols1, \
+                    two ? ow : 0);                                                  \
             }                                                                       \
         }                                                                           \
     }

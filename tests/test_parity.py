@@ -846,12 +846,13 @@ def test_kernel_conv2d_gemm_levels(g, f, groups, dtype, kind, seed, nt, level, w
                 _assert_sum_close(got, expected, bound)
 
 
-# With AVX-512 the forward reads rows wider than half a vector from a padded
+# With AVX-512 the forward reads rows wider than a quarter of a vector from a padded
 # copy of the input instead of unfolding it (gemm_simd.h's implicit products):
 # every output is the same sum, so it gives the AVX2 product's bits. Cases:
 # segments of one row and of two, an odd last one, bands of 8 rows and a
 # partial band, strides, dilations, 1 to 25 filters (12-row tiles and 6-row
-# ones), more than 256 taps.
+# ones), more than 256 taps; rows of at most half a vector, two to a
+# segment (an odd number of them, several bands).
 
 #: The AVX-512 level, where the machine has it (else no case).
 _avx512_level = pytest.mark.parametrize("level", SIMD_LEVELS[2:], ids=lambda level: f"simd{level}")
@@ -866,6 +867,11 @@ _both_dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float64])
     (Geometry(1, 4, 19, 40, 3, 2, 1, 2, 2, 0, 2, 3), 7),
     (Geometry(2, 40, 11, 13, 3, 3, 1, 1, 1, 1), 25),
     (Geometry(1, 2, 30, 9, 2, 2, 2, 1, 0, 1), 1),
+    (Geometry(3, 7, 15, 15, 3, 3, 2, 2, 1, 1), 14),
+    (Geometry(2, 4, 13, 11, 3, 3, 2, 2, 1, 1), 13),
+    (Geometry(2, 3, 9, 7, 3, 3, 1, 1, 0, 0), 6),
+    (Geometry(2, 6, 10, 10, 3, 3, 3, 3, 1, 1), 12),
+    (Geometry(1, 2, 40, 12, 3, 3, 1, 2, 1, 1), 3),
 ])
 @_both_dtypes
 @pytest.mark.parametrize("kind", ["normal", "special"])
@@ -891,20 +897,22 @@ def test_implicit_forward_gives_the_unfolding_bits(level, g, f, dtype, kind):
 # NaN and infinities included (filters that are not finite go the GEMM's
 # way, whose fold adds no padding), and the same bits at every thread
 # count. Cases with strides: odd sizes (phases of unequal widths), no
-# padding, strides 3, and a dilation that leaves phases no tap (zero).
+# padding, strides 3, a dilation that leaves phases no tap (zero), phases
+# of at most half a vector (two rows to a segment).
 
 @_avx512_level
 @pytest.mark.parametrize("g, f", [
     (Geometry(2, 6, 16, 16, 5, 5, 1, 1, 0, 0), 16),
     (Geometry(3, 13, 20, 18, 3, 3, 1, 1, 1, 1), 7),
-    (Geometry(1, 4, 17, 33, 3, 2, 1, 1, 3, 0, 2, 3), 25),
-    (Geometry(2, 3, 16, 16, 1, 1, 1, 1, 0, 0), 5),
-    (Geometry(1, 2, 24, 12, 2, 4, 1, 1, 1, 2), 1),
-    (Geometry(2, 5, 32, 33, 3, 3, 2, 2, 1, 1), 7),
-    (Geometry(2, 4, 34, 40, 5, 5, 2, 2, 2, 2), 9),
-    (Geometry(2, 3, 33, 37, 3, 3, 2, 2, 0, 0), 6),
-    (Geometry(1, 2, 51, 54, 4, 3, 3, 3, 1, 0), 4),
-    (Geometry(1, 3, 40, 36, 3, 3, 2, 2, 1, 1, 2, 2), 5),
+    (Geometry(1, 7, 17, 33, 3, 2, 1, 1, 3, 0, 2, 3), 25),
+    (Geometry(2, 8, 16, 16, 1, 1, 1, 1, 0, 0), 5),
+    (Geometry(1, 6, 24, 12, 2, 4, 1, 1, 1, 2), 1),
+    (Geometry(2, 9, 32, 33, 3, 3, 2, 2, 1, 1), 7),
+    (Geometry(2, 6, 34, 40, 5, 5, 2, 2, 2, 2), 9),
+    (Geometry(2, 7, 33, 37, 3, 3, 2, 2, 0, 0), 6),
+    (Geometry(1, 6, 51, 54, 4, 3, 3, 3, 1, 0), 4),
+    (Geometry(1, 8, 40, 36, 3, 3, 2, 2, 1, 1, 2, 2), 5),
+    (Geometry(1, 13, 20, 16, 3, 3, 2, 2, 1, 1), 5),
 ])
 @_both_dtypes
 @pytest.mark.parametrize("kind", ["normal", "special", "infinite filter"])
