@@ -39,7 +39,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 from gemm cimport (FCNN_GEMM_MR, fcnn_gemm_level, fcnn_gemm_packed_size, gemm, own_gemm, own_gemm_ld, own_implicit,
-                   own_gemm_pack, own_wgrad, row_sums)
+                   own_gemm_pack, own_transpose, own_wgrad, row_sums)
 from simd cimport fcnn_set_simd_cap
 from planes cimport FOLD_CHUNKS_DEFAULT, fold_by_rows, fold_plane, fold_tables, im2col_rows
 from padded cimport Band, Bands, band_of, banded, pad_band, padded_width, tap_offsets
@@ -109,17 +109,6 @@ cdef inline void add_into(floating* dst, const floating* src, Py_ssize_t n) noex
     cdef Py_ssize_t i
     for i in range(n):
         dst[i] += src[i]
-
-
-cdef inline void transpose(const floating* src, Py_ssize_t lds, Py_ssize_t rows,
-                           Py_ssize_t cols, floating* dst, Py_ssize_t ldd) noexcept nogil:
-    """``dst[j*ldd + i] = src[i*lds + j]`` for i < rows, j < cols, in blocks of
-    16 columns: a block's rows of dst stay in cache while src's rows pass."""
-    cdef Py_ssize_t i, j, j0
-    for j0 in range(0, cols, 16):
-        for i in range(rows):
-            for j in range(j0, min(j0 + 16, cols)):
-                dst[j * ldd + i] = src[i * lds + j]
 
 
 cdef inline void unfold_sample(
@@ -467,12 +456,12 @@ cdef bint implicit_weight_grad(
                         pad_band(&x[n, 0, 0, 0], C, H, W, &bands, piece, kh, sh, ph, dh, sw, pw,
                                  PW, s)
                         m = (piece.y1 - piece.y0) * ow
-                        transpose(&dout[n, 0, piece.y0, 0], L, F, m, dt, Fp)
+                        own_transpose(&dout[n, 0, piece.y0, 0], L, F, m, dt, Fp)
                         own_wgrad(K, Fp, dt, s, offs, sh * sw * PW, piece.y1 - piece.y0, ow, dwt,
                                   n > n0 or b > 0)
                     row_sums(F, L, &dout[n, 0, 0, 0], L, ones, 0 if n == n0 else 1,
                              &dbias_parts[p, 0])
-                transpose(dwt, Fp, K, F, &dweight_parts[p, 0, 0], K)
+                own_transpose(dwt, Fp, K, F, &dweight_parts[p, 0, 0], K)
     finally:
         free(scratch)
         free(offs)

@@ -31,6 +31,10 @@ cdef extern from "gemm_simd.h" nogil:
                                 const ptrdiff_t* offs, const double* s, ptrdiff_t rstep,
                                 ptrdiff_t rows, ptrdiff_t ow, const double* bias, double* out,
                                 ptrdiff_t ldc)
+    void fcnn_transpose_f32(const float* src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
+                            float* dst, ptrdiff_t ldd)
+    void fcnn_transpose_f64(const double* src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
+                            double* dst, ptrdiff_t ldd)
     void fcnn_wgrad_implicit_f32(ptrdiff_t K, ptrdiff_t Fp, const float* dt, const float* s,
                                  const ptrdiff_t* offs, ptrdiff_t rstep, ptrdiff_t rows,
                                  ptrdiff_t ow, float* dwt, int accumulate)
@@ -127,3 +131,13 @@ cdef inline void own_wgrad(Py_ssize_t K, Py_ssize_t Fp, const floating* dt, cons
         fcnn_wgrad_implicit_f32(K, Fp, dt, s, offs, rstep, rows, ow, dwt, accumulate)
     else:
         fcnn_wgrad_implicit_f64(K, Fp, dt, s, offs, rstep, rows, ow, dwt, accumulate)
+
+
+cdef inline void own_transpose(const floating* src, Py_ssize_t lds, Py_ssize_t rows,
+                               Py_ssize_t cols, floating* dst, Py_ssize_t ldd) noexcept nogil:
+    """``dst[j*ldd + i] = src[i*lds + j]`` for i < rows, j < cols (AVX-512
+    only; see fcnn_transpose_*)."""
+    if floating is float:
+        fcnn_transpose_f32(src, lds, rows, cols, dst, ldd)
+    else:
+        fcnn_transpose_f64(src, lds, rows, cols, dst, ldd)
