@@ -99,6 +99,19 @@ cdef enum:
     IMPLICIT_MIN_PHASE = 64
 
 
+# A thread's padded copy is at most IMPLICIT_MAX_SCRATCH bytes: windows much
+# larger than the input (a huge dilation or padding) would make it mostly
+# padding, up to gigabytes; the unfolding reads only what windows cover.
+cdef enum:
+    IMPLICIT_MAX_SCRATCH = 8 << 20
+
+
+cdef inline bint implicit_fits(double cells, Py_ssize_t itemsize) noexcept nogil:
+    """Whether a padded copy of `cells` cells stays under IMPLICIT_MAX_SCRATCH
+    (a double: the product of extreme sizes would overflow an integer)."""
+    return cells * itemsize <= IMPLICIT_MAX_SCRATCH
+
+
 cdef inline bint implicit_rows(Py_ssize_t width, Py_ssize_t itemsize) noexcept nogil:
     """Whether the implicit products run on output rows of `width` cells:
     AVX-512 here, and two rows fill more than half a vector."""
@@ -157,11 +170,13 @@ def conv2d_forward(
         band = clip(max(OWN_GEMM_BAND_BYTES // (rows * ow * sizeof(floating)),
                         (OWN_GEMM_MIN_CELLS + ow - 1) // ow), 1, oh)
         ld = own_gemm_ld(band * ow, <floating*> NULL)
+    cdef Py_ssize_t PW = padded_width(ow, kw, sw, dw, 64 // sizeof(floating))
+    cdef Bands bands = banded(oh, IMPLICIT_BAND_ROWS, kh, sh, dh)
     cdef bint implicit = (implicit_rows(ow, sizeof(floating)) and groups == 1
-                          and sw <= (kw - 1) * dw + 1 and sh <= (kh - 1) * dh + 1)
+                          and sw <= (kw - 1) * dw + 1 and sh <= (kh - 1) * dh + 1
+                          and implicit_fits(<double> C * bands.R * sw * PW, sizeof(floating)))
     cdef Py_ssize_t group_packed = fcnn_gemm_packed_size(fg, kg) if own else 0
-    cdef Py_ssize_t b, y0, y1, cells, item, PW
-    cdef Bands bands
+    cdef Py_ssize_t b, y0, y1, cells, item
     cdef Band piece
     cdef floating* packed = NULL
     cdef floating* scratch = NULL
@@ -172,8 +187,6 @@ def conv2d_forward(
         if implicit:
             # (sample, band of output rows) items over the team, each padding
             # its band's input rows and multiplying the filters by its taps
-            PW = padded_width(ow, kw, sw, dw, 64 // sizeof(floating))
-            bands = banded(oh, IMPLICIT_BAND_ROWS, kh, sh, dh)
             scratch = <floating*> per_thread_scratch(num_threads, C * bands.R * sw * PW,
                                                      sizeof(floating), &stride)
             offs = tap_offsets(C, kh, kw, sw, dh, dw, bands.R, PW)
@@ -304,6 +317,8 @@ cdef bint implicit_input_grad(
     phase_reach(pw, kw, dw, sw, &ex_lo, &ex_hi)
     cdef Py_ssize_t PW = padded_width(B, ex_hi - ex_lo + 1, 1, 1, 64 // sizeof(floating))
     cdef Bands bands = banded(A, IMPLICIT_BAND_ROWS, ey_hi - ey_lo + 1, 1, 1)
+    if not implicit_fits(<double> F * bands.R * PW, sizeof(floating)):
+        return False
     cdef Py_ssize_t nphases = sh * sw, k, stride = 0, item, e, r, y, x, rows
     cdef Phase* phases = NULL
     cdef Phase* ph_
@@ -427,7 +442,10 @@ cdef bint implicit_weight_grad(
     cdef Py_ssize_t Fp = (F + lanes - 1) // lanes * lanes, parts = dweight_parts.shape[0]
     cdef Bands bands = banded(oh, max(1, WGRAD_BAND_BYTES // (ow * min(Fp, 4 * lanes)
                                                               * sizeof(floating))), kh, sh, dh)
-    cdef Py_ssize_t PW = padded_width(ow, kw, sw, dw, lanes), cells = C * bands.R * sw * PW
+    cdef Py_ssize_t PW = padded_width(ow, kw, sw, dw, lanes)
+    if not implicit_fits(<double> C * bands.R * sw * PW, sizeof(floating)):
+        return False
+    cdef Py_ssize_t cells = C * bands.R * sw * PW
     cdef Py_ssize_t stride = 0, p, n, n0, n1, b, j, m
     cdef Band piece
     cdef floating* scratch = NULL

@@ -1210,6 +1210,38 @@ def test_conv2d_widely_dilated_window(algorithm):
             np.testing.assert_allclose(db, dout.sum(axis=(0, 2, 3)), rtol=1e-13)
 
 
+# The padded copies of the implicit products are bounded (csrc/conv.pyx's
+# IMPLICIT_MAX_SCRATCH): above, the copy of a band of 3x3 planes would be
+# 32772 x 32777 cells, 17 GB in float64, which an overcommitting malloc
+# grants and the padding then fills. In a process whose address space is
+# capped at 3 GiB that is a MemoryError; with the bound, a small unfolding.
+
+_CAPPED_CONV = """
+import resource, sys
+import numpy as np
+limit = 3 << 30
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from fastcnn import functional as F
+rng = np.random.default_rng(9)
+for dtype in (np.float32, np.float64):
+    x, dout = (rng.standard_normal((1, 8, 3, 3)).astype(dtype) for _ in range(2))
+    weight = rng.standard_normal((8, 8, 2, 2)).astype(dtype)
+    out = F.conv2d(x, weight, padding="same", dilation=32769)
+    dx, dw, db = F.conv2d_backward(dout, x, weight, padding="same", dilation=32769)
+    assert not out.any() and not dx.any() and not dw.any(), "windows all in the padding"
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="RLIMIT_AS caps the address space on Linux")
+def test_padded_copies_stay_small_for_windows_far_larger_than_the_input():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _CAPPED_CONV], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_kernel_much_larger_than_input_is_a_global_pool():
     # kernel 2**40 with padding 2**39 covers the whole 8x8 input in one window.
     x = make_values(np.random.default_rng(7), (2, 3, 8, 8), np.float64, "normal")
