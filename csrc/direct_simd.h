@@ -80,49 +80,43 @@ static void fcnn_direct_block(ptrdiff_t F, ptrdiff_t b, ptrdiff_t *first, ptrdif
 #include <immintrin.h>
 
 /* Lanes [lo, hi) of a mask of `n` lanes, both clipped to [0, n]. */
-static inline unsigned long long fcnn_lanes(ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t n)
+static inline unsigned long long fcnn_lane_mask(ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t n)
 {
     lo = lo < 0 ? 0 : lo > n ? n : lo;
     hi = hi < lo ? lo : hi > n ? n : hi;
     return ((1ULL << hi) - 1) & ~((1ULL << lo) - 1);
 }
 
-#define FCNN_PAD_ROW512(T, SFX, L, V, MASK, vmaskz_load, vmask_store, vpermutex2var, IDX)   \
+#define FCNN_PAD_ROW512(T, SFX, L, V, MASK, vmaskz_load, vmask_store, vpermutex2var, lanes) \
 __attribute__((target("avx512f"))) static void fcnn_direct_pad_row512_##SFX(             \
     const T *src, ptrdiff_t W, ptrdiff_t sw, ptrdiff_t pw, ptrdiff_t PW, T *d)             \
 {                                                                                          \
     if (sw == 1) {                                                                         \
         for (ptrdiff_t m = 0; m < PW; m += L) {                                            \
             /* cell m + t holds input column m + t - pw */                                 \
-            MASK in = (MASK)fcnn_lanes(pw - m, W + pw - m, L);                             \
-            vmask_store(d + m, (MASK)fcnn_lanes(0, PW - m, L),                             \
+            MASK in = (MASK)fcnn_lane_mask(pw - m, W + pw - m, L);                             \
+            vmask_store(d + m, (MASK)fcnn_lane_mask(0, PW - m, L),                             \
                         vmaskz_load(in, src + (m - pw)));                                  \
         }                                                                                  \
         return;                                                                            \
     }                                                                                      \
-    const __m512i even = IDX(0), odd = IDX(1);                                             \
+    const __m512i even = lanes(0, 2), odd = lanes(1, 2);                                   \
     for (ptrdiff_t m = 0; m < PW; m += L) {                                                \
         /* phase q's cell m + t holds input column 2*(m + t) + q - pw: lanes of            \
          * the 2L columns from 2m - pw */                                                  \
         ptrdiff_t a = 2 * m - pw;                                                          \
-        V lo = vmaskz_load((MASK)fcnn_lanes(-a, W - a, L), src + a);                       \
-        V hi = vmaskz_load((MASK)fcnn_lanes(-a - L, W - a - L, L), src + a + L);           \
-        MASK out = (MASK)fcnn_lanes(0, PW - m, L);                                         \
+        V lo = vmaskz_load((MASK)fcnn_lane_mask(-a, W - a, L), src + a);                       \
+        V hi = vmaskz_load((MASK)fcnn_lane_mask(-a - L, W - a - L, L), src + a + L);           \
+        MASK out = (MASK)fcnn_lane_mask(0, PW - m, L);                                         \
         vmask_store(d + m, out, vpermutex2var(lo, even, hi));                              \
         vmask_store(d + PW + m, out, vpermutex2var(lo, odd, hi));                          \
     }                                                                                      \
 }
-#define FCNN_EVERY_OTHER_F32(q) _mm512_setr_epi32(q, q + 2, q + 4, q + 6, q + 8, q + 10, q + 12, \
-    q + 14, q + 16, q + 18, q + 20, q + 22, q + 24, q + 26, q + 28, q + 30)
-#define FCNN_EVERY_OTHER_F64(q) _mm512_setr_epi64(q, q + 2, q + 4, q + 6, q + 8, q + 10, q + 12, \
-    q + 14)
 FCNN_PAD_ROW512(float, f32, 16, __m512, __mmask16, _mm512_maskz_loadu_ps, _mm512_mask_storeu_ps,
-                _mm512_permutex2var_ps, FCNN_EVERY_OTHER_F32)
+                _mm512_permutex2var_ps, fcnn_lanes16)
 FCNN_PAD_ROW512(double, f64, 8, __m512d, __mmask8, _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd,
-                _mm512_permutex2var_pd, FCNN_EVERY_OTHER_F64)
+                _mm512_permutex2var_pd, fcnn_lanes8x64)
 #undef FCNN_PAD_ROW512
-#undef FCNN_EVERY_OTHER_F32
-#undef FCNN_EVERY_OTHER_F64
 
 static int fcnn_direct_pad_wide(ptrdiff_t sw)
 {

@@ -474,11 +474,11 @@ FCNN_WGRAD_KERNELS(double, __m512d, f64, 8, _mm512_loadu_pd, _mm512_storeu_pd, _
 /* dst[j*ldd + i] = src[i*lds + j] for i < rows, j < cols (AVX-512 only): each
  * row of dst, a vector of rows at a time, gathered from a column of src
  * (the weight gradient's transposes of dout and of its result). */
-#define FCNN_TRANSPOSE512(T, sfx, LANES, M, IDX, lanes_of, vgather, vmaskstore, vzero)    \
+#define FCNN_TRANSPOSE512(T, sfx, LANES, M, IDX, lanes, vgather, vmaskstore, vzero)       \
     __attribute__((target("avx512f"))) static void fcnn_transpose_##sfx(           \
         const T *src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols, T *dst, ptrdiff_t ldd) \
     {                                                                               \
-        const IDX index = lanes_of((int)lds);                                       \
+        const IDX index = lanes(0, (int)lds);                                       \
         for (ptrdiff_t i0 = 0; i0 < rows; i0 += LANES) {                            \
             M m = (M)(rows - i0 >= LANES ? ~0u : (1u << (rows - i0)) - 1);          \
             for (ptrdiff_t j = 0; j < cols; j++)                                    \
@@ -486,16 +486,10 @@ FCNN_WGRAD_KERNELS(double, __m512d, f64, 8, _mm512_loadu_pd, _mm512_storeu_pd, _
                            vgather(vzero(), m, index, src + i0 * lds + j, sizeof(T))); \
         }                                                                           \
     }
-#define FCNN_LANES_F32(ld) _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, \
-    10, 11, 12, 13, 14, 15), _mm512_set1_epi32(ld))
-#define FCNN_LANES_F64(ld) _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), \
-    _mm256_set1_epi32(ld))
-FCNN_TRANSPOSE512(float, f32, 16, __mmask16, __m512i, FCNN_LANES_F32, _mm512_mask_i32gather_ps,
+FCNN_TRANSPOSE512(float, f32, 16, __mmask16, __m512i, fcnn_lanes16, _mm512_mask_i32gather_ps,
                   _mm512_mask_storeu_ps, _mm512_setzero_ps)
-FCNN_TRANSPOSE512(double, f64, 8, __mmask8, __m256i, FCNN_LANES_F64, _mm512_mask_i32gather_pd,
+FCNN_TRANSPOSE512(double, f64, 8, __mmask8, __m256i, fcnn_lanes8, _mm512_mask_i32gather_pd,
                   _mm512_mask_storeu_pd, _mm512_setzero_pd)
-#undef FCNN_LANES_F64
-#undef FCNN_LANES_F32
 #undef FCNN_TRANSPOSE512
 
 #else

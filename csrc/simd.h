@@ -42,6 +42,31 @@ static int fcnn_set_simd_cap(int cap)
 
 #define FCNN_HAVE_STREAM 1
 
+/* Index vectors whose lane i holds start + i * step: the lanes a permutation
+ * picks, or the offsets a gather reads (16 or 8 of 32 bits, 8 of 64). */
+__attribute__((target("avx512f"))) static inline __m512i fcnn_lanes16(int start, int step)
+{
+    int lanes[16];
+    for (int i = 0; i < 16; i++)
+        lanes[i] = start + i * step;
+    return _mm512_loadu_si512((const void *)lanes);
+}
+__attribute__((target("avx2"))) static inline __m256i fcnn_lanes8(int start, int step)
+{
+    int lanes[8];
+    for (int i = 0; i < 8; i++)
+        lanes[i] = start + i * step;
+    return _mm256_loadu_si256((const __m256i *)lanes);
+}
+__attribute__((target("avx512f"))) static inline __m512i fcnn_lanes8x64(long long start,
+                                                                       long long step)
+{
+    long long lanes[8];
+    for (int i = 0; i < 8; i++)
+        lanes[i] = start + i * step;
+    return _mm512_loadu_si512((const void *)lanes);
+}
+
 /* One 64-byte line of the non-temporal copy, per instruction set. (Wider
  * stores are faster, though memory is what limits all three: a 231 MB
  * output was written at 17, 21 and 23 GB/s with 16-, 32- and 64-byte
