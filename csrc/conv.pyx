@@ -34,6 +34,7 @@ differently from NumPy's ``a @ b + c``, which the twins compute.
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.stddef cimport ptrdiff_t
+from libc.limits cimport INT_MAX
 from libc.math cimport isfinite
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
@@ -75,14 +76,15 @@ cdef enum:
 
 # With AVX-512, the forward reads each sample's taps from a zero-padded copy
 # of a band of IMPLICIT_BAND_ROWS output rows (csrc/padded.pxd's layout)
-# instead of unfolding it (fcnn_gemm_implicit_*: the same sums), where an
-# output row fills more than half a vector and the window is at least as
-# wide and high as the stride (else the copy holds mostly cells that no
-# window reads). Side by side on a 2-core Xeon with AVX-512, one thread,
-# 3x3 and 5x5 windows of 3-64 channels, strides 1 and 2: 0.42-0.94x the time
-# of unfolding on rows of 10 to 32 float32 cells (8 to 32 float64; 1x1
-# windows on 32-cell rows, 0.95-1.00x), but 1.1-1.4x on rows of 8 float32
-# cells, which fill half a vector.
+# instead of unfolding it (fcnn_gemm_implicit_*: the same sums), where two
+# output rows fill more than half a vector (implicit_rows) and the window
+# is at least as wide and high as the stride (else the copy holds mostly
+# cells that no window reads). Side by side on a 2-core Xeon with AVX-512,
+# one thread, 3x3 and 5x5 windows of 3-64 channels, strides 1 and 2:
+# 0.42-0.94x the time of unfolding on rows of 10 to 32 float32 cells (8 to
+# 32 float64; 1x1 windows on 32-cell rows, 0.95-1.00x). Rows of 5 to 8
+# float32 cells (3 or 4 float64), two to a vector, 0.74-0.95x in float32;
+# one to a vector, half of it empty, they had taken 1.1-1.4x.
 cdef enum:
     IMPLICIT_BAND_ROWS = 8
 # The input gradient goes so (implicit_input_grad) on planes of at least
@@ -233,8 +235,7 @@ def conv2d_forward(
 
 
 cdef struct Phase:
-    Py_ssize_t r, q         # dx's cells (sh*a + r, sw*b + q)
-    Py_ssize_t rows         # how many a
+    Py_ssize_t rows         # dx's rows sh*a + r of the phase: how many a
     Py_ssize_t K            # taps: filters x window rows x window columns that reach it
     void* packed            # the weights of those taps, packed (C x K)
     ptrdiff_t* offs         # their offsets in the padded dout
@@ -254,16 +255,6 @@ cdef inline void interleave(const floating* src, Py_ssize_t ss, Py_ssize_t sw, P
         return
     for b in range(W):
         dst[b] = src[b % sw * ss + b // sw]
-
-
-cdef inline Py_ssize_t phase_taps(Py_ssize_t r, Py_ssize_t p, Py_ssize_t k, Py_ssize_t d,
-                                  Py_ssize_t s) noexcept nogil:
-    """How many window rows i (or columns) reach dx's rows s*a + r:
-    ``r + p - i*d`` divisible by s."""
-    cdef Py_ssize_t i, count = 0
-    for i in range(k):
-        count += (r + p - i * d) % s == 0
-    return count
 
 
 cdef inline void phase_reach(Py_ssize_t p, Py_ssize_t k, Py_ssize_t d, Py_ssize_t s,
@@ -334,31 +325,30 @@ cdef bint implicit_input_grad(
         if phases == NULL or taps == NULL:
             raise MemoryError("cannot allocate the input gradient's phases")
         for t in range(nphases):
+            # phase (r, q) = (t // sw, t % sw): its taps (f, i, j), where each
+            # reads dout, and their weights (C x K, row stride F*kh*kw)
             ph_ = &phases[t]
-            ph_.r, ph_.q = t // sw, t % sw
-            ph_.rows = (H - ph_.r + sh - 1) // sh
-            ph_.K = F * phase_taps(ph_.r, ph, kh, dh, sh) * phase_taps(ph_.q, pw, kw, dw, sw)
-            if ph_.K == 0:
-                continue
-            ph_.offs = <ptrdiff_t*> malloc(ph_.K * sizeof(ptrdiff_t))
+            ph_.rows = (H - t // sw + sh - 1) // sh
+            ph_.offs = <ptrdiff_t*> malloc(max(F * kh * kw, 1) * sizeof(ptrdiff_t))
             if ph_.offs == NULL:
                 raise MemoryError("cannot allocate the input gradient's tap offsets")
-            # the phase's taps (f, i, j), C x K, and where each reads dout
             k = 0
             for f in range(F):
                 for i in range(kh):
-                    if (ph_.r + ph - i * dh) % sh:
+                    if (t // sw + ph - i * dh) % sh:
                         continue
-                    e = (ph_.r + ph - i * dh) // sh
+                    e = (t // sw + ph - i * dh) // sh
                     for j in range(kw):
-                        if (ph_.q + pw - j * dw) % sw:
+                        if (t % sw + pw - j * dw) % sw:
                             continue
-                        x = (ph_.q + pw - j * dw) // sw
+                        x = (t % sw + pw - j * dw) // sw
                         ph_.offs[k] = (f * bands.R + e - ey_lo) * PW + x - ex_lo
                         for c in range(C):
-                            taps[c * ph_.K + k] = weight[f, (c * kh + i) * kw + j]
+                            taps[c * F * kh * kw + k] = weight[f, (c * kh + i) * kw + j]
                         k += 1
-            ph_.packed = own_gemm_pack(taps, ph_.K, C, ph_.K, 1, 0)
+            ph_.K = k
+            if k:
+                ph_.packed = own_gemm_pack(taps, F * kh * kw, C, k, 1, 0)
         # per thread: the padded band of dout, then (with strides) a phase's
         # cells of the band before they go to their places in dx
         scratch = <floating*> per_thread_scratch(
@@ -435,8 +425,9 @@ cdef bint implicit_weight_grad(
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = dout.shape[1], oh = dout.shape[2], ow = dout.shape[3]
     cdef Py_ssize_t lanes = 64 // sizeof(floating), L = oh * ow, K = C * kh * kw
+    # (the transposes gather a vector of filter planes by 32-bit offsets)
     if not (fcnn_gemm_level() == 2 and groups == 1 and N > 0 and kh * kw > 1
-            and K >= WGRAD_MIN_TAPS and F >= lanes
+            and K >= WGRAD_MIN_TAPS and F >= lanes and lanes * L <= INT_MAX
             and sw <= (kw - 1) * dw + 1 and sh <= (kh - 1) * dh + 1):
         return False
     cdef Py_ssize_t Fp = (F + lanes - 1) // lanes * lanes, parts = dweight_parts.shape[0]
