@@ -71,65 +71,13 @@ static void fcnn_direct_block(ptrdiff_t F, ptrdiff_t b, ptrdiff_t *first, ptrdif
 #define FCNN_DCAT_(a, b) a##_##b
 #define FCNN_DCAT(a, b) FCNN_DCAT_(a, b)
 
-/* One input row at src (W cells) into its sw column phases at d, PW cells
- * each (see fcnn_direct_pad_*), with AVX-512 masked loads: a lane outside
- * [0, W) loads +0.0, so a row takes no memset and no scalar loop, and the
- * two phases of stride 2 are the even and odd lanes of the same two
- * vectors. Strides 1 and 2 only (fcnn_direct_pad_wide). */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-
-/* Lanes [lo, hi) of a mask of `n` lanes, both clipped to [0, n]. */
-static inline unsigned long long fcnn_lane_mask(ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t n)
-{
-    lo = lo < 0 ? 0 : lo > n ? n : lo;
-    hi = hi < lo ? lo : hi > n ? n : hi;
-    return ((1ULL << hi) - 1) & ~((1ULL << lo) - 1);
-}
-
-#define FCNN_PAD_ROW512(T, SFX, L, V, MASK, vmaskz_load, vmask_store, vpermutex2var, lanes) \
-__attribute__((target("avx512f"))) static void fcnn_direct_pad_row512_##SFX(             \
-    const T *src, ptrdiff_t W, ptrdiff_t sw, ptrdiff_t pw, ptrdiff_t PW, T *d)             \
-{                                                                                          \
-    if (sw == 1) {                                                                         \
-        for (ptrdiff_t m = 0; m < PW; m += L) {                                            \
-            /* cell m + t holds input column m + t - pw */                                 \
-            MASK in = (MASK)fcnn_lane_mask(pw - m, W + pw - m, L);                             \
-            vmask_store(d + m, (MASK)fcnn_lane_mask(0, PW - m, L),                             \
-                        vmaskz_load(in, src + (m - pw)));                                  \
-        }                                                                                  \
-        return;                                                                            \
-    }                                                                                      \
-    const __m512i even = lanes(0, 2), odd = lanes(1, 2);                                   \
-    for (ptrdiff_t m = 0; m < PW; m += L) {                                                \
-        /* phase q's cell m + t holds input column 2*(m + t) + q - pw: lanes of            \
-         * the 2L columns from 2m - pw */                                                  \
-        ptrdiff_t a = 2 * m - pw;                                                          \
-        V lo = vmaskz_load((MASK)fcnn_lane_mask(-a, W - a, L), src + a);                       \
-        V hi = vmaskz_load((MASK)fcnn_lane_mask(-a - L, W - a - L, L), src + a + L);           \
-        MASK out = (MASK)fcnn_lane_mask(0, PW - m, L);                                         \
-        vmask_store(d + m, out, vpermutex2var(lo, even, hi));                              \
-        vmask_store(d + PW + m, out, vpermutex2var(lo, odd, hi));                          \
-    }                                                                                      \
-}
-FCNN_PAD_ROW512(float, f32, 16, __m512, __mmask16, _mm512_maskz_loadu_ps, _mm512_mask_storeu_ps,
-                _mm512_permutex2var_ps, fcnn_lanes16)
-FCNN_PAD_ROW512(double, f64, 8, __m512d, __mmask8, _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd,
-                _mm512_permutex2var_pd, fcnn_lanes8x64)
-#undef FCNN_PAD_ROW512
-
 static int fcnn_direct_pad_wide(ptrdiff_t sw)
 {
     return sw <= 2 && fcnn_simd_level() == FCNN_SIMD_AVX512;
 }
 #else
 static int fcnn_direct_pad_wide(ptrdiff_t sw) { return 0; }
-#define FCNN_PAD_ROW_NONE(T, SFX)                                                      \
-static void fcnn_direct_pad_row512_##SFX(const T *src, ptrdiff_t W, ptrdiff_t sw,    \
-                                         ptrdiff_t pw, ptrdiff_t PW, T *d) {}
-FCNN_PAD_ROW_NONE(float, f32)
-FCNN_PAD_ROW_NONE(double, f64)
-#undef FCNN_PAD_ROW_NONE
 #endif
 
 /* The code that does not depend on the instruction set, per element type. */
@@ -153,7 +101,7 @@ static void fcnn_direct_pad_##SFX(const T *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_
             }                                                                       \
             const T *src = x + (c * H + y) * W;                                     \
             if (wide) {                                                             \
-                fcnn_direct_pad_row512_##SFX(src, W, sw, pw, PW, d);                \
+                fcnn_pad_row512_##SFX(src, W, sw, pw, PW, d);                \
                 continue;                                                           \
             }                                                                       \
             for (ptrdiff_t q = 0; q < sw; q++) {                                    \

@@ -67,6 +67,52 @@ __attribute__((target("avx512f"))) static inline __m512i fcnn_lanes8x64(long lon
     return _mm512_loadu_si512((const void *)lanes);
 }
 
+/* One input row at src (W cells) into its sw column phases at d, PW cells
+ * each: phase q's cell m holds input column m*sw + q - pw, or +0.0 outside
+ * [0, W). AVX-512 masked loads: a lane outside [0, W) loads +0.0, so a row
+ * takes no memset and no scalar loop, and the two phases of stride 2 are
+ * the even and odd lanes of the same two vectors. Strides 1 and 2 only;
+ * the padded copies of the direct and implicit convolutions
+ * (csrc/direct_simd.h) and of Winograd's tiles (csrc/winograd_simd.h). */
+/* Lanes [lo, hi) of a mask of `n` lanes, both clipped to [0, n]. */
+static inline unsigned long long fcnn_lane_mask(ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t n)
+{
+    lo = lo < 0 ? 0 : lo > n ? n : lo;
+    hi = hi < lo ? lo : hi > n ? n : hi;
+    return ((1ULL << hi) - 1) & ~((1ULL << lo) - 1);
+}
+
+#define FCNN_PAD_ROW512(T, SFX, L, V, MASK, vmaskz_load, vmask_store, vpermutex2var, lanes) \
+__attribute__((target("avx512f"))) static inline void fcnn_pad_row512_##SFX(           \
+    const T *src, ptrdiff_t W, ptrdiff_t sw, ptrdiff_t pw, ptrdiff_t PW, T *d)             \
+{                                                                                          \
+    if (sw == 1) {                                                                         \
+        for (ptrdiff_t m = 0; m < PW; m += L) {                                            \
+            /* cell m + t holds input column m + t - pw */                                 \
+            MASK in = (MASK)fcnn_lane_mask(pw - m, W + pw - m, L);                             \
+            vmask_store(d + m, (MASK)fcnn_lane_mask(0, PW - m, L),                             \
+                        vmaskz_load(in, src + (m - pw)));                                  \
+        }                                                                                  \
+        return;                                                                            \
+    }                                                                                      \
+    const __m512i even = lanes(0, 2), odd = lanes(1, 2);                                   \
+    for (ptrdiff_t m = 0; m < PW; m += L) {                                                \
+        /* phase q's cell m + t holds input column 2*(m + t) + q - pw: lanes of            \
+         * the 2L columns from 2m - pw */                                                  \
+        ptrdiff_t a = 2 * m - pw;                                                          \
+        V lo = vmaskz_load((MASK)fcnn_lane_mask(-a, W - a, L), src + a);                       \
+        V hi = vmaskz_load((MASK)fcnn_lane_mask(-a - L, W - a - L, L), src + a + L);           \
+        MASK out = (MASK)fcnn_lane_mask(0, PW - m, L);                                         \
+        vmask_store(d + m, out, vpermutex2var(lo, even, hi));                              \
+        vmask_store(d + PW + m, out, vpermutex2var(lo, odd, hi));                          \
+    }                                                                                      \
+}
+FCNN_PAD_ROW512(float, f32, 16, __m512, __mmask16, _mm512_maskz_loadu_ps, _mm512_mask_storeu_ps,
+                _mm512_permutex2var_ps, fcnn_lanes16)
+FCNN_PAD_ROW512(double, f64, 8, __m512d, __mmask8, _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd,
+                _mm512_permutex2var_pd, fcnn_lanes8x64)
+#undef FCNN_PAD_ROW512
+
 /* One 64-byte line of the non-temporal copy, per instruction set. (Wider
  * stores are faster, though memory is what limits all three: a 231 MB
  * output was written at 17, 21 and 23 GB/s with 16-, 32- and 64-byte
@@ -130,6 +176,12 @@ static void fcnn_stream_fence(void) { _mm_sfence(); }
 static int fcnn_simd_level(void) { return 0; }
 static int fcnn_set_simd_cap(int cap) { return cap; }
 #define FCNN_HAVE_STREAM 0
+#define FCNN_PAD_ROW_NONE(T, SFX)                                                      \
+static inline void fcnn_pad_row512_##SFX(const T *src, ptrdiff_t W, ptrdiff_t sw,    \
+                                  ptrdiff_t pw, ptrdiff_t PW, T *d) {}
+FCNN_PAD_ROW_NONE(float, f32)
+FCNN_PAD_ROW_NONE(double, f64)
+#undef FCNN_PAD_ROW_NONE
 #define fcnn_stream(dst, s, nbytes) memcpy(dst, s, (size_t)(nbytes))
 #define fcnn_stream_fence() ((void)0)
 

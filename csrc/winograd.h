@@ -33,6 +33,52 @@
 #define FCNN_ROWS_APART
 #endif
 
+/* The input tile's transform (B transposed) of six cells d0..d5 (variables
+ * of type V: scalars, or the vectors of csrc/winograd_simd.h) into the
+ * lvalues y0..y5; E is the element type the constants are rounded to. */
+#define FCNN_WINOGRAD_INPUT_1D(E, V, d0, d1, d2, d3, d4, d5, y0, y1, y2, y3, y4, y5) \
+    do {                                                                        \
+        const E half_ = (E)0.5, two_ = 2, c1_5_ = (E)1.5, c2_5_ = (E)2.5;       \
+        V a_ = d3 - d1, b_ = d4 - d2;                                           \
+        y0 = d0 + d4 - two_ * d2 + c1_5_ * a_;                                  \
+        y1 = b_ + half_ * a_ + c1_5_ * (d1 - d2);                               \
+        y2 = b_ + c2_5_ * a_ + c1_5_ * (d1 + d2);                               \
+        y3 = b_ + two_ * a_;                                                    \
+        y4 = b_ - half_ * a_;                                                   \
+        y5 = d1 - two_ * d3 + d5 + c1_5_ * b_;                                  \
+    } while (0)
+
+/* The weight gradient's transform of four cells g0..g3 of a dout tile (the
+ * G of F(3x3, 4x4)) into the lvalues y0..y5, as FCNN_WINOGRAD_INPUT_1D. */
+#define FCNN_WINOGRAD_DOUT_1D(E, V, g0, g1, g2, g3, y0, y1, y2, y3, y4, y5)    \
+    do {                                                                        \
+        const E third_ = (E)(1.0 / 3.0), two_ = 2, four_ = 4, eight_ = 8;       \
+        const E c15_ = (E)(1.0 / 15.0), m2c15_ = (E)(-2.0 / 15.0);              \
+        V even_ = g0 + g2, odd_ = g1 + g3;                                      \
+        y0 = g0;                                                                \
+        y1 = (odd_ - even_) * third_;                                           \
+        y2 = (even_ + odd_) * third_;                                           \
+        y3 = (eight_ * g0 + four_ * g1 + two_ * g2 + g3) * m2c15_;              \
+        y4 = (g0 - two_ * g1 + four_ * g2 - eight_ * g3) * c15_;                \
+        y5 = g3;                                                                \
+    } while (0)
+
+/* The output transform (A transposed) of six products m0..m5 into the
+ * lvalues y0..y3, as FCNN_WINOGRAD_INPUT_1D; with `four` false, y3 is not
+ * written and y2 lacks the point at infinity's m5 (the weight gradient's
+ * three taps add it: y2 + m5). */
+#define FCNN_WINOGRAD_OUTPUT_1D(E, V, m0, m1, m2, m3, m4, m5, y0, y1, y2, y3, four) \
+    do {                                                                        \
+        const E half_ = (E)0.5, quarter_ = (E)0.25, eighth_ = (E)0.125;         \
+        const E two_ = 2, four_ = 4, eight_ = 8;                                \
+        V p_ = m2 + m1, q_ = m2 - m1;                                           \
+        y0 = m0 + p_ + (m3 + m4);                                               \
+        y1 = q_ + (half_ * m3 - two_ * m4);                                     \
+        y2 = p_ + (quarter_ * m3 + four_ * m4);                                 \
+        if (four)                                                               \
+            y3 = q_ + (eighth_ * m3 - eight_ * m4) + m5;                        \
+    } while (0)
+
 #define FCNN_WINOGRAD(T, S)                                                     \
     /* weight: 3 taps -> 6 (G) */                                               \
     static inline void fcnn_winograd_weight_##S(const T *restrict src,          \
@@ -59,19 +105,14 @@
             ptrdiff_t ss, ptrdiff_t shift, T *restrict dst, ptrdiff_t ds,       \
             ptrdiff_t n)                                                        \
     {                                                                           \
-        const T half = (T)0.5, two = 2, c1_5 = (T)1.5, c2_5 = (T)2.5;           \
         FCNN_ROWS_APART                                                         \
         for (ptrdiff_t j = 0; j < n; j++) {                                     \
             T d0 = src[j], d1 = src[ss + j], d2 = src[2 * ss + j];              \
             T d3 = src[3 * ss + j], d4 = src[shift + j];                        \
             T d5 = src[shift + ss + j];                                         \
-            T a = d3 - d1, b = d4 - d2;                                         \
-            dst[j] = d0 + d4 - two * d2 + c1_5 * a;                             \
-            dst[ds + j] = b + half * a + c1_5 * (d1 - d2);                      \
-            dst[2 * ds + j] = b + c2_5 * a + c1_5 * (d1 + d2);                  \
-            dst[3 * ds + j] = b + two * a;                                      \
-            dst[4 * ds + j] = b - half * a;                                     \
-            dst[5 * ds + j] = d1 - two * d3 + d5 + c1_5 * b;                    \
+            FCNN_WINOGRAD_INPUT_1D(T, T, d0, d1, d2, d3, d4, d5, dst[j],         \
+                                   dst[ds + j], dst[2 * ds + j], dst[3 * ds + j], \
+                                   dst[4 * ds + j], dst[5 * ds + j]);            \
         }                                                                       \
     }                                                                           \
     static inline void fcnn_winograd_input_##S(const T *restrict src,           \
@@ -84,19 +125,13 @@
     static inline void fcnn_winograd_dout_##S(const T *restrict src,            \
             ptrdiff_t ss, T *restrict dst, ptrdiff_t ds, ptrdiff_t n)           \
     {                                                                           \
-        const T third = (T)(1.0 / 3.0), two = 2, four = 4, eight = 8;           \
-        const T c15 = (T)(1.0 / 15.0), m2c15 = (T)(-2.0 / 15.0);                \
         FCNN_ROWS_APART                                                         \
         for (ptrdiff_t j = 0; j < n; j++) {                                     \
             T g0 = src[j], g1 = src[ss + j], g2 = src[2 * ss + j];              \
             T g3 = src[3 * ss + j];                                             \
-            T even = g0 + g2, odd = g1 + g3;                                    \
-            dst[j] = g0;                                                        \
-            dst[ds + j] = (odd - even) * third;                                 \
-            dst[2 * ds + j] = (even + odd) * third;                             \
-            dst[3 * ds + j] = (eight * g0 + four * g1 + two * g2 + g3) * m2c15; \
-            dst[4 * ds + j] = (g0 - two * g1 + four * g2 - eight * g3) * c15;   \
-            dst[5 * ds + j] = g3;                                               \
+            FCNN_WINOGRAD_DOUT_1D(T, T, g0, g1, g2, g3, dst[j], dst[ds + j],      \
+                                  dst[2 * ds + j], dst[3 * ds + j],             \
+                                  dst[4 * ds + j], dst[5 * ds + j]);            \
         }                                                                       \
     }                                                                           \
     /* 6 products -> m = 4 output cells (A transposed), or m = 3 weight      \
@@ -105,22 +140,14 @@
     static inline void fcnn_winograd_output_##S(const T *restrict src,          \
             ptrdiff_t ss, T *restrict dst, ptrdiff_t ds, ptrdiff_t n, int m)    \
     {                                                                           \
-        const T half = (T)0.5, quarter = (T)0.25, eighth = (T)0.125;            \
-        const T two = 2, four = 4, eight = 8;                                   \
         FCNN_ROWS_APART                                                         \
         for (ptrdiff_t j = 0; j < n; j++) {                                     \
             T m0 = src[j], m1 = src[ss + j], m2 = src[2 * ss + j];              \
             T m3 = src[3 * ss + j], m4 = src[4 * ss + j], m5 = src[5 * ss + j]; \
-            T p = m2 + m1, q = m2 - m1;                                         \
-            T y2 = p + (quarter * m3 + four * m4);                              \
-            dst[j] = m0 + p + (m3 + m4);                                        \
-            dst[ds + j] = q + (half * m3 - two * m4);                           \
-            if (m == 3) {                                                       \
-                dst[2 * ds + j] = y2 + m5;                                      \
-            } else {                                                            \
-                dst[2 * ds + j] = y2;                                           \
-                dst[3 * ds + j] = q + (eighth * m3 - eight * m4) + m5;          \
-            }                                                                   \
+            T y2;                                                               \
+            FCNN_WINOGRAD_OUTPUT_1D(T, T, m0, m1, m2, m3, m4, m5, dst[j],         \
+                                    dst[ds + j], y2, dst[3 * ds + j], m == 4);    \
+            dst[2 * ds + j] = m == 4 ? y2 : y2 + m5;                            \
         }                                                                       \
     }                                                                           \
     /* Cells 4*q + j of n groups of 4 <- phase j: dst[4*q + j] = src[j*ss + q] \

@@ -74,6 +74,31 @@ cdef extern from "winograd.h" nogil:
     bint fcnn_any_nonfinite_f32(const float* src, Py_ssize_t n)
     bint fcnn_any_nonfinite_f64(const double* src, Py_ssize_t n)
 
+cdef extern from "winograd_simd.h" nogil:
+    bint fcnn_winograd_wide()
+    void fcnn_winograd_input_plane512_f32(const float* plane, Py_ssize_t W, Py_ssize_t hr,
+                                          Py_ssize_t wr, Py_ssize_t row0, Py_ssize_t pw,
+                                          Py_ssize_t tw, Py_ssize_t nt, float* scratch,
+                                          float* dst, Py_ssize_t ds)
+    void fcnn_winograd_input_plane512_f64(const double* plane, Py_ssize_t W, Py_ssize_t hr,
+                                          Py_ssize_t wr, Py_ssize_t row0, Py_ssize_t pw,
+                                          Py_ssize_t tw, Py_ssize_t nt, double* scratch,
+                                          double* dst, Py_ssize_t ds)
+    void fcnn_winograd_dout_plane512_f32(const float* plane, Py_ssize_t oh, Py_ssize_t ow,
+                                         Py_ssize_t row0, Py_ssize_t tw, Py_ssize_t nt,
+                                         float* scratch, float* dst, Py_ssize_t ds)
+    void fcnn_winograd_dout_plane512_f64(const double* plane, Py_ssize_t oh, Py_ssize_t ow,
+                                         Py_ssize_t row0, Py_ssize_t tw, Py_ssize_t nt,
+                                         double* scratch, double* dst, Py_ssize_t ds)
+    bint fcnn_winograd_output_plane512_f32(const float* src, Py_ssize_t ss, Py_ssize_t n,
+                                           float* dst)
+    bint fcnn_winograd_output_plane512_f64(const double* src, Py_ssize_t ss, Py_ssize_t n,
+                                           double* dst)
+    void fcnn_interleave4_512_f32(const float* src, Py_ssize_t ss, float* dst, Py_ssize_t n,
+                                  const float* bias)
+    void fcnn_interleave4_512_f64(const double* src, Py_ssize_t ss, double* dst, Py_ssize_t n,
+                                  const double* bias)
+
 
 def _cap_simd(int level):
     """Cap the SIMD level at `level`, returning the previous cap: at 0, the
@@ -194,14 +219,23 @@ cdef inline void gather_rows(
 cdef inline void transform_input_plane(
     const floating* plane, floating* d, floating* e, floating* dst, Py_ssize_t ds,
     Py_ssize_t ty0, Py_ssize_t nt, Py_ssize_t tw,
-    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t hr, Py_ssize_t wr, Py_ssize_t W,
+    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t hr, Py_ssize_t wr, Py_ssize_t W, bint wide,
 ) noexcept nogil:
     """The transformed input tiles of tile rows ``[ty0, ty0 + nt)`` of one
     plane (as :func:`gather_rows` reads it): transformed cell t of tile
     (ty, tx) goes to ``dst[t*ds + (ty - ty0)*tw + tx]``. `d` and `e` are
-    scratch of ``(4*nt + 2) * 4*(tw + 1)`` and ``6*nt * 4*(tw + 1)`` cells."""
+    scratch of ``(4*nt + 2) * 4*(tw + 1)`` and ``6*nt * 4*(tw + 1)`` cells.
+    With `wide`, by winograd_simd.h's AVX-512 kernel (into `d`)."""
     cdef Py_ssize_t w1 = tw + 1, rw = 4 * w1, ty, r
     cdef const floating* row
+    if wide:
+        if floating is float:
+            fcnn_winograd_input_plane512_f32(plane, W, hr, wr, 4 * ty0 - ph, pw, tw, nt, d, dst,
+                                             ds)
+        else:
+            fcnn_winograd_input_plane512_f64(plane, W, hr, wr, 4 * ty0 - ph, pw, tw, nt, d, dst,
+                                             ds)
+        return
     gather_rows(plane, d, 4 * ty0 - ph, 4 * nt + 2, tw, pw, hr, wr, W)
     for ty in range(nt):  # the columns of each tile row
         transform(INPUT, d + 4 * ty * rw, rw, e + ty * rw, nt * rw, rw)
@@ -215,10 +249,32 @@ cdef inline void transform_input_plane(
                 fcnn_winograd_input_shifted_f64(row, w1, 1, dst + r * 6 * ds + ty * tw, ds, tw)
 
 
+# Tiles a block's planes must hold for winograd_simd.h's AVX-512 kernels to
+# transform them: with fewer, most lanes idle and the portable loops are
+# faster.
+cdef Py_ssize_t WIDE_MIN_TILES = 16
+
+
+def _wide_min_tiles(Py_ssize_t tiles):
+    """Set ``WIDE_MIN_TILES``, returning the previous value: for the tests,
+    which compare the AVX-512 transforms with the portable ones bit for bit
+    on planes of every size."""
+    global WIDE_MIN_TILES
+    previous = WIDE_MIN_TILES
+    WIDE_MIN_TILES = tiles
+    return previous
+
+
+cdef bint winograd_wide(Py_ssize_t rows, Py_ssize_t tw) noexcept nogil:
+    """Whether winograd_simd.h's AVX-512 kernels transform the tiles of
+    blocks of `rows` tile rows of `tw` tiles (where the CPU has AVX-512)."""
+    return fcnn_winograd_wide() and rows * tw >= WIDE_MIN_TILES
+
+
 cdef void transform_input_block(
     const floating* x, Py_ssize_t samples, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
     floating* d, floating* e, floating* V, Py_ssize_t ld, Py_ssize_t ty0, Py_ssize_t nt,
-    Py_ssize_t tw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t hr, Py_ssize_t wr,
+    Py_ssize_t tw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t hr, Py_ssize_t wr, bint wide,
 ) noexcept nogil:
     """A block's V (36, C, P), P = samples*nt*tw, rows `ld` cells apart: the
     transformed input tiles of tile rows ``[ty0, ty0 + nt)`` of `samples`
@@ -228,20 +284,27 @@ cdef void transform_input_block(
     for s in range(samples):
         for c in range(C):
             transform_input_plane(x + (s * C + c) * H * W, d, e, V + c * ld + s * n, C * ld,
-                                  ty0, nt, tw, ph, pw, hr, wr, W)
+                                  ty0, nt, tw, ph, pw, hr, wr, W, wide)
 
 
 cdef inline void transform_dout_plane(
     const floating* plane, floating* d, floating* e, floating* dst, Py_ssize_t ds,
-    Py_ssize_t ty0, Py_ssize_t nt, Py_ssize_t tw, Py_ssize_t oh, Py_ssize_t ow,
+    Py_ssize_t ty0, Py_ssize_t nt, Py_ssize_t tw, Py_ssize_t oh, Py_ssize_t ow, bint wide,
 ) noexcept nogil:
     """The transformed 4x4 tiles of tile rows ``[ty0, ty0 + nt)`` of one
     output-gradient plane (cells past its edges are zero): transformed cell
     t of tile (ty, tx) goes to ``dst[t*ds + (ty - ty0)*tw + tx]``. `d` and
-    `e` are scratch of ``16*nt*tw`` and ``24*nt*tw`` cells."""
+    `e` are scratch of ``16*nt*tw`` and ``24*nt*tw`` cells. With `wide`, by
+    winograd_simd.h's AVX-512 kernel (into `d`)."""
     cdef Py_ssize_t n = nt * tw, whole = ow // 4, k, j, q, r, row
     cdef floating* to
     cdef const floating* src
+    if wide:
+        if floating is float:
+            fcnn_winograd_dout_plane512_f32(plane, oh, ow, 4 * ty0, tw, nt, d, dst, ds)
+        else:
+            fcnn_winograd_dout_plane512_f64(plane, oh, ow, 4 * ty0, tw, nt, d, dst, ds)
+        return
     # row i of tile row ty, phase j (its columns 4*q + j) -> d[((4*i + j)*nt + ty)*tw + q]
     for k in range(4 * nt):
         row = 4 * ty0 + k
@@ -260,23 +323,40 @@ cdef inline void transform_dout_plane(
         transform(DOUT, e + r * 4 * n, n, dst + r * 6 * ds, ds, n)
 
 
-cdef inline bint scatter_tiles(
+cdef inline bint output_tiles(
+    const floating* src, Py_ssize_t ss, Py_ssize_t n, floating* d, floating* e, bint wide,
+) noexcept nogil:
+    """The output tiles of one plane from its products, product t of tile k
+    at ``src[t*ss + k]`` (n tiles): cell (i, j) of tile k goes to
+    ``e[(4*i + j)*n + k]`` (`d`: scratch of 24*n cells). Returns whether one
+    of them is not finite. With `wide`, by winograd_simd.h's AVX-512 kernel."""
+    cdef Py_ssize_t r
+    if wide:
+        if floating is float:
+            return fcnn_winograd_output_plane512_f32(src, ss, n, e)
+        else:
+            return fcnn_winograd_output_plane512_f64(src, ss, n, e)
+    for r in range(6):                              # rows of each tile
+        transform(OUTPUT, src + r * 6 * ss, ss, d + r * 4 * n, n, n)
+    transform(OUTPUT, d, 4 * n, e, 4 * n, 4 * n)    # then columns
+    if floating is float:
+        return fcnn_any_nonfinite_f32(e, 16 * n)
+    else:
+        return fcnn_any_nonfinite_f64(e, 16 * n)
+
+
+cdef inline void scatter_tiles(
     const floating* y, floating* plane, const floating* bias,
-    Py_ssize_t ty0, Py_ssize_t ty1, Py_ssize_t tw, Py_ssize_t oh, Py_ssize_t ow,
+    Py_ssize_t ty0, Py_ssize_t ty1, Py_ssize_t tw, Py_ssize_t oh, Py_ssize_t ow, bint wide,
 ) noexcept nogil:
     """Write output tiles of tile rows ``[ty0, ty1)`` to one output plane,
     plus ``*bias`` (if not NULL): cell (i, j) of tile (ty, tx) is
     ``y[(4*i + j)*n + (ty - ty0)*tw + tx]`` (n tiles); cells past the
-    plane's edges are dropped. Returns whether a tile held a value that is
-    not finite (before the bias)."""
+    plane's edges are dropped. With `wide`, the whole tiles of a row by
+    winograd_simd.h's AVX-512 interleave."""
     cdef Py_ssize_t n = (ty1 - ty0) * tw, i, j, ty, row, whole = ow // 4, tx
     cdef floating* dst
     cdef const floating* src
-    cdef bint bad
-    if floating is float:
-        bad = fcnn_any_nonfinite_f32(y, 16 * n)
-    else:
-        bad = fcnn_any_nonfinite_f64(y, 16 * n)
     for i in range(4):
         for ty in range(ty0, ty1):
             row = 4 * ty + i
@@ -285,12 +365,13 @@ cdef inline bint scatter_tiles(
             src = y + 4 * i * n + (ty - ty0) * tw
             dst = plane + row * ow
             if floating is float:
-                fcnn_interleave4_f32(src, n, dst, whole, bias)
+                (fcnn_interleave4_512_f32 if wide else fcnn_interleave4_f32)(src, n, dst, whole,
+                                                                             bias)
             else:
-                fcnn_interleave4_f64(src, n, dst, whole, bias)
+                (fcnn_interleave4_512_f64 if wide else fcnn_interleave4_f64)(src, n, dst, whole,
+                                                                             bias)
             for j in range(ow - 4 * whole):  # the last, partial tile
                 dst[4 * whole + j] = src[j * n + whole] + bias[0] if bias else src[j * n + whole]
-    return bad
 
 
 def winograd_conv2d(
@@ -326,8 +407,9 @@ def winograd_conv2d(
     cdef Py_ssize_t hr = min(H, oh + 2 - ph), wr = min(W, ow + 2 - pw)
     cdef Py_ssize_t most = samples * rows * tw  # tiles of a block
     cdef Py_ssize_t cells = (24 * rows + 8) * (tw + 1)
-    cdef Py_ssize_t stride = 0, it, n0, n1, ty0, ty1, nt, n, P, s, f, t, r, pb
+    cdef Py_ssize_t stride = 0, it, n0, n1, ty0, ty1, nt, n, P, s, f, t
     cdef bint has_bias = bias.shape[0] > 0, bad, own = fcnn_gemm_level() > 0
+    cdef bint wide = winograd_wide(rows, tw)
     # gemm_simd.h reads V[t] in rows of whole panels (see fcnn_gemm_ld_*);
     # BLAS, in rows of a block's P tiles
     cdef Py_ssize_t most_ld = own_gemm_ld(most, <floating*> NULL) if own else most, ld
@@ -361,7 +443,7 @@ def winograd_conv2d(
                 bad = False
                 ld = most_ld if own else P
                 transform_input_block(&x[n0, 0, 0, 0], n1 - n0, C, H, W, d, e, V, ld, ty0, nt,
-                                      tw, ph, pw, hr, wr)
+                                      tw, ph, pw, hr, wr, wide)
                 for t in range(36):
                     if own:
                         own_gemm(F, P, C, packed + t * packed_u, V + t * C * ld, ld, NULL,
@@ -370,15 +452,10 @@ def winograd_conv2d(
                         gemm("N", "N", P, F, C, V + t * C * ld, ld, &u[t, 0, 0], C,
                              M + t * F * P, P)
                 for s in range(n1 - n0):
-                    pb = s * n
                     for f in range(F):
-                        for r in range(6):                   # rows of each tile
-                            transform(OUTPUT, M + r * 6 * F * P + f * P + pb, F * P,
-                                      d + r * 4 * n, n, n)
-                        transform(OUTPUT, d, 4 * n, e, 4 * n, 4 * n)  # then columns
-                        bad = scatter_tiles(e, &out[n0 + s, f, 0, 0],
-                                            &bias[f] if has_bias else NULL,
-                                            ty0, ty1, tw, oh, ow) or bad
+                        bad = output_tiles(M + f * P + s * n, F * P, n, d, e, wide) or bad
+                        scatter_tiles(e, &out[n0 + s, f, 0, 0], &bias[f] if has_bias else NULL,
+                                      ty0, ty1, tw, oh, ow, wide)
                 nonfinite[it] = bad
     finally:
         free(scratch)
@@ -424,7 +501,7 @@ def winograd_conv2d_backward(
     cdef Py_ssize_t cells = (24 * rows + 8) * (tw + 1)
     cdef Py_ssize_t stride = 0, p, g, b, n0, n1, ty0, ty1, nt, n, P, s, f, t, r, i, j
     cdef Py_ssize_t blk, lo, nb
-    cdef bint first
+    cdef bint first, wide = winograd_wide(rows, tw)
     # per thread: V, D, the chunk's sums M, two scratch areas, ones for the bias sums
     cdef floating* scratch = <floating*> per_thread_scratch(
         num_threads, 36 * (C + F) * most + 36 * fc + 2 * max(cells, 27 * DWEIGHT_BLOCK) + length,
@@ -458,11 +535,12 @@ def winograd_conv2d_backward(
                         n = nt * tw
                         P = (n1 - n0) * n
                         transform_input_block(&x[n0, 0, 0, 0], n1 - n0, C, H, W, d, e, V, P,
-                                              ty0, nt, tw, ph, pw, hr, wr)
+                                              ty0, nt, tw, ph, pw, hr, wr, wide)
                         for s in range(n1 - n0):
                             for f in range(F):
                                 transform_dout_plane(&dout[n0 + s, f, 0, 0], d, e,
-                                                     D + f * P + s * n, F * P, ty0, nt, tw, oh, ow)
+                                                     D + f * P + s * n, F * P, ty0, nt, tw, oh, ow,
+                                                     wide)
                             # the bias gradient: sums of the block's rows of dout
                             row_sums(F, (min(oh, 4 * ty1) - 4 * ty0) * ow,
                                      &dout[n0 + s, 0, 4 * ty0, 0], oh * ow, ones,

@@ -94,10 +94,11 @@ def _direct(x, weight, bias, ph, pw, oh, ow):
 
 
 @st.composite
-def winograd_problems(draw):
-    """(N, C, F, H, W, ph, pw, samples, rows) with a non-empty output."""
-    n, c, f = draw(st.integers(1, 5)), draw(st.integers(1, 70)), draw(st.integers(1, 70))
-    h, w = draw(st.integers(1, 14)), draw(st.integers(1, 14))
+def winograd_problems(draw, side=14, channels=70):
+    """(N, C, F, H, W, ph, pw, samples, rows) with a non-empty output, planes
+    of at most `side` cells a side, at most `channels` channels and filters."""
+    n, c, f = draw(st.integers(1, 5)), draw(st.integers(1, channels)), draw(st.integers(1, channels))
+    h, w = draw(st.integers(1, side)), draw(st.integers(1, side))
     # padding from -2 (cropping) to 3, at least what an output row/column needs
     ph = max(draw(st.integers(-2, 3)), -((h - 3) // 2))
     pw = max(draw(st.integers(-2, 3)), -((w - 3) // 2))
@@ -184,6 +185,70 @@ def test_weight_gradient_kernels_match_twin_and_direct_convolution(problem, dtyp
     for parts_w, parts_b in ((dw_c, db_c), (dw_r, db_r)):
         _assert_close(parts_w.sum(axis=0).reshape(f, c, 3, 3), dweight.astype(dtype))
         _assert_close(parts_b.sum(axis=0), dbias.astype(dtype))
+
+
+@contextlib.contextmanager
+def _wide_min_tiles(tiles):
+    """winograd_simd.h's AVX-512 transforms on every block whose planes hold
+    at least `tiles` tiles."""
+    from fastcnn._kernels import winograd
+
+    previous = winograd._wide_min_tiles(tiles)
+    try:
+        yield
+    finally:
+        winograd._wide_min_tiles(previous)
+
+
+def _has_avx512():
+    from fastcnn._kernels import pool
+
+    return pool._simd_level() >= 2
+
+
+@pytest.mark.skipif(not COMPILED or not _has_avx512(),
+                    reason="no AVX-512 here: only the portable transforms run")
+@hsettings(80)
+@given(problem=winograd_problems(side=44, channels=6), dtype=st.sampled_from(FLOAT_DTYPES),
+       with_bias=st.booleans(), seed=st.integers(0, 2**32 - 1), nt=st.sampled_from([1, 2]),
+       special=st.sampled_from([None, np.nan, np.inf, -np.inf]), data=st.data())
+@example(problem=(2, 3, 5, 34, 34, 1, 1, 2, 9), dtype=np.float32, with_bias=True, seed=0, nt=2,
+         special=None, data=None)  # 8 whole tiles a row, two samples a block
+@example(problem=(1, 2, 3, 43, 29, -2, 3, 1, 5), dtype=np.float64, with_bias=False, seed=1,
+         nt=1, special=np.inf, data=None)  # partial tiles and vectors, cropping, padding
+def test_avx512_transforms_equal_the_portable_ones(problem, dtype, with_bias, seed, nt,
+                                                   special, data):
+    """The AVX-512 input and output transforms give the portable code's bits
+    (the same expressions; the products are the same GEMM), and flag the same
+    blocks, on planes of every size (whole and partial vectors, tile rows of
+    1 to 11 tiles, cropping and padding)."""
+    n, c, f, h, w, ph, pw, samples, rows = problem
+    oh, ow = h + 2 * ph - 2, w + 2 * pw - 2
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, (n, c, h, w), dtype)
+    if special is not None:
+        x.flat[data.draw(st.integers(0, x.size - 1)) if data else 0] = special
+    dout = make_values(rng, (n, f, oh, ow), dtype)
+    weight = make_values(rng, (f, c, 3, 3), dtype)
+    bias = make_values(rng, (f,) if with_bias else (0,), dtype)
+    u = _pair("winograd_weight")[1](weight, np.empty((36, f, c), dtype))
+    conv, _ = _pair("winograd_conv2d")
+    backward, _ = _pair("winograd_conv2d_backward")
+    results = []
+    for tiles in (1, 2**62):  # AVX-512 on every block, then on none
+        with _wide_min_tiles(tiles):
+            out = np.full((n, f, oh, ow), 7.0, dtype)
+            flags = np.full(_blocks(n, oh, samples, rows), 5, np.uint8)
+            conv(x, u, bias, ph, pw, samples, rows, out, flags, nt)
+            parts = -(-n // samples)
+            dw, db = np.full((parts, f, c * 9), 7.0, dtype), np.full((parts, f), 7.0, dtype)
+            backward(dout, x, ph, pw, samples, rows, 1, dw, db, nt)
+            results.append((out, flags, dw, db))
+    for wide, portable in zip(*results):
+        if special is None:
+            assert wide.tobytes() == portable.tobytes()
+        else:  # NaN's sign and payload aside
+            np.testing.assert_array_equal(wide, portable, strict=True)
 
 
 @pytest.mark.parametrize("kind", ["nan", "special"])
