@@ -79,17 +79,19 @@ cdef extern from "winograd_simd.h" nogil:
     void fcnn_winograd_input_plane512_f32(const float* plane, Py_ssize_t W, Py_ssize_t hr,
                                           Py_ssize_t wr, Py_ssize_t row0, Py_ssize_t pw,
                                           Py_ssize_t tw, Py_ssize_t nt, float* scratch,
-                                          float* dst, Py_ssize_t ds)
+                                          float* dst, Py_ssize_t ds, Py_ssize_t ahead)
     void fcnn_winograd_input_plane512_f64(const double* plane, Py_ssize_t W, Py_ssize_t hr,
                                           Py_ssize_t wr, Py_ssize_t row0, Py_ssize_t pw,
                                           Py_ssize_t tw, Py_ssize_t nt, double* scratch,
-                                          double* dst, Py_ssize_t ds)
+                                          double* dst, Py_ssize_t ds, Py_ssize_t ahead)
     void fcnn_winograd_dout_plane512_f32(const float* plane, Py_ssize_t oh, Py_ssize_t ow,
                                          Py_ssize_t row0, Py_ssize_t tw, Py_ssize_t nt,
-                                         float* scratch, float* dst, Py_ssize_t ds)
+                                         float* scratch, float* dst, Py_ssize_t ds,
+                                         Py_ssize_t ahead)
     void fcnn_winograd_dout_plane512_f64(const double* plane, Py_ssize_t oh, Py_ssize_t ow,
                                          Py_ssize_t row0, Py_ssize_t tw, Py_ssize_t nt,
-                                         double* scratch, double* dst, Py_ssize_t ds)
+                                         double* scratch, double* dst, Py_ssize_t ds,
+                                         Py_ssize_t ahead)
     bint fcnn_winograd_output_plane512_f32(const float* src, Py_ssize_t ss, Py_ssize_t n,
                                            float* dst)
     bint fcnn_winograd_output_plane512_f64(const double* src, Py_ssize_t ss, Py_ssize_t n,
@@ -219,10 +221,11 @@ cdef inline void gather_rows(
 cdef inline void transform_input_plane(
     const floating* plane, floating* d, floating* e, floating* dst, Py_ssize_t ds,
     Py_ssize_t ty0, Py_ssize_t nt, Py_ssize_t tw,
-    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t hr, Py_ssize_t wr, Py_ssize_t W, bint wide,
+    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t hr, Py_ssize_t wr, Py_ssize_t H, Py_ssize_t W,
+    bint wide,
 ) noexcept nogil:
     """The transformed input tiles of tile rows ``[ty0, ty0 + nt)`` of one
-    plane (as :func:`gather_rows` reads it): transformed cell t of tile
+    (H, W) plane (as :func:`gather_rows` reads it): transformed cell t of tile
     (ty, tx) goes to ``dst[t*ds + (ty - ty0)*tw + tx]``. `d` and `e` are
     scratch of ``(4*nt + 2) * 4*(tw + 1)`` and ``6*nt * 4*(tw + 1)`` cells.
     With `wide`, by winograd_simd.h's AVX-512 kernel (into `d`)."""
@@ -231,10 +234,10 @@ cdef inline void transform_input_plane(
     if wide:
         if floating is float:
             fcnn_winograd_input_plane512_f32(plane, W, hr, wr, 4 * ty0 - ph, pw, tw, nt, d, dst,
-                                             ds)
+                                             ds, H * W)
         else:
             fcnn_winograd_input_plane512_f64(plane, W, hr, wr, 4 * ty0 - ph, pw, tw, nt, d, dst,
-                                             ds)
+                                             ds, H * W)
         return
     gather_rows(plane, d, 4 * ty0 - ph, 4 * nt + 2, tw, pw, hr, wr, W)
     for ty in range(nt):  # the columns of each tile row
@@ -284,7 +287,7 @@ cdef void transform_input_block(
     for s in range(samples):
         for c in range(C):
             transform_input_plane(x + (s * C + c) * H * W, d, e, V + c * ld + s * n, C * ld,
-                                  ty0, nt, tw, ph, pw, hr, wr, W, wide)
+                                  ty0, nt, tw, ph, pw, hr, wr, H, W, wide)
 
 
 cdef inline void transform_dout_plane(
@@ -301,9 +304,9 @@ cdef inline void transform_dout_plane(
     cdef const floating* src
     if wide:
         if floating is float:
-            fcnn_winograd_dout_plane512_f32(plane, oh, ow, 4 * ty0, tw, nt, d, dst, ds)
+            fcnn_winograd_dout_plane512_f32(plane, oh, ow, 4 * ty0, tw, nt, d, dst, ds, oh * ow)
         else:
-            fcnn_winograd_dout_plane512_f64(plane, oh, ow, 4 * ty0, tw, nt, d, dst, ds)
+            fcnn_winograd_dout_plane512_f64(plane, oh, ow, 4 * ty0, tw, nt, d, dst, ds, oh * ow)
         return
     # row i of tile row ty, phase j (its columns 4*q + j) -> d[((4*i + j)*nt + ty)*tw + q]
     for k in range(4 * nt):

@@ -51,10 +51,12 @@ static int fcnn_winograd_wide(void) { return fcnn_simd_level() == FCNN_SIMD_AVX5
 /* Rows [row0, row0 + rows) of a plane (rows of W cells; cells outside rows  \
  * [0, hr) and columns [0, wr) count as zero), from column -pw on, into 4      \
  * column phases of tw cells: column 4*q + p - pw of row row0 + y goes to     \
- * l[(4*(y % 4) + p)*S + (y / 4)*tw + q]. */                                   \
+ * l[(4*(y % 4) + p)*S + (y / 4)*tw + q]. The same rows `ahead` cells on (the  \
+ * next plane's, which the caller transforms next) are prefetched: a plane    \
+ * of 32x32 float32 is a page, where the hardware's prefetchers stop. */      \
 __attribute__((target("avx512f"))) static void fcnn_winograd_phases512_##SFX(                  \
     const T *plane, ptrdiff_t W, ptrdiff_t hr, ptrdiff_t wr, ptrdiff_t row0, ptrdiff_t pw,     \
-    ptrdiff_t tw, ptrdiff_t rows, T *restrict l, ptrdiff_t S)                                  \
+    ptrdiff_t tw, ptrdiff_t rows, T *restrict l, ptrdiff_t S, ptrdiff_t ahead)                 \
 {                                                                                              \
     const __m512i even = lanes(0, 2), odd = lanes(1, 2);                                       \
     /* padded columns [c, c + 4L) of each row: input columns from c - pw, split  \
@@ -69,6 +71,11 @@ __attribute__((target("avx512f"))) static void fcnn_winograd_phases512_##SFX(   
             const T *src = plane + in * W + c - pw;                                            \
             T *to = l + 4 * (y % 4) * S + (y / 4) * tw + c / 4;                                \
             MASK inside = in >= 0 && in < hr ? (MASK)~0 : 0;                                   \
+            if (c == 0 && inside) {                                                            \
+                for (ptrdiff_t o = 0; o < wr; o += 64 / (ptrdiff_t)sizeof(T))                  \
+                    _mm_prefetch((const char *)(src + pw + ahead + o), _MM_HINT_T0);           \
+                _mm_prefetch((const char *)(src + pw + ahead + wr - 1), _MM_HINT_T0);          \
+            }                                                                                  \
             V v[4];                                                                            \
             FCNN_UNROLL                                                                        \
             for (int k = 0; k < 4; k++)                                                        \
@@ -95,14 +102,16 @@ __attribute__((target("avx512f"))) static inline V fcnn_winograd_cell512_##SFX( 
  * cells outside rows [0, hr) and columns [0, wr) count as zero): tile k of    \
  * the nt*tw tiles has its cell (i, j) at row row0 + 4*(k / tw) + i and        \
  * column 4*(k % tw) + j - pw; its transformed cell t goes to dst[t*ds + k].   \
- * `scratch` holds (nt + 1)*(16*tw + 8) cells (l and e above). */              \
+ * `scratch` holds (nt + 1)*(16*tw + 8) cells (l and e above); the plane     \
+ * `ahead` cells on is prefetched. */                                          \
 __attribute__((target("avx512f"))) static void fcnn_winograd_input_plane512_##SFX(           \
     const T *plane, ptrdiff_t W, ptrdiff_t hr, ptrdiff_t wr, ptrdiff_t row0,                   \
-    ptrdiff_t pw, ptrdiff_t tw, ptrdiff_t nt, T *scratch, T *restrict dst, ptrdiff_t ds)       \
+    ptrdiff_t pw, ptrdiff_t tw, ptrdiff_t nt, T *scratch, T *restrict dst, ptrdiff_t ds,       \
+    ptrdiff_t ahead)                                                                           \
 {                                                                                              \
     const ptrdiff_t A = nt + 1, S = A * tw, n = nt * tw;                                       \
     T *l = scratch, *e = scratch + 16 * S;                                                     \
-    fcnn_winograd_phases512_##SFX(plane, W, hr, wr, row0, pw, tw, 4 * nt + 2, l, S);            \
+    fcnn_winograd_phases512_##SFX(plane, W, hr, wr, row0, pw, tw, 4 * nt + 2, l, S, ahead);     \
     for (ptrdiff_t y = 0; y < 4 * nt + 2; y++) {                                               \
         ptrdiff_t in = row0 + y;                                                               \
         for (ptrdiff_t p = 0; p < 2; p++) {                                                    \
@@ -155,15 +164,15 @@ __attribute__((target("avx512f"))) static void fcnn_winograd_input_plane512_##SF
 /* The transformed dout tiles of one plane (oh rows of ow cells; cells past \
  * them count as zero): tile k of the nt*tw tiles has its cell (i, j) at row  \
  * row0 + 4*(k / tw) + i, column 4*(k % tw) + j; its transformed cell t goes  \
- * to dst[t*ds + k]. `scratch` holds 16*nt*tw cells. Columns first, then    \
- * rows, as the portable code. */                                           \
+ * to dst[t*ds + k]. `scratch` holds 16*nt*tw cells; the plane `ahead` cells \
+ * on is prefetched. Columns first, then rows, as the portable code. */      \
 __attribute__((target("avx512f"))) static void fcnn_winograd_dout_plane512_##SFX(            \
     const T *plane, ptrdiff_t oh, ptrdiff_t ow, ptrdiff_t row0, ptrdiff_t tw, ptrdiff_t nt,    \
-    T *scratch, T *restrict dst, ptrdiff_t ds)                                                 \
+    T *scratch, T *restrict dst, ptrdiff_t ds, ptrdiff_t ahead)                                \
 {                                                                                              \
     const ptrdiff_t n = nt * tw;                                                               \
     /* cell (i, j) of tile k at scratch[(4*i + j)*n + k] */                                    \
-    fcnn_winograd_phases512_##SFX(plane, ow, oh, ow, row0, 0, tw, 4 * nt, scratch, n);         \
+    fcnn_winograd_phases512_##SFX(plane, ow, oh, ow, row0, 0, tw, 4 * nt, scratch, n, ahead);  \
     for (ptrdiff_t k0 = 0; k0 < n; k0 += L) {                                                  \
         MASK m = (MASK)fcnn_lane_mask(0, n - k0, L);                                           \
         V cols[6][4]; /* cols[r][j]: column j's transformed cell r */                         \
@@ -292,10 +301,11 @@ static int fcnn_winograd_wide(void) { return 0; }
 #define FCNN_WINOGRAD_NONE(T, SFX)                                                    \
 static void fcnn_winograd_input_plane512_##SFX(                                             \
     const T *plane, ptrdiff_t W, ptrdiff_t hr, ptrdiff_t wr, ptrdiff_t row0,                \
-    ptrdiff_t pw, ptrdiff_t tw, ptrdiff_t nt, T *scratch, T *dst, ptrdiff_t ds) {}            \
+    ptrdiff_t pw, ptrdiff_t tw, ptrdiff_t nt, T *scratch, T *dst, ptrdiff_t ds,               \
+    ptrdiff_t ahead) {}                                                                     \
 static void fcnn_winograd_dout_plane512_##SFX(                                               \
     const T *plane, ptrdiff_t oh, ptrdiff_t ow, ptrdiff_t row0, ptrdiff_t tw, ptrdiff_t nt,    \
-    T *scratch, T *dst, ptrdiff_t ds) {}                                                       \
+    T *scratch, T *dst, ptrdiff_t ds, ptrdiff_t ahead) {}                                      \
 static int fcnn_winograd_output_plane512_##SFX(const T *src, ptrdiff_t ss, ptrdiff_t n,     \
                                                T *dst) { return 0; }                           \
 static void fcnn_interleave4_512_##SFX(const T *src, ptrdiff_t ss, T *dst, ptrdiff_t n,        \
