@@ -466,6 +466,14 @@ def conv2d_backward(dout, x, weight, stride=1, padding=0, dilation=1, groups=1):
 _MAX_CHUNKS = 32
 _CHUNK_GRAD_BYTES = 64 << 20
 
+# A chunk's partial weight gradient is written, then added to the others':
+# memory traffic that its products should outweigh. So a convolution's
+# backward makes chunks of enough samples to do this many multiply-adds per
+# cell of the weight gradient (per output cell of a sample, one), as long
+# as the batch still makes _MIN_CHUNKS chunks for a team of threads to share.
+_CHUNK_MACS_PER_GRAD_CELL = 2048
+_MIN_CHUNKS = 8
+
 # A long convolution backward gets more chunks, where the memory allows, of
 # about this long on one thread (estimated as in _backend.in_pieces): it
 # runs in pieces of whole chunks (so that every chunk sums as in one call),
@@ -473,11 +481,14 @@ _CHUNK_GRAD_BYTES = 64 << 20
 _CHUNK_SECONDS = 0.05
 
 
-def _batch_chunks(n: int, grad_bytes: int, most: int = _MAX_CHUNKS) -> tuple[int, int]:
+def _batch_chunks(n: int, grad_bytes: int, most: int = _MAX_CHUNKS,
+                  least: int = 1) -> tuple[int, int]:
     """``(samples per chunk, number of chunks)`` of a pass over `n` samples
     whose weight gradient takes `grad_bytes`: enough chunks (at most `most`)
-    to keep every thread busy, from the sizes only (never the thread count)."""
-    count = max(1, min(n, most, _CHUNK_GRAD_BYTES // max(grad_bytes, 1)))
+    to keep every thread busy, of at least `least` samples where that
+    leaves _MIN_CHUNKS of them, from the sizes only (never the thread count)."""
+    count = max(1, min(n, most, _CHUNK_GRAD_BYTES // max(grad_bytes, 1),
+                       max(_MIN_CHUNKS, n // max(least, 1))))
     size = -(-n // count)
     return size, -(-n // size)
 
@@ -527,7 +538,11 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bo
     columns = c * win.kh * win.kw * length  # cells of one sample's im2col
     seconds = n * ((want_dx + want_grads) * product * _backend.MAC_SECONDS
                    + ((2 * want_dx + want_grads) * columns + f * length) * _backend.TAP_SECONDS)
-    size, count = _batch_chunks(n, weight.nbytes, max(_MAX_CHUNKS, int(seconds / _CHUNK_SECONDS)))
+    # chunks of enough samples to outweigh their gradients, none much longer than _CHUNK_SECONDS
+    least = min(-(-_CHUNK_MACS_PER_GRAD_CELL // length),
+                int(_CHUNK_SECONDS * n / max(seconds, 1e-9)))
+    size, count = _batch_chunks(n, weight.nbytes, max(_MAX_CHUNKS, int(seconds / _CHUNK_SECONDS)),
+                                least if want_grads else 1)
     dweight = empty((count, f, kg), dtype=x.dtype)
     dbias = empty((count, f), dtype=x.dtype)
     w = weight.reshape(f, kg)
