@@ -75,6 +75,13 @@ cdef extern from "pool_quads.h" nogil:
     int fcnn_max_pool_backward_quads_f64(
         const double* dout, const int64_t* idx, double* dx, Py_ssize_t planes, Py_ssize_t H,
         Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow)
+    bint fcnn_quads512(Py_ssize_t H, Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow)
+    Py_ssize_t fcnn_max_pool_quads512_f32(
+        const float* x, float* out, int64_t* idx, Py_ssize_t outputs, Py_ssize_t oh,
+        Py_ssize_t ow)
+    Py_ssize_t fcnn_max_pool_backward_quads512_f32(
+        const float* dout, const int64_t* idx, float* dx, Py_ssize_t outputs, Py_ssize_t oh,
+        Py_ssize_t ow, int* strays)
 
 
 # max_pool2d_backward writes outputs of at least this many bytes (beyond the
@@ -168,7 +175,12 @@ cdef void _max_pool_quads(
     const floating* x, floating* out, int64_t* idx, Py_ssize_t planes, Py_ssize_t H,
     Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow,
 ) noexcept nogil:
+    cdef Py_ssize_t done = 0, whole
     if floating is float:
+        if fcnn_quads512(H, W, oh, ow):  # whole vectors, then the planes left
+            done = fcnn_max_pool_quads512_f32(x, out, idx, planes * oh * ow, oh, ow)
+            whole = done // (oh * ow)
+            x, out, idx, planes = x + whole * H * W, out + done, idx + done, planes - whole
         fcnn_max_pool_quads_f32(x, out, idx, planes, H, W, oh, ow)
     else:
         fcnn_max_pool_quads_f64(x, out, idx, planes, H, W, oh, ow)
@@ -178,7 +190,16 @@ cdef int _max_pool_backward_quads(
     const floating* g, const int64_t* idx, floating* dx, Py_ssize_t planes, Py_ssize_t H,
     Py_ssize_t W, Py_ssize_t oh, Py_ssize_t ow,
 ) noexcept nogil:
+    cdef Py_ssize_t done = 0, whole
+    cdef int strays = 0
     if floating is float:
+        if fcnn_quads512(H, W, oh, ow):  # whole vectors, then the planes left
+            done = fcnn_max_pool_backward_quads512_f32(g, idx, dx, planes * oh * ow, oh, ow,
+                                                       &strays)
+            if strays:
+                return 0
+            whole = done // (oh * ow)
+            g, idx, dx, planes = g + done, idx + done, dx + whole * H * W, planes - whole
         return fcnn_max_pool_backward_quads_f32(g, idx, dx, planes, H, W, oh, ow)
     else:
         return fcnn_max_pool_backward_quads_f64(g, idx, dx, planes, H, W, oh, ow)

@@ -405,13 +405,18 @@ def _max_pool_backwards_agree(dout, indices, g, dtype, nt):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("kind", ["special", "ties", "neg_inf"])
-@pytest.mark.parametrize("h, w", [(4, 6), (5, 15), (2, 2), (8, 16)])
+@pytest.mark.parametrize("h, w", [(4, 6), (5, 15), (2, 2), (8, 16), (8, 8), (4, 4), (2, 4),
+                                  (16, 8), (6, 4)])
 def test_max_pool2d_short_rows_in_runs(dtype, kind, h, w):
     # 2x2 windows with stride 2 in output rows shorter than pool.SHORT_ROW
     # (8) are pooled in runs of planes of about 1024 outputs, several
     # windows per vector across rows and planes: 600 planes make several
     # runs and a last partial one, and odd output counts leave windows after
     # the last whole vector. (8, 16) has rows of 8 outputs: the other kernels.
+    # Where the windows tile the planes exactly in rows of 1, 2 or 4 and a
+    # plane's outputs divide 16 or are a multiple of it (2, 2), (8, 8),
+    # (4, 4), (2, 4), (16, 8), float32 with AVX-512 takes 16 outputs at a
+    # time from 64 loaded cells (pool_quads.h); (6, 4) has planes of 6.
     rng = np.random.default_rng(h * 100 + w)
     g = Geometry(3, 200, h, w, 2, 2, 2, 2, 0, 0)
     x = make_values(rng, g.shape, dtype, kind)
