@@ -67,13 +67,6 @@ __attribute__((target("avx512f"))) static inline __m512i fcnn_lanes8x64(long lon
     return _mm512_loadu_si512((const void *)lanes);
 }
 
-/* One input row at src (W cells) into its sw column phases at d, PW cells
- * each: phase q's cell m holds input column m*sw + q - pw, or +0.0 outside
- * [0, W). AVX-512 masked loads: a lane outside [0, W) loads +0.0, so a row
- * takes no memset and no scalar loop, and the two phases of stride 2 are
- * the even and odd lanes of the same two vectors. Strides 1 and 2 only;
- * the padded copies of the direct and implicit convolutions
- * (csrc/direct_simd.h) and of Winograd's tiles (csrc/winograd_simd.h). */
 /* Lanes [lo, hi) of a mask of `n` lanes, both clipped to [0, n]. */
 static inline unsigned long long fcnn_lane_mask(ptrdiff_t lo, ptrdiff_t hi, ptrdiff_t n)
 {
@@ -81,6 +74,14 @@ static inline unsigned long long fcnn_lane_mask(ptrdiff_t lo, ptrdiff_t hi, ptrd
     hi = hi < lo ? lo : hi > n ? n : hi;
     return ((1ULL << hi) - 1) & ~((1ULL << lo) - 1);
 }
+
+/* One input row at src (W cells) into its sw column phases at d, PW cells
+ * each: phase q's cell m holds input column m*sw + q - pw, or +0.0 outside
+ * [0, W). AVX-512 masked loads: a lane outside [0, W) loads +0.0, so a row
+ * takes no memset and no scalar loop, and the two phases of stride 2 are
+ * the even and odd lanes of the same two vectors. Strides 1 and 2 only
+ * (the padded copies of csrc/direct_simd.h, which the direct and the
+ * implicit convolutions read). */
 
 #define FCNN_PAD_ROW512(T, SFX, L, V, MASK, vmaskz_load, vmask_store, vpermutex2var, lanes) \
 __attribute__((target("avx512f"))) static inline void fcnn_pad_row512_##SFX(           \
