@@ -284,14 +284,21 @@ def _direct_eligible(x, weight, win: v.Window, groups: int) -> bool:
 _WINOGRAD_TILES = 64
 
 # Where "auto" picks Winograd, from side-by-side timings of both algorithms
-# (batches of 64, one thread): it pays from 4 input channels C on, for any
-# number of output channels F, but not on planes under 8x8, whose tiles are
-# too few to amortise the transforms. The input gradient by im2col multiplies
-# dout by the weight in one large GEMM (F deep, 9*C wide), which outruns
-# Winograd's transforms of F planes when C is under F/2. With few channels
-# (C*F under 2048) the transforms weigh more, and the gradients pay only on
-# planes that the 4x4 tiles cover with little waste: on 14x14, whose tiles
-# cover 16x16 (31% more), 16 -> 32 channels take 1.2x the GEMM's time.
+# (batches of 64 and 128, one thread): it pays from 4 input channels C on,
+# for any number of output channels F, but not on planes under 8x8, whose
+# tiles are too few to amortise the transforms. With AVX-512 (the implicit
+# kernels, _backend.implicit_conv, and Winograd's wide transforms), the
+# input gradient by Winograd took 0.5-1.0x the other algorithm's time on
+# every such shape measured (16 -> 32 channels on 14x14: 0.6x; whole
+# training steps of mnist: 0.96x). Without it, the input gradient by im2col
+# multiplies dout by the weight in one large GEMM (F deep, 9*C wide), which
+# outruns Winograd's transforms of F planes when C is under F/2 (8 -> 32
+# channels on 16x16: 0.7x Winograd's time). With few channels (C*F under
+# 2048) the transforms weigh more, and the gradients pay only on planes that
+# the 4x4 tiles cover with little waste. (With AVX-512, the implicit weight
+# gradient took 0.7-0.9x Winograd's time on some shapes with few channels
+# alone, e.g. 8 -> 32 channels on 16x16, but whole training steps that
+# computed it so were no faster: their rule is unchanged.)
 
 #: The fewest input channels with which "auto" picks Winograd.
 _WINOGRAD_MIN_CHANNELS = 4
@@ -315,6 +322,8 @@ def _winograd_eligible(win: v.Window, groups: int, c: int, f: int, part: str) ->
     if c < _WINOGRAD_MIN_CHANNELS or min(win.oh, win.ow) < _WINOGRAD_MIN_SIZE:
         return False
     if part == "forward":
+        return True
+    if part == "input" and _backend.implicit_conv():
         return True
     covered = 16 * -(-win.oh // 4) * -(-win.ow // 4)  # cells of the tiles
     if c * f < _WINOGRAD_FEW_CHANNELS and covered > _WINOGRAD_MAX_WASTE * win.oh * win.ow:

@@ -371,10 +371,11 @@ def _calls(monkeypatch, name):
     (dict(c=4, f=4), True, True, True),
     (dict(c=3, f=40), False, False, False),     # too few input channels to pay
     # (and too many filters for the direct kernels, so that the GEMM driver runs)
-    (dict(c=4, f=9), True, False, True),        # the input gradient: C < F/2
+    (dict(c=4, f=9), True, False, True),        # the input gradient: C < F/2 (without AVX-512)
     (dict(c=16, f=1), True, True, True),
     (dict(c=16, f=16, size=9), False, False, False),  # 7x7 outputs: too few tiles
     # 10x10 outputs, tiles of 12x12: the gradients pay only with many channels
+    # (the input gradient without AVX-512)
     (dict(c=16, f=16, size=10), True, False, False),
     (dict(c=64, f=32, size=10), True, True, True),
     (dict(c=16, f=16, stride=2), False, False, False),  # not eligible:
@@ -382,11 +383,15 @@ def _calls(monkeypatch, name):
     (dict(c=16, f=16, groups=2), False, False, False),
     (dict(c=16, f=16, kernel=5), False, False, False),
 ])
+@pytest.mark.parametrize("avx512", [False, True])
 def test_auto_picks_winograd_where_eligible_and_paying(monkeypatch, backend, case, forward, dx,
-                                                       dweight):
+                                                       dweight, avx512):
     # the cases straddle them
     assert (F._WINOGRAD_MIN_CHANNELS, F._WINOGRAD_MIN_SIZE) == (4, 8)
     assert (F._WINOGRAD_FEW_CHANNELS, F._WINOGRAD_MAX_WASTE) == (2048, 1.15)
+    # with AVX-512's kernels, the input gradient runs Winograd wherever the forward does
+    monkeypatch.setattr(_backend, "implicit_conv", lambda: avx512)
+    dx = dx or avx512 and forward
     seen = _calls(monkeypatch, "winograd_conv2d")
     seen_backward = _calls(monkeypatch, "winograd_conv2d_backward")
     c, f, groups, k = case["c"], case["f"], case.get("groups", 1), case.get("kernel", 3)
