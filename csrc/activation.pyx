@@ -3,7 +3,8 @@
 
 Python twins: ``fastcnn.reference.relu``, ``relu_backward``, ``leaky_relu``,
 ``leaky_relu_backward``, ``sigmoid``, ``sigmoid_backward``, ``tanh``,
-``tanh_backward``, ``elu`` and ``elu_backward``. Any shape is passed
+``tanh_backward``, ``elu`` and ``elu_backward``, and ``add`` (a residual
+connection's sum, with the ReLU after it fused). Any shape is passed
 flattened. Cells are computed independently in blocks (``blocks.pxd``);
 each select picks between values already loaded (or constants), so that
 the compiler vectorises it instead of branching on the data (it will not
@@ -103,6 +104,29 @@ def relu_backward(const floating[::1] dout, const floating[::1] x, floating[::1]
     ``out = dout where x > 0, else 0`` (also where dout is inf or NaN).
     """
     return _map2(_relu_backward[floating], dout, x, 0, 0, out, num_threads)
+
+
+cdef void _add(const floating* a, const floating* b, floating relu_after, floating q,
+               floating* out, Py_ssize_t n) noexcept nogil:
+    # the choice made once per block, each loop as in its own kernel
+    cdef Py_ssize_t i
+    cdef floating v
+    if relu_after:
+        for i in range(n):
+            v = a[i] + b[i]
+            out[i] = 0 if v <= 0 else v
+    else:
+        for i in range(n):
+            out[i] = a[i] + b[i]
+
+
+def add(const floating[::1] a, const floating[::1] b, bint relu_after,
+        floating[::1] out not None, int num_threads):
+    """add(a, b, relu_after, out, num_threads) -> out
+
+    ``out = a + b``, then, if `relu_after`, ``0 where out <= 0`` (as relu).
+    """
+    return _map2(_add[floating], a, b, relu_after, 0, out, num_threads)
 
 
 cdef void _leaky_scaled(const floating* dout, const floating* x, floating slope,

@@ -121,6 +121,7 @@ else:
         "batch_norm_backward_elemt": _norm.batch_norm_backward_elemt,
         "relu": _activation.relu,
         "relu_backward": _activation.relu_backward,
+        "add": _activation.add,
         "leaky_relu": _activation.leaky_relu,
         "leaky_relu_backward": _activation.leaky_relu_backward,
         "sigmoid": _activation.sigmoid,

@@ -961,6 +961,15 @@ def _relu_backward(dout, x):
     return _flat_apply("relu_backward", dout, dout, x)
 
 
+def _add(a, b, relu_after: bool = False):
+    """``a + b`` of two arrays of one shape (NumPy's type promotion), then,
+    if `relu_after`, :func:`_relu` of it, in one pass."""
+    if a.dtype != b.dtype:
+        dtype = np.result_type(a, b)
+        a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+    return _flat_apply("add", a, a, b, relu_after)
+
+
 def _leaky_relu(x, negative_slope):
     """`x` where ``x > 0``, else ``x * negative_slope`` (as ``F.leaky_relu``); any shape."""
     return _flat_apply("leaky_relu", x, x, negative_slope)

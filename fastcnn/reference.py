@@ -51,6 +51,7 @@ __all__ = [
     "batch_norm_backward_elemt",
     "relu",
     "relu_backward",
+    "add",
     "leaky_relu",
     "leaky_relu_backward",
     "sigmoid",
@@ -968,6 +969,20 @@ def relu_backward(dout, x, out):
     """
     out[...] = np.where(x > 0, dout, 0)
     return out
+
+
+def add(a, b, relu_after, out):
+    """``out = a + b``, then, if `relu_after`, :func:`relu` of it (a residual
+    connection's sum and the ReLU that follows it, in one pass).
+
+    Parameters
+    ----------
+    a, b : ndarray, shape (n,), one dtype
+    relu_after : bool
+    out : ndarray, shape (n,), dtype of `a`
+    """
+    np.add(a, b, out=out)
+    return relu(out, out) if relu_after else out
 
 
 def leaky_relu(x, negative_slope, out):

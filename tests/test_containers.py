@@ -321,6 +321,55 @@ def test_the_relu_of_a_fused_pair_passes_its_gradient_on():
             bn.forward_relu(x, other)
 
 
+# A residual connection followed by a ReLU runs fused likewise
+# (Residual.forward_relu): one pass for the sum and the ReLU, the ReLU's
+# gradient computed from its output; the same results bit for bit.
+
+
+@pytest.mark.parametrize(
+    "backend", ["numpy", "cython"] if fastcnn._backend.compiled_available() else ["numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(6, 3, 5, 7), (9, 4), (5, 4, 40, 40)])
+@pytest.mark.parametrize("relu", [ReLU, _ShiftedReLU])
+@pytest.mark.parametrize("shortcut", [False, True])
+def test_residual_then_relu_runs_fused_and_equals_the_two_layers(backend, dtype, shape, relu,
+                                                                 shortcut):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(dtype)
+    # sums that are NaN, infinite, +-0.0 and of either sign
+    x.flat[::13] = np.resize(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], dtype),
+                             x.flat[::13].shape)
+    dout = rng.standard_normal(shape).astype(dtype)
+    dout.flat[::11] = np.inf
+    results = []
+    with fastcnn.use_backend(backend), np.errstate(invalid="ignore"):
+        for fused in (True, False):
+            body = Sequential([Dense(shape[1], shape[1], rng=3, dtype=dtype)]) if len(
+                shape) == 2 else Conv2D(shape[1], shape[1], 3, padding=1, rng=3, dtype=dtype)
+            skip = Conv2D(shape[1], shape[1], 1, rng=4, dtype=dtype) if shortcut and len(
+                shape) == 4 else None
+            block, act = Residual(body, skip), relu()
+            if fused:
+                model = Sequential([block, act])
+                out, dx = model.forward(x), model.backward(dout)
+                assert (act._cache is out) == (relu is ReLU)
+            else:
+                out = act.forward(block.forward(x))
+                dx = block.backward(act.backward(dout))
+            grads = [g for _, layer in block.named_modules() for g in layer.grads.values()]
+            results.append([out, dx, *grads])
+    for got, expected in zip(*results):
+        assert got.tobytes() == expected.tobytes()
+
+
+def test_residual_forward_relu_refuses_another_activation():
+    block = Residual(Identity())
+    x = np.ones((2, 3), np.float32)
+    for other in (_ShiftedReLU(), Identity()):
+        with pytest.raises(TypeError, match="relu must be a fastcnn.layers.ReLU"):
+            block.forward_relu(x, other)
+
+
 # ---------------------------------------------------------------------------
 # Residual and Identity
 

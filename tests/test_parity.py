@@ -596,7 +596,8 @@ def test_registry_pairs_every_kernel():
         "conv2d_direct_forward", "conv2d_direct_backward", "linear_forward",
         "linear_backward", "winograd_weight", "winograd_conv2d", "winograd_conv2d_backward",
         "batch_norm_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
-        "batch_norm_backward_elemt", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
+        "batch_norm_backward_elemt", "relu", "relu_backward", "add", "leaky_relu",
+        "leaky_relu_backward",
         "softmax_cross_entropy", "sgd_update", "adam_update", "adagrad_update", "rmsprop_update",
         "adadelta_update", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "elu",
         "elu_backward",
@@ -1538,7 +1539,8 @@ def test_kernel_activations(n, dtype, kind, seed, nt, slope):
 def _relu_calls(x, dout, slope):
     """``(kernel name, arguments)`` of the ReLU family's kernels."""
     return [("relu", (x,)), ("relu_backward", (dout, x)), ("leaky_relu", (x, slope)),
-            ("leaky_relu_backward", (dout, x, slope))]
+            ("leaky_relu_backward", (dout, x, slope)), ("add", (x, dout, False)),
+            ("add", (x, dout, True))]
 
 
 def _assert_within_ulps(got, expected, ulps):

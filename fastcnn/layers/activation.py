@@ -55,11 +55,14 @@ class ReLU(_Elementwise):
 
     _ops = (F._relu, F._relu_backward)
 
-    def _fused_after(self, out) -> None:
+    def _fused_after(self, out, applies_gradient: bool) -> None:
         """Take `out` as this layer's output, computed by the layer before it
-        (see :meth:`fastcnn.layers.BatchNorm2D.forward_relu`), which also
-        applies this layer's gradient."""
-        self._cache, self._out_shape, self._out_dtype = _FUSED, out.shape, out.dtype
+        (see :meth:`fastcnn.layers.BatchNorm2D.forward_relu` and
+        :meth:`fastcnn.layers.Residual.forward_relu`). If that layer also
+        applies this layer's gradient, the backward passes `dout` on; else it
+        computes it from `out` (positive exactly where the input was)."""
+        self._cache = _FUSED if applies_gradient else out
+        self._out_shape, self._out_dtype = out.shape, out.dtype
 
     def _backward(self, dout, saved):
         return dout if saved is _FUSED else super()._backward(dout, saved)

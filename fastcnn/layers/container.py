@@ -9,7 +9,7 @@ import operator
 
 import numpy as np
 
-from .._buffers import empty_like
+from .. import functional as F
 from .._validation import as_float_array, flag, shape_tuple
 from .activation import ReLU
 from .base import Layer, _named_modules, _output_shape_or_none
@@ -122,8 +122,9 @@ class Sequential(Layer):
         """Run `x` through every layer; see :meth:`fastcnn.layers.Layer.forward`.
 
         `training` is passed to every layer as given (None: each layer's own mode).
-        A batch norm followed by a ReLU runs as one
-        (:meth:`~fastcnn.layers.BatchNorm2D.forward_relu`).
+        A batch norm or a :class:`Residual` followed by a ReLU runs as one
+        (:meth:`~fastcnn.layers.BatchNorm2D.forward_relu`,
+        :meth:`~fastcnn.layers.Residual.forward_relu`).
         """
         _check_training(training)
         for run in self._runs():
@@ -133,12 +134,13 @@ class Sequential(Layer):
 
     def _runs(self) -> list[tuple[Layer, ...]]:
         """The layers as :meth:`forward` runs them, one by one, and a batch
-        norm followed by a ReLU as a pair."""
+        norm or a residual connection followed by a ReLU as a pair."""
         runs, layers, i = [], self.layers, 0
         while i < len(layers):
             after = layers[i + 1] if i + 1 < len(layers) else None
             # (exact types: a subclass may compute something else)
-            fused = type(layers[i]) in (BatchNorm1D, BatchNorm2D) and type(after) is ReLU
+            fused = (type(layers[i]) in (BatchNorm1D, BatchNorm2D, Residual)
+                     and type(after) is ReLU)
             runs.append((layers[i], after) if fused else (layers[i],))
             i += len(runs[-1])
         return runs
@@ -229,6 +231,30 @@ class Residual(Layer):
 
     def forward(self, x, training: bool | None = None) -> np.ndarray:
         """``body(x) + shortcut(x)``; see :meth:`fastcnn.layers.Layer.forward`."""
+        return self._forward_sum(x, training, relu_after=False)
+
+    def forward_relu(self, x, relu: ReLU, training: bool | None = None) -> np.ndarray:
+        """``relu.forward(self.forward(x, training))``, the sum and the ReLU
+        in one pass over memory.
+
+        The two layers' backward calls, `relu`'s then this layer's, then
+        give the gradients of the unfused pair. :class:`Sequential` runs a
+        residual connection followed by a ReLU this way.
+
+        Raises
+        ------
+        TypeError
+            If `relu` is not a :class:`~fastcnn.layers.ReLU` (a subclass may
+            compute something else, and is not fused).
+        """
+        if type(relu) is not ReLU:
+            raise TypeError(
+                f"relu must be a fastcnn.layers.ReLU (not a subclass), got {type(relu).__name__}")
+        out = self._forward_sum(x, training, relu_after=True)
+        relu._fused_after(out, applies_gradient=False)
+        return out
+
+    def _forward_sum(self, x, training, relu_after: bool) -> np.ndarray:
         _check_training(training)
         x = as_float_array(x, "x")
         out = self.body.forward(x, training)
@@ -239,7 +265,7 @@ class Residual(Layer):
                 f"{skip.shape} for x of shape {x.shape}; give a shortcut that matches the body"
             )
         with self._pool:
-            return np.add(out, skip, out=empty_like(out))
+            return F._add(out, skip, relu_after)
 
     def backward(self, dout, input_grad: bool = True) -> np.ndarray | None:
         """The sum of the body's and the shortcut's input gradients for `dout`
@@ -253,7 +279,7 @@ class Residual(Layer):
         if not input_grad:
             return None
         with self._pool:
-            return np.add(dx, skip, out=empty_like(dx))
+            return F._add(dx, skip)
 
     def output_shape(self, input_shape):
         shape = shape_tuple(input_shape)

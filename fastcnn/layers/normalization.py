@@ -72,7 +72,7 @@ class _BatchNorm(Layer):
             out = self.forward(x, training)
         finally:
             del self._relu
-        relu._fused_after(out)
+        relu._fused_after(out, applies_gradient=True)
         return out
 
     def _backward(self, dout, cache):
