@@ -2,9 +2,12 @@
 """Compiled max and average pooling, forward and backward.
 
 Python twins: ``fastcnn.reference.max_pool2d``, ``max_pool2d_backward``,
-``avg_pool2d`` and ``avg_pool2d_backward``. Inputs (including every index) are
-validated by ``fastcnn._validation`` before they get here. Work is split by
-(n, c) plane, so no two threads write one element.
+``avg_pool2d`` and ``avg_pool2d_backward``. Inputs are validated by
+``fastcnn._validation`` before they get here, but for the range of
+max_pool2d_backward's indices: its kernels use an index only if it lies in
+its plane (reading each once, ``indices.pxd``), and raise ValueError
+afterwards if one did not. Work is split by (n, c) plane, so no two threads
+write one element.
 
 The common geometries (2x2 and 3x3 windows, stride 2, no dilation) run the
 AVX2 / AVX-512 kernels of ``pool_simd.h`` where the CPU has them, and max
@@ -264,33 +267,39 @@ cdef int _tiles_plane(
         return fcnn_max_pool_backward_tiles_f64(g, idx, dst, H, W, oh, ow)
 
 
-cdef void _scatter_plane(
+cdef Py_ssize_t _scatter_plane(
     const floating* g, const int64_t* idx, floating* dst, Py_ssize_t HW, Py_ssize_t L,
 ) noexcept nogil:
-    # An index that another thread moved out of the plane (indices.pxd) is
-    # skipped: the gradient is garbage then, as the indices are.
-    cdef Py_ssize_t k
+    # Returns how many indices were outside the plane; those are skipped
+    # (the caller raises: dst is undefined then).
+    cdef Py_ssize_t k, outside = 0
     cdef int64_t i
     memset(dst, 0, HW * sizeof(floating))
     for k in range(L):
         i = read_index(&idx[k])
         if <uint64_t> i < <uint64_t> HW:
             dst[i] += g[k]
+        else:
+            outside += 1
+    return outside
 
 
-cdef void _max_pool_backward_plane(
+cdef Py_ssize_t _max_pool_backward_plane(
     const floating* g, const int64_t* idx, floating* dst, Py_ssize_t H, Py_ssize_t W,
     Py_ssize_t oh, Py_ssize_t ow, bint tiles, floating* s,
 ) noexcept nogil:
     """One plane of max_pool2d_backward: by tiles if `tiles` and they fit, else
-    scattered into `dst`, or into scratch `s` streamed to `dst` if `s` is not NULL."""
+    scattered into `dst`, or into scratch `s` streamed to `dst` if `s` is not
+    NULL; returns how many indices lay outside the plane (a plane with one
+    does not fit the tiles)."""
+    cdef Py_ssize_t outside
     if tiles and _tiles_plane(g, idx, dst, H, W, oh, ow):
-        return
-    if s != NULL:
-        _scatter_plane(g, idx, s, H * W, oh * ow)
-        fcnn_stream(dst, s, H * W * sizeof(floating))
-    else:
-        _scatter_plane(g, idx, dst, H * W, oh * ow)
+        return 0
+    if s == NULL:
+        return _scatter_plane(g, idx, dst, H * W, oh * ow)
+    outside = _scatter_plane(g, idx, s, H * W, oh * ow)
+    fcnn_stream(dst, s, H * W * sizeof(floating))
+    return outside
 
 
 def max_pool2d_backward(
@@ -299,8 +308,13 @@ def max_pool2d_backward(
     floating[:, :, :, ::1] out not None,
     int num_threads,
 ):
-    """max_pool2d_backward(dout, indices, out, num_threads) -> out"""
+    """max_pool2d_backward(dout, indices, out, num_threads) -> out
+
+    Raises ValueError (with `out` undefined) if an index lies outside its
+    plane.
+    """
     cdef Py_ssize_t N = out.shape[0], C = out.shape[1], H = out.shape[2], W = out.shape[3]
+    cdef Py_ssize_t outside = 0
     cdef Py_ssize_t oh = dout.shape[2], ow = dout.shape[3]
     cdef Py_ssize_t plane, lo, hi, run = max(QUAD_RUN // max(oh * ow, 1), 1)
     # Indices that tile the input in 2x2 cells (as 2x2 windows with stride 2
@@ -332,10 +346,11 @@ def max_pool2d_backward(
                                                 &out[0, 0, 0, 0] + lo * H * W, hi - lo,
                                                 H, W, oh, ow):
                     for plane in range(lo, hi):
-                        _scatter_plane(&dout[0, 0, 0, 0] + plane * oh * ow,
-                                       &indices[0, 0, 0, 0] + plane * oh * ow,
-                                       &out[0, 0, 0, 0] + plane * H * W, H * W, oh * ow)
-        return out.base
+                        outside += _scatter_plane(&dout[0, 0, 0, 0] + plane * oh * ow,
+                                                  &indices[0, 0, 0, 0] + plane * oh * ow,
+                                                  &out[0, 0, 0, 0] + plane * H * W, H * W,
+                                                  oh * ow)
+        return _checked(out, outside, H * W)
     # Otherwise each plane is zeroed and scattered into while it is in cache:
     # in place, or in a per-thread scratch plane that is then streamed out.
     stream = not tiles and FCNN_HAVE_STREAM and out.size * sizeof(floating) >= STREAM_BYTES
@@ -344,12 +359,20 @@ def max_pool2d_backward(
         with nogil, parallel(num_threads=num_threads):
             s = scratch + threadid() * stride
             for plane in prange(N * C, schedule="static"):
-                _max_pool_backward_plane(&dout[plane // C, plane % C, 0, 0],
-                                         &indices[plane // C, plane % C, 0, 0],
-                                         &out[plane // C, plane % C, 0, 0], H, W, oh, ow, tiles, s)
+                outside += _max_pool_backward_plane(&dout[plane // C, plane % C, 0, 0],
+                                                    &indices[plane // C, plane % C, 0, 0],
+                                                    &out[plane // C, plane % C, 0, 0], H, W, oh,
+                                                    ow, tiles, s)
             fcnn_stream_fence()
     finally:
         free(scratch)
+    return _checked(out, outside, H * W)
+
+
+cdef _checked(floating[:, :, :, ::1] out, Py_ssize_t outside, Py_ssize_t size):
+    """`out`'s array, or ValueError if `outside` indices lay outside their planes of `size`."""
+    if outside:
+        raise ValueError(f"indices must lie in [0, {size}), got {outside} outside")
     return out.base
 
 

@@ -11,6 +11,7 @@ int or an ``(h, w)`` pair.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -749,23 +750,30 @@ def max_pool2d_backward(dout, indices, input_shape) -> np.ndarray:
             f"indices and dout must have the same shape, got {indices.shape} and {dout.shape}"
         )
     _check_planes(dout, shape)
-    plane = shape[2] * shape[3]
-    # Seen as unsigned, a negative index is huge: one pass checks both ends.
-    if indices.size and indices.view(np.uint64).max() >= plane:
-        raise ValueError(
-            f"indices must lie in [0, H*W) = [0, {plane}) for input_shape={shape}, "
-            f"got values in [{indices.min()}, {indices.max()}]"
-        )
-    return _max_pool2d_backward(dout, indices, shape)
+    with _index_errors(indices, f"[0, H*W) = [0, {shape[2] * shape[3]}) for input_shape={shape}"):
+        return _max_pool2d_backward(dout, indices, shape)
 
 
 def _max_pool2d_backward(dout: np.ndarray, indices: np.ndarray, shape) -> np.ndarray:
-    """:func:`max_pool2d_backward` of validated `dout`, in-range int64 `indices` and shape."""
+    """:func:`max_pool2d_backward` of validated `dout`, int64 `indices` and
+    shape (the kernels raise ValueError if an index lies outside its plane)."""
     out = empty(shape, dtype=dout.dtype)
     if shape[0]:
         in_pieces("max_pool2d_backward", shape[:2], (dout, indices, out),
                   taps=dout.shape[2] * dout.shape[3] + shape[2] * shape[3])
     return out
+
+
+@contextlib.contextmanager
+def _index_errors(indices: np.ndarray, allowed: str):
+    """Say in full the ValueError of a kernel that checks its `indices`
+    itself (as it reads them, saving a pass): they must lie in `allowed`."""
+    try:
+        yield
+    except ValueError:
+        raise ValueError(
+            f"indices must lie in {allowed}, got values in [{indices.min()}, {indices.max()}]"
+        ) from None
 
 
 def _avg_args(shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
@@ -1624,13 +1632,8 @@ def _unpool(name, src, indices, out, plane: int, taps: int) -> np.ndarray:
     """Run max_unpool2d's kernel `name` on (n, c) planes of `plane` cells; an
     index outside one is the kernel's ValueError, said here in full."""
     if out.shape[0]:
-        try:
+        with _index_errors(indices, f"[0, {plane}) (the output plane's oh*ow)"):
             in_pieces(name, out.shape[:2], (src, indices, out), taps=taps)
-        except ValueError:
-            raise ValueError(
-                f"indices must lie in [0, {plane}) (the output plane's oh*ow), got values in "
-                f"[{indices.min()}, {indices.max()}]"
-            ) from None
     return out
 
 

@@ -205,11 +205,13 @@ def max_pool2d_backward(dout, indices, out):
     Parameters
     ----------
     dout : ndarray, shape (N, C, oh, ow)
-    indices : ndarray of int64, shape (N, C, oh, ow), each in ``[0, H*W)``
+    indices : ndarray of int64, shape (N, C, oh, ow)
+        Each in ``[0, H*W)``, else ValueError.
     out : ndarray, shape (N, C, H, W), same dtype as `dout`
         Overlapping windows that chose the same input add up.
     """
     n, c, h, w = out.shape
+    _check_plane_indices(indices, h * w)
     planes = out.reshape(n * c, h * w)
     planes.fill(0)
     plane_of = np.repeat(np.arange(n * c), dout.shape[2] * dout.shape[3])
@@ -1355,8 +1357,8 @@ def interpolate_bilinear_backward(dout, rows, row_weights, cols, col_weights, ou
 
 
 def _check_plane_indices(indices, plane):
-    """max_unpool2d's indices are checked by its kernels (the compiled ones as
-    they read them), with the same error."""
+    """The indices of max_pool2d_backward and max_unpool2d are checked by
+    their kernels (the compiled ones as they read them), with the same error."""
     # Seen as unsigned, a negative index is huge: one pass checks both ends.
     outside = np.count_nonzero(indices.view(np.uint64) >= plane)
     if outside:

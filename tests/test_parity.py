@@ -2024,6 +2024,26 @@ def test_kernel_max_unpool2d_checks_its_indices(name, wrong):
             kernel(src, idx, out.copy(), *extra)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size, k, s", [(8, 2, 2), (64, 2, 2), (9, 3, 2)])
+@pytest.mark.parametrize("wrong", [-1, "plane", 2**63 - 1])
+def test_kernel_max_pool2d_backward_checks_its_indices(dtype, size, k, s, wrong):
+    # Python does not check the indices' range first: both kernel sets do,
+    # with one error, whichever path the plane takes (short rows, tiles of
+    # 2x2 windows, or the scatter); valid indices still give the twin's bits.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, size, size)).astype(dtype)
+    _, idx = F.max_pool2d(x, k, s, return_indices=True)
+    dout = rng.standard_normal(idx.shape).astype(dtype)
+    compiled, reference = _pair("max_pool2d_backward")
+    _assert_same(compiled(dout, idx, np.empty_like(x), 2), reference(dout, idx, np.empty_like(x)))
+    idx[1, 2, 1, 0] = size * size if wrong == "plane" else wrong
+    for kernel, extra in ((compiled, (2,)), (reference, ())):
+        with pytest.raises(ValueError,
+                           match=rf"indices must lie in \[0, {size * size}\), got 1 outside"):
+            kernel(dout, idx, np.empty_like(x), *extra)
+
+
 @pytest.mark.parametrize("name, bad", [
     ("interpolate_nearest", "rows"), ("interpolate_nearest_backward", "cols"),
     ("interpolate_bilinear", "rows"), ("interpolate_bilinear_backward", "cols"),
