@@ -3,8 +3,8 @@
 
 Python twins: ``fastcnn.reference.relu``, ``relu_backward``, ``leaky_relu``,
 ``leaky_relu_backward``, ``sigmoid``, ``sigmoid_backward``, ``tanh``,
-``tanh_backward``, ``elu`` and ``elu_backward``, and ``add`` (a residual
-connection's sum, with the ReLU after it fused). Any shape is passed
+``tanh_backward``, ``elu`` and ``elu_backward``, ``add`` (a residual
+connection's sum, with the ReLU after it fused) and ``dropout``. Any shape is passed
 flattened. Cells are computed independently in blocks (``blocks.pxd``);
 each select picks between values already loaded (or constants), so that
 the compiler vectorises it instead of branching on the data (it will not
@@ -28,6 +28,7 @@ the forward's output and are exact; elu's calls the C library's exp.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport exp, expf, tanh as c_tanh
+from libc.stdint cimport uint64_t
 
 from blocks cimport BLOCK, block_count, block_size
 
@@ -220,6 +221,39 @@ def _by_output_backward(bint of_tanh, const floating[::1] dout, const floating[:
     tanh_backward, ``out = dout * (1 - y * y)``, for the forward's output y.
     """
     return _map2(_by_output[floating], dout, y, of_tanh, 0, out, num_threads)
+
+
+# Dropout's draws: cell i's is the i-th output of SplitMix64 started at the
+# call's key (a counter-based generator: any block computes its own cells,
+# so the masks do not depend on the thread count), its top 53 bits an
+# integer in [0, 2**53) that keeps the cell if it is at least `threshold`.
+cdef enum:
+    DRAW_SHIFT = 11  # 64 - 53
+
+
+cdef inline uint64_t _draw(uint64_t key, uint64_t i) noexcept nogil:
+    cdef uint64_t z = key + (i + 1) * <uint64_t> 0x9E3779B97F4A7C15ULL
+    z = (z ^ (z >> 30)) * <uint64_t> 0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * <uint64_t> 0x94D049BB133111EBULL
+    return (z ^ (z >> 31)) >> DRAW_SHIFT
+
+
+def dropout(const floating[::1] x, uint64_t key, uint64_t threshold, double scale,
+            floating[::1] out not None, floating[::1] mask not None, int num_threads):
+    """dropout(x, key, threshold, scale, out, mask, num_threads) -> (out, mask)
+
+    ``mask = scale where draw(key, i) >= threshold, else 0`` (`scale` rounded
+    to the arrays' dtype) and ``out = x * mask``.
+    """
+    cdef Py_ssize_t n = x.shape[0], b, i, lo
+    cdef floating s = <floating> scale, zero = 0
+    with nogil:
+        for b in prange(block_count(n), schedule="static", num_threads=num_threads):
+            lo = b * BLOCK
+            for i in range(lo, lo + block_size(n, b)):
+                mask[i] = s if _draw(key, i) >= threshold else zero
+                out[i] = x[i] * mask[i]
+    return out.base, mask.base
 
 
 cdef inline floating _negative_part(floating v) noexcept nogil:

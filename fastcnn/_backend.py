@@ -122,6 +122,7 @@ else:
         "relu": _activation.relu,
         "relu_backward": _activation.relu_backward,
         "add": _activation.add,
+        "dropout": _activation.dropout,
         "leaky_relu": _activation.leaky_relu,
         "leaky_relu_backward": _activation.leaky_relu_backward,
         "sigmoid": _activation.sigmoid,

@@ -978,6 +978,18 @@ def _add(a, b, relu_after: bool = False):
     return _flat_apply("add", a, a, b, relu_after)
 
 
+def _dropout(x, p: float, key: int):
+    """``(x * mask, mask)``: `mask` is ``1 / (1 - p)`` (0 if p is 1) in each
+    cell kept, 0 in each cell dropped with probability `p`, from the draws of
+    `key` (an integer in ``[0, 2**64)``; see ``fastcnn.reference.dropout``);
+    any shape."""
+    threshold = math.ceil(p * 2.0**53)  # exact: p * 2**53 is a scaling by a power of 2
+    scale = 0.0 if p == 1 else 1.0 / (1.0 - p)
+    out, mask = empty_like(x), empty_like(x)
+    kernel("dropout")(x.reshape(-1), key, threshold, scale, out.reshape(-1), mask.reshape(-1))
+    return out, mask
+
+
 def _leaky_relu(x, negative_slope):
     """`x` where ``x > 0``, else ``x * negative_slope`` (as ``F.leaky_relu``); any shape."""
     return _flat_apply("leaky_relu", x, x, negative_slope)

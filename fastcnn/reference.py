@@ -52,6 +52,7 @@ __all__ = [
     "relu",
     "relu_backward",
     "add",
+    "dropout",
     "leaky_relu",
     "leaky_relu_backward",
     "sigmoid",
@@ -985,6 +986,36 @@ def add(a, b, relu_after, out):
     """
     np.add(a, b, out=out)
     return relu(out, out) if relu_after else out
+
+
+_DRAW_MULTIPLIERS = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9),
+                     np.uint64(0x94D049BB133111EB))
+
+
+def dropout(x, key, threshold, scale, out, mask):
+    """``mask = scale where draw(key, i) >= threshold, else 0`` and ``out = x * mask``.
+
+    Cell i's draw is the top 53 bits of the i-th output of SplitMix64
+    started at `key`: an integer in ``[0, 2**53)``, so that ``threshold =
+    ceil(p * 2**53)`` drops each cell with probability `p`.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n,)
+    key, threshold : int
+        In ``[0, 2**64)`` and ``[0, 2**53]``.
+    scale : float
+        Rounded to the dtype of `x`.
+    out, mask : ndarray, shape (n,), dtype of `x`
+    """
+    gamma, m1, m2 = _DRAW_MULTIPLIERS
+    z = np.arange(1, x.size + 1, dtype=np.uint64) * gamma + np.uint64(key)  # wraps mod 2**64
+    z = (z ^ (z >> np.uint64(30))) * m1
+    z = (z ^ (z >> np.uint64(27))) * m2
+    draws = (z ^ (z >> np.uint64(31))) >> np.uint64(11)
+    mask[...] = np.where(draws >= np.uint64(threshold), x.dtype.type(scale), 0)
+    np.multiply(x, mask, out=out)
+    return out, mask
 
 
 def leaky_relu(x, negative_slope, out):

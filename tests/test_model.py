@@ -201,7 +201,7 @@ def test_optimizer_keeps_working_after_load(tmp_path):
 # Training on the public API
 
 
-def train_losses(backend, steps=6):
+def train_losses(backend, steps=8):
     """A user's training script: fixed seeds, Adam, BatchNorm and Dropout."""
     from fastcnn.optim import Adam
 

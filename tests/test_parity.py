@@ -36,6 +36,8 @@ import importlib
 import platform
 import dataclasses
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import example, given
@@ -596,7 +598,7 @@ def test_registry_pairs_every_kernel():
         "conv2d_direct_forward", "conv2d_direct_backward", "linear_forward",
         "linear_backward", "winograd_weight", "winograd_conv2d", "winograd_conv2d_backward",
         "batch_norm_stats", "batch_norm_elemt", "batch_norm_backward_reduce",
-        "batch_norm_backward_elemt", "relu", "relu_backward", "add", "leaky_relu",
+        "batch_norm_backward_elemt", "relu", "relu_backward", "add", "dropout", "leaky_relu",
         "leaky_relu_backward",
         "softmax_cross_entropy", "sgd_update", "adam_update", "adagrad_update", "rmsprop_update",
         "adadelta_update", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "elu",
@@ -1536,6 +1538,46 @@ def test_kernel_activations(n, dtype, kind, seed, nt, slope):
         _assert_same(out_c, out_r)
 
 
+@hsettings(100)
+@given(n=flat_sizes, dtype=dtypes, kind=st.sampled_from(["normal", "special"]), seed=seeds,
+       nt=threads, p=st.sampled_from([0.0, 1e-17, 0.3, 0.5, 0.9, 1.0]),
+       key=st.sampled_from([0, 1, 2**63, 2**64 - 1, 0x243F6A8885A308D3]))
+def test_kernel_dropout(n, dtype, kind, seed, nt, p, key):
+    # Integer draws, a select and one product per cell: exact, NaN and
+    # infinities included (a dropped infinity is NaN, as in PyTorch).
+    x = make_values(np.random.default_rng(seed), (n,), dtype, kind)
+    threshold, scale = math.ceil(p * 2.0**53), 0.0 if p == 1 else 1 / (1 - p)
+    results = []
+    for kernel, extra in zip(_pair("dropout"), ((nt,), ())):
+        out, mask = _garbage((n,), dtype, 7.0), _garbage((n,), dtype, -3.0)
+        with np.errstate(invalid="ignore"):
+            assert kernel(x, key, threshold, scale, out, mask, *extra) == (out, mask)
+        results.append((out, mask))
+    for got, expected in zip(*results):
+        _assert_same(got, expected)
+    mask = results[0][1]
+    assert set(np.unique(mask)) <= {dtype(0), dtype(scale)}
+
+
+def test_dropout_draws_are_uniform_and_independent():
+    # Each cell is dropped with probability p, whatever its neighbours and
+    # the key; keys give different masks. 2**20 cells: 5 sigma is about 0.005.
+    compiled, _ = _pair("dropout")
+    n, x = 2**20, np.ones(2**20, np.float32)
+    masks = []
+    for p, key in [(0.1, 0), (0.5, 1), (0.5, 2), (0.9, 2**64 - 1)]:
+        threshold = math.ceil(p * 2.0**53)
+        mask = compiled(x, key, threshold, 1.0, np.empty(n, np.float32),
+                        np.empty(n, np.float32), 2)[1] > 0
+        assert abs(mask.mean() - (1 - p)) < 0.005, (p, key)
+        # neighbours, and cells 2**k apart, keep independently of each other
+        for gap in (1, 2, 64, 4096):
+            both = (mask[gap:] & mask[:-gap]).mean()
+            assert abs(both - (1 - p) ** 2) < 0.005, (p, key, gap)
+        masks.append(mask)
+    assert abs((masks[1] != masks[2]).mean() - 0.5) < 0.005  # two keys: independent masks
+
+
 def _relu_calls(x, dout, slope):
     """``(kernel name, arguments)`` of the ReLU family's kernels."""
     return [("relu", (x,)), ("relu_backward", (dout, x)), ("leaky_relu", (x, slope)),
@@ -1890,6 +1932,11 @@ def test_simd_activation_builds_equal_the_baseline_bitwise(module, n, dtype, kin
                              for build in (module, _activation_baseline))
         assert np.array_equal(np.isnan(got), np.isnan(expected)), name
         assert _nan_canonical(got).tobytes() == _nan_canonical(expected).tobytes(), name
+    got, expected = (build.dropout(x, seed, 2**52, 2.0, np.empty((n,), dtype),
+                                   np.empty((n,), dtype), nt)
+                     for build in (module, _activation_baseline))
+    for a, b in zip(got, expected):
+        assert _nan_canonical(a).tobytes() == _nan_canonical(b).tobytes(), "dropout"
 
 
 # ---------------------------------------------------------------------------

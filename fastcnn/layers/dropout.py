@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._buffers import empty, empty_like
+from .. import functional as F
+from .._buffers import empty_like
 from .._validation import real
 from .base import Layer
 
@@ -25,7 +26,9 @@ class Dropout(Layer):
     Notes
     -----
     ``training=False`` returns the input unchanged. The backward applies the
-    mask of the last forward.
+    mask of the last forward. Each training forward takes one integer from
+    `rng`, which keys the draws of its mask's cells (a counter-based
+    generator, SplitMix64: the same mask at every thread count).
     """
 
     def __init__(self, p=0.5, rng=None) -> None:
@@ -36,12 +39,9 @@ class Dropout(Layer):
     def _forward(self, x, training):
         if not training:
             return x, None
-        # p == 1 keeps nothing; the scale is then irrelevant, avoid 1/0.
-        scale = 0.0 if self.p == 1 else 1.0 / (1.0 - self.p)
-        draws = self.rng.random(out=empty(x.shape, np.float64))
-        mask = np.greater_equal(draws, self.p, out=empty(x.shape, x.dtype))
-        mask *= np.asarray(scale, dtype=x.dtype)
-        return np.multiply(x, mask, out=empty_like(x)), mask
+        # one draw of the generator per call keys the mask's draws
+        key = int(self.rng.integers(0, 2**64, dtype=np.uint64))
+        return F._dropout(x, self.p, key)
 
     def _backward(self, dout, mask):
         return dout if mask is None else np.multiply(dout, mask, out=empty_like(dout))
