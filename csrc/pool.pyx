@@ -20,14 +20,14 @@ additions in the same order.
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY
-from libc.stdint cimport INT32_MAX, int64_t, uint64_t
+from libc.stdint cimport INT32_MAX, int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from simd cimport (
     FCNN_HAVE_STREAM, fcnn_set_simd_cap, fcnn_simd_level, fcnn_stream, fcnn_stream_fence,
 )
-from indices cimport read_index
+from indices cimport scatter_plane
 from scratch cimport per_thread_scratch, scratch_if
 from window cimport clip, end_inside, first_inside
 
@@ -267,23 +267,6 @@ cdef int _tiles_plane(
         return fcnn_max_pool_backward_tiles_f64(g, idx, dst, H, W, oh, ow)
 
 
-cdef Py_ssize_t _scatter_plane(
-    const floating* g, const int64_t* idx, floating* dst, Py_ssize_t HW, Py_ssize_t L,
-) noexcept nogil:
-    # Returns how many indices were outside the plane; those are skipped
-    # (the caller raises: dst is undefined then).
-    cdef Py_ssize_t k, outside = 0
-    cdef int64_t i
-    memset(dst, 0, HW * sizeof(floating))
-    for k in range(L):
-        i = read_index(&idx[k])
-        if <uint64_t> i < <uint64_t> HW:
-            dst[i] += g[k]
-        else:
-            outside += 1
-    return outside
-
-
 cdef Py_ssize_t _max_pool_backward_plane(
     const floating* g, const int64_t* idx, floating* dst, Py_ssize_t H, Py_ssize_t W,
     Py_ssize_t oh, Py_ssize_t ow, bint tiles, floating* s,
@@ -296,8 +279,8 @@ cdef Py_ssize_t _max_pool_backward_plane(
     if tiles and _tiles_plane(g, idx, dst, H, W, oh, ow):
         return 0
     if s == NULL:
-        return _scatter_plane(g, idx, dst, H * W, oh * ow)
-    outside = _scatter_plane(g, idx, s, H * W, oh * ow)
+        return scatter_plane(g, idx, dst, oh * ow, H * W, True)
+    outside = scatter_plane(g, idx, s, oh * ow, H * W, True)
     fcnn_stream(dst, s, H * W * sizeof(floating))
     return outside
 
@@ -346,10 +329,10 @@ def max_pool2d_backward(
                                                 &out[0, 0, 0, 0] + lo * H * W, hi - lo,
                                                 H, W, oh, ow):
                     for plane in range(lo, hi):
-                        outside += _scatter_plane(&dout[0, 0, 0, 0] + plane * oh * ow,
-                                                  &indices[0, 0, 0, 0] + plane * oh * ow,
-                                                  &out[0, 0, 0, 0] + plane * H * W, H * W,
-                                                  oh * ow)
+                        outside += scatter_plane(&dout[0, 0, 0, 0] + plane * oh * ow,
+                                                 &indices[0, 0, 0, 0] + plane * oh * ow,
+                                                 &out[0, 0, 0, 0] + plane * H * W, oh * ow,
+                                                 H * W, True)
         return _checked(out, outside, H * W)
     # Otherwise each plane is zeroed and scattered into while it is in cache:
     # in place, or in a per-thread scratch plane that is then streamed out.

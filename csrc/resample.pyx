@@ -27,7 +27,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
-from indices cimport read_index
+from indices cimport read_index, scatter_plane
 from scratch cimport per_thread_scratch, scratch_if
 
 
@@ -359,23 +359,6 @@ def _interpolate_bilinear(
 # -- max_unpool2d -------------------------------------------------------------
 
 
-cdef Py_ssize_t _unpool_plane(
-    const floating* x, const int64_t* idx, floating* out, Py_ssize_t L, Py_ssize_t plane,
-) noexcept nogil:
-    # In input order, so where indices repeat the last value stays, as in
-    # PyTorch. Returns how many indices were outside the plane (skipped).
-    cdef Py_ssize_t k, outside = 0
-    cdef int64_t i
-    memset(out, 0, plane * sizeof(floating))
-    for k in range(L):
-        i = read_index(&idx[k])
-        if <uint64_t> i < <uint64_t> plane:
-            out[i] = x[k]
-        else:
-            outside += 1
-    return outside
-
-
 cdef Py_ssize_t _unpool_backward_plane(
     const floating* dout, const int64_t* idx, floating* dx, Py_ssize_t L, Py_ssize_t plane,
 ) noexcept nogil:
@@ -430,8 +413,8 @@ def _max_unpool2d(
                 outside += _unpool_backward_plane(&src[n, c, 0, 0], &indices[n, c, 0, 0],
                                                   &out[n, c, 0, 0], L, size)
             else:
-                outside += _unpool_plane(&src[n, c, 0, 0], &indices[n, c, 0, 0],
-                                         &out[n, c, 0, 0], L, size)
+                outside += scatter_plane(&src[n, c, 0, 0], &indices[n, c, 0, 0],
+                                         &out[n, c, 0, 0], L, size, False)
     if outside:
         raise ValueError(f"indices must lie in [0, {size}), got {outside} outside")
     return out.base

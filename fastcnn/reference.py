@@ -201,13 +201,13 @@ def max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out, indices):
 
 
 def max_pool2d_backward(dout, indices, out):
-    """Route each output gradient to the one input its max came from.
+    """Route each output gradient to the one input its max came from (an
+    index outside its plane is a ValueError).
 
     Parameters
     ----------
     dout : ndarray, shape (N, C, oh, ow)
-    indices : ndarray of int64, shape (N, C, oh, ow)
-        Each in ``[0, H*W)``, else ValueError.
+    indices : ndarray of int64, shape (N, C, oh, ow), each in ``[0, H*W)``
     out : ndarray, shape (N, C, H, W), same dtype as `dout`
         Overlapping windows that chose the same input add up.
     """

@@ -49,6 +49,15 @@ class _Elementwise(Layer):
 # ReLU's cache after BatchNorm's forward_relu computed its output.
 _FUSED = object()
 
+#: The Raises section of the layers' ``forward_relu`` (see :func:`_check_fusable`).
+FUSABLE_RELU_RAISES = """
+Raises
+------
+TypeError
+    If `relu` is not a :class:`~fastcnn.layers.ReLU` (a subclass may
+    compute something else, and is not fused).
+"""
+
 
 class ReLU(_Elementwise):
     """``max(x, 0)``; the gradient is 1 where ``x > 0`` and 0 elsewhere (as PyTorch)."""
@@ -66,6 +75,14 @@ class ReLU(_Elementwise):
 
     def _backward(self, dout, saved):
         return dout if saved is _FUSED else super()._backward(dout, saved)
+
+
+def _check_fusable(relu) -> None:
+    """The ReLU that a layer's ``forward_relu`` computes with its own output,
+    or TypeError (exact type: a subclass may compute something else)."""
+    if type(relu) is not ReLU:
+        raise TypeError(
+            f"relu must be a fastcnn.layers.ReLU (not a subclass), got {type(relu).__name__}")
 
 
 class LeakyReLU(_Elementwise):

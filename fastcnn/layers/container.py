@@ -10,8 +10,9 @@ import operator
 import numpy as np
 
 from .. import functional as F
+from .._docstrings import fill_doc
 from .._validation import as_float_array, flag, shape_tuple
-from .activation import ReLU
+from .activation import FUSABLE_RELU_RAISES, ReLU, _check_fusable
 from .base import Layer, _named_modules, _output_shape_or_none
 from .normalization import BatchNorm1D, BatchNorm2D
 
@@ -233,6 +234,7 @@ class Residual(Layer):
         """``body(x) + shortcut(x)``; see :meth:`fastcnn.layers.Layer.forward`."""
         return self._forward_sum(x, training, relu_after=False)
 
+    @fill_doc(raises=FUSABLE_RELU_RAISES)
     def forward_relu(self, x, relu: ReLU, training: bool | None = None) -> np.ndarray:
         """``relu.forward(self.forward(x, training))``, the sum and the ReLU
         in one pass over memory.
@@ -241,15 +243,9 @@ class Residual(Layer):
         give the gradients of the unfused pair. :class:`Sequential` runs a
         residual connection followed by a ReLU this way.
 
-        Raises
-        ------
-        TypeError
-            If `relu` is not a :class:`~fastcnn.layers.ReLU` (a subclass may
-            compute something else, and is not fused).
+        {raises}
         """
-        if type(relu) is not ReLU:
-            raise TypeError(
-                f"relu must be a fastcnn.layers.ReLU (not a subclass), got {type(relu).__name__}")
+        _check_fusable(relu)
         out = self._forward_sum(x, training, relu_after=True)
         relu._fused_after(out, applies_gradient=False)
         return out

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from .._docstrings import fill_doc
 from .._validation import check_same_dtype, flag, positive_int, real, shape_tuple
-from .activation import ReLU
+from .activation import FUSABLE_RELU_RAISES, ReLU, _check_fusable
 from .base import Layer, _describe_args, _float_dtype
 
 __all__ = ["BatchNorm1D", "BatchNorm2D", "GroupNorm", "LayerNorm"]
@@ -49,6 +50,7 @@ class _BatchNorm(Layer):
             x, self.params["weight"], self.params["bias"], self.state["running_mean"],
             self.state["running_var"], training, self.momentum, self.eps, self._relu)
 
+    @fill_doc(raises=FUSABLE_RELU_RAISES)
     def forward_relu(self, x, relu: ReLU, training: bool | None = None) -> np.ndarray:
         """``relu.forward(self.forward(x, training))`` in one pass over memory.
 
@@ -58,15 +60,9 @@ class _BatchNorm(Layer):
         positive, in its own passes). :class:`~fastcnn.layers.Sequential`
         runs a batch norm followed by a ReLU this way.
 
-        Raises
-        ------
-        TypeError
-            If `relu` is not a :class:`~fastcnn.layers.ReLU` (a subclass may
-            compute something else, and is not fused).
+        {raises}
         """
-        if type(relu) is not ReLU:
-            raise TypeError(
-                f"relu must be a fastcnn.layers.ReLU (not a subclass), got {type(relu).__name__}")
+        _check_fusable(relu)
         self._relu = True
         try:
             out = self.forward(x, training)
