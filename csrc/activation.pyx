@@ -1,12 +1,13 @@
 # Compiler directives (bounds checks off unless FASTCNN_DEBUG) are set in setup.py.
-"""Compiled activations, forward and backward, on flat C-contiguous arrays.
+"""Compiled element-wise kernels on flat C-contiguous arrays: the activations,
+forward and backward, a residual connection's sum and dropout.
 
 Python twins: ``fastcnn.reference.relu``, ``relu_backward``, ``leaky_relu``,
 ``leaky_relu_backward``, ``sigmoid``, ``sigmoid_backward``, ``tanh``,
-``tanh_backward``, ``elu`` and ``elu_backward``, ``add`` (a residual
-connection's sum, with the ReLU after it fused) and ``dropout``. Any shape is passed
-flattened. Cells are computed independently in blocks (``blocks.pxd``);
-each select picks between values already loaded (or constants), so that
+``tanh_backward``, ``elu``, ``elu_backward``, ``add`` (with the ReLU
+after the sum fused) and ``dropout``. Any shape is passed flattened.
+Cells are computed independently in blocks (``blocks.pxd``); each select
+picks between values already loaded (or constants), so that
 the compiler vectorises it instead of branching on the data (it will not
 speculate a load or a product that a branch may skip). A scalar given as a
 double is first rounded to the arrays' dtype, as NumPy does with a Python

@@ -78,8 +78,8 @@ class ReLU(_Elementwise):
 
 
 def _check_fusable(relu) -> None:
-    """The ReLU that a layer's ``forward_relu`` computes with its own output,
-    or TypeError (exact type: a subclass may compute something else)."""
+    """TypeError unless `relu` is a ReLU that a layer's ``forward_relu`` may
+    compute (its exact type: a subclass may compute something else)."""
     if type(relu) is not ReLU:
         raise TypeError(
             f"relu must be a fastcnn.layers.ReLU (not a subclass), got {type(relu).__name__}")
