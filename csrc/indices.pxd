@@ -38,3 +38,11 @@ cdef inline Py_ssize_t scatter_plane(
         else:
             dst[i] = src[k]
     return outside
+
+
+cdef inline object checked(object result, Py_ssize_t outside, Py_ssize_t size):
+    """`result`, or ValueError if `outside` indices lay outside their planes
+    of `size` cells (the kernels that count them as they read them)."""
+    if outside:
+        raise ValueError(f"indices must lie in [0, {size}), got {outside} outside")
+    return result

@@ -27,7 +27,7 @@ from libc.string cimport memset
 from simd cimport (
     FCNN_HAVE_STREAM, fcnn_set_simd_cap, fcnn_simd_level, fcnn_stream, fcnn_stream_fence,
 )
-from indices cimport scatter_plane
+from indices cimport checked, scatter_plane
 from scratch cimport per_thread_scratch, scratch_if
 from window cimport clip, end_inside, first_inside
 
@@ -333,7 +333,7 @@ def max_pool2d_backward(
                                                  &indices[0, 0, 0, 0] + plane * oh * ow,
                                                  &out[0, 0, 0, 0] + plane * H * W, oh * ow,
                                                  H * W, True)
-        return _checked(out, outside, H * W)
+        return checked(out.base, outside, H * W)
     # Otherwise each plane is zeroed and scattered into while it is in cache:
     # in place, or in a per-thread scratch plane that is then streamed out.
     stream = not tiles and FCNN_HAVE_STREAM and out.size * sizeof(floating) >= STREAM_BYTES
@@ -349,14 +349,7 @@ def max_pool2d_backward(
             fcnn_stream_fence()
     finally:
         free(scratch)
-    return _checked(out, outside, H * W)
-
-
-cdef _checked(floating[:, :, :, ::1] out, Py_ssize_t outside, Py_ssize_t size):
-    """`out`'s array, or ValueError if `outside` indices lay outside their planes of `size`."""
-    if outside:
-        raise ValueError(f"indices must lie in [0, {size}), got {outside} outside")
-    return out.base
+    return checked(out.base, outside, H * W)
 
 
 cdef inline Py_ssize_t _divisor(

@@ -27,7 +27,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free
 from libc.string cimport memcpy, memset
 
-from indices cimport read_index, scatter_plane
+from indices cimport checked, read_index, scatter_plane
 from scratch cimport per_thread_scratch, scratch_if
 
 
@@ -415,7 +415,5 @@ def _max_unpool2d(
             else:
                 outside += scatter_plane(&src[n, c, 0, 0], &indices[n, c, 0, 0],
                                          &out[n, c, 0, 0], L, size, False)
-    if outside:
-        raise ValueError(f"indices must lie in [0, {size}), got {outside} outside")
-    return out.base
+    return checked(out.base, outside, size)
 
