@@ -37,6 +37,7 @@ from fastcnn.layers import (
     GlobalAvgPool2D,
     Identity,
     Layer,
+    MaxPool2D,
     ReLU,
     Residual,
 )
@@ -368,6 +369,64 @@ def test_residual_forward_relu_refuses_another_activation():
     for other in (_ShiftedReLU(), Identity()):
         with pytest.raises(TypeError, match="relu must be a fastcnn.layers.ReLU"):
             block.forward_relu(x, other)
+
+
+# A ReLU followed by a max pooling runs fused too, pooling first
+# (MaxPool2D.forward_after_relu): the ReLU on the pooled output, its gradient
+# applied before the pooling's; the same results bit for bit.
+
+
+@pytest.mark.parametrize(
+    "backend", ["numpy", "cython"] if fastcnn._backend.compiled_available() else ["numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("relu", [ReLU, _ShiftedReLU])
+@pytest.mark.parametrize("pool", [
+    dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), dict(kernel_size=2, dilation=2),
+    dict(kernel_size=(1, 3), stride=(2, 1))])
+@pytest.mark.parametrize("seed", range(3))
+def test_relu_then_max_pool_runs_fused_and_equals_the_two_layers(backend, dtype, relu, pool,
+                                                                 seed):
+    rng = np.random.default_rng(seed)
+    shape = (3, 4, 9, 11) if seed else (2, 3, 40, 38)
+    # few distinct values: ties within windows, windows of no positive value
+    x = rng.integers(-3, 3, shape).astype(dtype) * 0.5
+    x.flat[::7 + seed] = np.resize(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], dtype),
+                                   x.flat[::7 + seed].shape)
+    dout = rng.standard_normal(MaxPool2D(**pool).output_shape(shape)).astype(dtype)
+    dout.flat[::5] = [np.inf, -np.inf, np.nan][seed]
+    results = []
+    with fastcnn.use_backend(backend), np.errstate(invalid="ignore"):
+        for fused in (True, False):
+            act, mp = relu(), MaxPool2D(**pool)
+            if fused:
+                model = Sequential([act, mp])
+                out, dx = model.forward(x), model.backward(dout)
+                assert (act._cache is _FUSED) == (relu is ReLU)
+            else:
+                out = mp.forward(act.forward(x))
+                dx = act.backward(mp.backward(dout))
+            results.append([out, dx])
+    for got, expected in zip(*results):
+        assert got.shape == expected.shape and got.tobytes() == expected.tobytes()
+
+
+def test_max_pool_forward_after_relu_passes_the_gradient_through_the_relu():
+    act, mp = ReLU(), MaxPool2D(2)
+    x = np.random.default_rng(0).standard_normal((4, 2, 6, 6)).astype(np.float32)
+    out = mp.forward_after_relu(x, act)
+    np.testing.assert_array_equal(out, np.maximum(x.reshape(4, 2, 3, 2, 3, 2).max((3, 5)), 0))
+    dx = mp.backward(np.ones_like(out))
+    assert dx.shape == x.shape and dx.sum() == (out > 0).sum()
+    assert act.backward(dx) is dx  # the pooling's backward applied the ReLU's mask
+    with pytest.raises(ValueError, match="shape"):
+        act.backward(np.ones_like(out))
+    for other in (_ShiftedReLU(), Identity()):
+        with pytest.raises(TypeError, match="relu must be a fastcnn.layers.ReLU"):
+            mp.forward_after_relu(x, other)
+    # unfused again: the pooling's own forward and backward
+    np.testing.assert_array_equal(mp.forward(x), x.reshape(4, 2, 3, 2, 3, 2).max((3, 5)))
+    assert mp.backward(np.ones_like(out)).sum() == out.size
 
 
 # ---------------------------------------------------------------------------

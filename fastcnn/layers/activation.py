@@ -46,7 +46,7 @@ class _Elementwise(Layer):
         return ", ".join(f"{name}={getattr(self, name)}" for name in self._arguments)
 
 
-# ReLU's cache after BatchNorm's forward_relu computed its output.
+# ReLU's cache when the layer fused with it applies its gradient.
 _FUSED = object()
 
 #: The Raises section of the layers' ``forward_relu`` (see :func:`_check_fusable`).
@@ -64,14 +64,16 @@ class ReLU(_Elementwise):
 
     _ops = (F._relu, F._relu_backward)
 
-    def _fused_after(self, out, applies_gradient: bool) -> None:
-        """Take `out` as this layer's output, computed by the layer before it
-        (see :meth:`fastcnn.layers.BatchNorm2D.forward_relu` and
-        :meth:`fastcnn.layers.Residual.forward_relu`). If that layer also
-        applies this layer's gradient, the backward passes `dout` on; else it
-        computes it from `out` (positive exactly where the input was)."""
-        self._cache = _FUSED if applies_gradient else out
-        self._out_shape, self._out_dtype = out.shape, out.dtype
+    def _fused(self, shape, dtype, out=None) -> None:
+        """Stand for this layer's forward, which a neighbouring layer computed
+        with its own (see :meth:`fastcnn.layers.BatchNorm2D.forward_relu`,
+        :meth:`fastcnn.layers.Residual.forward_relu` and
+        :meth:`fastcnn.layers.MaxPool2D.forward_after_relu`): its output would
+        have had `shape` and `dtype`. The backward computes the gradient from
+        `out`, the ReLU's output (positive exactly where its input was), or,
+        if `out` is None, passes `dout` on: the other layer applies it."""
+        self._cache = _FUSED if out is None else out
+        self._out_shape, self._out_dtype = tuple(shape), np.dtype(dtype)
 
     def _backward(self, dout, saved):
         return dout if saved is _FUSED else super()._backward(dout, saved)

@@ -15,6 +15,7 @@ from .._validation import as_float_array, flag, shape_tuple
 from .activation import FUSABLE_RELU_RAISES, ReLU, _check_fusable
 from .base import Layer, _named_modules, _output_shape_or_none
 from .normalization import BatchNorm1D, BatchNorm2D
+from .pooling import MaxPool2D
 
 __all__ = ["Sequential", "Residual", "Identity", "named_layers"]
 
@@ -125,23 +126,31 @@ class Sequential(Layer):
         `training` is passed to every layer as given (None: each layer's own mode).
         A batch norm or a :class:`Residual` followed by a ReLU runs as one
         (:meth:`~fastcnn.layers.BatchNorm2D.forward_relu`,
-        :meth:`~fastcnn.layers.Residual.forward_relu`).
+        :meth:`~fastcnn.layers.Residual.forward_relu`), and so does a ReLU
+        followed by a max pooling
+        (:meth:`~fastcnn.layers.MaxPool2D.forward_after_relu`).
         """
         _check_training(training)
         for run in self._runs():
-            x = run[0].forward(x, training) if len(run) == 1 else run[0].forward_relu(
-                x, run[1], training)
+            if len(run) == 1:
+                x = run[0].forward(x, training)
+            elif type(run[0]) is ReLU:
+                x = run[1].forward_after_relu(x, run[0], training)
+            else:
+                x = run[0].forward_relu(x, run[1], training)
         return x
 
     def _runs(self) -> list[tuple[Layer, ...]]:
-        """The layers as :meth:`forward` runs them, one by one, and a batch
-        norm or a residual connection followed by a ReLU as a pair."""
+        """The layers as :meth:`forward` runs them, one by one, and as pairs
+        a batch norm or a residual connection followed by a ReLU, and a ReLU
+        followed by a max pooling."""
         runs, layers, i = [], self.layers, 0
         while i < len(layers):
             after = layers[i + 1] if i + 1 < len(layers) else None
             # (exact types: a subclass may compute something else)
             fused = (type(layers[i]) in (BatchNorm1D, BatchNorm2D, Residual)
-                     and type(after) is ReLU)
+                     and type(after) is ReLU
+                     or type(layers[i]) is ReLU and type(after) is MaxPool2D)
             runs.append((layers[i], after) if fused else (layers[i],))
             i += len(runs[-1])
         return runs
@@ -247,7 +256,7 @@ class Residual(Layer):
         """
         _check_fusable(relu)
         out = self._forward_sum(x, training, relu_after=True)
-        relu._fused_after(out, applies_gradient=False)
+        relu._fused(out.shape, out.dtype, out)
         return out
 
     def _forward_sum(self, x, training, relu_after: bool) -> np.ndarray:

@@ -8,6 +8,7 @@ from .. import functional as F
 from .._buffers import empty
 from .._docstrings import fill_doc
 from .._validation import check_nchw, flag, input_shape_4d, pair, pool_window, spatial_size
+from .activation import FUSABLE_RELU_RAISES, ReLU, _check_fusable
 from .base import Layer, _describe_args
 
 __all__ = [
@@ -91,10 +92,38 @@ class MaxPool2D(_Pool2D):
     """
 
     _options = {"dilation": (1, 1)}
+    # True while forward_after_relu runs: the forward then applies the ReLU to its output.
+    _relu = False
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> None:
         super().__init__(kernel_size, stride, padding, ceil_mode)
         self.dilation = pair(dilation, "dilation")
+
+    @fill_doc(raises=FUSABLE_RELU_RAISES)
+    def forward_after_relu(self, x, relu: ReLU, training: bool | None = None) -> np.ndarray:
+        """``self.forward(relu.forward(x, training), training)``, pooling
+        first: the ReLU then runs on the pooled output, a fraction of `x`.
+
+        The ReLU keeps the order of its inputs and makes no new maximum (its
+        zeros stand where the inputs were not positive), so a window's
+        maximum is positive exactly where that of its ReLU is, at the same
+        cell, and zero or NaN alike otherwise. The output, and the gradient
+        of the two layers' backward calls (this layer's, then `relu`'s,
+        which passes it on), are the unfused pair's, bit for bit.
+        :class:`~fastcnn.layers.Sequential` runs a ReLU followed by a max
+        pooling this way.
+
+        {raises}
+        """
+        _check_fusable(relu)
+        x = np.asarray(x)
+        self._relu = True
+        try:
+            out = self.forward(x, training)
+        finally:
+            del self._relu
+        relu._fused(x.shape, out.dtype)
+        return out
 
     def _forward(self, x, training):
         check_nchw(x, "x")
@@ -103,11 +132,16 @@ class MaxPool2D(_Pool2D):
             self.ceil_mode,
         )
         out, indices = F._max_pool2d(x, win)
-        return out, (indices, x.shape)
+        if not self._relu:
+            return out, (indices, x.shape, None)
+        out = F._relu(out)
+        return out, (indices, x.shape, out)
 
     def _backward(self, dout, cache):
         # The indices are the forward's own: int64, in range, nothing to check.
-        indices, input_shape = cache
+        indices, input_shape, relu_out = cache
+        if relu_out is not None:  # the fused ReLU's gradient
+            dout = F._relu_backward(dout, relu_out)
         return F._max_pool2d_backward(dout, indices, input_shape)
 
 
