@@ -195,7 +195,7 @@ def conv2d_forward(
             packed = own_gemm_pack(&weight[0, 0], kg, F, kg, 1, 0)
             with nogil, parallel(num_threads=num_threads):
                 cols = scratch + threadid() * stride
-                for item in prange(N * bands.count, schedule="dynamic"):
+                for item in prange(N * bands.count, schedule="static"):
                     piece = band_of(&bands, item, oh)
                     pad_band(&x[piece.n, 0, 0, 0], C, H, W, &bands, piece, kh, sh, ph, dh, sw, pw,
                              PW, cols)
@@ -208,7 +208,7 @@ def conv2d_forward(
             packed = own_gemm_pack(&weight[0, 0], kg, fg, kg, groups, fg * kg)
         with nogil, parallel(num_threads=num_threads):
             cols = scratch + threadid() * stride
-            for n in prange(N, schedule="dynamic"):
+            for n in prange(N, schedule="static"):
                 for b in range((oh + band - 1) // band):
                     y0 = b * band
                     y1 = min(y0 + band, oh)
@@ -357,7 +357,7 @@ cdef bint implicit_input_grad(
         with nogil, parallel(num_threads=num_threads):
             s = scratch + threadid() * stride
             out = s + F * bands.R * PW
-            for item in prange(N * bands.count, schedule="dynamic"):
+            for item in prange(N * bands.count, schedule="static"):
                 band = band_of(&bands, item, A)
                 pad_band(&dout[band.n, 0, 0, 0], F, oh, ow, &bands, band, ey_hi - ey_lo + 1, 1,
                          -ey_lo, 1, 1, -ex_lo, PW, s)
@@ -456,7 +456,7 @@ cdef bint implicit_weight_grad(
             memset(dt, 0, bands.rows * ow * Fp * sizeof(floating))  # the filters past F
             for j in range(L):
                 ones[j] = 1
-            for p in prange(parts, schedule="dynamic"):
+            for p in prange(parts, schedule="static"):
                 n0 = p * chunk
                 n1 = min(N, n0 + chunk)
                 for n in range(n0, n1):
@@ -562,7 +562,7 @@ def conv2d_backward(
             for l in range(ld):
                 ones[l] = 1
             t = tables + threadid() * t_stride
-            for p in prange(parts, schedule="dynamic"):
+            for p in prange(parts, schedule="static"):
                 n0 = p * chunk
                 n1 = min(N, n0 + chunk)
                 for q in range((n1 - n0 + S - 1) // S):

@@ -115,7 +115,7 @@ def conv2d_direct_forward(
             w = packed
         with nogil, parallel(num_threads=num_threads):
             s = scratch + threadid() * stride
-            for item in prange(N * bands.count, schedule="dynamic"):
+            for item in prange(N * bands.count, schedule="static"):
                 band = band_of(&bands, item, oh)
                 pad_band(&x[band.n, 0, 0, 0], C, H, W, &bands, band, kh, sh, ph, dh, sw, pw, PW, s)
                 for y in range(band.y0, band.y1):
@@ -173,7 +173,7 @@ def conv2d_direct_backward(
             s = scratch + threadid() * stride
             dw1 = s + C * R * sw * PW
             db1 = dw1 + F * K
-            for p in prange(parts, schedule="dynamic"):
+            for p in prange(parts, schedule="static"):
                 pw_dw = &dweight_parts[p, 0, 0]
                 pw_db = &dbias_parts[p, 0]
                 for n in range(p * chunk, min(N, (p + 1) * chunk)):

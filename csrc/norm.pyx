@@ -181,12 +181,16 @@ cdef int _run_tiles(TilePass kind, const Tiling* t, const floating* x, const flo
     The tiles take the arrays they need of `x`, `dout` and `out`, the
     per-channel `centre` (the shift or the mean) and coefficients `coef`
     (see _elemt_tile and _backward_reduce_tile), and write their partial
-    sums to `partial` and `partial_2`; `relu` fuses a ReLU. Each thread
-    has scratch for a few arrays of a piece's cells, and remembers which
-    piece's values it holds: a thread's tiles run piece by piece, so the
-    element-wise passes spread them once per piece.
+    sums to `partial` and `partial_2`; `relu` fuses a ReLU.
+
+    Thread w takes the w-th of `num_threads` equal ranges of the tiles in
+    row-block order: the rows of the batch that the kernels before and
+    after (convolutions, element-wise maps) give the same thread, whose
+    cache holds them. It runs its tiles piece by piece, and remembers which
+    piece's values its scratch (a few arrays of a piece's cells) holds, so
+    that the element-wise passes spread them once per piece.
     """
-    cdef Py_ssize_t i, stride = 0, held_stride = 0
+    cdef Py_ssize_t i, w, k, b, lo, hi, stride = 0, held_stride = 0
     cdef Py_ssize_t arrays = 6 if kind == BACKWARD_ELEMT else 5 if kind == BACKWARD_REDUCE else \
         2 if kind == STATS else 3
     cdef double* scratch = NULL
@@ -201,19 +205,25 @@ cdef int _run_tiles(TilePass kind, const Tiling* t, const floating* x, const flo
             s = scratch + threadid() * stride
             piece_in_s = held + threadid() * held_stride
             piece_in_s[0] = -1
-            for i in prange(t.tiles, schedule="static"):
-                if kind == STATS:
-                    _stats_tile(x, t, i // t.blocks, i % t.blocks, centre, s, s + t.cells,
-                                partial, partial_2)
-                elif kind == BACKWARD_REDUCE:
-                    _backward_reduce_tile(dout, x, t, i // t.blocks, i % t.blocks, centre, coef,
-                                          relu, s, partial, partial_2)
-                elif kind == ELEMT:  # (a constant kind: the compiler drops the other pass)
-                    _elemt_tile(ELEMT, dout, x, out, t, i // t.blocks, i % t.blocks, training,
-                                relu, centre, coef, s, piece_in_s)
-                else:
-                    _elemt_tile(BACKWARD_ELEMT, dout, x, out, t, i // t.blocks, i % t.blocks,
-                                training, relu, centre, coef, s, piece_in_s)
+            for w in prange(num_threads, schedule="static"):
+                lo = w * t.tiles // num_threads
+                hi = (w + 1) * t.tiles // num_threads
+                for k in range(t.pieces):
+                    for b in range(lo // t.pieces, (hi + t.pieces - 1) // t.pieces):
+                        i = b * t.pieces + k
+                        if i < lo or i >= hi:
+                            continue
+                        if kind == STATS:
+                            _stats_tile(x, t, k, b, centre, s, s + t.cells, partial, partial_2)
+                        elif kind == BACKWARD_REDUCE:
+                            _backward_reduce_tile(dout, x, t, k, b, centre, coef, relu, s,
+                                                  partial, partial_2)
+                        elif kind == ELEMT:  # (a constant kind: the compiler drops the others)
+                            _elemt_tile(ELEMT, dout, x, out, t, k, b, training, relu, centre,
+                                        coef, s, piece_in_s)
+                        else:
+                            _elemt_tile(BACKWARD_ELEMT, dout, x, out, t, k, b, training, relu,
+                                        centre, coef, s, piece_in_s)
     finally:
         free(scratch)
         free(held)

@@ -435,7 +435,7 @@ def winograd_conv2d(
             d = M + 36 * F * most
             # their columns' transform (6, nt, 4, w1); then the output tiles (4, 4, n)
             e = d + cells
-            for it in prange(items, schedule="dynamic"):
+            for it in prange(items, schedule="static"):
                 n0 = it // row_blocks * samples
                 n1 = min(N, n0 + samples)
                 ty0 = it % row_blocks * rows
@@ -526,7 +526,7 @@ def winograd_conv2d_backward(
             ones = e + max(cells, 27 * DWEIGHT_BLOCK)
             for i in range(length):
                 ones[i] = 1
-            for p in prange(parts, schedule="dynamic"):
+            for p in prange(parts, schedule="static"):
                 first = True
                 for g in range(p * chunk, min(groups, (p + 1) * chunk)):
                     for b in range(row_blocks):

@@ -816,8 +816,13 @@ def avg_pool2d(
     """
     x = v.as_float_array(x, "x")
     v.check_nchw(x, "x")
-    args, win = _avg_args(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                          divisor_override)
+    return _avg_pool2d(x, *_avg_args(x.shape, kernel_size, stride, padding, ceil_mode,
+                                     count_include_pad, divisor_override))
+
+
+def _avg_pool2d(x: np.ndarray, args: tuple, win: v.Window) -> np.ndarray:
+    """:func:`avg_pool2d` of a validated `x` and the ``(args, win)`` of
+    :func:`_avg_args`."""
     out = empty(x.shape[:2] + (win.oh, win.ow), dtype=x.dtype)
     if x.shape[0]:
         in_pieces("avg_pool2d", x.shape[:2], (x, *args, out), taps=_plane_taps(win, *x.shape[2:]))
@@ -849,6 +854,12 @@ def avg_pool2d_backward(
     args, win = _avg_args(shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
                           divisor_override)
     _check_dout_shape(dout, shape[:2] + (win.oh, win.ow), "avg_pool2d")
+    return _avg_pool2d_backward(dout, shape, args, win)
+
+
+def _avg_pool2d_backward(dout: np.ndarray, shape, args: tuple, win: v.Window) -> np.ndarray:
+    """:func:`avg_pool2d_backward` of a validated `dout` of the input `shape`
+    and the ``(args, win)`` of :func:`_avg_args`."""
     out = empty(shape, dtype=dout.dtype)
     if shape[0]:
         in_pieces("avg_pool2d_backward", shape[:2], (dout, *args, out),

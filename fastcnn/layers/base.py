@@ -12,7 +12,6 @@ from .._buffers import BufferPool
 from .._validation import (
     SUPPORTED_DTYPES,
     _describe,
-    Window,
     as_float_array,
     flag,
     given_back,
@@ -193,11 +192,12 @@ class Layer:
         # (see _check_arrays).
         self._shapes: dict[tuple[str, str], tuple[int, ...]] = {}
 
-    def _kept_window(self, make, shape, *geometry) -> Window:
+    def _kept_window(self, make, shape, *geometry):
         """``make(shape, *geometry)``, computed again only when it can change.
 
-        A window depends on the input's spatial size and the geometry only,
-        which stay the same from one training step to the next.
+        A window (and whatever else `make` derives with it) depends on the
+        input's spatial size and the geometry only, which stay the same from
+        one training step to the next.
         """
         key = (shape[2:], *geometry)
         if key != self._window_key:

@@ -33,8 +33,7 @@ padding : int or (int, int)
 class _Pool2D(Layer):
     """What max and average pooling share: the window and the output shape.
 
-    Subclasses list their keyword arguments (with defaults) in ``_options``;
-    ``_geometry()`` gives them all, ready for the functional op.
+    Subclasses list their keyword arguments (with defaults) in ``_options``.
     """
 
     _options: dict = {}
@@ -46,15 +45,6 @@ class _Pool2D(Layer):
         self.stride = None if stride is None else pair(stride, "stride")
         self.padding = pair(padding, "padding", minimum=0)
         self.ceil_mode = flag(ceil_mode, "ceil_mode")
-
-    def _geometry(self) -> dict:
-        return dict(
-            kernel_size=self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            ceil_mode=self.ceil_mode,
-            **{name: getattr(self, name) for name in self._options},
-        )
 
     def output_shape(self, input_shape):
         shape = input_shape_4d(input_shape)
@@ -171,10 +161,15 @@ class AvgPool2D(_Pool2D):
         self.count_include_pad = flag(count_include_pad, "count_include_pad")
 
     def _forward(self, x, training):
-        return F.avg_pool2d(x, **self._geometry()), x.shape
+        check_nchw(x, "x")
+        args, win = self._kept_window(
+            F._avg_args, x.shape, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+            self.count_include_pad, None,
+        )
+        return F._avg_pool2d(x, args, win), (x.shape, args, win)
 
-    def _backward(self, dout, input_shape):
-        return F.avg_pool2d_backward(dout, input_shape, **self._geometry())
+    def _backward(self, dout, cache):
+        return F._avg_pool2d_backward(dout, *cache)
 
 
 class GlobalAvgPool2D(Layer):
