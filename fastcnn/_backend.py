@@ -60,6 +60,7 @@ __all__ = [
 
 #: The registry: every kernel of the reference set, which the compiled set mirrors.
 KERNEL_NAMES = tuple(reference.__all__)
+_KERNEL_SET = frozenset(KERNEL_NAMES)  # (a kernel's every call looks its name up)
 #: The kernels that call BLAS (see :func:`blas_single_threaded`).
 GEMM_KERNELS = frozenset({"conv2d_forward", "conv2d_backward", "linear_forward", "linear_backward",
                           "winograd_conv2d", "winograd_conv2d_backward"})
@@ -356,7 +357,7 @@ def use_num_threads(n: int | None):
 
 def pair_of(name: str):
     """``(compiled, reference)`` kernels registered under `name` (compiled may be None)."""
-    if name not in KERNEL_NAMES:
+    if name not in _KERNEL_SET:
         raise ValueError(f"kernel name must be one of {KERNEL_NAMES}, got {name!r}")
     return _compiled.get(name), getattr(reference, name)
 
@@ -366,13 +367,15 @@ def pair_of(name: str):
 # preempted joins a parallel region a scheduler slice late: milliseconds.
 # (Side by side on a 2-core AMD EPYC at 2 threads, 256 KiB rather than 1 MiB
 # made the pools of 128x16x8x8 planes 1.3-1.7x as fast and the digits
-# network's training step 1.1x.)
+# network's training step 1.1x. On a 2-core Xeon, 0.5 rather than 2 million
+# multiply-adds made digits' 1 -> 16 channel convolution, 1.2 million,
+# 1.3-1.4x as fast and its training step 1.05x; other steps within noise.)
 
 #: A compiled kernel whose arrays hold fewer bytes runs on one thread.
 PARALLEL_BYTES = 256 << 10
 
 #: A GEMM driver call of fewer multiply-adds runs on one thread.
-PARALLEL_MACS = 2_000_000
+PARALLEL_MACS = 500_000
 
 
 def _parallel(parallel: bool | None, args) -> bool:

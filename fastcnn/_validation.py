@@ -164,6 +164,8 @@ def integer(value, name: str, what: str = "an int") -> int:
     Python and NumPy integers and 0-d integer arrays are accepted; bools,
     floats (even integral ones), strings and everything else raise TypeError.
     """
+    if type(value) is int:  # the common case, first (a bool's type is bool)
+        return value
     if not isinstance(value, (bool, np.bool_)):
         if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
             return int(value)

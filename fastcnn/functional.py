@@ -11,7 +11,6 @@ int or an ``(h, w)`` pair.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import NamedTuple
 
@@ -750,7 +749,8 @@ def max_pool2d_backward(dout, indices, input_shape) -> np.ndarray:
             f"indices and dout must have the same shape, got {indices.shape} and {dout.shape}"
         )
     _check_planes(dout, shape)
-    with _index_errors(indices, f"[0, H*W) = [0, {shape[2] * shape[3]}) for input_shape={shape}"):
+    with _index_errors(indices, lambda: f"[0, H*W) = [0, {shape[2] * shape[3]}) for "
+                                        f"input_shape={shape}"):
         return _max_pool2d_backward(dout, indices, shape)
 
 
@@ -764,16 +764,24 @@ def _max_pool2d_backward(dout: np.ndarray, indices: np.ndarray, shape) -> np.nda
     return out
 
 
-@contextlib.contextmanager
-def _index_errors(indices: np.ndarray, allowed: str):
-    """Say in full the ValueError of a kernel that checks its `indices`
-    itself (as it reads them, saving a pass): they must lie in `allowed`."""
-    try:
-        yield
-    except ValueError:
-        raise ValueError(
-            f"indices must lie in {allowed}, got values in [{indices.min()}, {indices.max()}]"
-        ) from None
+class _index_errors:
+    """A context that says in full the ValueError of a kernel that checks its
+    `indices` itself (as it reads them, saving a pass): they must lie in the
+    range that ``allowed()`` words (called then only: the context is on the
+    path of every call)."""
+
+    def __init__(self, indices: np.ndarray, allowed) -> None:
+        self.indices, self.allowed = indices, allowed
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is not None and issubclass(kind, ValueError):
+            raise ValueError(
+                f"indices must lie in {self.allowed()}, got values in "
+                f"[{self.indices.min()}, {self.indices.max()}]"
+            ) from None
 
 
 def _avg_args(shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
@@ -1655,7 +1663,7 @@ def _unpool(name, src, indices, out, plane: int, taps: int) -> np.ndarray:
     """Run max_unpool2d's kernel `name` on (n, c) planes of `plane` cells; an
     index outside one is the kernel's ValueError, said here in full."""
     if out.shape[0]:
-        with _index_errors(indices, f"[0, {plane}) (the output plane's oh*ow)"):
+        with _index_errors(indices, lambda: f"[0, {plane}) (the output plane's oh*ow)"):
             in_pieces(name, out.shape[:2], (src, indices, out), taps=taps)
     return out
 
