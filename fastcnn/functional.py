@@ -11,6 +11,7 @@ int or an ``(h, w)`` pair.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -1426,12 +1427,22 @@ def _linear_taps(in_size, out_size, scale, align_corners, dtype):
 
 def _interpolate_tables(shape, oh, ow, scales, mode, align, dtype):
     """The kernel (name) and per-axis tables of interpolate() from an
-    (N, C, H, W) input to (oh, ow)."""
-    (h, w), (sh, sw) = shape[2:], scales
+    (N, C, H, W) input to (oh, ow), read-only (see :func:`_axis_tables`)."""
+    return _axis_tables(*shape[2:], oh, ow, *scales, mode, align, np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_tables(h, w, oh, ow, sh, sw, mode, align, dtype):
+    """:func:`_interpolate_tables`, made once per geometry: a network resamples
+    the same sizes at every step, and on small planes making the tables took
+    as long as a tenth of the kernel. Read-only, as they are shared."""
     if mode == "nearest":
-        return "interpolate_nearest", (_nearest_source(h, oh, sh), _nearest_source(w, ow, sw))
-    return "interpolate_bilinear", (*_linear_taps(h, oh, sh, align, dtype),
-                                    *_linear_taps(w, ow, sw, align, dtype))
+        tables = _nearest_source(h, oh, sh), _nearest_source(w, ow, sw)
+    else:
+        tables = (*_linear_taps(h, oh, sh, align, dtype), *_linear_taps(w, ow, sw, align, dtype))
+    for table in tables:
+        table.setflags(write=False)
+    return ("interpolate_nearest" if mode == "nearest" else "interpolate_bilinear"), tables
 
 
 def _resample(name, src, tables, out, taps):
