@@ -87,6 +87,20 @@ def _check_fusable(relu) -> None:
             f"relu must be a fastcnn.layers.ReLU (not a subclass), got {type(relu).__name__}")
 
 
+def _forward_applying(layer, x, relu, training, relu_shape=None):
+    """``layer.forward(x, training)`` with ``layer._relu`` set, which makes it
+    compute `relu`'s forward and apply its gradient too; `relu` then stands
+    for its part (its output shape `relu_shape`, by default the layer's)."""
+    _check_fusable(relu)
+    layer._relu = True
+    try:
+        out = layer.forward(x, training)
+    finally:
+        del layer._relu
+    relu._fused(out.shape if relu_shape is None else relu_shape, out.dtype)
+    return out
+
+
 class LeakyReLU(_Elementwise):
     """``x`` where ``x > 0``, else ``negative_slope * x`` (as ``torch.nn.LeakyReLU``).
 

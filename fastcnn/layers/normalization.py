@@ -7,7 +7,7 @@ import numpy as np
 from .. import functional as F
 from .._docstrings import fill_doc
 from .._validation import check_same_dtype, flag, positive_int, real, shape_tuple
-from .activation import FUSABLE_RELU_RAISES, ReLU, _check_fusable
+from .activation import FUSABLE_RELU_RAISES, ReLU, _forward_applying
 from .base import Layer, _describe_args, _float_dtype
 
 __all__ = ["BatchNorm1D", "BatchNorm2D", "GroupNorm", "LayerNorm"]
@@ -62,14 +62,7 @@ class _BatchNorm(Layer):
 
         {raises}
         """
-        _check_fusable(relu)
-        self._relu = True
-        try:
-            out = self.forward(x, training)
-        finally:
-            del self._relu
-        relu._fused(out.shape, out.dtype)
-        return out
+        return _forward_applying(self, x, relu, training)
 
     def _backward(self, dout, cache):
         dx, dweight, dbias = F._batch_norm_backward(dout, cache, self.params["weight"])

@@ -8,7 +8,7 @@ from .. import functional as F
 from .._buffers import empty
 from .._docstrings import fill_doc
 from .._validation import check_nchw, flag, input_shape_4d, pair, pool_window, spatial_size
-from .activation import FUSABLE_RELU_RAISES, ReLU, _check_fusable
+from .activation import FUSABLE_RELU_RAISES, ReLU, _forward_applying
 from .base import Layer, _describe_args
 
 __all__ = [
@@ -105,15 +105,8 @@ class MaxPool2D(_Pool2D):
 
         {raises}
         """
-        _check_fusable(relu)
         x = np.asarray(x)
-        self._relu = True
-        try:
-            out = self.forward(x, training)
-        finally:
-            del self._relu
-        relu._fused(x.shape, out.dtype)
-        return out
+        return _forward_applying(self, x, relu, training, x.shape)
 
     def _forward(self, x, training):
         check_nchw(x, "x")
