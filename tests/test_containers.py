@@ -275,6 +275,16 @@ class _ShiftedReLU(ReLU):
         return out + 1, saved
 
 
+def _run_pair(first, second, x, dout, fused, training=None):
+    """``(out, dx)`` of `first` then `second`: through a Sequential (which
+    fuses the pair where it can), or layer by layer."""
+    if fused:
+        model = Sequential([first, second])
+        return model.forward(x, training), model.backward(dout)
+    out = second.forward(first.forward(x, training), training)
+    return out, first.backward(second.backward(dout))
+
+
 @pytest.mark.parametrize(
     "backend", ["numpy", "cython"] if fastcnn._backend.compiled_available() else ["numpy"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -296,13 +306,9 @@ def test_batch_norm_then_relu_runs_fused_and_equals_the_two_layers(backend, dtyp
             bn, act = norm(shape[1], dtype=dtype), relu()
             bn.params["weight"][:], bn.params["bias"][:] = weight, bias
             bn.state["running_mean"][:], bn.state["running_var"][:] = 0.2, 1.5
+            out, dx = _run_pair(bn, act, x, dout, fused, training)
             if fused:
-                model = Sequential([bn, act])
-                out, dx = model.forward(x, training), model.backward(dout)
                 assert (act._cache is _FUSED) == (relu is ReLU)
-            else:
-                out = act.forward(bn.forward(x, training), training)
-                dx = bn.backward(act.backward(dout))
             results.append([out, dx, *bn.grads.values(), *bn.state.values()])
     for got, expected in zip(*results):
         assert got.tobytes() == expected.tobytes()
@@ -350,13 +356,9 @@ def test_residual_then_relu_runs_fused_and_equals_the_two_layers(backend, dtype,
             skip = Conv2D(shape[1], shape[1], 1, rng=4, dtype=dtype) if shortcut and len(
                 shape) == 4 else None
             block, act = Residual(body, skip), relu()
+            out, dx = _run_pair(block, act, x, dout, fused)
             if fused:
-                model = Sequential([block, act])
-                out, dx = model.forward(x), model.backward(dout)
                 assert (act._cache is out) == (relu is ReLU)
-            else:
-                out = act.forward(block.forward(x))
-                dx = block.backward(act.backward(dout))
             grads = [g for _, layer in block.named_modules() for g in layer.grads.values()]
             results.append([out, dx, *grads])
     for got, expected in zip(*results):
@@ -399,13 +401,9 @@ def test_relu_then_max_pool_runs_fused_and_equals_the_two_layers(backend, dtype,
     with fastcnn.use_backend(backend), np.errstate(invalid="ignore"):
         for fused in (True, False):
             act, mp = relu(), MaxPool2D(**pool)
+            out, dx = _run_pair(act, mp, x, dout, fused)
             if fused:
-                model = Sequential([act, mp])
-                out, dx = model.forward(x), model.backward(dout)
                 assert (act._cache is _FUSED) == (relu is ReLU)
-            else:
-                out = mp.forward(act.forward(x))
-                dx = act.backward(mp.backward(dout))
             results.append([out, dx])
     for got, expected in zip(*results):
         assert got.shape == expected.shape and got.tobytes() == expected.tobytes()
