@@ -1066,7 +1066,8 @@ def sigmoid_backward(dout, y, out):
 
 @fill_doc(arrays=_OF_INPUT)
 def tanh(x, out):
-    """``out = tanh(x)`` (NumPy's; the compiled kernel's is the C library's).
+    """``out = tanh(x)`` (NumPy's; the compiled kernel computes float32 in
+    float, csrc/vmath.h, and calls the C library's for float64).
 
     {arrays}
     """
