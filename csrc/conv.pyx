@@ -12,7 +12,9 @@ the CPU has AVX2 and FMA, through ``gemm_simd.h`` instead, which packs the
 filters once per call rather than once per sample (a level-0 cap, see
 ``_cap_simd``, makes it call BLAS); with AVX-512, on rows wide enough, the
 forward reads the taps from a zero-padded copy of the sample instead of its
-unfolded columns (fcnn_gemm_implicit_*; the same sums). Samples are spread
+unfolded columns (fcnn_gemm_implicit_*; the same sums), or, on rows that
+fill its vectors poorly, puts the filters in the lanes (lanes_simd.h; the
+same sums again). Samples are spread
 over the OpenMP team with the GIL released throughout; the Python layer
 makes sure that BLAS itself runs one thread meanwhile, so that the team is
 the only parallelism.
@@ -48,11 +50,45 @@ from scratch cimport per_thread_scratch
 from window cimport clip, end_inside, first_inside
 
 
+cdef extern from "lanes_simd.h" nogil:
+    enum: FCNN_LANES_SLACK
+    ptrdiff_t fcnn_lanes_cells(ptrdiff_t oh, ptrdiff_t PWc)
+    void fcnn_lanes_pad_f32(const float* x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t sh,
+                            ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Hph, ptrdiff_t PWc,
+                            float* s)
+    void fcnn_lanes_pad_f64(const double* x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t sh,
+                            ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Hph,
+                            ptrdiff_t PWc, double* s)
+    void fcnn_lanes_conv_f32(ptrdiff_t K, const float* wt, ptrdiff_t Fp, ptrdiff_t F,
+                             const float* s, const ptrdiff_t* offs, ptrdiff_t PWc, ptrdiff_t oh,
+                             ptrdiff_t ow, const float* bias, float* out, float* buf)
+    void fcnn_lanes_conv_f64(ptrdiff_t K, const double* wt, ptrdiff_t Fp, ptrdiff_t F,
+                             const double* s, const ptrdiff_t* offs, ptrdiff_t PWc, ptrdiff_t oh,
+                             ptrdiff_t ow, const double* bias, double* out, double* buf)
+
+
 def _cap_simd(int level):
     """Use SIMD kernels up to `level` (0 none: BLAS for every product); returns
     the previous cap. For the tests, which run every instruction set the
     machine has; the levels agree to rounding."""
     return fcnn_set_simd_cap(level)
+
+
+# Where the forward puts the filters in the lanes: "auto" by shape
+# (lanes_better), "never", or "always" (wherever AVX-512 and one group
+# allow it: for the tests, which compare it with the others).
+cdef int lanes_mode = 1
+LANES_MODES = ("never", "auto", "always")
+
+
+def _use_lanes(str mode):
+    """Set where the forward puts the filters in the vector lanes
+    (lanes_simd.h): one of LANES_MODES; returns the previous mode. For the
+    tests and benchmarks: every mode gives the same bits."""
+    global lanes_mode
+    previous = LANES_MODES[lanes_mode]
+    lanes_mode = LANES_MODES.index(mode)
+    return previous
 
 
 def _simd_level():
@@ -120,6 +156,108 @@ cdef inline bint implicit_rows(Py_ssize_t width, Py_ssize_t itemsize) noexcept n
     return fcnn_gemm_level() == 2 and 4 * width * itemsize > 64
 
 
+# With AVX-512, the forward may put the filters in the vector lanes instead
+# (lanes_simd.h): the same sums, read from the input's phases. It pays where
+# output rows of 9 to 15 cells fill the implicit product's vectors poorly:
+# side by side (Xeon, one thread, float32), 6 -> 16 channels, 5x5 on 14x14
+# planes, 0.77-0.82x the implicit product's time (float64 0.80x). Where
+# those are full, its filter tiles alike, it lost (stride 2, 0.9-1.2x: its
+# phases are copied cell by cell), as on few taps (3 channels, 1x1
+# windows: 1.2-3x), where its tiles' fixed costs weigh.
+cdef enum:
+    LANES_MIN_TAPS = 64
+
+
+cdef inline double row_lane_use(Py_ssize_t ow, Py_ssize_t lanes) noexcept nogil:
+    """The share of an implicit product's lanes that rows of `ow` outputs fill."""
+    if 2 * ow <= lanes:
+        return 2.0 * ow / lanes
+    return <double> ow / ((ow + lanes - 1) // lanes * lanes)
+
+
+cdef inline bint lanes_better(Py_ssize_t F, Py_ssize_t K, Py_ssize_t ow, Py_ssize_t PWc,
+                              Py_ssize_t sh, Py_ssize_t sw, bint implicit,
+                              Py_ssize_t itemsize) noexcept nogil:
+    """Whether the forward puts the filters in the lanes (see lanes_mode):
+    in "auto", where it fills a quarter more of its vectors than the
+    implicit product would, on stride 1 and many taps."""
+    cdef Py_ssize_t lanes = 64 // itemsize
+    if lanes_mode == 0 or fcnn_gemm_level() != 2:
+        return False
+    if lanes_mode == 2:
+        return True
+    if not implicit or sh != 1 or sw != 1 or K < LANES_MIN_TAPS or F < lanes:
+        return False
+    cdef double use = (<double> ow / PWc) * F / ((F + lanes - 1) // lanes * lanes)
+    cdef double tiles = <double> F / ((F + FCNN_GEMM_MR - 1) // FCNN_GEMM_MR * FCNN_GEMM_MR)
+    return use > 1.25 * row_lane_use(ow, lanes) * tiles
+
+
+cdef inline void lanes_pad(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                           Py_ssize_t Hph, Py_ssize_t PWc, floating* s) noexcept nogil:
+    if floating is float:
+        fcnn_lanes_pad_f32(x, C, H, W, sh, sw, ph, pw, Hph, PWc, s)
+    else:
+        fcnn_lanes_pad_f64(x, C, H, W, sh, sw, ph, pw, Hph, PWc, s)
+
+
+cdef inline void lanes_conv(Py_ssize_t K, const floating* wt, Py_ssize_t Fp, Py_ssize_t F,
+                            const floating* s, const ptrdiff_t* offs, Py_ssize_t PWc,
+                            Py_ssize_t oh, Py_ssize_t ow, const floating* bias, floating* out,
+                            floating* buf) noexcept nogil:
+    if floating is float:
+        fcnn_lanes_conv_f32(K, wt, Fp, F, s, offs, PWc, oh, ow, bias, out, buf)
+    else:
+        fcnn_lanes_conv_f64(K, wt, Fp, F, s, offs, PWc, oh, ow, bias, out, buf)
+
+
+cdef forward_in_lanes(const floating[:, :, :, ::1] x, const floating[:, ::1] weight,
+                      const floating* bias, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                      Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                      Py_ssize_t Hph, Py_ssize_t PWc, floating[:, :, :, ::1] out,
+                      int num_threads):
+    """conv2d_forward (groups = 1) with the filters in the lanes, sample by
+    sample over the team: each thread copies its sample's phases, then runs
+    the tiles (lanes_simd.h)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = weight.shape[0], K = weight.shape[1], lanes = 64 // sizeof(floating)
+    cdef Py_ssize_t Fp = (F + lanes - 1) // lanes * lanes, oh = out.shape[2], ow = out.shape[3]
+    cdef Py_ssize_t plane = Hph * PWc, phases = C * sh * sw * plane + FCNN_LANES_SLACK
+    cdef Py_ssize_t stride = 0, n, f, k, c, i, j, a, b
+    cdef floating* scratch = NULL
+    cdef floating* wt = NULL
+    cdef ptrdiff_t* offs = NULL
+    cdef floating* s
+    try:
+        scratch = <floating*> per_thread_scratch(num_threads,
+                                                 phases + fcnn_lanes_cells(oh, PWc) * Fp,
+                                                 sizeof(floating), &stride)
+        wt = <floating*> calloc(K * Fp, sizeof(floating))
+        offs = <ptrdiff_t*> malloc(K * sizeof(ptrdiff_t))
+        if wt == NULL or offs == NULL:
+            raise MemoryError("cannot allocate the packed filters")
+        for f in range(F):
+            for k in range(K):
+                wt[k * Fp + f] = weight[f, k]
+        for c in range(C):
+            for i in range(kh):
+                for j in range(kw):
+                    a, b = i * dh % sh, j * dw % sw
+                    offs[(c * kh + i) * kw + j] = (((c * sh + a) * sw + b) * plane
+                                                   + i * dh // sh * PWc + j * dw // sw)
+        with nogil, parallel(num_threads=num_threads):
+            s = scratch + threadid() * stride
+            for n in prange(N, schedule="static"):
+                lanes_pad(&x[n, 0, 0, 0], C, H, W, sh, sw, ph, pw, Hph, PWc, s)
+                lanes_conv(K, wt, Fp, F, s, offs, PWc, oh, ow, bias, &out[n, 0, 0, 0], s + phases)
+    finally:
+        free(scratch)
+        free(wt)
+        free(offs)
+    return out.base
+
+
 cdef inline void add_into(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
@@ -185,6 +323,12 @@ def conv2d_forward(
     cdef ptrdiff_t* offs = NULL
     cdef floating* cols
     cdef floating* y
+    cdef Py_ssize_t Hph = oh + (kh - 1) * dh // sh, PWc = ow + (kw - 1) * dw // sw
+    if (groups == 1 and N > 0
+            and lanes_better(F, kg, ow, PWc, sh, sw, implicit, sizeof(floating))
+            and implicit_fits(<double> C * sh * sw * Hph * PWc, sizeof(floating))):
+        return forward_in_lanes(x, weight, &bias[0] if has_bias else NULL, kh, kw, sh, sw, ph,
+                                pw, dh, dw, Hph, PWc, out, num_threads)
     try:
         if implicit:
             # (sample, band of output rows) items over the team, each padding

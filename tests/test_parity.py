@@ -898,6 +898,41 @@ def test_implicit_forward_gives_the_unfolding_bits(level, g, f, dtype, kind):
     _assert_same(*outs)
 
 
+# ... or, on rows that fill those products' vectors poorly, with the filters
+# in the lanes (lanes_simd.h), reading the input's phases: the same sums
+# again. "always" runs it on every case (the default, "auto", by shape):
+# strides, dilations, padding larger than the window, 1 to 40 filters
+# (tiles of 24 x 1 to 6 x 4 vectors, a partial last vector), more than a
+# block of taps, threads.
+@hsettings(120)
+@given(g=conv_geometries(max_n=3, max_c=40, max_k=5, max_d=2, max_p=3, extra=24),
+       f=st.integers(1, 40), dtype=dtypes, kind=st.sampled_from(["normal", "special", "zeros"]),
+       seed=seeds, nt=threads, with_bias=st.booleans())
+@example(g=Geometry(3, 6, 14, 14, 5, 5, 1, 1, 0, 0), f=16, dtype=np.float32, kind="normal",
+         seed=0, nt=2, with_bias=True)  # LeNet-5's second convolution, which "auto" puts so
+@example(g=Geometry(2, 64, 10, 9, 3, 3, 2, 2, 1, 1), f=37, dtype=np.float64, kind="normal",
+         seed=1, nt=3, with_bias=False)  # 576 taps, 5 vectors of float64
+def test_filters_in_lanes_forward_gives_the_same_bits(g, f, dtype, kind, seed, nt, with_bias):
+    if _conv._simd_level() < 2:
+        return  # no AVX-512: every mode runs the same kernels
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, g.shape, dtype, kind)
+    w = make_values(rng, (f, g.c * g.kh * g.kw), dtype, kind)
+    b = make_values(rng, (f,) if with_bias else (0,), dtype, kind)
+    out_shape = (g.n, f, g.conv_oh, g.conv_ow)
+    compiled, _ = _pair("conv2d_forward")
+    args = (*g.conv_params(), 1)
+    outs = []
+    for mode, threads_ in (("always", nt), ("never", 1)):
+        previous = _conv._use_lanes(mode)
+        try:
+            with np.errstate(invalid="ignore", over="ignore"):
+                outs.append(compiled(x, w, b, *args, _garbage(out_shape, dtype, 7.0), threads_))
+        finally:
+            _conv._use_lanes(previous)
+    _assert_same(*outs)
+
+
 # ... and, on planes (per phase of the stride) of at least 256 cells, the
 # input gradient as the forward of the transposed convolution
 # (implicit_input_grad), phase by phase with strides, which sums each cell's
