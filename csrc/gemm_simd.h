@@ -452,10 +452,8 @@ FCNN_GEMM_IMPLICIT(double, f64, 8)
             }                                                                       \
         }                                                                           \
     }
-FCNN_WGRAD_KERNELS(float, __m512, f32, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_setzero_ps,
-                   _mm512_set1_ps, _mm512_fmadd_ps)
-FCNN_WGRAD_KERNELS(double, __m512d, f64, 8, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_setzero_pd,
-                   _mm512_set1_pd, _mm512_fmadd_pd)
+FCNN_WGRAD_KERNELS(float, __m512, f32, 16, FCNN_AVX512_OPS_F32)
+FCNN_WGRAD_KERNELS(double, __m512d, f64, 8, FCNN_AVX512_OPS_F64)
 #undef FCNN_WGRAD_KERNELS
 #undef FCNN_WGRAD_KERNEL
 #undef FCNN_WGRAD_STORES

@@ -110,10 +110,8 @@ FCNN_LANES_PAD(double, f64)
     FCNN_LANES_TILE(T, V, sfx, LANES, 12, 2, __VA_ARGS__)                           \
     FCNN_LANES_TILE(T, V, sfx, LANES, 8, 3, __VA_ARGS__)                            \
     FCNN_LANES_TILE(T, V, sfx, LANES, 6, 4, __VA_ARGS__)
-FCNN_LANES_TILES(float, __m512, f32, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_setzero_ps,
-                 _mm512_set1_ps, _mm512_fmadd_ps)
-FCNN_LANES_TILES(double, __m512d, f64, 8, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_setzero_pd,
-                 _mm512_set1_pd, _mm512_fmadd_pd)
+FCNN_LANES_TILES(float, __m512, f32, 16, FCNN_AVX512_OPS_F32)
+FCNN_LANES_TILES(double, __m512d, f64, 8, FCNN_AVX512_OPS_F64)
 #undef FCNN_LANES_TILES
 #undef FCNN_LANES_TILE
 
@@ -159,7 +157,7 @@ FCNN_LANES_OUT(double, f64)
                                       ptrdiff_t oh, ptrdiff_t ow, const T *bias, T *out, \
                                       T *buf)                                       \
     {                                                                               \
-        ptrdiff_t J = oh * PWc, L = oh * ow;                                        \
+        ptrdiff_t J = oh * PWc;                                                     \
         for (ptrdiff_t f0 = 0, nv; f0 < F; f0 += nv * LANES) {                      \
             nv = (Fp - f0) / LANES >= 4 ? 4 : (Fp - f0) / LANES;                    \
             /* taps in blocks whose filter rows stay in L1 over the tiles */        \

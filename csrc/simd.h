@@ -42,6 +42,14 @@ static int fcnn_set_simd_cap(int cap)
 
 #define FCNN_HAVE_STREAM 1
 
+/* The AVX-512 operations that the kernel-generating macros of several
+ * headers take per element type, in this order: unaligned load, unaligned
+ * store, zero, broadcast, fused multiply-add. */
+#define FCNN_AVX512_OPS_F32                                                         \
+    _mm512_loadu_ps, _mm512_storeu_ps, _mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps
+#define FCNN_AVX512_OPS_F64                                                         \
+    _mm512_loadu_pd, _mm512_storeu_pd, _mm512_setzero_pd, _mm512_set1_pd, _mm512_fmadd_pd
+
 /* Index vectors whose lane i holds start + i * step: the lanes a permutation
  * picks, or the offsets a gather reads (16 or 8 of 32 bits, 8 of 64). */
 __attribute__((target("avx512f"))) static inline __m512i fcnn_lanes16(int start, int step)
