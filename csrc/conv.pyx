@@ -51,7 +51,7 @@ from window cimport clip, end_inside, first_inside
 
 
 cdef extern from "lanes_simd.h" nogil:
-    enum: FCNN_LANES_SLACK
+    ptrdiff_t fcnn_lanes_phases(ptrdiff_t planes, ptrdiff_t Hph, ptrdiff_t PWc)
     ptrdiff_t fcnn_lanes_cells(ptrdiff_t oh, ptrdiff_t PWc)
     void fcnn_lanes_pad_f32(const float* x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t sh,
                             ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t Hph, ptrdiff_t PWc,
@@ -160,10 +160,10 @@ cdef inline bint implicit_rows(Py_ssize_t width, Py_ssize_t itemsize) noexcept n
 # (lanes_simd.h): the same sums, read from the input's phases. It pays where
 # output rows of 9 to 15 cells fill the implicit product's vectors poorly:
 # side by side (Xeon, one thread, float32), 6 -> 16 channels, 5x5 on 14x14
-# planes, 0.77-0.82x the implicit product's time (float64 0.80x). Where
-# those are full, its filter tiles alike, it lost (stride 2, 0.9-1.2x: its
-# phases are copied cell by cell), as on few taps (3 channels, 1x1
-# windows: 1.2-3x), where its tiles' fixed costs weigh.
+# planes, 0.77-0.82x the implicit product's time (float64 0.76-0.80x).
+# Where those are full, its filter tiles alike, it lost (stride 2,
+# 1.0-1.3x: its phases are copied cell by cell), as on few taps (3
+# channels, 1x1 windows: 1.1-3.3x), where its tiles' fixed costs weigh.
 cdef enum:
     LANES_MIN_TAPS = 64
 
@@ -223,7 +223,7 @@ cdef forward_in_lanes(const floating[:, :, :, ::1] x, const floating[:, ::1] wei
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = weight.shape[0], K = weight.shape[1], lanes = 64 // sizeof(floating)
     cdef Py_ssize_t Fp = (F + lanes - 1) // lanes * lanes, oh = out.shape[2], ow = out.shape[3]
-    cdef Py_ssize_t plane = Hph * PWc, phases = C * sh * sw * plane + FCNN_LANES_SLACK
+    cdef Py_ssize_t plane = Hph * PWc, phases = fcnn_lanes_phases(C * sh * sw, Hph, PWc)
     cdef Py_ssize_t stride = 0, n, f, k, c, i, j, a, b
     cdef floating* scratch = NULL
     cdef floating* wt = NULL
@@ -233,8 +233,8 @@ cdef forward_in_lanes(const floating[:, :, :, ::1] x, const floating[:, ::1] wei
         scratch = <floating*> per_thread_scratch(num_threads,
                                                  phases + fcnn_lanes_cells(oh, PWc) * Fp,
                                                  sizeof(floating), &stride)
-        wt = <floating*> calloc(K * Fp, sizeof(floating))
-        offs = <ptrdiff_t*> malloc(K * sizeof(ptrdiff_t))
+        wt = <floating*> calloc(max(K * Fp, 1), sizeof(floating))  # (calloc(0) may be NULL)
+        offs = <ptrdiff_t*> malloc(max(K, 1) * sizeof(ptrdiff_t))
         if wt == NULL or offs == NULL:
             raise MemoryError("cannot allocate the packed filters")
         for f in range(F):

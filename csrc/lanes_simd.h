@@ -33,12 +33,20 @@
 /* Bytes of filter rows that a block of taps reads (see fcnn_lanes_conv_*). */
 #define FCNN_LANES_BLOCK (24 << 10)
 
-/* Cells that the widest tile (24 x 1) may read and write past the last
- * output row's. */
+/* Cells that a tile (24 x 1 the widest) may compute past the last output
+ * row's. */
 #define FCNN_LANES_SLACK 24
 
-/* The phases of a sample's C planes (H x W, at x) into s: C*sh*sw planes of
- * Hph x PWc cells, then FCNN_LANES_SLACK zeros (see above). */
+/* Cells of a sample's phases: C*sh*sw planes of Hph x PWc cells, then zeros
+ * for the taps of the cells computed past the last output (up to PWc - ow
+ * + FCNN_LANES_SLACK - 2 further). */
+static ptrdiff_t fcnn_lanes_phases(ptrdiff_t planes, ptrdiff_t Hph, ptrdiff_t PWc)
+{
+    return planes * Hph * PWc + PWc + FCNN_LANES_SLACK;
+}
+
+/* The phases of a sample's C planes (H x W, at x) into s (see above and
+ * fcnn_lanes_phases). */
 #define FCNN_LANES_PAD(T, sfx)                                                      \
     static void fcnn_lanes_pad_##sfx(const T *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,   \
                                      ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, \
@@ -59,17 +67,17 @@
                         for (ptrdiff_t i = 0; i < Hph; i++, s += PWc) {             \
                             ptrdiff_t r = i * sh + a - ph, j = 0;                   \
                             if (r >= 0 && r < H) {                                  \
-                                const T *row = x + (c * H + r) * W + b - pw;        \
+                                const T *row = x + (c * H + r) * W;                 \
                                 for (; j < lo; j++)                                 \
                                     s[j] = 0;                                       \
                                 for (; j < hi; j++)                                 \
-                                    s[j] = row[j * sw];                             \
+                                    s[j] = row[j * sw + b - pw];                    \
                             }                                                       \
                             for (; j < PWc; j++)                                    \
                                 s[j] = 0;                                           \
                         }                                                           \
                     }                                                               \
-        for (ptrdiff_t j = 0; j < FCNN_LANES_SLACK; j++)                            \
+        for (ptrdiff_t j = 0; j < PWc + FCNN_LANES_SLACK; j++)                      \
             s[j] = 0;                                                               \
     }
 FCNN_LANES_PAD(float, f32)

@@ -1707,12 +1707,12 @@ def test_compiled_transcendental_activations_against_the_exact_values(name, dtyp
     # The exact values in long double (64-bit significand or more): in
     # float32, within an ulp for sigmoid and elu, which the kernels compute
     # in double and round once, and 1.1 for tanh, computed in float (its
-    # worst cases lie above 0.75, where the second formula starts: every
-    # float32 there is checked); in float64 within 2 for elu (expm1), 3 for
-    # tanh and sigmoid (the C
-    # library's tanh and exp, measured by the ulp of the lower binade at
-    # powers of 2). sigmoid is 0 where exp(-x) overflows in the dtype, as
-    # torch's and expit's: the exact value there is subnormal.
+    # worst cases lie just above 0.75, where the second formula starts:
+    # every float32 there is checked); in float64 within 2 for elu
+    # (expm1), 3 for tanh and sigmoid (the C library's tanh and exp,
+    # measured by the ulp of the lower binade at powers of 2). sigmoid is 0
+    # where exp(-x) overflows in the dtype, as torch's and expit's: the
+    # exact value there is subnormal.
     if dtype == np.float64 and not _EXTENDED:
         pytest.skip("long double is double here: no exact float64 reference")
     x = _activation_test_values(dtype)
