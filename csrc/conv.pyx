@@ -224,7 +224,7 @@ cdef forward_in_lanes(const floating[:, :, :, ::1] x, const floating[:, ::1] wei
     cdef Py_ssize_t F = weight.shape[0], K = weight.shape[1], lanes = 64 // sizeof(floating)
     cdef Py_ssize_t Fp = (F + lanes - 1) // lanes * lanes, oh = out.shape[2], ow = out.shape[3]
     cdef Py_ssize_t plane = Hph * PWc, phases = fcnn_lanes_phases(C * sh * sw, Hph, PWc)
-    cdef Py_ssize_t stride = 0, n, f, k, c, i, j, a, b
+    cdef Py_ssize_t stride = 0, n, c, i, j, a, b
     cdef floating* scratch = NULL
     cdef floating* wt = NULL
     cdef ptrdiff_t* offs = NULL
@@ -237,9 +237,7 @@ cdef forward_in_lanes(const floating[:, :, :, ::1] x, const floating[:, ::1] wei
         offs = <ptrdiff_t*> malloc(max(K, 1) * sizeof(ptrdiff_t))
         if wt == NULL or offs == NULL:
             raise MemoryError("cannot allocate the packed filters")
-        for f in range(F):
-            for k in range(K):
-                wt[k * Fp + f] = weight[f, k]
+        own_transpose(&weight[0, 0], K, F, K, wt, Fp)  # the filters in rows of Fp, zero past F
         for c in range(C):
             for i in range(kh):
                 for j in range(kw):

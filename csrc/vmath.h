@@ -54,6 +54,32 @@ static inline double fcnn_pow2(double shifted)
     return scale;
 }
 
+/* fcnn_reduce and fcnn_pow2 in float, for float32 tanh's positive x: ln 2's
+ * high part has 17 bits, so that n * FCNN_LN2_HI_F is exact for the n <= 27
+ * that arise; 2^n from shifted = n + 1.5 * 2^23, its exponent field n + 127. */
+#define FCNN_SHIFTER_F 0x1.8p23f
+#define FCNN_INV_LN2_F 0x1.715476p0f
+#define FCNN_LN2_HI_F 0x1.62e4p-1f
+#define FCNN_LN2_LO_F 0x1.7f7d1cp-20f /* ln 2 - FCNN_LN2_HI_F */
+
+static inline float fcnn_reduce_f(float x, float *r)
+{
+    float shifted = x * FCNN_INV_LN2_F + FCNN_SHIFTER_F;
+    float n = shifted - FCNN_SHIFTER_F;
+    *r = (x - n * FCNN_LN2_HI_F) - n * FCNN_LN2_LO_F;
+    return shifted;
+}
+
+static inline float fcnn_pow2_f(float shifted)
+{
+    uint32_t bits;
+    float scale;
+    memcpy(&bits, &shifted, sizeof bits);
+    bits = (bits + 127) << 23;
+    memcpy(&scale, &bits, sizeof scale);
+    return scale;
+}
+
 /* expm1(r) for |r| <= ln 2 / 2 (a little more after rounding): Taylor to
  * r^degree, as r + r^2 q so that the final addition carries the rounding.
  * To r^13 the truncation is below 2e-17 relative (float64), to r^10 below
@@ -100,16 +126,11 @@ static inline double fcnn_expm1_nonpositive_f(double x)
  * a + a^3 P(a^2), its coefficients fitted to tanh's relative error (0.03
  * ulp); from 0.75 (where tanh exceeds 0.63), 1 - 2 / (e^2a + 1), whose
  * quotient is below 0.37 there, so that its rounding errors move the
- * result by less than an ulp; e^2a by fcnn_reduce's method in float (ln 2
- * with a 17-bit high part, so that n * FCNN_LN2_HI_F is exact for the n <=
- * 27 that arise) and a fitted polynomial. tanh rounds to 1 from a = 9.01:
+ * result by less than an ulp; e^2a by fcnn_reduce_f and fcnn_pow2_f and a
+ * fitted polynomial. tanh rounds to 1 from a = 9.01:
  * a is clamped to 9.5 there, so that e^2a never overflows. Each result is
  * within 1.1 ulps of the exact value, 99.7 % of them correctly rounded
  * (checked over every float32); NaN gives NaN, -0.0 gives -0.0. */
-#define FCNN_SHIFTER_F 0x1.8p23f
-#define FCNN_LN2_HI_F 0x1.62e4p-1f
-#define FCNN_LN2_LO_F 0x1.7f7d1cp-20f
-
 static inline float fcnn_tanh_f(float x)
 {
     float a = fabsf(x), s = a * a;
@@ -122,20 +143,13 @@ static inline float fcnn_tanh_f(float x)
     float small = a + (a * s) * p;
 
     float t = a > 9.5f ? 19.0f : a + a; /* NaN stays NaN */
-    float shifted = t * 0x1.715476p0f + FCNN_SHIFTER_F;
-    float n = shifted - FCNN_SHIFTER_F;
-    float r = (t - n * FCNN_LN2_HI_F) - n * FCNN_LN2_LO_F;
+    float r, shifted = fcnn_reduce_f(t, &r);
     float q = 0x1.686acap-10f;
     q = q * r + 0x1.124188p-7f;
     q = q * r + 0x1.555b94p-5f;
     q = q * r + 0x1.555486p-3f;
     q = q * r + 0x1.fffff8p-2f;
-    uint32_t bits;
-    float scale;
-    memcpy(&bits, &shifted, sizeof bits);
-    bits = (bits + 127) << 23; /* 2^n: the low bits of the sum hold n */
-    memcpy(&scale, &bits, sizeof scale);
-    float big = 1.0f - 2.0f / ((1.0f + (r + (r * r) * q)) * scale + 1.0f);
+    float big = 1.0f - 2.0f / ((1.0f + (r + (r * r) * q)) * fcnn_pow2_f(shifted) + 1.0f);
 
     return copysignf(a < 0.75f ? small : big, x);
 }
