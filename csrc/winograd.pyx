@@ -1,6 +1,6 @@
 # Compiler directives (bounds checks off unless FASTCNN_DEBUG) are set in setup.py.
 """Compiled Winograd convolution F(4x4, 3x3) and its weight gradient F(3x3, 4x4):
-3x3 kernels, stride 1, dilation 1.
+stride 1, dilation 1, kernels of 3x3 taps or of blocks of them.
 
 Python twins: ``fastcnn.reference.winograd_weight``, ``winograd_conv2d``
 and ``winograd_conv2d_backward``, which compute the same transforms in the
@@ -16,6 +16,11 @@ multiply-adds per 16 outputs and channel instead of 144. The weight
 gradient sums the products of the same transformed input tiles with the
 transformed 4x4 tiles of the output gradient over the tiles, 36 GEMMs
 ``D[t] @ V[t].T``, and transforms the sums into 3x3 kernels.
+
+A larger kernel is cut into gh x gw blocks of 3x3 taps (zero past its
+edges); block (a, b) convolves the input shifted by (3*a, 3*b), so that the
+blocks' transformed input tiles stack as gh*gw*C channels of one GEMM (see
+:func:`winograd_conv2d`).
 
 The convolution's GEMMs multiply the same U[t] by every block's V[t]: where
 the CPU has AVX2 and FMA they run gemm_simd.h's product, with the 36 U[t]
@@ -277,17 +282,24 @@ cdef bint winograd_wide(Py_ssize_t rows, Py_ssize_t tw) noexcept nogil:
 cdef void transform_input_block(
     const floating* x, Py_ssize_t samples, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
     floating* d, floating* e, floating* V, Py_ssize_t ld, Py_ssize_t ty0, Py_ssize_t nt,
-    Py_ssize_t tw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t hr, Py_ssize_t wr, bint wide,
+    Py_ssize_t tw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t gh,
+    Py_ssize_t gw, bint wide,
 ) noexcept nogil:
-    """A block's V (36, C, P), P = samples*nt*tw, rows `ld` cells apart: the
-    transformed input tiles of tile rows ``[ty0, ty0 + nt)`` of `samples`
-    (C, H, W) samples from `x` on, sample by sample (scratch `d` and `e` as
-    :func:`transform_input_plane`)."""
-    cdef Py_ssize_t n = nt * tw, s, c
+    """A block's V (36, gh*gw*C, P), P = samples*nt*tw, rows `ld` cells apart:
+    the transformed input tiles of tile rows ``[ty0, ty0 + nt)`` of `samples`
+    (C, H, W) samples from `x` on, sample by sample, for each of the gh x gw
+    3x3 blocks of the kernel (see :func:`winograd_conv2d`): block (a, b)
+    reads channel c with padding (ph - 3*a, pw - 3*b) into row
+    ``(a*gw + b)*C + c`` (scratch `d` and `e` as :func:`transform_input_plane`)."""
+    cdef Py_ssize_t n = nt * tw, cv = gh * gw * C, s, g, c, bh, bw
     for s in range(samples):
-        for c in range(C):
-            transform_input_plane(x + (s * C + c) * H * W, d, e, V + c * ld + s * n, C * ld,
-                                  ty0, nt, tw, ph, pw, hr, wr, H, W, wide)
+        for g in range(gh * gw):
+            bh, bw = ph - 3 * (g // gw), pw - 3 * (g % gw)
+            for c in range(C):
+                # the cells a direct 3x3 convolution reads: the rest of a tile is zero
+                transform_input_plane(x + (s * C + c) * H * W, d, e, V + (g * C + c) * ld + s * n,
+                                      cv * ld, ty0, nt, tw, bh, bw, min(H, oh + 2 - bh),
+                                      min(W, ow + 2 - bw), H, W, wide)
 
 
 cdef inline void transform_dout_plane(
@@ -377,22 +389,37 @@ cdef inline void scatter_tiles(
                 dst[4 * whole + j] = src[j * n + whole] + bias[0] if bias else src[j * n + whole]
 
 
+cdef Py_ssize_t kernel_blocks(Py_ssize_t C, Py_ssize_t cells, Py_ssize_t gw,
+                              Py_ssize_t per) except -1:
+    """gh of the gh x gw blocks of 3x3 taps whose C channels of `per` cells
+    each make the `cells` cells of a (transformed) kernel (see
+    :func:`winograd_conv2d`)."""
+    if gw < 1 or C < 1 or cells < 1 or cells % (gw * C * per):
+        raise ValueError(f"kernels of {cells} cells are not rows of gw={gw} blocks "
+                         f"of {C} channels of {per}")
+    return cells // (gw * C * per)
+
+
 def winograd_conv2d(
     const floating[:, :, :, ::1] x,
     const floating[:, :, ::1] u,
     const floating[::1] bias,
-    Py_ssize_t ph, Py_ssize_t pw,
+    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t gw,
     Py_ssize_t samples, Py_ssize_t rows,
     floating[:, :, :, ::1] out not None,
     unsigned char[::1] nonfinite not None,
     int num_threads,
 ):
-    """winograd_conv2d(x, u, bias, ph, pw, samples, rows, out, nonfinite, num_threads) -> out
+    """winograd_conv2d(x, u, bias, ph, pw, gw, samples, rows, out, nonfinite, num_threads) -> out
 
-    The convolution of `x` (N, C, H, W) with the 3x3 kernels whose transform
-    (:func:`winograd_weight`) is `u` (36, F, C), stride 1, top/left padding
-    (ph, pw) (negative: that many rows/columns cropped), plus `bias` (F,) or
-    empty for none, into `out` (N, F, oh, ow).
+    The convolution of `x` (N, C, H, W) with the kernels of gh x gw blocks
+    of 3x3 taps whose transform (:func:`winograd_weight`) is `u`
+    (36, F, gh*gw*C), stride 1, top/left padding (ph, pw) (negative: that
+    many rows/columns cropped), plus `bias` (F,) or empty for none, into
+    `out` (N, F, oh, ow). Block (a, b) holds taps ``[3*a, 3*a + 3)`` x
+    ``[3*b, 3*b + 3)`` of the kernels, its channel c at ``(a*gw + b)*C + c``:
+    the sum over blocks of their 3x3 convolutions, each of the input with
+    padding (ph - 3*a, pw - 3*b), is the whole kernel's.
 
     Blocks: samples ``[g*samples, (g+1)*samples)`` and tile rows
     ``[b*rows, (b+1)*rows)`` of them (``rows`` is all tile rows when
@@ -402,12 +429,11 @@ def winograd_conv2d(
     dimension fits in a C int (checked by the caller).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = u.shape[1], oh = out.shape[2], ow = out.shape[3]
+    cdef Py_ssize_t F = u.shape[1], cv = u.shape[2], oh = out.shape[2], ow = out.shape[3]
+    cdef Py_ssize_t gh = kernel_blocks(C, cv, gw, 1)
     cdef Py_ssize_t th = (oh + 3) // 4, tw = (ow + 3) // 4
     cdef Py_ssize_t row_blocks = (th + rows - 1) // rows
     cdef Py_ssize_t items = (N + samples - 1) // samples * row_blocks
-    # cells a direct 3x3 convolution reads: the rest of a tile is zero
-    cdef Py_ssize_t hr = min(H, oh + 2 - ph), wr = min(W, ow + 2 - pw)
     cdef Py_ssize_t most = samples * rows * tw  # tiles of a block
     cdef Py_ssize_t cells = (24 * rows + 8) * (tw + 1)
     cdef Py_ssize_t stride = 0, it, n0, n1, ty0, ty1, nt, n, P, s, f, t
@@ -416,7 +442,7 @@ def winograd_conv2d(
     # gemm_simd.h reads V[t] in rows of whole panels (see fcnn_gemm_ld_*);
     # BLAS, in rows of a block's P tiles
     cdef Py_ssize_t most_ld = own_gemm_ld(most, <floating*> NULL) if own else most, ld
-    cdef Py_ssize_t packed_u = fcnn_gemm_packed_size(F, C)
+    cdef Py_ssize_t packed_u = fcnn_gemm_packed_size(F, cv)
     cdef floating* packed = NULL
     cdef floating* scratch = NULL
     cdef floating* V
@@ -425,12 +451,12 @@ def winograd_conv2d(
     cdef floating* e
     try:
         scratch = <floating*> per_thread_scratch(
-            num_threads, 36 * (C * most_ld + F * most) + 2 * cells, sizeof(floating), &stride)
+            num_threads, 36 * (cv * most_ld + F * most) + 2 * cells, sizeof(floating), &stride)
         if own:  # the 36 U[t], once for every block's products
-            packed = own_gemm_pack(&u[0, 0, 0], C, F, C, 36, F * C)
+            packed = own_gemm_pack(&u[0, 0, 0], cv, F, cv, 36, F * cv)
         with nogil, parallel(num_threads=num_threads):
-            V = scratch + threadid() * stride  # (36, C, P), rows ld apart
-            M = V + 36 * C * most_ld           # (36, F, P)
+            V = scratch + threadid() * stride  # (36, cv, P), rows ld apart
+            M = V + 36 * cv * most_ld          # (36, F, P)
             # one plane's rows, de-interleaved (4*nt + 2, 4, w1); then (6, 4, n)
             d = M + 36 * F * most
             # their columns' transform (6, nt, 4, w1); then the output tiles (4, 4, n)
@@ -446,13 +472,13 @@ def winograd_conv2d(
                 bad = False
                 ld = most_ld if own else P
                 transform_input_block(&x[n0, 0, 0, 0], n1 - n0, C, H, W, d, e, V, ld, ty0, nt,
-                                      tw, ph, pw, hr, wr, wide)
+                                      tw, ph, pw, oh, ow, gh, gw, wide)
                 for t in range(36):
                     if own:
-                        own_gemm(F, P, C, packed + t * packed_u, V + t * C * ld, ld, NULL,
+                        own_gemm(F, P, cv, packed + t * packed_u, V + t * cv * ld, ld, NULL,
                                  M + t * F * P, P)
                     else:
-                        gemm("N", "N", P, F, C, V + t * C * ld, ld, &u[t, 0, 0], C,
+                        gemm("N", "N", P, F, cv, V + t * cv * ld, ld, &u[t, 0, 0], cv,
                              M + t * F * P, P)
                 for s in range(n1 - n0):
                     for f in range(F):
@@ -474,32 +500,35 @@ cdef enum:
 def winograd_conv2d_backward(
     const floating[:, :, :, ::1] dout,
     const floating[:, :, :, ::1] x,
-    Py_ssize_t ph, Py_ssize_t pw,
+    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t gw,
     Py_ssize_t samples, Py_ssize_t rows, Py_ssize_t chunk,
     floating[:, :, ::1] dweight_parts not None,
     floating[:, ::1] dbias_parts not None,
     int num_threads,
 ):
-    """winograd_conv2d_backward(dout, x, ph, pw, samples, rows, chunk, dweight_parts,
+    """winograd_conv2d_backward(dout, x, ph, pw, gw, samples, rows, chunk, dweight_parts,
     dbias_parts, num_threads) -> dweight_parts
 
     The weight and bias gradients of :func:`winograd_conv2d` (whose input
-    was `x` (N, C, H, W)) from `dout` (N, F, oh, ow), by Winograd's
-    F(3x3, 4x4): the transformed 6x6 input tiles (as the forward's) times
-    the transformed 4x4 tiles of dout, summed over the tiles by 36 GEMMs
-    ``M[t] = D[t] @ V[t].T`` per block, then transformed into 3x3 kernels.
+    was `x` (N, C, H, W), its kernels gh x gw blocks of 3x3 taps) from
+    `dout` (N, F, oh, ow), by Winograd's F(3x3, 4x4): the transformed 6x6
+    input tiles (as the forward's) times the transformed 4x4 tiles of dout,
+    summed over the tiles by 36 GEMMs ``M[t] = D[t] @ V[t].T`` per block,
+    then transformed into 3x3 kernels.
 
     Blocks as :func:`winograd_conv2d`'s; the blocks of groups
     ``[p*chunk, (p+1)*chunk)`` of `samples` samples form chunk p, which sums
-    them in order into ``dweight_parts[p]`` (F, C*9) and ``dbias_parts[p]``
-    (F,). Every GEMM dimension fits in a C int (checked by the caller).
+    them in order into ``dweight_parts[p]`` (F, gh*gw*C*9), the 3x3 blocks
+    in the order of the forward's `u`, and ``dbias_parts[p]`` (F,). Every
+    GEMM dimension fits in a C int (checked by the caller).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = dout.shape[1], oh = dout.shape[2], ow = dout.shape[3], fc = F * C
+    cdef Py_ssize_t F = dout.shape[1], oh = dout.shape[2], ow = dout.shape[3]
+    cdef Py_ssize_t gh = kernel_blocks(C, dweight_parts.shape[2], gw, 9), cv = gh * gw * C
+    cdef Py_ssize_t fc = F * cv
     cdef Py_ssize_t th = (oh + 3) // 4, tw = (ow + 3) // 4
     cdef Py_ssize_t row_blocks = (th + rows - 1) // rows, groups = (N + samples - 1) // samples
     cdef Py_ssize_t parts = dweight_parts.shape[0]
-    cdef Py_ssize_t hr = min(H, oh + 2 - ph), wr = min(W, ow + 2 - pw)
     cdef Py_ssize_t most = samples * rows * tw, length = min(oh, 4 * rows) * ow
     cdef Py_ssize_t cells = (24 * rows + 8) * (tw + 1)
     cdef Py_ssize_t stride = 0, p, g, b, n0, n1, ty0, ty1, nt, n, P, s, f, t, r, i, j
@@ -507,7 +536,7 @@ def winograd_conv2d_backward(
     cdef bint first, wide = winograd_wide(rows, tw)
     # per thread: V, D, the chunk's sums M, two scratch areas, ones for the bias sums
     cdef floating* scratch = <floating*> per_thread_scratch(
-        num_threads, 36 * (C + F) * most + 36 * fc + 2 * max(cells, 27 * DWEIGHT_BLOCK) + length,
+        num_threads, 36 * (cv + F) * most + 36 * fc + 2 * max(cells, 27 * DWEIGHT_BLOCK) + length,
         sizeof(floating), &stride)
     cdef floating* V
     cdef floating* D
@@ -518,9 +547,9 @@ def winograd_conv2d_backward(
     cdef floating* dw
     try:
         with nogil, parallel(num_threads=num_threads):
-            V = scratch + threadid() * stride      # (36, C, P)
-            D = V + 36 * C * most                  # (36, F, P)
-            M = D + 36 * F * most                  # (36, F, C)
+            V = scratch + threadid() * stride      # (36, cv, P)
+            D = V + 36 * cv * most                 # (36, F, P)
+            M = D + 36 * F * most                  # (36, F, cv)
             d = M + 36 * fc
             e = d + max(cells, 27 * DWEIGHT_BLOCK)
             ones = e + max(cells, 27 * DWEIGHT_BLOCK)
@@ -538,7 +567,7 @@ def winograd_conv2d_backward(
                         n = nt * tw
                         P = (n1 - n0) * n
                         transform_input_block(&x[n0, 0, 0, 0], n1 - n0, C, H, W, d, e, V, P,
-                                              ty0, nt, tw, ph, pw, hr, wr, wide)
+                                              ty0, nt, tw, ph, pw, oh, ow, gh, gw, wide)
                         for s in range(n1 - n0):
                             for f in range(F):
                                 transform_dout_plane(&dout[n0 + s, f, 0, 0], d, e,
@@ -549,9 +578,9 @@ def winograd_conv2d_backward(
                                      &dout[n0 + s, 0, 4 * ty0, 0], oh * ow, ones,
                                      0 if first else 1, &dbias_parts[p, 0])
                             first = False
-                        for t in range(36):  # M[t] (F, C) += D[t] @ V[t].T
-                            blas_gemm("T", "N", C, F, P, V + t * C * P, P, D + t * F * P, P,
-                                      0 if g == p * chunk and b == 0 else 1, M + t * fc, C)
+                        for t in range(36):  # M[t] (F, cv) += D[t] @ V[t].T
+                            blas_gemm("T", "N", cv, F, P, V + t * cv * P, P, D + t * F * P, P,
+                                      0 if g == p * chunk and b == 0 else 1, M + t * fc, cv)
                 # M -> 3x3 kernels, DWEIGHT_BLOCK (filter, channel) pairs at a time
                 for blk in range((fc + DWEIGHT_BLOCK - 1) // DWEIGHT_BLOCK):
                     lo = blk * DWEIGHT_BLOCK

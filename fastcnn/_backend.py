@@ -226,8 +226,9 @@ def use_backend(name: str):
 #: wherever it applies: ``"gemm"`` (im2col + GEMM, csrc/conv.pyx),
 #: ``"direct"`` (csrc/direct.pyx: groups = 1, strides no longer than the
 #: window) or ``"winograd"``
-#: (csrc/winograd.pyx: 3x3 kernels, stride 1, dilation 1, groups = 1; what
-#: it finds not finite is computed by im2col + GEMM instead).
+#: (csrc/winograd.pyx: stride 1, dilation 1, groups = 1, kernels of any
+#: size as blocks of 3x3 taps; what it finds not finite is computed by
+#: im2col + GEMM instead).
 CONV_ALGORITHMS = ("auto", "gemm", "direct", "winograd")
 _conv_algorithm: contextvars.ContextVar[str] = contextvars.ContextVar(
     "fastcnn_conv_algorithm", default="auto"

@@ -275,9 +275,13 @@ def _direct_eligible(x, weight, win: v.Window, groups: int) -> bool:
 # 3x3 convolutions of stride 1 run Winograd's F(4x4, 3x3) (csrc/winograd.pyx)
 # where it is eligible and pays: 36 multiply-adds per 16 outputs and channel
 # instead of 144, plus transforms whose cost grows with C + F rather than
-# C * F. The input gradient of such a convolution is one too: that of dout
-# padded by 2 - padding with the kernels turned by 180 degrees, in and out
-# channels swapped; the weight gradient is Winograd's F(3x3, 4x4).
+# C * F. Larger kernels run it as gh x gw blocks of 3x3 taps (a 5x5 kernel,
+# zero-padded to 6x6: four blocks, 144 multiply-adds per 16 outputs and
+# channel instead of 400), each block a 3x3 convolution of the input
+# shifted by 3 taps per block, summed in the GEMMs as 4*C channels. The
+# input gradient of such a convolution is one too: that of dout padded by
+# k - 1 - padding with the kernels turned by 180 degrees, in and out
+# channels swapped; the weight gradient is Winograd's F(3x3, 4x4) per block.
 
 #: Tiles of the input that one block of a Winograd call transforms and
 #: multiplies at once (one GEMM per transformed position): enough columns
@@ -309,6 +313,22 @@ _WINOGRAD_MIN_SIZE = 8
 #: its tiles cover at most this much more than the output plane.
 _WINOGRAD_FEW_CHANNELS, _WINOGRAD_MAX_WASTE = 2048, 1.15
 
+# Kernels of 2x2 blocks (4x4 to 6x6) transform the input four times over, so
+# their GEMMs must be wide to pay: from side-by-side timings of 5x5
+# convolutions (batch 64, one thread, AVX-512) the forward took 0.8-0.9x the
+# GEMM driver's time from 16 -> 32 channels on 16x16 planes and more (32 ->
+# 64 on 16x16: 10.5 vs 13.0 ms; 128 -> 128: 0.66x), but not on 8x8 planes
+# or with few channels (6 -> 16 on 14x14: 2.3x); the input gradient, whose
+# transforms run over 4*F planes, paid from 64 -> 64 channels (0.83x), the
+# weight gradient from 128 -> 128 (0.73x). Larger kernels (nine blocks and
+# more: 7x7 took 1.65x) keep the other algorithms.
+
+#: Per part, the fewest (input channels, filters) with which "auto" runs a
+#: kernel of 2x2 blocks of 3x3 taps by Winograd, on output planes of at
+#: least _WINOGRAD_BLOCKS_MIN_SIZE a side.
+_WINOGRAD_BLOCKS_MIN = {"forward": (16, 32), "input": (64, 64), "weight": (128, 128)}
+_WINOGRAD_BLOCKS_MIN_SIZE = 16
+
 
 def _winograd_eligible(win: v.Window, groups: int, c: int, f: int, part: str) -> bool:
     """Whether `part` ("forward", "input" or "weight" gradient) of a
@@ -316,10 +336,14 @@ def _winograd_eligible(win: v.Window, groups: int, c: int, f: int, part: str) ->
     (:func:`fastcnn._backend.use_conv_algorithm`)."""
     algorithm = _backend.conv_algorithm()
     if (algorithm not in ("auto", "winograd")
-            or (*win.params[:4], *win.params[6:], groups) != (3, 3, 1, 1, 1, 1, 1)):
+            or (win.sh, win.sw, win.dh, win.dw, groups) != (1, 1, 1, 1, 1)):
         return False
     if algorithm == "winograd":
         return True
+    if (win.kh, win.kw) != (3, 3):
+        least_c, least_f = _WINOGRAD_BLOCKS_MIN[part]
+        return (3 < max(win.kh, win.kw) <= 6 and c >= least_c and f >= least_f
+                and min(win.oh, win.ow) >= _WINOGRAD_BLOCKS_MIN_SIZE)
     if c < _WINOGRAD_MIN_CHANNELS or min(win.oh, win.ow) < _WINOGRAD_MIN_SIZE:
         return False
     if part == "forward":
@@ -347,16 +371,46 @@ def _all_finite(*arrays: np.ndarray) -> bool:
     return all(np.isfinite(a.min()) and np.isfinite(a.max()) for a in arrays)
 
 
+def _kernel_blocks(weight: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(blocks, gw)``: `weight` (F, C, kh, kw) as gh x gw blocks of 3x3 taps
+    (zero past its edges), (F, gh*gw*C, 3, 3), block (a, b)'s channel c at
+    ``(a*gw + b)*C + c`` (the layout of csrc/winograd.pyx's kernels)."""
+    f, c, kh, kw = weight.shape
+    if (kh, kw) == (3, 3):
+        return weight, 1
+    gh, gw = -(-kh // 3), -(-kw // 3)
+    padded = np.zeros((f, c, 3 * gh, 3 * gw), weight.dtype)
+    padded[:, :, :kh, :kw] = weight
+    blocks = empty((f, gh, gw, c, 3, 3), weight.dtype)
+    np.copyto(blocks, padded.reshape(f, c, gh, 3, gw, 3).transpose(0, 2, 4, 1, 3, 5))
+    return blocks.reshape(f, gh * gw * c, 3, 3), gw
+
+
+def _kernels_of_blocks(blocks: np.ndarray, shape: tuple) -> np.ndarray:
+    """The kernels (F, C, kh, kw) = `shape` whose :func:`_kernel_blocks` are
+    `blocks` (F, gh*gw*C*9), taps past their edges dropped."""
+    f, c, kh, kw = shape
+    if (kh, kw) == (3, 3):
+        return blocks.reshape(shape)
+    gh, gw = -(-kh // 3), -(-kw // 3)
+    taps = blocks.reshape(f, gh, gw, c, 3, 3).transpose(0, 3, 1, 4, 2, 5)
+    out = empty(shape, blocks.dtype)
+    np.copyto(out, taps.reshape(f, c, 3 * gh, 3 * gw)[:, :, :kh, :kw])
+    return out
+
+
 def _winograd(x, weight, bias, ph: int, pw: int, out: np.ndarray) -> bool:
-    """Fill `out` (N, F, oh, ow) with the 3x3 convolution of stride 1 of `x`
-    (N, C, H, W) with `weight` (F, C, 3, 3) and `bias` (or None), top/left
+    """Fill `out` (N, F, oh, ow) with the convolution of stride 1 of `x`
+    (N, C, H, W) with `weight` (F, C, kh, kw) and `bias` (or None), top/left
     padding (ph, pw), by Winograd. False if a value read or computed was not
     finite: a NaN or infinity spreads over Winograd's tiles, so the caller
     computes the convolution directly instead (`out` is then garbage)."""
-    n, c = x.shape[:2]
+    n = x.shape[0]
     f, (oh, ow) = weight.shape[0], out.shape[2:]
+    blocks, gw = _kernel_blocks(weight)
+    c = blocks.shape[1]  # channels of every block of taps
     u = empty((36, f, c), x.dtype)
-    in_pieces("winograd_weight", (1,), (weight, u))
+    in_pieces("winograd_weight", (1,), (blocks, u))
     if not _all_finite(u):
         return False
     samples, rows = _winograd_blocks(n, oh, ow)
@@ -369,43 +423,46 @@ def _winograd(x, weight, bias, ph: int, pw: int, out: np.ndarray) -> bool:
 
     def piece(i):
         s = _samples(i, samples)
-        return (x[s], u, bias, ph, pw, samples, rows, out[s],
+        return (x[s], u, bias, ph, pw, gw, samples, rows, out[s],
                 nonfinite[i[0].start * row_blocks : i[0].stop * row_blocks])
 
     in_pieces("winograd_conv2d", (count,),
-              (x, u, bias, ph, pw, samples, rows, out, nonfinite), piece,
+              (x, u, bias, ph, pw, gw, samples, rows, out, nonfinite), piece,
               macs=36 * f * c * tiles, taps=36 * (c + f) * tiles,
               **_gemm((columns, c, f), 36 * f * c * tiles * count))
     return not nonfinite.any()
 
 
 def _winograd_weight_grads(dout, x, weight, ph: int, pw: int):
-    """``(dweight, dbias)`` of the 3x3 convolution of stride 1 of `x` (N, C, H, W)
-    with top/left padding (ph, pw) whose output gradient is `dout` (N, F, oh, ow),
-    by Winograd; None if a value read or computed was not finite (see
-    :func:`_winograd`)."""
-    n, c = x.shape[:2]
+    """``(dweight, dbias)`` of the convolution of stride 1 of `x` (N, C, H, W)
+    with kernels of `weight`'s shape, top/left padding (ph, pw), whose output
+    gradient is `dout` (N, F, oh, ow), by Winograd; None if a value read or
+    computed was not finite (see :func:`_winograd`)."""
+    n = x.shape[0]
     f, oh, ow = dout.shape[1:]
+    kh, kw = weight.shape[2:]
+    gh, gw = -(-kh // 3), -(-kw // 3)
+    c = gh * gw * x.shape[1]  # channels of every block of taps
     samples, rows = _winograd_blocks(n, oh, ow)
     th, tw = -(-oh // 4), -(-ow // 4)
     tiles = samples * th * tw  # of a group of samples
     macs, taps = 36 * f * c * tiles, 36 * (c + f) * tiles
     groups = -(-n // samples)
     seconds = groups * (macs * _backend.MAC_SECONDS + taps * _backend.TAP_SECONDS)
-    size, count = _batch_chunks(groups, weight.nbytes,
+    size, count = _batch_chunks(groups, f * c * 9 * x.itemsize,
                                 max(_MAX_CHUNKS, int(seconds / _CHUNK_SECONDS)))
     dweight = empty((count, f, c * 9), x.dtype)
     dbias = empty((count, f), x.dtype)
 
     def piece(i):
         s = _samples(i, size * samples)
-        return dout[s], x[s], ph, pw, samples, rows, size, dweight[i], dbias[i]
+        return dout[s], x[s], ph, pw, gw, samples, rows, size, dweight[i], dbias[i]
 
     in_pieces("winograd_conv2d_backward", (count,),
-              (dout, x, ph, pw, samples, rows, size, dweight, dbias), piece,
+              (dout, x, ph, pw, gw, samples, rows, size, dweight, dbias), piece,
               macs=size * macs, taps=size * taps,
               **_gemm((samples * min(rows, th) * tw, c, f), groups * macs))
-    dweight, dbias = _sum_parts(dweight).reshape(weight.shape), _sum_parts(dbias)
+    dweight, dbias = _kernels_of_blocks(_sum_parts(dweight), weight.shape), _sum_parts(dbias)
     if not _all_finite(dweight, dbias):
         return None
     return dweight, dbias
@@ -537,7 +594,7 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bo
     c = x.shape[1]
     # By Winograd where eligible (see _winograd); what it could not compute, by the others
     dx_done = not input_grad or _winograd_eligible(win, groups, c, f, "input") and _winograd(
-        dout, _turned(weight), None, 2 - win.ph, 2 - win.pw, dx)
+        dout, _turned(weight), None, win.kh - 1 - win.ph, win.kw - 1 - win.pw, dx)
     grads = None if weight_grad else (None, None)
     if weight_grad and _winograd_eligible(win, groups, c, f, "weight"):
         grads = _winograd_weight_grads(dout, x, weight, win.ph, win.pw)

@@ -692,17 +692,22 @@ def winograd_weight(weight, out):
     return out
 
 
-def winograd_conv2d(x, u, bias, ph, pw, samples, rows, out, nonfinite):
-    """3x3 convolution, stride 1, by Winograd's F(4x4, 3x3).
+def winograd_conv2d(x, u, bias, ph, pw, gw, samples, rows, out, nonfinite):
+    """Convolution of stride 1 by Winograd's F(4x4, 3x3), kernels in blocks of 3x3 taps.
 
     Parameters
     ----------
     x : ndarray, shape (N, C, H, W)
-    u : ndarray, shape (36, F, C)
-        The transformed kernels (:func:`winograd_weight`).
+    u : ndarray, shape (36, F, gh*gw*C)
+        The transformed gh x gw blocks of 3x3 taps of the kernels
+        (:func:`winograd_weight`): block (a, b), taps ``[3*a, 3*a + 3)`` x
+        ``[3*b, 3*b + 3)``, its channel c at ``(a*gw + b)*C + c``.
     bias : ndarray, shape (F,) or (0,) for none
     ph, pw : int
-        Top/left padding; negative crops.
+        Top/left padding; negative crops. Block (a, b) reads `x` with
+        padding (ph - 3*a, pw - 3*b).
+    gw : int
+        Blocks per kernel row.
     samples, rows : int
         Blocks of the batch: samples ``[g*samples, (g+1)*samples)``, tile
         rows ``[b*rows, (b+1)*rows)`` (all when ``samples > 1``), each block
@@ -713,7 +718,7 @@ def winograd_conv2d(x, u, bias, ph, pw, samples, rows, out, nonfinite):
         holds a NaN or an infinity, else 0.
     """
     with np.errstate(invalid="ignore", over="ignore"):  # such blocks are flagged
-        return _winograd_conv2d(x, u, bias, ph, pw, samples, rows, out, nonfinite)
+        return _winograd_conv2d(x, u, bias, ph, pw, gw, samples, rows, out, nonfinite)
 
 
 def _winograd_blocks(n, oh, samples, rows):
@@ -724,9 +729,16 @@ def _winograd_blocks(n, oh, samples, rows):
             yield slice(lo, min(n, lo + samples)), ty0, min(th, ty0 + rows) - ty0
 
 
-def _winograd_input_tiles(x, ph, pw, oh, ow, part, ty0, nt):
+def _winograd_input_tiles(x, ph, pw, gh, gw, oh, ow, part, ty0, nt):
     """The transformed 6x6 input tiles of tile rows ``[ty0, ty0 + nt)`` of samples
-    `part` (cells outside what a direct convolution reads are zero): (36, C, tiles)."""
+    `part` for each of gh x gw blocks of 3x3 taps: (36, gh*gw*C, tiles)."""
+    return np.concatenate([_winograd_block_tiles(x, ph - 3 * a, pw - 3 * b, oh, ow, part, ty0, nt)
+                           for a in range(gh) for b in range(gw)], axis=1)
+
+
+def _winograd_block_tiles(x, ph, pw, oh, ow, part, ty0, nt):
+    """:func:`_winograd_input_tiles` of one block, padding (ph, pw) (cells outside
+    what a direct 3x3 convolution reads are zero): (36, C, tiles)."""
     _, c, h, w = x.shape
     tw = -(-ow // 4)
     t = x.dtype.type
@@ -748,14 +760,14 @@ def _winograd_input_tiles(x, ph, pw, oh, ow, part, ty0, nt):
     return v.transpose(0, 2, 1, 3, 4).reshape(36, c, m * nt * tw)
 
 
-def _winograd_conv2d(x, u, bias, ph, pw, samples, rows, out, nonfinite):
-    f = u.shape[1]
+def _winograd_conv2d(x, u, bias, ph, pw, gw, samples, rows, out, nonfinite):
+    f, gh = u.shape[1], u.shape[2] // (x.shape[1] * gw)
     oh, ow = out.shape[2:]
     tw = -(-ow // 4)
     t = x.dtype.type
     for item, (part, ty0, nt) in enumerate(_winograd_blocks(len(x), oh, samples, rows)):
         m = part.stop - part.start
-        prod = np.matmul(u, _winograd_input_tiles(x, ph, pw, oh, ow, part, ty0, nt))
+        prod = np.matmul(u, _winograd_input_tiles(x, ph, pw, gh, gw, oh, ow, part, ty0, nt))
         prod = prod.reshape(6, 6, f, m, nt, tw)
         hor = [_winograd_output_1d(prod[r], t) for r in range(6)]  # each row: 6 -> 4
         y = [_winograd_output_1d([hor[r][j] for r in range(6)], t) for j in range(4)]
@@ -770,30 +782,35 @@ def _winograd_conv2d(x, u, bias, ph, pw, samples, rows, out, nonfinite):
     return out
 
 
-def winograd_conv2d_backward(dout, x, ph, pw, samples, rows, chunk, dweight_parts, dbias_parts):
+def winograd_conv2d_backward(dout, x, ph, pw, gw, samples, rows, chunk, dweight_parts,
+                             dbias_parts):
     """Weight and bias gradients of :func:`winograd_conv2d` by Winograd's F(3x3, 4x4).
 
     Parameters
     ----------
     dout : ndarray, shape (N, F, oh, ow)
     x : ndarray, shape (N, C, H, W)
-        The input of the forward call (padding ph, pw; blocks `samples`, `rows`).
+        The input of the forward call (padding ph, pw; gw blocks of 3x3
+        taps per kernel row; blocks of the batch `samples`, `rows`).
     chunk : int
         The blocks of groups ``[p*chunk, (p+1)*chunk)`` of `samples` samples
         form chunk p.
-    dweight_parts : ndarray, shape (number of chunks, F, C*9), filled
+    dweight_parts : ndarray, shape (number of chunks, F, gh*gw*C*9), filled
         Chunk p's weight gradient: its blocks' products of transformed
-        tiles, summed in order, then transformed into 3x3 kernels.
+        tiles, summed in order, then transformed into 3x3 kernels (the
+        blocks of taps in the order of :func:`winograd_conv2d`'s `u`).
     dbias_parts : ndarray, shape (number of chunks, F), filled
         Chunk p's bias gradient: the sums of its blocks' rows of dout.
     """
     with np.errstate(invalid="ignore", over="ignore"):  # the caller checks the results
-        return _winograd_conv2d_backward(dout, x, ph, pw, samples, rows, chunk, dweight_parts,
-                                         dbias_parts)
+        return _winograd_conv2d_backward(dout, x, ph, pw, gw, samples, rows, chunk,
+                                         dweight_parts, dbias_parts)
 
 
-def _winograd_conv2d_backward(dout, x, ph, pw, samples, rows, chunk, dweight_parts, dbias_parts):
-    c = x.shape[1]
+def _winograd_conv2d_backward(dout, x, ph, pw, gw, samples, rows, chunk, dweight_parts,
+                              dbias_parts):
+    c = dweight_parts.shape[2] // 9  # channels of every block
+    gh = c // (x.shape[1] * gw)
     f, oh, ow = dout.shape[1:]
     tw = -(-ow // 4)
     t = x.dtype.type
@@ -810,7 +827,7 @@ def _winograd_conv2d_backward(dout, x, ph, pw, samples, rows, chunk, dweight_par
             e = _winograd_dout_1d(g.reshape(m, f, nt, 4, tw, 4).transpose(3, 5, 0, 1, 2, 4), t)
             d = np.stack([s for r in range(6) for s in _winograd_dout_1d(e[r], t)])
             d = d.transpose(0, 2, 1, 3, 4).reshape(36, f, m * nt * tw)
-            v = _winograd_input_tiles(x, ph, pw, oh, ow, part, ty0, nt)
+            v = _winograd_input_tiles(x, ph, pw, gh, gw, oh, ow, part, ty0, nt)
             prod = np.matmul(d, v.transpose(0, 2, 1))
             sums = prod if sums is None else sums + prod
             planes = planes.reshape(m, f, -1)

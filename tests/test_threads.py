@@ -166,22 +166,23 @@ def _run_gemm_kernels(g, dtype, nt, k):
     dxl, dwl, dbl = (np.empty(flat.shape, dtype), np.empty((parts, 7, flat.shape[1]), dtype),
                      np.empty((parts, 7), dtype))
     k["linear_backward"](yl, flat, wl, chunk, dxl, dwl, dbl, nt)
-    # Winograd: blocks of 2 samples, then of 3 tile rows (3x3, stride 1 only)
+    # Winograd: blocks of 2 samples with a 3x3 kernel, then of 3 tile rows
+    # with a kernel of 1x2 blocks of 3x3 taps (stride 1 only)
     oh, ow = g.h + 2, g.w - 2  # padding (2, 0)
     tile_rows = -(-oh // 4)
-    u = k["winograd_weight"](make_values(rng, (f, 2 * g.c, 3, 3), dtype, "normal"),
-                             np.empty((36, f, 2 * g.c), dtype), nt)
-    wins = [u]
-    for samples, rows in ((2, tile_rows), (1, 3)):
+    wins = []
+    for samples, rows, gw in ((2, tile_rows, 1), (1, 3, 2)):
+        cv = gw * x.shape[1]
+        u = k["winograd_weight"](make_values(rng, (f, cv, 3, 3), dtype, "normal"),
+                                 np.empty((36, f, cv), dtype), nt)
         flags = np.empty(-(-len(x) // samples) * -(-tile_rows // rows), np.uint8)
-        wins.append(k["winograd_conv2d"](x, u, b, 2, 0, samples, rows,
-                                         np.empty((len(x), f, oh, ow), dtype), flags, nt))
-        wins.append(flags)
+        wins += [u, k["winograd_conv2d"](x, u, b, 2, 0, gw, samples, rows,
+                                         np.empty((len(x), f, oh, ow), dtype), flags, nt), flags]
         dout = wins[-2]
         groups = -(-len(x) // samples)
-        wins += [np.empty((-(-groups // 2), f, 2 * g.c * 9), dtype),
+        wins += [np.empty((-(-groups // 2), f, cv * 9), dtype),
                  np.empty((-(-groups // 2), f), dtype)]
-        k["winograd_conv2d_backward"](dout, x, 2, 0, samples, rows, 2, *wins[-2:], nt)
+        k["winograd_conv2d_backward"](dout, x, 2, 0, gw, samples, rows, 2, *wins[-2:], nt)
     return [y, dx, dw, db, yl, dxl, dwl, dbl, *wins]
 
 

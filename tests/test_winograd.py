@@ -72,14 +72,14 @@ def _assert_close(got, expected, rtol=None, bound=None):
     assert np.all(error <= tol), f"largest error / tolerance {np.max(error / tol)}"
 
 
-def _canvas(x, ph, pw, oh, ow):
+def _canvas(x, ph, pw, oh, ow, kh=3, kw=3):
     """float64 `x` padded by (ph, pw) at the top/left (negative crops) to
-    (oh + 2, ow + 2): what a 3x3 convolution of stride 1 with an (oh, ow)
-    output reads."""
+    (oh + kh - 1, ow + kw - 1): what a (kh, kw) convolution of stride 1 with
+    an (oh, ow) output reads."""
     n, c, h, w = x.shape
-    canvas = np.zeros((n, c, oh + 2, ow + 2))
-    rows = [i for i in range(oh + 2) if 0 <= i - ph < h]
-    cols = [j for j in range(ow + 2) if 0 <= j - pw < w]
+    canvas = np.zeros((n, c, oh + kh - 1, ow + kw - 1))
+    rows = [i for i in range(oh + kh - 1) if 0 <= i - ph < h]
+    cols = [j for j in range(ow + kw - 1) if 0 <= j - pw < w]
     if rows and cols:
         canvas[:, :, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = \
             x[:, :, rows[0] - ph : rows[-1] + 1 - ph, cols[0] - pw : cols[-1] + 1 - pw]
@@ -87,8 +87,9 @@ def _canvas(x, ph, pw, oh, ow):
 
 
 def _direct(x, weight, bias, ph, pw, oh, ow):
-    """float64 3x3 cross-correlation, stride 1, top/left padding (ph, pw) (negative crops)."""
-    windows = sliding_window_view(_canvas(x, ph, pw, oh, ow), (3, 3), axis=(2, 3))
+    """float64 cross-correlation, stride 1, top/left padding (ph, pw) (negative crops)."""
+    kernel = weight.shape[2:]
+    windows = sliding_window_view(_canvas(x, ph, pw, oh, ow, *kernel), kernel, axis=(2, 3))
     out = np.einsum("nchwij,fcij->nfhw", windows, weight.astype(np.float64))
     return out + (bias.astype(np.float64)[:, None, None] if bias.size else 0)
 
@@ -141,8 +142,8 @@ def test_kernels_match_twin_and_direct_convolution(problem, dtype, with_bias, se
     out_c = np.full((n, f, oh, ow), 7.0, dtype)
     out_r = np.full((n, f, oh, ow), -3.0, dtype)
     with _gemm_cap(level):
-        assert conv_c(x, u, bias, ph, pw, samples, rows, out_c, flags_c, nt) is out_c
-    assert conv_r(x, u, bias, ph, pw, samples, rows, out_r, flags_r) is out_r
+        assert conv_c(x, u, bias, ph, pw, 1, samples, rows, out_c, flags_c, nt) is out_c
+    assert conv_r(x, u, bias, ph, pw, 1, samples, rows, out_r, flags_r) is out_r
     assert not flags_c.any() and not flags_r.any()
     _assert_close(out_c, out_r)
     direct = _direct(x, weight, bias, ph, pw, oh, ow)
@@ -150,10 +151,10 @@ def test_kernels_match_twin_and_direct_convolution(problem, dtype, with_bias, se
     _assert_close(out_r, direct.astype(dtype))
 
 
-def _direct_weight_grads(dout, x, ph, pw):
-    """float64 weight and bias gradients of :func:`_direct`."""
+def _direct_weight_grads(dout, x, ph, pw, kh=3, kw=3):
+    """float64 weight and bias gradients of :func:`_direct` with (kh, kw) kernels."""
     oh, ow = dout.shape[2:]
-    windows = sliding_window_view(_canvas(x, ph, pw, oh, ow), (oh, ow), axis=(2, 3))
+    windows = sliding_window_view(_canvas(x, ph, pw, oh, ow, kh, kw), (oh, ow), axis=(2, 3))
     dweight = np.einsum("ncabij,nfij->fcab", windows, dout.astype(np.float64))
     return dweight, dout.astype(np.float64).sum(axis=(0, 2, 3))
 
@@ -177,14 +178,90 @@ def test_weight_gradient_kernels_match_twin_and_direct_convolution(problem, dtyp
     compiled, reference = _pair("winograd_conv2d_backward")
     dw_c, db_c = np.full((parts, f, c * 9), 7.0, dtype), np.full((parts, f), 7.0, dtype)
     dw_r, db_r = np.full((parts, f, c * 9), -3.0, dtype), np.full((parts, f), -3.0, dtype)
-    assert compiled(dout, x, ph, pw, samples, rows, chunk, dw_c, db_c, nt) is dw_c
-    assert reference(dout, x, ph, pw, samples, rows, chunk, dw_r, db_r) is dw_r
+    assert compiled(dout, x, ph, pw, 1, samples, rows, chunk, dw_c, db_c, nt) is dw_c
+    assert reference(dout, x, ph, pw, 1, samples, rows, chunk, dw_r, db_r) is dw_r
     _assert_close(dw_c, dw_r)
     _assert_close(db_c, db_r)
     dweight, dbias = _direct_weight_grads(dout, x, ph, pw)
     for parts_w, parts_b in ((dw_c, db_c), (dw_r, db_r)):
         _assert_close(parts_w.sum(axis=0).reshape(f, c, 3, 3), dweight.astype(dtype))
         _assert_close(parts_b.sum(axis=0), dbias.astype(dtype))
+
+
+@st.composite
+def block_problems(draw):
+    """(N, C, F, H, W, kh, kw, ph, pw, samples, rows): kernels of 1 to 8 taps
+    a side (1 to 3 blocks of 3x3 taps), a non-empty output."""
+    n, c, f = draw(st.integers(1, 3)), draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    kh, kw = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    h, w = draw(st.integers(1, 18)), draw(st.integers(1, 18))
+    ph = max(draw(st.integers(-2, kh)), -((h - kh) // 2))
+    pw = max(draw(st.integers(-2, kw)), -((w - kw) // 2))
+    samples = draw(st.integers(1, 3))
+    tile_rows = -(-(h + 2 * ph - kh + 1) // 4)
+    rows = draw(st.integers(1, 3)) if samples == 1 else tile_rows
+    return n, c, f, h, w, kh, kw, ph, pw, samples, rows
+
+
+@hsettings(80)
+@given(problem=block_problems(), dtype=st.sampled_from(FLOAT_DTYPES),
+       with_bias=st.booleans(), seed=st.integers(0, 2**32 - 1), nt=st.sampled_from([1, 2, 3]),
+       level=st.sampled_from([0, 1]))
+@example(problem=(2, 5, 7, 16, 16, 5, 5, 2, 2, 1, 2), dtype=np.float32, with_bias=True, seed=0,
+         nt=2, level=1)  # 2x2 blocks, padding 2: blocks (1, *) crop a row
+@example(problem=(1, 3, 4, 9, 13, 7, 2, -1, 1, 1, 1), dtype=np.float64, with_bias=False, seed=1,
+         nt=1, level=0)  # 3x1 blocks, cropping, a kernel narrower than a block
+def test_kernels_of_blocks_of_taps_match_twin_and_direct_convolution(problem, dtype, with_bias,
+                                                                     seed, nt, level):
+    # A kernel of gh x gw blocks of 3x3 taps: the blocks' input tiles stack
+    # as gh*gw*C channels, block (a, b) read with padding (ph - 3a, pw - 3b).
+    n, c, f, h, w, kh, kw, ph, pw, samples, rows = problem
+    oh, ow = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, (n, c, h, w), dtype)
+    weight = make_values(rng, (f, c, kh, kw), dtype)
+    bias = make_values(rng, (f,) if with_bias else (0,), dtype)
+    blocks, gw = F._kernel_blocks(weight)
+    cv = blocks.shape[1]
+    assert gw == -(-kw // 3) and cv == -(-kh // 3) * gw * c
+    u = _pair("winograd_weight")[1](blocks, np.empty((36, f, cv), dtype))
+    conv_c, conv_r = _pair("winograd_conv2d")
+    flags_c, flags_r = (np.full(_blocks(n, oh, samples, rows), v, np.uint8) for v in (5, 6))
+    out_c, out_r = np.full((n, f, oh, ow), 7.0, dtype), np.full((n, f, oh, ow), -3.0, dtype)
+    with _gemm_cap(level):
+        conv_c(x, u, bias, ph, pw, gw, samples, rows, out_c, flags_c, nt)
+    conv_r(x, u, bias, ph, pw, gw, samples, rows, out_r, flags_r)
+    assert not flags_c.any() and not flags_r.any()
+    direct = _direct(x, weight, bias, ph, pw, oh, ow)
+    bound = _direct(np.abs(x), np.abs(weight), np.abs(bias), ph, pw, oh, ow)
+    for out in (out_c, out_r):
+        _assert_close(out, direct.astype(dtype), bound=bound)
+    _assert_close(out_c, out_r, bound=bound)
+    dout = make_values(rng, (n, f, oh, ow), dtype)
+    compiled, reference = _pair("winograd_conv2d_backward")
+    parts = -(-n // samples)
+    dw_c, db_c = np.full((parts, f, cv * 9), 7.0, dtype), np.full((parts, f), 7.0, dtype)
+    dw_r, db_r = np.full((parts, f, cv * 9), -3.0, dtype), np.full((parts, f), -3.0, dtype)
+    compiled(dout, x, ph, pw, gw, samples, rows, 1, dw_c, db_c, nt)
+    reference(dout, x, ph, pw, gw, samples, rows, 1, dw_r, db_r)
+    dweight, dbias = _direct_weight_grads(dout, x, ph, pw, kh, kw)
+    bounds = _direct_weight_grads(np.abs(dout), np.abs(x), ph, pw, kh, kw)
+    for parts_w, parts_b in ((dw_c, db_c), (dw_r, db_r)):
+        got = F._kernels_of_blocks(parts_w.sum(axis=0), weight.shape)
+        _assert_close(got, dweight.astype(dtype), bound=bounds[0])
+        _assert_close(parts_b.sum(axis=0), dbias.astype(dtype), bound=bounds[1])
+
+
+def test_kernel_blocks_that_do_not_match_the_input_are_refused():
+    conv, _ = _pair("winograd_conv2d")
+    backward, _ = _pair("winograd_conv2d_backward")
+    x = np.zeros((1, 3, 8, 8))
+    with pytest.raises(ValueError, match="gw=2 blocks of 3 channels"):
+        conv(x, np.zeros((36, 2, 9)), np.zeros(0), 1, 1, 2, 1, 2, np.empty((1, 2, 8, 8)),
+             np.empty(1, np.uint8), 1)
+    with pytest.raises(ValueError, match="gw=0"):
+        backward(np.zeros((1, 2, 8, 8)), x, 1, 1, 0, 1, 2, 1, np.empty((1, 2, 27)),
+                 np.empty((1, 2)), 1)
 
 
 @contextlib.contextmanager
@@ -239,10 +316,10 @@ def test_avx512_transforms_equal_the_portable_ones(problem, dtype, with_bias, se
         with _wide_min_tiles(tiles):
             out = np.full((n, f, oh, ow), 7.0, dtype)
             flags = np.full(_blocks(n, oh, samples, rows), 5, np.uint8)
-            conv(x, u, bias, ph, pw, samples, rows, out, flags, nt)
+            conv(x, u, bias, ph, pw, 1, samples, rows, out, flags, nt)
             parts = -(-n // samples)
             dw, db = np.full((parts, f, c * 9), 7.0, dtype), np.full((parts, f), 7.0, dtype)
-            backward(dout, x, ph, pw, samples, rows, 1, dw, db, nt)
+            backward(dout, x, ph, pw, 1, samples, rows, 1, dw, db, nt)
             results.append((out, flags, dw, db))
     for wide, portable in zip(*results):
         if special is None:
@@ -262,9 +339,9 @@ def test_kernels_flag_blocks_with_values_that_are_not_finite(kind):
     u = fastcnn.reference.winograd_weight(make_values(rng, (4, 2, 3, 3), np.float64),
                                           np.empty((36, 4, 2)))
     flags_c, flags_r = np.empty(9, np.uint8), np.empty(9, np.uint8)
-    conv_c(x, u, np.zeros(4), 1, 1, 1, 1, np.empty((3, 4, 12, 9)), flags_c, 2)
+    conv_c(x, u, np.zeros(4), 1, 1, 1, 1, 1, np.empty((3, 4, 12, 9)), flags_c, 2)
     with np.errstate(invalid="raise", over="raise"):  # (the twin is quiet)
-        conv_r(x, u, np.zeros(4), 1, 1, 1, 1, np.empty((3, 4, 12, 9)), flags_r)
+        conv_r(x, u, np.zeros(4), 1, 1, 1, 1, 1, np.empty((3, 4, 12, 9)), flags_r)
     # blocks of one tile row of one sample; row 7 of sample 1 is in tile rows
     # 1 (input rows 3 to 8) and 2 (7 to 12)
     np.testing.assert_array_equal(flags_c, [0, 0, 0, 0, 1, 1, 0, 0, 0])
@@ -289,21 +366,23 @@ def _conv_backward(algorithm, dout, x, weight, **kwargs):
 def public_problems(draw):
     n, c, f = draw(st.integers(1, 4)), draw(st.integers(1, 40)), draw(st.integers(1, 40))
     h, w = draw(st.integers(1, 13)), draw(st.integers(1, 13))
-    padding = draw(st.sampled_from([0, 1, 2, (2, 0), (0, 1), (3, 4), "same", "valid"]))
+    kernel = draw(st.sampled_from([(3, 3)] * 4 + [(5, 5), (4, 6), (1, 7), (2, 2)]))
+    padding = draw(st.sampled_from([0, 1, 2, (2, 0), (0, 1), (3, 4), "valid"]
+                                   + ["same"] * (kernel == (3, 3))))
     ph, pw = {"same": (1, 1), "valid": (0, 0)}.get(padding, None) or (
         padding if isinstance(padding, tuple) else (padding, padding))
-    h, w = max(h, 3 - 2 * ph), max(w, 3 - 2 * pw)
-    return (n, c, h, w), f, padding
+    h, w = max(h, kernel[0] - 2 * ph), max(w, kernel[1] - 2 * pw)
+    return (n, c, h, w), f, kernel, padding
 
 
 @hsettings(60)
 @given(problem=public_problems(), dtype=st.sampled_from(FLOAT_DTYPES),
        layout=st.sampled_from(LAYOUTS), with_bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_public_winograd_matches_the_gemm_driver(problem, dtype, layout, with_bias, seed):
-    shape, f, padding = problem
+    shape, f, kernel, padding = problem
     rng = np.random.default_rng(seed)
     x = make_values(rng, shape, dtype)
-    weight = make_values(rng, (f, shape[1], 3, 3), dtype)
+    weight = make_values(rng, (f, shape[1], *kernel), dtype)
     bias = make_values(rng, (f,), dtype) if with_bias else None
     gemm = _conv("gemm", x, weight, bias, padding=padding)
     dout = make_values(rng, gemm.shape, dtype)
@@ -381,7 +460,12 @@ def _calls(monkeypatch, name):
     (dict(c=16, f=16, stride=2), False, False, False),  # not eligible:
     (dict(c=16, f=16, dilation=2, size=12), False, False, False),
     (dict(c=16, f=16, groups=2), False, False, False),
-    (dict(c=16, f=16, kernel=5), False, False, False),
+    (dict(c=16, f=16, kernel=5), False, False, False),   # kernels of 2x2 blocks of taps:
+    (dict(c=16, f=32, kernel=5, size=16), True, False, False),  # each part from its channels
+    (dict(c=64, f=64, kernel=5, size=16), True, True, False),
+    (dict(c=128, f=128, kernel=4, size=16), True, True, True),
+    (dict(c=128, f=128, kernel=5, size=15), False, False, False),  # 13x13 outputs
+    (dict(c=128, f=128, kernel=7, size=16), False, False, False),  # 3x3 blocks
 ])
 @pytest.mark.parametrize("avx512", [False, True])
 def test_auto_picks_winograd_where_eligible_and_paying(monkeypatch, backend, case, forward, dx,
@@ -389,14 +473,15 @@ def test_auto_picks_winograd_where_eligible_and_paying(monkeypatch, backend, cas
     # the cases straddle them
     assert (F._WINOGRAD_MIN_CHANNELS, F._WINOGRAD_MIN_SIZE) == (4, 8)
     assert (F._WINOGRAD_FEW_CHANNELS, F._WINOGRAD_MAX_WASTE) == (2048, 1.15)
-    # with AVX-512's kernels, the input gradient runs Winograd wherever the forward does
+    # with AVX-512's kernels, the input gradient runs Winograd wherever the
+    # forward does (3x3 kernels)
     monkeypatch.setattr(_backend, "implicit_conv", lambda: avx512)
-    dx = dx or avx512 and forward
+    dx = dx or avx512 and forward and case.get("kernel", 3) == 3
     seen = _calls(monkeypatch, "winograd_conv2d")
     seen_backward = _calls(monkeypatch, "winograd_conv2d_backward")
     c, f, groups, k = case["c"], case["f"], case.get("groups", 1), case.get("kernel", 3)
     kwargs = dict(stride=case.get("stride", 1), dilation=case.get("dilation", 1), groups=groups,
-                  padding=k // 2 - (case.get("size", 12) == 9))
+                  padding=k // 2 - (case.get("size", 12) in (9, 15)))
     rng = np.random.default_rng(5)
     size = case.get("size", 12)
     x = make_values(rng, (2, c, size, size), np.float64)
