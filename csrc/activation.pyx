@@ -33,6 +33,7 @@ from libc.math cimport exp, expf, tanh as c_tanh
 from libc.stdint cimport uint64_t
 
 from blocks cimport BLOCK, block_count, block_size
+from rectify cimport leaky_slope_at, relu_of
 
 
 cdef extern from "vmath.h" nogil:
@@ -75,11 +76,8 @@ cdef _map2(
 cdef void _relu(const floating* x, floating p, floating q, floating* out,
                 Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
-    cdef floating v
     for i in range(n):
-        v = x[i]
-        # NaN stays NaN (NaN <= 0 is false); -0.0 becomes 0.0
-        out[i] = 0 if v <= 0 else v
+        out[i] = relu_of(x[i])
 
 
 def relu(const floating[::1] x, floating[::1] out not None, int num_threads):
@@ -134,11 +132,10 @@ def add(const floating[::1] a, const floating[::1] b, bint relu_after,
 
 cdef void _leaky_scaled(const floating* dout, const floating* x, floating slope,
                         floating q, floating* out, Py_ssize_t n) noexcept nogil:
-    # dout times leaky_relu's slope at x; with dout = x, leaky_relu (x * 1 is x)
+    # dout times leaky_relu's slope at x; with dout = x, leaky_relu
     cdef Py_ssize_t i
-    cdef floating one = 1
     for i in range(n):
-        out[i] = dout[i] * (one if x[i] > 0 else slope)
+        out[i] = dout[i] * leaky_slope_at(x[i], slope)
 
 
 def leaky_relu(const floating[::1] x, double negative_slope, floating[::1] out not None,

@@ -45,6 +45,7 @@ from gemm cimport (FCNN_GEMM_MR, fcnn_gemm_level, fcnn_gemm_packed_size, gemm, o
                    own_gemm_pack, own_transpose, own_wgrad, row_sums)
 from simd cimport fcnn_set_simd_cap
 from planes cimport FOLD_CHUNKS_DEFAULT, fold_by_rows, fold_plane, fold_tables, im2col_rows
+from rectify cimport leaky_slope_at, relu_of
 from padded cimport Band, Bands, band_of, banded, pad_band, padded_width, tap_offsets
 from scratch cimport per_thread_scratch
 from window cimport clip, end_inside, first_inside
@@ -212,11 +213,32 @@ cdef inline void lanes_conv(Py_ssize_t K, const floating* wt, Py_ssize_t Fp, Py_
         fcnn_lanes_conv_f64(K, wt, Fp, F, s, offs, PWc, oh, ow, bias, out, buf)
 
 
+# The activation that conv2d_forward applies to its outputs (activation.pyx's
+# expressions, rectify.pxd), each band of them while it is in cache.
+cdef enum Activation:
+    NONE, RELU, LEAKY_RELU
+
+
+cdef inline void activate(floating* y, Py_ssize_t rows, Py_ssize_t cells, Py_ssize_t ld,
+                          Activation kind, floating slope) noexcept nogil:
+    """`kind` of `rows` runs of `cells` outputs, `ld` apart, in place."""
+    cdef Py_ssize_t r, i
+    cdef floating* run
+    for r in range(rows if kind != NONE else 0):
+        run = y + r * ld
+        if kind == RELU:
+            for i in range(cells):
+                run[i] = relu_of(run[i])
+        else:
+            for i in range(cells):
+                run[i] = run[i] * leaky_slope_at(run[i], slope)
+
+
 cdef forward_in_lanes(const floating[:, :, :, ::1] x, const floating[:, ::1] weight,
                       const floating* bias, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                       Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-                      Py_ssize_t Hph, Py_ssize_t PWc, floating[:, :, :, ::1] out,
-                      int num_threads):
+                      Py_ssize_t Hph, Py_ssize_t PWc, Activation kind, floating slope,
+                      floating[:, :, :, ::1] out, int num_threads):
     """conv2d_forward (groups = 1) with the filters in the lanes, sample by
     sample over the team: each thread copies its sample's phases, then runs
     the tiles (lanes_simd.h)."""
@@ -249,6 +271,7 @@ cdef forward_in_lanes(const floating[:, :, :, ::1] x, const floating[:, ::1] wei
             for n in prange(N, schedule="static"):
                 lanes_pad(&x[n, 0, 0, 0], C, H, W, sh, sw, ph, pw, Hph, PWc, s)
                 lanes_conv(K, wt, Fp, F, s, offs, PWc, oh, ow, bias, &out[n, 0, 0, 0], s + phases)
+                activate(&out[n, 0, 0, 0], 1, F * oh * ow, 0, kind, slope)
     finally:
         free(scratch)
         free(wt)
@@ -287,15 +310,23 @@ def conv2d_forward(
     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
     Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t groups,
+    int activation, double negative_slope,
     floating[:, :, :, ::1] out not None,
     int num_threads,
 ):
-    """conv2d_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, out,
-    num_threads) -> out
+    """conv2d_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups,
+    activation, negative_slope, out, num_threads) -> out
 
     `weight` is (F, C/groups*kh*kw), `bias` (F,) or empty for none, `out`
-    (N, F, oh, ow). Every GEMM dimension fits in a C int (checked by the caller).
+    (N, F, oh, ow). `activation` 1 applies a ReLU to the outputs, 2 a
+    LeakyReLU of `negative_slope` (as activation.pyx's kernels, bit for
+    bit), 0 neither. Every GEMM dimension fits in a C int (checked by the
+    caller).
     """
+    if activation not in (NONE, RELU, LEAKY_RELU):
+        raise ValueError(f"activation must be 0, 1 or 2, got {activation}")
+    cdef Activation kind = <Activation> activation
+    cdef floating slope = <floating> negative_slope
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = weight.shape[0], kg = weight.shape[1], fg = F // groups
     cdef Py_ssize_t L = oh * ow, rows = C * kh * kw, n, g, f, l, stride = 0
@@ -326,7 +357,7 @@ def conv2d_forward(
             and lanes_better(F, kg, ow, PWc, sh, sw, implicit, sizeof(floating))
             and implicit_fits(<double> C * sh * sw * Hph * PWc, sizeof(floating))):
         return forward_in_lanes(x, weight, &bias[0] if has_bias else NULL, kh, kw, sh, sw, ph,
-                                pw, dh, dw, Hph, PWc, out, num_threads)
+                                pw, dh, dw, Hph, PWc, kind, slope, out, num_threads)
     try:
         if implicit:
             # (sample, band of output rows) items over the team, each padding
@@ -343,6 +374,8 @@ def conv2d_forward(
                              PW, cols)
                     own_implicit(F, kg, packed, offs, cols, sh * sw * PW, piece.y1 - piece.y0, ow,
                                  &bias[0] if has_bias else NULL, &out[piece.n, 0, piece.y0, 0], L)
+                    activate(&out[piece.n, 0, piece.y0, 0], F, (piece.y1 - piece.y0) * ow, L, kind,
+                             slope)
             return out.base
         scratch = <floating*> per_thread_scratch(num_threads, rows * ld, sizeof(floating), &stride)
         if own:
@@ -369,6 +402,7 @@ def conv2d_forward(
                         for f in range(F):
                             for l in range(cells):
                                 y[f * L + l] += bias[f]
+                    activate(y, F, cells, L, kind, slope)
     finally:
         free(scratch)
         free(packed)

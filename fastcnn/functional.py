@@ -468,15 +468,27 @@ def _winograd_weight_grads(dout, x, weight, ph: int, pw: int):
     return dweight, dbias
 
 
-def _conv2d(x, weight, bias, win: v.Window, groups: int) -> np.ndarray:
-    """:func:`conv2d` of validated operands (C-contiguous, one dtype) and window."""
+#: The activations that :func:`_conv2d` applies to its outputs: their codes
+#: in conv2d_forward (the GEMM driver, which applies them while a band of
+#: outputs is in cache) and their kernels (run over the whole output after
+#: the other algorithms).
+_CONV_ACTIVATIONS = {"relu": (1, "relu"), "leaky_relu": (2, "leaky_relu")}
+
+
+def _conv2d(x, weight, bias, win: v.Window, groups: int, activation: str | None = None,
+            negative_slope: float = 0.0) -> np.ndarray:
+    """:func:`conv2d` of validated operands (C-contiguous, one dtype) and
+    window, then `activation` ("relu", or "leaky_relu" of `negative_slope`,
+    as :func:`_relu` and :func:`_leaky_relu`, bit for bit), if not None."""
     n, f = x.shape[0], weight.shape[0]
     out = empty((n, f, win.oh, win.ow), dtype=x.dtype)
     if not n:  # (an empty batch's output planes may be huge)
         return out
+    code, name = _CONV_ACTIVATIONS[activation] if activation is not None else (0, None)
+    args = () if code != 2 else (negative_slope,)  # the activation kernel's
     if (_winograd_eligible(win, groups, x.shape[1], f, "forward")
             and _winograd(x, weight, bias, win.ph, win.pw, out)):
-        return out
+        return _activated(out, name, args)
     kg, length = weight[0].size, win.oh * win.ow
     weight = weight.reshape(f, kg)
     bias = _no_bias(x.dtype) if bias is None else bias
@@ -486,11 +498,20 @@ def _conv2d(x, weight, bias, win: v.Window, groups: int) -> np.ndarray:
                   lambda i: (x[i], weight, bias, *win, out[i]),
                   macs=macs, taps=x[0].size + f * length,
                   parallel=n * macs >= _backend.PARALLEL_MACS)
-        return out
-    in_pieces("conv2d_forward", (n,), (x, weight, bias, *win, groups, out),
-              lambda i: (x[i], weight, bias, *win, groups, out[i]),
+        return _activated(out, name, args)
+    in_pieces("conv2d_forward", (n,), (x, weight, bias, *win, groups, code, negative_slope, out),
+              lambda i: (x[i], weight, bias, *win, groups, code, negative_slope, out[i]),
               macs=macs, taps=(x.shape[1] * win.kh * win.kw + f) * length,
               **_gemm((length, kg, f), n * macs))
+    return out
+
+
+def _activated(out: np.ndarray, name: str | None, args: tuple) -> np.ndarray:
+    """`out` after the activation kernel `name` (with `args`), if not None,
+    in place (its kernels read each cell before they write it)."""
+    if name is not None:
+        flat = out.reshape(-1)
+        kernel(name)(flat, *args, flat)
     return out
 
 

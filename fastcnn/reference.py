@@ -451,7 +451,8 @@ def _sample_blocks(n, sample_bytes):
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def conv2d_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, out):
+def conv2d_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, activation,
+                   negative_slope, out):
     """Convolution (cross-correlation), as ``F.conv2d``, by im2col and GEMMs.
 
     Parameters
@@ -459,8 +460,14 @@ def conv2d_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, grou
     x : ndarray, shape (N, C, H, W)
     weight : ndarray, shape (F, C/groups*kh*kw)
     bias : ndarray, shape (F,) or (0,) for none
+    activation : int
+        Applied to the outputs: 0 none, 1 :func:`relu`, 2 :func:`leaky_relu`
+        of `negative_slope`.
+    negative_slope : float
     out : ndarray, shape (N, F, oh, ow), same dtype as `x`
     """
+    if activation not in (0, 1, 2):
+        raise ValueError(f"activation must be 0, 1 or 2, got {activation}")
     n, c = x.shape[:2]
     f, kg = weight.shape
     fg, length = f // groups, oh * ow
@@ -472,6 +479,11 @@ def conv2d_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, grou
         np.matmul(w, cols.reshape(-1, groups, kg, length), out=y[part])
     if bias.size:
         out += bias.reshape(f, 1, 1)
+    flat = out.reshape(-1)
+    if activation == 1:
+        relu(flat, flat)
+    elif activation == 2:
+        leaky_relu(flat, negative_slope, flat)
     return out
 
 

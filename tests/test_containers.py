@@ -25,7 +25,7 @@ import pytest
 
 import fastcnn
 from fastcnn.gradcheck import gradcheck
-from fastcnn.layers.activation import _FUSED
+from fastcnn.layers.activation import _FUSED, _rectifier
 from fastcnn.layers import (
     BatchNorm1D,
     BatchNorm2D,
@@ -37,9 +37,11 @@ from fastcnn.layers import (
     GlobalAvgPool2D,
     Identity,
     Layer,
+    LeakyReLU,
     MaxPool2D,
     ReLU,
     Residual,
+    Tanh,
 )
 from fastcnn.losses import softmax_cross_entropy
 from fastcnn.model import Sequential
@@ -425,6 +427,68 @@ def test_max_pool_forward_after_relu_passes_the_gradient_through_the_relu():
     # unfused again: the pooling's own forward and backward
     np.testing.assert_array_equal(mp.forward(x), x.reshape(4, 2, 3, 2, 3, 2).max((3, 5)))
     assert mp.backward(np.ones_like(out)).sum() == out.size
+
+
+# A convolution followed by a ReLU, or a LeakyReLU of slope >= 0, runs fused
+# as well (Conv2D.forward_activation): the activation applied as the
+# convolution writes its outputs, its gradient computed from its output;
+# the same results bit for bit, whichever algorithm computes the
+# convolution. A ReLU that a max pooling follows keeps pooling first.
+
+
+class _ShiftedLeakyReLU(LeakyReLU):
+    """A LeakyReLU subclass: not fused (it may compute something else)."""
+
+    def _forward(self, x, training):
+        out, saved = super()._forward(x, training)
+        return out + 1, saved
+
+
+@pytest.mark.parametrize(
+    "backend", ["numpy", "cython"] if fastcnn._backend.compiled_available() else ["numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", [
+    ReLU(), LeakyReLU(0.1), LeakyReLU(0.0), LeakyReLU(3.0), LeakyReLU(-0.5), _ShiftedReLU(),
+    _ShiftedLeakyReLU(0.2)], ids=repr)
+@pytest.mark.parametrize("algorithm", ["auto", "gemm", "direct", "winograd"])
+@pytest.mark.parametrize("conv", [
+    dict(in_channels=3, out_channels=8, kernel_size=3, padding=1),
+    dict(in_channels=6, out_channels=16, kernel_size=5, stride=2, groups=2),
+    dict(in_channels=5, out_channels=40, kernel_size=3, padding=1, bias=False)])
+def test_conv_then_rectifier_runs_fused_and_equals_the_two_layers(backend, dtype, activation,
+                                                                  algorithm, conv):
+    rng = np.random.default_rng(9)
+    shape = (3, conv["in_channels"], 14, 12)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.flat[::37] = np.resize(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], dtype),
+                             x.flat[::37].shape)
+    fused_type = _rectifier(activation) is not None
+    results = []
+    with (fastcnn.use_backend(backend), fastcnn._backend.use_conv_algorithm(algorithm),
+          np.errstate(invalid="ignore", over="ignore")):
+        dout = rng.standard_normal(Conv2D(**conv).output_shape(shape)).astype(dtype)
+        dout.flat[::23] = np.inf
+        for fused in (True, False):
+            layer, act = Conv2D(**conv, rng=11, dtype=dtype), copy.deepcopy(activation)
+            out, dx = _run_pair(layer, act, x, dout, fused)
+            if fused:
+                assert (act._cache is out) == fused_type
+            results.append([out, dx, *layer.grads.values()])
+    for got, expected in zip(*results):
+        assert got.tobytes() == expected.tobytes()
+
+
+def test_conv_forward_activation_refuses_other_layers_and_keeps_relu_max_pool_pairs():
+    layer = Conv2D(2, 3, 3, rng=0)
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    for other in (_ShiftedReLU(), LeakyReLU(-0.1), Tanh(), Identity()):
+        with pytest.raises(TypeError, match="ReLU or a LeakyReLU of negative_slope >= 0"):
+            layer.forward_activation(x, other)
+    a, b, relu, leaky, pool = Conv2D(2, 3, 3), Conv2D(3, 3, 3), ReLU(), LeakyReLU(0.1), MaxPool2D(2)
+    assert Sequential([a, relu, pool])._runs() == [(a,), (relu, pool)]
+    assert Sequential([a, relu, b, leaky, pool])._runs() == [(a, relu), (b, leaky), (pool,)]
+    negative = LeakyReLU(-1.0)
+    assert Sequential([a, negative])._runs() == [(a,), (negative,)]
 
 
 # ---------------------------------------------------------------------------

@@ -586,12 +586,16 @@ def _b_avg_pool2d_backward(dout, kh, kw, sh, sw, ph, pw, count_include_pad, divi
     return out
 
 
-def _b_conv2d_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, out):
+def _b_conv2d_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, activation,
+                      negative_slope, out):
     n, c = x.shape[:2]
     f, kg = weight.shape
     cols = _b_im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, np.empty((n, c * kh * kw, oh * ow), x.dtype))
     y = np.einsum("gfk,ngkl->ngfl", weight.reshape(groups, f // groups, kg), cols.reshape(n, groups, kg, -1))
     out[...] = y.reshape(out.shape) + (bias.reshape(f, 1, 1) if bias.size else 0)
+    if activation:
+        out[...] = (np.where(out <= 0, 0, out) if activation == 1
+                    else np.where(out > 0, out, out * x.dtype.type(negative_slope)))
     return out
 
 

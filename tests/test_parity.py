@@ -823,15 +823,16 @@ def test_kernel_conv2d_gemm_levels(g, f, groups, dtype, kind, seed, nt, level, w
     compiled, reference = _pair("conv2d_forward")
     args = (*g.conv_params(), groups)
     with _simd_cap(level), np.errstate(invalid="ignore", over="ignore"):
-        out_c = compiled(x, w, b, *args, _garbage(out_shape, dtype, 7.0), nt)
-        one = compiled(x, w, b, *args, _garbage(out_shape, dtype, -3.0), 1)
-        out_r = reference(x, w, b, *args, _garbage(out_shape, dtype, -3.0))
-        bound = reference(np.abs(x), np.abs(w), np.abs(b), *args, np.empty(out_shape, dtype))
+        out_c = compiled(x, w, b, *args, 0, 0.0, _garbage(out_shape, dtype, 7.0), nt)
+        one = compiled(x, w, b, *args, 0, 0.0, _garbage(out_shape, dtype, -3.0), 1)
+        out_r = reference(x, w, b, *args, 0, 0.0, _garbage(out_shape, dtype, -3.0))
+        bound = reference(np.abs(x), np.abs(w), np.abs(b), *args, 0, 0.0,
+                          np.empty(out_shape, dtype))
     _assert_same(out_c, one)  # the thread count changes nothing
     _assert_sum_close(out_c, out_r, bound)
     if level > 1:  # AVX-512's micro-kernel sums in AVX2's order
         with _simd_cap(1), np.errstate(invalid="ignore", over="ignore"):
-            narrow = compiled(x, w, b, *args, _garbage(out_shape, dtype, 5.0), nt)
+            narrow = compiled(x, w, b, *args, 0, 0.0, _garbage(out_shape, dtype, 5.0), nt)
         _assert_same(out_c, narrow)
 
     # the gradients: the input's alone, and all three (the compiled backward
@@ -890,7 +891,7 @@ def test_implicit_forward_gives_the_unfolding_bits(level, g, f, dtype, kind):
     b = make_values(rng, (f,), dtype, kind)
     out_shape = (g.n, f, g.conv_oh, g.conv_ow)
     compiled, _ = _pair("conv2d_forward")
-    args = (*g.conv_params(), 1)
+    args = (*g.conv_params(), 1, 0, 0.0)
     outs = []
     for cap, nt in ((level, 2), (1, 1)):
         with _simd_cap(cap), np.errstate(invalid="ignore", over="ignore"):
@@ -921,7 +922,7 @@ def test_filters_in_lanes_forward_gives_the_same_bits(g, f, dtype, kind, seed, n
     b = make_values(rng, (f,) if with_bias else (0,), dtype, kind)
     out_shape = (g.n, f, g.conv_oh, g.conv_ow)
     compiled, _ = _pair("conv2d_forward")
-    args = (*g.conv_params(), 1)
+    args = (*g.conv_params(), 1, 0, 0.0)
     outs = []
     for mode, threads_ in (("always", nt), ("never", 1)):
         previous = _conv._use_lanes(mode)
@@ -931,6 +932,59 @@ def test_filters_in_lanes_forward_gives_the_same_bits(g, f, dtype, kind, seed, n
         finally:
             _conv._use_lanes(previous)
     _assert_same(*outs)
+
+
+# The forward applies a ReLU or LeakyReLU to its outputs (the activation of a
+# Conv2D's fused pair) as each band is written: the bits of the activation's
+# own kernel after the convolution, whichever product computes it (BLAS,
+# gemm_simd.h's unfolded or implicit one, the filters in the lanes), and in
+# the twin likewise.
+@hsettings(80)
+@given(g=conv_geometries(max_n=3, max_c=20, max_k=5, max_d=2, max_p=2, extra=24),
+       f=st.integers(1, 24), groups=st.sampled_from([1, 2]), dtype=dtypes,
+       kind=st.sampled_from(["normal", "special"]), seed=seeds, nt=threads,
+       level=st.sampled_from(SIMD_LEVELS), lanes=st.sampled_from(["auto", "always"]),
+       activation=st.sampled_from([(1, 0.0), (2, 0.1), (2, 0.0), (2, 3.0), (2, -0.5)]),
+       with_bias=st.booleans())
+@example(g=Geometry(2, 6, 14, 14, 5, 5, 1, 1, 0, 0), f=16, groups=1, dtype=np.float32,
+         kind="normal", seed=0, nt=2, level=SIMD_LEVELS[-1], lanes="auto", activation=(2, 0.1),
+         with_bias=True)  # the filters in the lanes (with AVX-512)
+@example(g=Geometry(2, 3, 32, 32, 3, 3, 1, 1, 1, 1), f=32, groups=1, dtype=np.float32,
+         kind="special", seed=1, nt=2, level=SIMD_LEVELS[-1], lanes="auto", activation=(1, 0.0),
+         with_bias=True)  # the implicit product (with AVX-512), bands of 8 rows
+@example(g=Geometry(3, 5, 21, 27, 3, 3, 2, 2, 1, 1), f=13, groups=1, dtype=np.float64,
+         kind="normal", seed=2, nt=3, level=min(1, SIMD_LEVELS[-1]), lanes="auto",
+         activation=(2, 0.25), with_bias=False)  # the unfolded product (with AVX2)
+@example(g=Geometry(2, 4, 9, 7, 3, 3, 1, 1, 0, 0), f=6, groups=2, dtype=np.float32,
+         kind="normal", seed=3, nt=2, level=0, lanes="auto", activation=(2, 3.0),
+         with_bias=True)  # BLAS, groups
+def test_conv2d_forward_activation_gives_the_activation_kernels_bits(
+        g, f, groups, dtype, kind, seed, nt, level, lanes, activation, with_bias):
+    if g.c % groups:
+        g = dataclasses.replace(g, c=g.c + groups - g.c % groups)
+    f = f * groups
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, g.shape, dtype, kind)
+    w = make_values(rng, (f, g.c // groups * g.kh * g.kw), dtype, kind)
+    b = make_values(rng, (f,) if with_bias else (0,), dtype, kind)
+    out_shape = (g.n, f, g.conv_oh, g.conv_ow)
+    code, slope = activation
+    args = (*g.conv_params(), groups)
+    compiled, reference = _pair("conv2d_forward")
+    previous = _conv._use_lanes(lanes)
+    try:
+        with _simd_cap(level), np.errstate(invalid="ignore", over="ignore"):
+            for run in (lambda *a: compiled(*a, nt), reference):
+                plain = run(x, w, b, *args, 0, 0.0, _garbage(out_shape, dtype, 7.0)).reshape(-1)
+                expected = (fastcnn.reference.relu(plain, plain.copy()) if code == 1 else
+                            fastcnn.reference.leaky_relu(plain, slope, plain.copy()))
+                fused = run(x, w, b, *args, code, slope, _garbage(out_shape, dtype, -3.0))
+                _assert_same(fused.reshape(-1), expected)
+    finally:
+        _conv._use_lanes(previous)
+    for run in (lambda *a: compiled(*a, nt), reference):
+        with pytest.raises(ValueError, match="activation must be 0, 1 or 2, got 3"):
+            run(x, w, b, *args, 3, 0.0, np.empty(out_shape, dtype))
 
 
 # ... and, on planes (per phase of the stride) of at least 256 cells, the

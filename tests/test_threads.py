@@ -155,7 +155,7 @@ def _run_gemm_kernels(g, dtype, nt, k):
     w = make_values(rng, (f, kg), dtype, "normal")
     b = make_values(rng, (f,), dtype, "normal")
     shape = (x.shape[0], f, g.conv_oh, g.conv_ow)
-    y = k["conv2d_forward"](x, w, b, *g.conv_params(), 2, np.empty(shape, dtype), nt)
+    y = k["conv2d_forward"](x, w, b, *g.conv_params(), 2, 2, 0.25, np.empty(shape, dtype), nt)
     chunk, parts = 2, -(-x.shape[0] // 2)
     dx, dw, db = (np.empty(x.shape, dtype), np.empty((parts, f, kg), dtype),
                   np.empty((parts, f), dtype))

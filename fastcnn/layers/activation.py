@@ -40,13 +40,28 @@ class _Elementwise(Layer):
         return out, out if self._saves_output else x
 
     def _backward(self, dout, saved):
+        if saved is _FUSED:
+            return dout
         return self._ops[1](dout, saved, *self._args())
+
+    def _fused(self, shape, dtype, out=None) -> None:
+        """Stand for this layer's forward, which a neighbouring layer computed
+        with its own (see :meth:`fastcnn.layers.BatchNorm2D.forward_relu`,
+        :meth:`fastcnn.layers.Residual.forward_relu`,
+        :meth:`fastcnn.layers.MaxPool2D.forward_after_relu` and
+        :meth:`fastcnn.layers.Conv2D.forward_activation`): its output would
+        have had `shape` and `dtype`. The backward computes the gradient from
+        `out`, this layer's output, or, if `out` is None, passes `dout` on:
+        the other layer applies it. (For the rectifiers only, whose output is
+        positive exactly where their input was: see :func:`_rectifier`.)"""
+        self._cache = _FUSED if out is None else out
+        self._out_shape, self._out_dtype = tuple(shape), np.dtype(dtype)
 
     def _extra_repr(self):
         return ", ".join(f"{name}={getattr(self, name)}" for name in self._arguments)
 
 
-# ReLU's cache when the layer fused with it applies its gradient.
+# An activation's cache when the layer fused with it applies its gradient.
 _FUSED = object()
 
 #: The Raises section of the layers' ``forward_relu`` (see :func:`_check_fusable`).
@@ -64,20 +79,6 @@ class ReLU(_Elementwise):
 
     _ops = (F._relu, F._relu_backward)
 
-    def _fused(self, shape, dtype, out=None) -> None:
-        """Stand for this layer's forward, which a neighbouring layer computed
-        with its own (see :meth:`fastcnn.layers.BatchNorm2D.forward_relu`,
-        :meth:`fastcnn.layers.Residual.forward_relu` and
-        :meth:`fastcnn.layers.MaxPool2D.forward_after_relu`): its output would
-        have had `shape` and `dtype`. The backward computes the gradient from
-        `out`, the ReLU's output (positive exactly where its input was), or,
-        if `out` is None, passes `dout` on: the other layer applies it."""
-        self._cache = _FUSED if out is None else out
-        self._out_shape, self._out_dtype = tuple(shape), np.dtype(dtype)
-
-    def _backward(self, dout, saved):
-        return dout if saved is _FUSED else super()._backward(dout, saved)
-
 
 def _check_fusable(relu) -> None:
     """TypeError unless `relu` is a ReLU that a layer's ``forward_relu`` may
@@ -85,6 +86,19 @@ def _check_fusable(relu) -> None:
     if type(relu) is not ReLU:
         raise TypeError(
             f"relu must be a fastcnn.layers.ReLU (not a subclass), got {type(relu).__name__}")
+
+
+def _rectifier(layer) -> tuple[str, float] | None:
+    """``(name, negative_slope)`` of the activation of :func:`F._conv2d
+    <fastcnn.functional._conv2d>` that `layer` computes, if it is a ReLU or a
+    LeakyReLU of slope >= 0 (exact types: a subclass may compute something
+    else), else None. Their outputs are positive exactly where their inputs
+    are, so their gradients follow from their outputs."""
+    if type(layer) is ReLU:
+        return "relu", 0.0
+    if type(layer) is LeakyReLU and layer.negative_slope >= 0:
+        return "leaky_relu", layer.negative_slope
+    return None
 
 
 def _forward_applying(layer, x, relu, training, relu_shape=None):

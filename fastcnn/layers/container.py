@@ -12,8 +12,9 @@ import numpy as np
 from .. import functional as F
 from .._docstrings import fill_doc
 from .._validation import as_float_array, flag, shape_tuple
-from .activation import FUSABLE_RELU_RAISES, ReLU, _check_fusable
+from .activation import FUSABLE_RELU_RAISES, ReLU, _check_fusable, _rectifier
 from .base import Layer, _named_modules, _output_shape_or_none
+from .convolution import Conv2D
 from .normalization import BatchNorm1D, BatchNorm2D
 from .pooling import MaxPool2D
 
@@ -126,9 +127,11 @@ class Sequential(Layer):
         `training` is passed to every layer as given (None: each layer's own mode).
         A batch norm or a :class:`Residual` followed by a ReLU runs as one
         (:meth:`~fastcnn.layers.BatchNorm2D.forward_relu`,
-        :meth:`~fastcnn.layers.Residual.forward_relu`), and so does a ReLU
+        :meth:`~fastcnn.layers.Residual.forward_relu`), and so do a ReLU
         followed by a max pooling
-        (:meth:`~fastcnn.layers.MaxPool2D.forward_after_relu`).
+        (:meth:`~fastcnn.layers.MaxPool2D.forward_after_relu`) and a
+        convolution followed by a ReLU or LeakyReLU
+        (:meth:`~fastcnn.layers.Conv2D.forward_activation`).
         """
         _check_training(training)
         for run in self._runs():
@@ -136,21 +139,28 @@ class Sequential(Layer):
                 x = run[0].forward(x, training)
             elif type(run[0]) is ReLU:
                 x = run[1].forward_after_relu(x, run[0], training)
+            elif type(run[0]) is Conv2D:
+                x = run[0].forward_activation(x, run[1], training)
             else:
                 x = run[0].forward_relu(x, run[1], training)
         return x
 
     def _runs(self) -> list[tuple[Layer, ...]]:
         """The layers as :meth:`forward` runs them, one by one, and as pairs
-        a batch norm or a residual connection followed by a ReLU, and a ReLU
-        followed by a max pooling."""
+        a batch norm or a residual connection followed by a ReLU, a ReLU
+        followed by a max pooling, and a convolution followed by a ReLU or
+        LeakyReLU (unless that ReLU pairs with a max pooling: pooling first
+        leaves the ReLU's passes a quarter of the cells)."""
         runs, layers, i = [], self.layers, 0
         while i < len(layers):
             after = layers[i + 1] if i + 1 < len(layers) else None
+            then = layers[i + 2] if i + 2 < len(layers) else None
             # (exact types: a subclass may compute something else)
             fused = (type(layers[i]) in (BatchNorm1D, BatchNorm2D, Residual)
                      and type(after) is ReLU
-                     or type(layers[i]) is ReLU and type(after) is MaxPool2D)
+                     or type(layers[i]) is ReLU and type(after) is MaxPool2D
+                     or type(layers[i]) is Conv2D and _rectifier(after) is not None
+                     and not (type(after) is ReLU and type(then) is MaxPool2D))
             runs.append((layers[i], after) if fused else (layers[i],))
             i += len(runs[-1])
         return runs

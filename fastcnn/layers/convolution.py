@@ -16,6 +16,7 @@ from .._validation import (
     pair,
     positive_int,
 )
+from .activation import _rectifier
 from .base import _WEIGHTED_ARGS, _float_dtype, _Weighted
 
 __all__ = ["Conv2D", "ConvTranspose2D"]
@@ -95,6 +96,8 @@ class Conv2D(_Convolution):
     """
 
     _keywords = {**_Convolution._keywords, "dilation": (1, 1), "groups": 1}
+    # While forward_activation runs: the activation it applies, (name, negative_slope).
+    _activation: tuple = ()
 
     def __init__(
         self,
@@ -126,8 +129,42 @@ class Conv2D(_Convolution):
 
     def _forward(self, x, training):
         win = self._check_window(x)
-        out = F._conv2d(x, self.params["weight"], self.params.get("bias"), win, self.groups)
+        out = F._conv2d(x, self.params["weight"], self.params.get("bias"), win, self.groups,
+                        *self._activation)
         return out, (x, win)
+
+    def forward_activation(self, x, activation, training: bool | None = None) -> np.ndarray:
+        """``activation.forward(self.forward(x, training))``, the activation
+        applied to the outputs as the convolution writes them, while they
+        are in cache.
+
+        `activation` is a :class:`~fastcnn.layers.ReLU` or a
+        :class:`~fastcnn.layers.LeakyReLU` whose slope is not negative: its
+        output is positive exactly where its input is, so its backward
+        computes the gradient from the output kept here (the same values as
+        from its input). The two layers' backward calls, `activation`'s then
+        this layer's, then give the gradients of the unfused pair, bit for
+        bit. :class:`~fastcnn.layers.Sequential` runs a convolution followed
+        by such an activation this way (but for a ReLU followed by a
+        :class:`~fastcnn.layers.MaxPool2D`, which pools first).
+
+        Raises
+        ------
+        TypeError
+            If `activation` is not such a layer (exact types: a subclass may
+            compute something else, and is not fused).
+        """
+        kind = _rectifier(activation)
+        if kind is None:
+            raise TypeError("activation must be a fastcnn.layers.ReLU or a LeakyReLU of "
+                            f"negative_slope >= 0 (not a subclass), got {activation!r}")
+        self._activation = kind
+        try:
+            out = self.forward(x, training)
+        finally:
+            del self._activation
+        activation._fused(out.shape, out.dtype, out)
+        return out
 
     def _backward(self, dout, cache, input_grad=True):
         x, win = cache
