@@ -33,7 +33,7 @@ from libc.math cimport exp, expf, tanh as c_tanh
 from libc.stdint cimport uint64_t
 
 from blocks cimport BLOCK, block_count, block_size
-from rectify cimport leaky_slope_at, relu_of
+from rectify cimport leaky_slope_at, relu_grad, relu_of
 
 
 cdef extern from "vmath.h" nogil:
@@ -91,11 +91,8 @@ def relu(const floating[::1] x, floating[::1] out not None, int num_threads):
 cdef void _relu_backward(const floating* dout, const floating* x, floating p, floating q,
                          floating* out, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
-    cdef floating g, v
     for i in range(n):
-        g = dout[i]
-        v = x[i]
-        out[i] = g if v > 0 else 0
+        out[i] = relu_grad(dout[i], x[i])
 
 
 def relu_backward(const floating[::1] dout, const floating[::1] x, floating[::1] out not None,

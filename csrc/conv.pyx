@@ -45,7 +45,7 @@ from gemm cimport (FCNN_GEMM_MR, fcnn_gemm_level, fcnn_gemm_packed_size, gemm, o
                    own_gemm_pack, own_transpose, own_wgrad, row_sums)
 from simd cimport fcnn_set_simd_cap
 from planes cimport FOLD_CHUNKS_DEFAULT, fold_by_rows, fold_plane, fold_tables, im2col_rows
-from rectify cimport leaky_slope_at, relu_of
+from rectify cimport leaky_slope_at, relu_grad, relu_of
 from padded cimport Band, Bands, band_of, banded, pad_band, padded_width, tap_offsets
 from scratch cimport per_thread_scratch
 from window cimport clip, end_inside, first_inside
@@ -213,10 +213,18 @@ cdef inline void lanes_conv(Py_ssize_t K, const floating* wt, Py_ssize_t Fp, Py_
         fcnn_lanes_conv_f64(K, wt, Fp, F, s, offs, PWc, oh, ow, bias, out, buf)
 
 
-# The activation that conv2d_forward applies to its outputs (activation.pyx's
-# expressions, rectify.pxd), each band of them while it is in cache.
+# The activation that conv2d_forward applies to its outputs, and the one
+# whose gradient conv2d_backward applies to its input gradient (that before
+# the convolution, whose output is its input), each band of them while it is
+# in cache (activation.pyx's expressions, rectify.pxd).
 cdef enum Activation:
     NONE, RELU, LEAKY_RELU
+
+
+cdef inline Activation activation_of(int code) except *:
+    if code not in (NONE, RELU, LEAKY_RELU):
+        raise ValueError(f"activation must be 0, 1 or 2, got {code}")
+    return <Activation> code
 
 
 cdef inline void activate(floating* y, Py_ssize_t rows, Py_ssize_t cells, Py_ssize_t ld,
@@ -232,6 +240,20 @@ cdef inline void activate(floating* y, Py_ssize_t rows, Py_ssize_t cells, Py_ssi
         else:
             for i in range(cells):
                 run[i] = run[i] * leaky_slope_at(run[i], slope)
+
+
+cdef inline void activate_grad(floating* g, const floating* x, Py_ssize_t n, Activation kind,
+                               floating slope) noexcept nogil:
+    """`g` times the gradient of activation `kind` at its output `x` (n cells),
+    in place: the output of a ReLU or of a LeakyReLU of slope >= 0 is
+    positive exactly where its input is."""
+    cdef Py_ssize_t i
+    if kind == RELU:
+        for i in range(n):
+            g[i] = relu_grad(g[i], x[i])
+    elif kind == LEAKY_RELU:
+        for i in range(n):
+            g[i] = g[i] * leaky_slope_at(x[i], slope)
 
 
 cdef forward_in_lanes(const floating[:, :, :, ::1] x, const floating[:, ::1] weight,
@@ -323,9 +345,7 @@ def conv2d_forward(
     bit), 0 neither. Every GEMM dimension fits in a C int (checked by the
     caller).
     """
-    if activation not in (NONE, RELU, LEAKY_RELU):
-        raise ValueError(f"activation must be 0, 1 or 2, got {activation}")
-    cdef Activation kind = <Activation> activation
+    cdef Activation kind = activation_of(activation)
     cdef floating slope = <floating> negative_slope
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = weight.shape[0], kg = weight.shape[1], fg = F // groups
@@ -449,9 +469,11 @@ cdef inline void phase_reach(Py_ssize_t p, Py_ssize_t k, Py_ssize_t d, Py_ssize_
 
 cdef bint implicit_input_grad(
     const floating[:, :, :, ::1] dout,
+    const floating[:, :, :, ::1] x,
     const floating[:, ::1] weight,
     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
+    Activation kind, floating slope,
     floating[:, :, :, ::1] dx,
     int num_threads,
 ) except -1:
@@ -486,7 +508,7 @@ cdef bint implicit_input_grad(
     cdef Bands bands = banded(A, IMPLICIT_BAND_ROWS, ey_hi - ey_lo + 1, 1, 1)
     if not implicit_fits(<double> F * bands.R * PW, sizeof(floating)):
         return False
-    cdef Py_ssize_t nphases = sh * sw, k, stride = 0, item, e, r, y, x, rows
+    cdef Py_ssize_t nphases = sh * sw, k, stride = 0, item, e, r, y, x0, rows, lo, hi
     cdef Phase* phases = NULL
     cdef Phase* ph_
     cdef Band band
@@ -517,8 +539,8 @@ cdef bint implicit_input_grad(
                     for j in range(kw):
                         if (t % sw + pw - j * dw) % sw:
                             continue
-                        x = (t % sw + pw - j * dw) // sw
-                        ph_.offs[k] = (f * bands.R + e - ey_lo) * PW + x - ex_lo
+                        x0 = (t % sw + pw - j * dw) // sw
+                        ph_.offs[k] = (f * bands.R + e - ey_lo) * PW + x0 - ex_lo
                         for c in range(C):
                             taps[c * F * kh * kw + k] = weight[f, (c * kh + i) * kw + j]
                         k += 1
@@ -540,23 +562,29 @@ cdef bint implicit_input_grad(
                 if direct:
                     own_implicit(C, phases[0].K, <floating*> phases[0].packed, phases[0].offs, s, PW,
                                  band.y1 - band.y0, W, NULL, &dx[band.n, 0, band.y0, 0], H * W)
-                    continue
-                for r in range(sh):
-                    # the row phase's column phases, B cells a row (the last of a
-                    # narrower one unused), then dx's rows from them
-                    rows = min(band.y1, phases[r * sw].rows) - band.y0
-                    for t in range(r * sw, r * sw + sw):
-                        if phases[t].K:
-                            own_implicit(C, phases[t].K, <floating*> phases[t].packed,
-                                         phases[t].offs, s, PW, rows, B, NULL,
-                                         out + (t - r * sw) * C * bands.rows * B, bands.rows * B)
-                        else:
-                            memset(out + (t - r * sw) * C * bands.rows * B, 0,
-                                   C * bands.rows * B * sizeof(floating))
-                    for c in range(C):
-                        for y in range(rows):
-                            interleave(out + (c * bands.rows + y) * B, C * bands.rows * B, sw, W,
-                                       &dx[band.n, c, (band.y0 + y) * sh + r, 0])
+                else:
+                    for r in range(sh):
+                        # the row phase's column phases, B cells a row (the last of a
+                        # narrower one unused), then dx's rows from them
+                        rows = min(band.y1, phases[r * sw].rows) - band.y0
+                        for t in range(r * sw, r * sw + sw):
+                            if phases[t].K:
+                                own_implicit(C, phases[t].K, <floating*> phases[t].packed,
+                                             phases[t].offs, s, PW, rows, B, NULL,
+                                             out + (t - r * sw) * C * bands.rows * B,
+                                             bands.rows * B)
+                            else:
+                                memset(out + (t - r * sw) * C * bands.rows * B, 0,
+                                       C * bands.rows * B * sizeof(floating))
+                        for c in range(C):
+                            for y in range(rows):
+                                interleave(out + (c * bands.rows + y) * B, C * bands.rows * B,
+                                           sw, W, &dx[band.n, c, (band.y0 + y) * sh + r, 0])
+                # the band's rows of dx, all written: the gradient of the activation before
+                lo, hi = band.y0 * sh, min(band.y1 * sh, H)
+                for c in range(C if kind != NONE else 0):
+                    activate_grad(&dx[band.n, c, lo, 0], &x[band.n, c, lo, 0], (hi - lo) * W, kind,
+                                  slope)
     finally:
         if phases != NULL:
             for t in range(nphases):
@@ -678,13 +706,14 @@ def conv2d_backward(
     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
     Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t groups, Py_ssize_t chunk,
+    int activation, double negative_slope,
     floating[:, :, :, ::1] dx not None,
     floating[:, :, ::1] dweight_parts not None,
     floating[:, ::1] dbias_parts not None,
     int num_threads,
 ):
     """conv2d_backward(dout, x, weight, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, chunk,
-    dx, dweight_parts, dbias_parts, num_threads) -> dx
+    activation, negative_slope, dx, dweight_parts, dbias_parts, num_threads) -> dx
 
     Samples ``[p*chunk, (p+1)*chunk)`` form chunk p: their weight gradient
     (F, C/groups*kh*kw) and bias gradient (F,) are summed, batch of samples
@@ -693,7 +722,12 @@ def conv2d_backward(
     gradients only (a network's first layer: nothing needs the gradient of
     the data); `dweight_parts` and `dbias_parts` of no chunks for the input
     gradient only (the direct kernels of csrc/direct.pyx compute the others).
+    `activation` 1 applies relu_backward at `x` to dx, 2 leaky_relu_backward
+    of `negative_slope` (activation.pyx's kernels, bit for bit), 0 neither:
+    the gradient of a ReLU, or a LeakyReLU of slope >= 0, whose output is `x`.
     """
+    cdef Activation kind = activation_of(activation)
+    cdef floating slope = <floating> negative_slope
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = weight.shape[0], kg = weight.shape[1], fg = F // groups
     cdef bint want_dx = dx.shape[0] > 0, want_dw = dweight_parts.shape[0] > 0
@@ -701,8 +735,8 @@ def conv2d_backward(
     cdef Py_ssize_t parts = dweight_parts.shape[0] if want_dw else (N + chunk - 1) // chunk
     cdef Py_ssize_t S = batch_samples(L, rows, chunk, sizeof(floating)), ld = S * L
     cdef Py_ssize_t p, q, j, l, n, n0, n1, s, g, c, stride = 0, t_stride = 0
-    if want_dx and implicit_input_grad(dout, weight, kh, kw, sh, sw, ph, pw, dh, dw, groups, dx,
-                                       num_threads):
+    if want_dx and implicit_input_grad(dout, x, weight, kh, kw, sh, sw, ph, pw, dh, dw, groups,
+                                       kind, slope, dx, num_threads):
         if not want_dw:
             return dx.base
         want_dx = False
@@ -776,6 +810,8 @@ def conv2d_backward(
                                        W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, ld, by_rows,
                                        <const floating**> t, <ptrdiff_t*> (t + kh * kw),
                                        <Py_ssize_t*> (t + 2 * kh * kw))
+                            activate_grad(&dx[n + j, c, 0, 0], &x[n + j, c, 0, 0], H * W, kind,
+                                          slope)
     finally:
         free(scratch)
         free(tables)

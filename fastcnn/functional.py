@@ -468,11 +468,21 @@ def _winograd_weight_grads(dout, x, weight, ph: int, pw: int):
     return dweight, dbias
 
 
-#: The activations that :func:`_conv2d` applies to its outputs: their codes
-#: in conv2d_forward (the GEMM driver, which applies them while a band of
-#: outputs is in cache) and their kernels (run over the whole output after
-#: the other algorithms).
+#: The rectifiers that :func:`_conv2d` applies to its outputs, and whose
+#: gradient :func:`_conv2d_backward` applies to its input gradient: their
+#: codes in the GEMM driver's kernels (which apply them while a band is in
+#: cache) and their kernels (run over the whole array after the other
+#: algorithms).
 _CONV_ACTIVATIONS = {"relu": (1, "relu"), "leaky_relu": (2, "leaky_relu")}
+
+
+def _rectifier(activation: str | None, negative_slope: float) -> tuple[int, str | None, tuple]:
+    """``(code, kernel, scalars)`` of `activation` (see _CONV_ACTIVATIONS):
+    ``(0, None, ())`` for None; the kernel's scalar arguments."""
+    if activation is None:
+        return 0, None, ()
+    code, name = _CONV_ACTIVATIONS[activation]
+    return code, name, (() if code == 1 else (negative_slope,))
 
 
 def _conv2d(x, weight, bias, win: v.Window, groups: int, activation: str | None = None,
@@ -484,11 +494,10 @@ def _conv2d(x, weight, bias, win: v.Window, groups: int, activation: str | None 
     out = empty((n, f, win.oh, win.ow), dtype=x.dtype)
     if not n:  # (an empty batch's output planes may be huge)
         return out
-    code, name = _CONV_ACTIVATIONS[activation] if activation is not None else (0, None)
-    args = () if code != 2 else (negative_slope,)  # the activation kernel's
+    code, name, args = _rectifier(activation, negative_slope)
     if (_winograd_eligible(win, groups, x.shape[1], f, "forward")
             and _winograd(x, weight, bias, win.ph, win.pw, out)):
-        return _activated(out, name, args)
+        return _in_place(name, out, *args)
     kg, length = weight[0].size, win.oh * win.ow
     weight = weight.reshape(f, kg)
     bias = _no_bias(x.dtype) if bias is None else bias
@@ -498,7 +507,7 @@ def _conv2d(x, weight, bias, win: v.Window, groups: int, activation: str | None 
                   lambda i: (x[i], weight, bias, *win, out[i]),
                   macs=macs, taps=x[0].size + f * length,
                   parallel=n * macs >= _backend.PARALLEL_MACS)
-        return _activated(out, name, args)
+        return _in_place(name, out, *args)
     in_pieces("conv2d_forward", (n,), (x, weight, bias, *win, groups, code, negative_slope, out),
               lambda i: (x[i], weight, bias, *win, groups, code, negative_slope, out[i]),
               macs=macs, taps=(x.shape[1] * win.kh * win.kw + f) * length,
@@ -506,12 +515,14 @@ def _conv2d(x, weight, bias, win: v.Window, groups: int, activation: str | None 
     return out
 
 
-def _activated(out: np.ndarray, name: str | None, args: tuple) -> np.ndarray:
-    """`out` after the activation kernel `name` (with `args`), if not None,
-    in place (its kernels read each cell before they write it)."""
+def _in_place(name: str | None, out: np.ndarray, *args) -> np.ndarray:
+    """`out` after the activation kernel `name`, if not None, of `out` and
+    `args` (arrays of its shape, then scalars), written over `out` (those
+    kernels read each cell before they write it)."""
     if name is not None:
         flat = out.reshape(-1)
-        kernel(name)(flat, *args, flat)
+        kernel(name)(flat, *(a.reshape(-1) if isinstance(a, np.ndarray) else a for a in args),
+                     flat)
     return out
 
 
@@ -596,12 +607,16 @@ def _turned(weight: np.ndarray) -> np.ndarray:
 
 
 def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bool = True,
-                     weight_grad: bool = True):
+                     weight_grad: bool = True, input_activation: str | None = None,
+                     negative_slope: float = 0.0):
     """:func:`conv2d_backward` of validated operands (C-contiguous, one dtype) and window.
 
     With ``input_grad=False`` the returned dx is None and is not computed;
     with ``weight_grad=False`` so are dweight and dbias, and only the shape
-    and dtype of `x` are read.
+    and dtype of `x` are read. With `input_activation` ("relu", or
+    "leaky_relu" of `negative_slope` >= 0), dx is then that activation's
+    gradient for an output `x` (as :func:`_relu_backward` and
+    :func:`_leaky_relu_backward` at `x`, bit for bit).
     Where Winograd's kernels apply (:func:`_winograd_eligible`) they compute
     dx, or the weight and bias gradients, or both; where the direct kernels
     apply (:func:`_direct_eligible`) they compute the weight and bias
@@ -613,9 +628,12 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bo
     if not n:
         return dx if input_grad else None, np.zeros_like(weight), np.zeros(f, x.dtype)
     c = x.shape[1]
+    code, name, args = _rectifier(input_activation, negative_slope)
     # By Winograd where eligible (see _winograd); what it could not compute, by the others
     dx_done = not input_grad or _winograd_eligible(win, groups, c, f, "input") and _winograd(
         dout, _turned(weight), None, win.kh - 1 - win.ph, win.kw - 1 - win.pw, dx)
+    if input_grad and dx_done and name is not None:
+        _in_place(name + "_backward", dx, x, *args)
     grads = None if weight_grad else (None, None)
     if weight_grad and _winograd_eligible(win, groups, c, f, "weight"):
         grads = _winograd_weight_grads(dout, x, weight, win.ph, win.pw)
@@ -653,10 +671,12 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bo
 
         def piece(i):
             s = _samples(i, size)
-            return dout[s], x[s], w, *win, groups, size, dx_part[s], dw_parts[i], db_parts[i]
+            return (dout[s], x[s], w, *win, groups, size, code, negative_slope, dx_part[s],
+                    dw_parts[i], db_parts[i])
 
         in_pieces("conv2d_backward", (count,),
-                  (dout, x, w, *win, groups, size, dx_part, dw_parts, db_parts),
+                  (dout, x, w, *win, groups, size, code, negative_slope, dx_part, dw_parts,
+                   db_parts),
                   piece, macs=size * macs, taps=size * taps, **_gemm((length, kg, f), n * macs))
     if want_grads:
         grads = _sum_parts(dweight).reshape(weight.shape), _sum_parts(dbias)

@@ -505,7 +505,7 @@ def _chunk_param_grads(dout, x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, 
 
 
 def conv2d_backward(dout, x, weight, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, chunk,
-                    dx, dweight_parts, dbias_parts):
+                    activation, negative_slope, dx, dweight_parts, dbias_parts):
     """Gradients of :func:`conv2d_forward` with respect to x, weight and bias.
 
     Parameters
@@ -515,6 +515,11 @@ def conv2d_backward(dout, x, weight, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, gro
     weight : ndarray, shape (F, C/groups*kh*kw)
     chunk : int
         Samples ``[p*chunk, (p+1)*chunk)`` form chunk p.
+    activation : int
+        Applied to dx: 0 nothing, 1 :func:`relu_backward` at `x`, 2
+        :func:`leaky_relu_backward` at `x` of `negative_slope` (the gradient
+        of a rectifier whose output is `x`).
+    negative_slope : float
     dx : ndarray, shape (N, C, H, W), filled; or shape (0, C, H, W) for the
         parameter gradients only
     dweight_parts : ndarray, shape (ceil(N/chunk), F, C/groups*kh*kw), filled
@@ -523,6 +528,8 @@ def conv2d_backward(dout, x, weight, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, gro
     dbias_parts : ndarray, shape (ceil(N/chunk), F), filled
         Chunk p's bias gradient, likewise; shape (0, F) with the former.
     """
+    if activation not in (0, 1, 2):
+        raise ValueError(f"activation must be 0, 1 or 2, got {activation}")
     n, c = x.shape[:2]
     f, kg = weight.shape
     fg, length = f // groups, oh * ow
@@ -538,6 +545,12 @@ def conv2d_backward(dout, x, weight, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, gro
         dcols = np.matmul(w_t, dout[part].reshape(m, groups, fg, length))
         col2im(dcols.reshape(m, c * kh * kw, length), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow,
                dx[part])
+    if len(dx) and activation:
+        flat, at = dx.reshape(-1), x.reshape(-1)
+        if activation == 1:
+            relu_backward(flat, at, flat)
+        else:
+            leaky_relu_backward(flat, at, negative_slope, flat)
     return dx
 
 

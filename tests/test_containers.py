@@ -478,6 +478,57 @@ def test_conv_then_rectifier_runs_fused_and_equals_the_two_layers(backend, dtype
         assert got.tobytes() == expected.tobytes()
 
 
+# ... and a convolution after such an activation applies its gradient to
+# its own input gradient (its input is the activation's output), the
+# activation passing its gradient on; again the same bits.
+
+
+@pytest.mark.parametrize(
+    "backend", ["numpy", "cython"] if fastcnn._backend.compiled_available() else ["numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", [
+    ReLU(), LeakyReLU(0.1), LeakyReLU(0.0), LeakyReLU(-0.5), _ShiftedReLU()], ids=repr)
+@pytest.mark.parametrize("algorithm", ["auto", "gemm", "winograd"])
+@pytest.mark.parametrize("before", ["conv", "batch norm", "alone"])
+@pytest.mark.parametrize("second", [
+    dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=1)])
+def test_conv_after_rectifier_applies_its_gradient_and_equals_the_layers(
+        backend, dtype, activation, algorithm, before, second):
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, 4, 18, 18)).astype(dtype)
+    x.flat[::41] = np.resize(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], dtype),
+                             x.flat[::41].shape)
+    applies = _rectifier(activation) is not None and before != "batch norm" or (
+        before == "batch norm" and type(activation) is LeakyReLU and activation.negative_slope >= 0)
+    results = []
+    with (fastcnn.use_backend(backend), fastcnn._backend.use_conv_algorithm(algorithm),
+          np.errstate(invalid="ignore", over="ignore")):
+        for fused in (True, False):
+            first = {"conv": Conv2D(4, 32, 3, padding=1, rng=1, dtype=dtype),
+                     "batch norm": BatchNorm2D(4, dtype=dtype), "alone": Identity()}[before]
+            act, conv = copy.deepcopy(activation), Conv2D(32 if before == "conv" else 4, 8,
+                                                          **second, rng=2, dtype=dtype)
+            layers = [first, act, conv]
+            if fused:
+                model = Sequential(layers)
+                out = model.forward(x, True)
+                assert bool(conv._cache[2]) == applies
+                dout = rng.standard_normal(out.shape).astype(dtype)
+                dx = model.backward(dout)
+            else:
+                out = x
+                for layer in layers:
+                    out = layer.forward(out, True)
+                dx = dout
+                for layer in reversed(layers):
+                    dx = layer.backward(dx)
+            grads = [g for layer in layers for g in layer.grads.values()]
+            results.append([out, dx, *grads])
+    for got, expected in zip(*results):
+        assert got.tobytes() == expected.tobytes()
+
+
 def test_conv_forward_activation_refuses_other_layers_and_keeps_relu_max_pool_pairs():
     layer = Conv2D(2, 3, 3, rng=0)
     x = np.random.default_rng(0).standard_normal((2, 2, 6, 6)).astype(np.float32)

@@ -600,7 +600,7 @@ def _b_conv2d_forward(x, weight, bias, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, g
 
 
 def _b_conv2d_backward(dout, x, weight, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, groups, chunk,
-                       dx, dweight_parts, dbias_parts):
+                       activation, negative_slope, dx, dweight_parts, dbias_parts):
     n, c = x.shape[:2]
     f, kg = weight.shape
     cols = _b_im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, np.empty((n, c * kh * kw, oh * ow), x.dtype))
@@ -611,7 +611,11 @@ def _b_conv2d_backward(dout, x, weight, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, 
     dbias_parts[...] = 0
     dbias_parts[0] = dout.reshape(n, f, -1).sum(axis=(0, 2))
     dcols = np.einsum("gfk,ngfl->ngkl", weight.reshape(groups, f // groups, kg), g)
-    return _b_col2im(dcols.reshape(n, c * kh * kw, -1), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx)
+    _b_col2im(dcols.reshape(n, c * kh * kw, -1), kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx)
+    if activation:
+        slope = 0 if activation == 1 else x.dtype.type(negative_slope)
+        dx[...] = np.where(x > 0, dx, dx * slope if activation == 2 else 0)
+    return dx
 
 
 BRUTE_KERNELS = {

@@ -580,7 +580,7 @@ def test_kernel_conv2d_backward_computes_only_what_is_asked(g, dtype):
             dx = _garbage(x.shape if with_dx else (0,) + x.shape[1:], dtype, 7.0)
             dw = _garbage((parts if with_dweight else 0, f, w.shape[1]), dtype, 7.0)
             db = _garbage((parts if with_dweight else 0, f), dtype, 7.0)
-            kernel(dout, x, w, *g.conv_params(), groups, chunk, dx, dw, db, *extra)
+            kernel(dout, x, w, *g.conv_params(), groups, chunk, 0, 0.0, dx, dw, db, *extra)
             return dx, dw, db
 
         dx, dw, db = run(True, True)
@@ -846,10 +846,10 @@ def test_kernel_conv2d_gemm_levels(g, f, groups, dtype, kind, seed, nt, level, w
                       _garbage((parts, f_), dtype, fill)) for fill in (7.0, -3.0, 5.0)]
             for run, grad in zip((lambda *a: compiled(*a, nt), lambda *a: compiled(*a, 1),
                                   reference), grads):
-                run(dout, x, w, *args, chunk, *grad)
+                run(dout, x, w, *args, chunk, 0, 0.0, *grad)
             bounds = (np.empty(g.shape, dtype), np.empty((parts, f_, k_), dtype),
                       np.empty((parts, f_), dtype))
-            reference(np.abs(dout), np.abs(x), np.abs(w), *args, chunk, *bounds)
+            reference(np.abs(dout), np.abs(x), np.abs(w), *args, chunk, 0, 0.0, *bounds)
             for got, one, expected, bound in zip(*grads, bounds):
                 _assert_same(got, one)
                 _assert_sum_close(got, expected, bound)
@@ -987,6 +987,59 @@ def test_conv2d_forward_activation_gives_the_activation_kernels_bits(
             run(x, w, b, *args, 3, 0.0, np.empty(out_shape, dtype))
 
 
+# The backward applies the gradient of a ReLU or LeakyReLU whose output is
+# its input x (the activation before a Conv2D) to dx as it writes it: the
+# bits of the activation's own backward kernel after the convolution's,
+# whichever way dx is computed (the fold, or the transposed convolution of
+# implicit_input_grad with AVX-512), and in the twin likewise.
+@hsettings(60)
+@given(g=conv_geometries(max_n=3, max_c=20, max_k=5, max_d=2, max_p=2, extra=24),
+       f=st.integers(1, 24), groups=st.sampled_from([1, 2]), dtype=dtypes,
+       kind=st.sampled_from(["normal", "special"]), seed=seeds, nt=threads,
+       level=st.sampled_from(SIMD_LEVELS), chunk=st.integers(1, 3),
+       activation=st.sampled_from([(1, 0.0), (2, 0.1), (2, 0.0), (2, 3.0)]))
+@example(g=Geometry(2, 32, 20, 20, 3, 3, 1, 1, 1, 1), f=16, groups=1, dtype=np.float32,
+         kind="special", seed=0, nt=2, level=SIMD_LEVELS[-1], chunk=1,
+         activation=(2, 0.1))  # the transposed convolution (with AVX-512), stride 1
+@example(g=Geometry(3, 32, 34, 33, 3, 3, 2, 2, 1, 1), f=24, groups=1, dtype=np.float64,
+         kind="normal", seed=1, nt=3, level=SIMD_LEVELS[-1], chunk=2,
+         activation=(1, 0.0))  # ... by phases of stride 2, bands of 8 rows
+@example(g=Geometry(2, 6, 9, 11, 3, 3, 2, 2, 1, 1), f=8, groups=2, dtype=np.float32,
+         kind="normal", seed=2, nt=2, level=0, chunk=2, activation=(2, 3.0))  # the fold, groups
+def test_conv2d_backward_activation_gives_the_activation_kernels_bits(
+        g, f, groups, dtype, kind, seed, nt, level, chunk, activation):
+    if g.c % groups:
+        g = dataclasses.replace(g, c=g.c + groups - g.c % groups)
+    f = f * groups
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, g.shape, dtype, kind)
+    w = make_values(rng, (f, g.c // groups * g.kh * g.kw), dtype, kind)
+    dout = make_values(rng, (g.n, f, g.conv_oh, g.conv_ow), dtype, kind)
+    code, slope = activation
+    args = (*g.conv_params(), groups, chunk)
+    parts = -(-g.n // chunk)
+    compiled, reference = _pair("conv2d_backward")
+    with _simd_cap(level), np.errstate(invalid="ignore", over="ignore"):
+        for run in (lambda *a: compiled(*a, nt), reference):
+            for want_dw in (True, False):
+                grads = [(_garbage(g.shape, dtype, fill),
+                          _garbage((parts * want_dw, *w.shape), dtype, fill),
+                          _garbage((parts * want_dw, f), dtype, fill)) for fill in (7.0, -3.0)]
+                run(dout, x, w, *args, 0, 0.0, *grads[0])
+                run(dout, x, w, *args, code, slope, *grads[1])
+                plain = grads[0][0].reshape(-1)
+                expected = (fastcnn.reference.relu_backward(plain, x.reshape(-1), plain.copy())
+                            if code == 1 else fastcnn.reference.leaky_relu_backward(
+                                plain, x.reshape(-1), slope, plain.copy()))
+                _assert_same(grads[1][0].reshape(-1), expected)
+                for got, same in zip(grads[1][1:], grads[0][1:]):
+                    _assert_same(got, same)  # the parameters' gradients do not change
+    for run in (lambda *a: compiled(*a, nt), reference):
+        with pytest.raises(ValueError, match="activation must be 0, 1 or 2, got -1"):
+            run(dout, x, w, *args, -1, 0.0, np.empty(g.shape, dtype),
+                np.empty((parts, *w.shape), dtype), np.empty((parts, f), dtype))
+
+
 # ... and, on planes (per phase of the stride) of at least 256 cells, the
 # input gradient as the forward of the transposed convolution
 # (implicit_input_grad), phase by phase with strides, which sums each cell's
@@ -1022,7 +1075,7 @@ def test_implicit_input_gradient_agrees_with_the_fold(level, g, f, dtype, kind):
     dout = make_values(rng, (g.n, f, g.conv_oh, g.conv_ow), dtype,
                        "special" if kind == "special" else "normal")
     compiled, reference = _pair("conv2d_backward")
-    args = (*g.conv_params(), 1, 1)
+    args = (*g.conv_params(), 1, 1, 0, 0.0)
     none = (np.empty((0, f, w.shape[1]), dtype), np.empty((0, f), dtype))
     grads = []
     with np.errstate(invalid="ignore", over="ignore"):
@@ -1060,7 +1113,7 @@ def test_implicit_weight_gradient_agrees_with_the_gemm(level, g, f, dtype, kind)
     compiled, reference = _pair("conv2d_backward")
     chunk = 2
     parts = -(-g.n // chunk)
-    args = (*g.conv_params(), 1, chunk, np.empty((0, *g.shape[1:]), dtype))
+    args = (*g.conv_params(), 1, chunk, 0, 0.0, np.empty((0, *g.shape[1:]), dtype))
 
     def parts_of(value):
         return _garbage((parts, f, w.shape[1]), dtype, value), _garbage((parts, f), dtype, value)

@@ -159,7 +159,7 @@ def _run_gemm_kernels(g, dtype, nt, k):
     chunk, parts = 2, -(-x.shape[0] // 2)
     dx, dw, db = (np.empty(x.shape, dtype), np.empty((parts, f, kg), dtype),
                   np.empty((parts, f), dtype))
-    k["conv2d_backward"](y, x, w, *g.conv_params(), 2, chunk, dx, dw, db, nt)
+    k["conv2d_backward"](y, x, w, *g.conv_params(), 2, chunk, 1, 0.0, dx, dw, db, nt)
     flat = x.reshape(len(x), -1)
     wl = make_values(rng, (7, flat.shape[1]), dtype, "normal")
     yl = k["linear_forward"](flat, wl, b[:0], chunk, np.empty((len(x), 7), dtype), nt)

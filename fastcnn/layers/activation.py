@@ -101,6 +101,13 @@ def _rectifier(layer) -> tuple[str, float] | None:
     return None
 
 
+def _gradient_applicable(layer) -> bool:
+    """Whether the :class:`~fastcnn.layers.Conv2D` after `layer` may apply its
+    gradient (see :meth:`fastcnn.layers.Sequential.forward`): a rectifier (see
+    :func:`_rectifier`) whose gradient no other layer applies already."""
+    return layer is not None and _rectifier(layer) is not None and layer._cache is not _FUSED
+
+
 def _forward_applying(layer, x, relu, training, relu_shape=None):
     """``layer.forward(x, training)`` with ``layer._relu`` set, which makes it
     compute `relu`'s forward and apply its gradient too; `relu` then stands

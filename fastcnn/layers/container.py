@@ -12,7 +12,7 @@ import numpy as np
 from .. import functional as F
 from .._docstrings import fill_doc
 from .._validation import as_float_array, flag, shape_tuple
-from .activation import FUSABLE_RELU_RAISES, ReLU, _check_fusable, _rectifier
+from .activation import FUSABLE_RELU_RAISES, ReLU, _check_fusable, _gradient_applicable, _rectifier
 from .base import Layer, _named_modules, _output_shape_or_none
 from .convolution import Conv2D
 from .normalization import BatchNorm1D, BatchNorm2D
@@ -131,19 +131,37 @@ class Sequential(Layer):
         followed by a max pooling
         (:meth:`~fastcnn.layers.MaxPool2D.forward_after_relu`) and a
         convolution followed by a ReLU or LeakyReLU
-        (:meth:`~fastcnn.layers.Conv2D.forward_activation`).
+        (:meth:`~fastcnn.layers.Conv2D.forward_activation`). A
+        :class:`~fastcnn.layers.Conv2D` after such an activation (of its own
+        forward, or of a convolution's) applies the activation's gradient to
+        its input gradient as it computes it, and the activation passes its
+        gradient on.
         """
         _check_training(training)
+        before = None  # the last layer run
         for run in self._runs():
-            if len(run) == 1:
-                x = run[0].forward(x, training)
-            elif type(run[0]) is ReLU:
-                x = run[1].forward_after_relu(x, run[0], training)
-            elif type(run[0]) is Conv2D:
-                x = run[0].forward_activation(x, run[1], training)
-            else:
-                x = run[0].forward_relu(x, run[1], training)
+            applies = type(run[0]) is Conv2D and _gradient_applicable(before)
+            if applies:  # the convolution applies the rectifier's gradient to its own
+                run[0]._input_activation = _rectifier(before)
+            try:
+                x = self._forward_run(run, x, training)
+            finally:
+                if applies:
+                    del run[0]._input_activation
+            if applies:
+                before._fused(before._out_shape, before._out_dtype)
+            before = run[-1]
         return x
+
+    @staticmethod
+    def _forward_run(run, x, training):
+        if len(run) == 1:
+            return run[0].forward(x, training)
+        if type(run[0]) is ReLU:
+            return run[1].forward_after_relu(x, run[0], training)
+        if type(run[0]) is Conv2D:
+            return run[0].forward_activation(x, run[1], training)
+        return run[0].forward_relu(x, run[1], training)
 
     def _runs(self) -> list[tuple[Layer, ...]]:
         """The layers as :meth:`forward` runs them, one by one, and as pairs

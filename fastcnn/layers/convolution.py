@@ -98,6 +98,9 @@ class Conv2D(_Convolution):
     _keywords = {**_Convolution._keywords, "dilation": (1, 1), "groups": 1}
     # While forward_activation runs: the activation it applies, (name, negative_slope).
     _activation: tuple = ()
+    # While a Sequential runs it after a ReLU or a LeakyReLU of slope >= 0 (whose
+    # output is x): that activation, whose gradient the backward applies to dx.
+    _input_activation: tuple = ()
 
     def __init__(
         self,
@@ -131,7 +134,7 @@ class Conv2D(_Convolution):
         win = self._check_window(x)
         out = F._conv2d(x, self.params["weight"], self.params.get("bias"), win, self.groups,
                         *self._activation)
-        return out, (x, win)
+        return out, (x, win, self._input_activation)
 
     def forward_activation(self, x, activation, training: bool | None = None) -> np.ndarray:
         """``activation.forward(self.forward(x, training))``, the activation
@@ -167,9 +170,9 @@ class Conv2D(_Convolution):
         return out
 
     def _backward(self, dout, cache, input_grad=True):
-        x, win = cache
+        x, win, before = cache
         dx, dweight, dbias = F._conv2d_backward(dout, x, self.params["weight"], win, self.groups,
-                                                input_grad)
+                                                input_grad, True, *before)
         self._write_grads(weight=dweight, bias=dbias)
         return dx
 
