@@ -4,7 +4,7 @@ Every function validates its arguments once (:mod:`fastcnn._validation`),
 allocates its result and hands the loops to the active kernel set
 (:mod:`fastcnn._backend`). Convolutions are im2col + BLAS GEMMs, sample by
 sample, in compiled code, direct for few input channels, or by Winograd's
-algorithm for 3x3 kernels of stride 1 (see :func:`conv2d`). Arrays are NCHW,
+algorithm for kernels of stride 1 (see :func:`conv2d`). Arrays are NCHW,
 float32 or float64; `kernel_size`, `stride`, `padding` and `dilation` take an
 int or an ``(h, w)`` pair.
 """
@@ -199,12 +199,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> n
     convolution instead, accumulating every tap in vector registers, and 3x3
     kernels of stride 1 and dilation 1 (one group) with at least 4 input
     channels, on outputs of at least 8x8, run Winograd's F(4x4, 3x3), which
-    needs a quarter of the multiplications; its results differ from
-    im2col's by rounding (within 1e-5 of the largest output in float32, also
-    with 512 channels), and a call with a NaN or an infinity in its inputs
-    runs im2col, so that those values reach the same outputs as in PyTorch.
-    :func:`conv2d_backward` computes the gradients by Winograd likewise (the
-    input gradient where C is at least F/2).
+    needs a quarter of the multiplications; 4x4 to 6x6 kernels, as four
+    blocks of 3x3 taps, with at least 16 input channels and 32 filters on
+    outputs of at least 16x16 (0.36 of the multiplications for 5x5). Its
+    results differ from im2col's by rounding (within 1e-5 of the largest
+    output in float32, also with 512 channels), and a call with a NaN or an
+    infinity in its inputs runs im2col, so that those values reach the same
+    outputs as in PyTorch. :func:`conv2d_backward` computes the gradients
+    by Winograd likewise, where that pays.
     :func:`fastcnn.set_num_threads` governs the whole op: the samples are
     spread over that many threads, each calling a one-thread BLAS. The
     result does not depend on the number of threads.

@@ -789,6 +789,19 @@ def test_kernel_conv2d_direct(g, f, dtype, kind, seed, nt, level, chunk, with_bi
     _assert_sum_close(db_c, db_r, bound_b)
 
 
+def _grouped_conv(g, f, groups, dtype, kind, seed, with_bias):
+    """``(g, rng, x, w, b, out_shape)`` of a GEMM driver's test: `g` with its
+    channels rounded up to a multiple of `groups`, f*groups filters."""
+    if g.c % groups:
+        g = dataclasses.replace(g, c=g.c + groups - g.c % groups)
+    f = f * groups
+    rng = np.random.default_rng(seed)
+    x = make_values(rng, g.shape, dtype, kind)
+    w = make_values(rng, (f, g.c // groups * g.kh * g.kw), dtype, kind)
+    b = make_values(rng, (f,) if with_bias else (0,), dtype, kind)
+    return g, rng, x, w, b, (g.n, f, g.conv_oh, g.conv_ow)
+
+
 # The GEMM driver at every level: BLAS (level 0) and, with AVX2 and FMA (or
 # AVX-512, whose micro-kernel gives AVX2's bits), the forward by
 # gemm_simd.h's product, which packs the filters once per call and
@@ -812,14 +825,7 @@ def test_kernel_conv2d_direct(g, f, dtype, kind, seed, nt, level, chunk, with_bi
 @example(g=Geometry(3, 40, 5, 8, 3, 3, 1, 1, 1, 1), f=5, groups=1, dtype=np.float64,
          kind="special", seed=4, nt=2, level=0, with_bias=True, chunk=3)  # batches of 2 and 1
 def test_kernel_conv2d_gemm_levels(g, f, groups, dtype, kind, seed, nt, level, with_bias, chunk):
-    if g.c % groups:
-        g = dataclasses.replace(g, c=g.c + groups - g.c % groups)
-    f = f * groups
-    rng = np.random.default_rng(seed)
-    x = make_values(rng, g.shape, dtype, kind)
-    w = make_values(rng, (f, g.c // groups * g.kh * g.kw), dtype, kind)
-    b = make_values(rng, (f,) if with_bias else (0,), dtype, kind)
-    out_shape = (g.n, f, g.conv_oh, g.conv_ow)
+    g, rng, x, w, b, out_shape = _grouped_conv(g, f, groups, dtype, kind, seed, with_bias)
     compiled, reference = _pair("conv2d_forward")
     args = (*g.conv_params(), groups)
     with _simd_cap(level), np.errstate(invalid="ignore", over="ignore"):
@@ -960,14 +966,7 @@ def test_filters_in_lanes_forward_gives_the_same_bits(g, f, dtype, kind, seed, n
          with_bias=True)  # BLAS, groups
 def test_conv2d_forward_activation_gives_the_activation_kernels_bits(
         g, f, groups, dtype, kind, seed, nt, level, lanes, activation, with_bias):
-    if g.c % groups:
-        g = dataclasses.replace(g, c=g.c + groups - g.c % groups)
-    f = f * groups
-    rng = np.random.default_rng(seed)
-    x = make_values(rng, g.shape, dtype, kind)
-    w = make_values(rng, (f, g.c // groups * g.kh * g.kw), dtype, kind)
-    b = make_values(rng, (f,) if with_bias else (0,), dtype, kind)
-    out_shape = (g.n, f, g.conv_oh, g.conv_ow)
+    g, _, x, w, b, out_shape = _grouped_conv(g, f, groups, dtype, kind, seed, with_bias)
     code, slope = activation
     args = (*g.conv_params(), groups)
     compiled, reference = _pair("conv2d_forward")
@@ -1008,13 +1007,9 @@ def test_conv2d_forward_activation_gives_the_activation_kernels_bits(
          kind="normal", seed=2, nt=2, level=0, chunk=2, activation=(2, 3.0))  # the fold, groups
 def test_conv2d_backward_activation_gives_the_activation_kernels_bits(
         g, f, groups, dtype, kind, seed, nt, level, chunk, activation):
-    if g.c % groups:
-        g = dataclasses.replace(g, c=g.c + groups - g.c % groups)
-    f = f * groups
-    rng = np.random.default_rng(seed)
-    x = make_values(rng, g.shape, dtype, kind)
-    w = make_values(rng, (f, g.c // groups * g.kh * g.kw), dtype, kind)
-    dout = make_values(rng, (g.n, f, g.conv_oh, g.conv_ow), dtype, kind)
+    g, rng, x, w, _, out_shape = _grouped_conv(g, f, groups, dtype, kind, seed, False)
+    dout = make_values(rng, out_shape, dtype, kind)
+    f = out_shape[1]
     code, slope = activation
     args = (*g.conv_params(), groups, chunk)
     parts = -(-g.n // chunk)
