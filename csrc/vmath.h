@@ -26,59 +26,40 @@
 #include <stdint.h>
 #include <string.h>
 
-#define FCNN_SHIFTER 0x1.8p52
-#define FCNN_INV_LN2 0x1.71547652b82fep0
-#define FCNN_LN2_HI 0x1.62e42feep-1 /* 6.93147180369123816490e-01 */
-#define FCNN_LN2_LO 0x1.a39ef35793c76p-33 /* ln 2 - FCNN_LN2_HI */
+/* The exponentials' two steps, per type S ("" double, "_f" float) of
+ * unsigned twin U with E bits of mantissa and exponent bias B:
+ * fcnn_reduce##S reduces x to r, x = n ln 2 + r (Cody-Waite: ln 2 in a
+ * high part whose products with the n that arise are exact, and a low
+ * part), and returns shifted = n + 1.5 * 2^E, whose low bits hold n;
+ * fcnn_pow2##S turns that into 2^n, its exponent field n + B (the shift
+ * drops the high bits of the sum: 1.5 * 2^E's bits shifted by E are zero). */
+#define FCNN_EXP_STEPS(T, U, S, E, B, SHIFTER, INV_LN2, LN2_HI, LN2_LO)     \
+    static inline T fcnn_reduce##S(T x, T *r)                                 \
+    {                                                                         \
+        T shifted = x * INV_LN2 + SHIFTER;                                    \
+        T n = shifted - SHIFTER;                                              \
+        *r = (x - n * LN2_HI) - n * LN2_LO;                                   \
+        return shifted;                                                       \
+    }                                                                         \
+    static inline T fcnn_pow2##S(T shifted)                                   \
+    {                                                                         \
+        U bits;                                                               \
+        T scale;                                                              \
+        memcpy(&bits, &shifted, sizeof bits);                                 \
+        bits = (bits + B) << E;                                               \
+        memcpy(&scale, &bits, sizeof scale);                                  \
+        return scale;                                                         \
+    }
 
-/* Reduce x (<= 0, finite after the caller's clamp, or NaN) to r; returns
- * n + 1.5 * 2^52, whose low bits hold n. */
-static inline double fcnn_reduce(double x, double *r)
-{
-    double shifted = x * FCNN_INV_LN2 + FCNN_SHIFTER;
-    double n = shifted - FCNN_SHIFTER;
-    *r = (x - n * FCNN_LN2_HI) - n * FCNN_LN2_LO;
-    return shifted;
-}
-
-/* 2^n for shifted = n + 1.5 * 2^52 and -1022 <= n <= 1023: the exponent
- * field is n + 1023, and the shift drops the high bits of the sum (1.5 *
- * 2^52's bits shifted by 52 are zero). */
-static inline double fcnn_pow2(double shifted)
-{
-    uint64_t bits;
-    double scale;
-    memcpy(&bits, &shifted, sizeof bits);
-    bits = (bits + 1023) << 52;
-    memcpy(&scale, &bits, sizeof scale);
-    return scale;
-}
-
-/* fcnn_reduce and fcnn_pow2 in float, for float32 tanh's positive x: ln 2's
- * high part has 17 bits, so that n * FCNN_LN2_HI_F is exact for the n <= 27
- * that arise; 2^n from shifted = n + 1.5 * 2^23, its exponent field n + 127. */
-#define FCNN_SHIFTER_F 0x1.8p23f
-#define FCNN_INV_LN2_F 0x1.715476p0f
-#define FCNN_LN2_HI_F 0x1.62e4p-1f
-#define FCNN_LN2_LO_F 0x1.7f7d1cp-20f /* ln 2 - FCNN_LN2_HI_F */
-
-static inline float fcnn_reduce_f(float x, float *r)
-{
-    float shifted = x * FCNN_INV_LN2_F + FCNN_SHIFTER_F;
-    float n = shifted - FCNN_SHIFTER_F;
-    *r = (x - n * FCNN_LN2_HI_F) - n * FCNN_LN2_LO_F;
-    return shifted;
-}
-
-static inline float fcnn_pow2_f(float shifted)
-{
-    uint32_t bits;
-    float scale;
-    memcpy(&bits, &shifted, sizeof bits);
-    bits = (bits + 127) << 23;
-    memcpy(&scale, &bits, sizeof scale);
-    return scale;
-}
+/* double, for x <= 0 (finite after the caller's clamp, or NaN), -1022 <= n:
+ * ln 2's high part 6.93147180369123816490e-01 */
+FCNN_EXP_STEPS(double, uint64_t, , 52, 1023, 0x1.8p52, 0x1.71547652b82fep0, 0x1.62e42feep-1,
+               0x1.a39ef35793c76p-33)
+/* float, for float32 tanh's positive x: ln 2's high part has 17 bits, so
+ * that its products with the n <= 27 that arise are exact */
+FCNN_EXP_STEPS(float, uint32_t, _f, 23, 127, 0x1.8p23f, 0x1.715476p0f, 0x1.62e4p-1f,
+               0x1.7f7d1cp-20f)
+#undef FCNN_EXP_STEPS
 
 /* expm1(r) for |r| <= ln 2 / 2 (a little more after rounding): Taylor to
  * r^degree, as r + r^2 q so that the final addition carries the rounding.

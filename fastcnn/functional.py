@@ -473,18 +473,17 @@ def _winograd_weight_grads(dout, x, weight, ph: int, pw: int):
 #: The rectifiers that :func:`_conv2d` applies to its outputs, and whose
 #: gradient :func:`_conv2d_backward` applies to its input gradient: their
 #: codes in the GEMM driver's kernels (which apply them while a band is in
-#: cache) and their kernels (run over the whole array after the other
-#: algorithms).
-_CONV_ACTIVATIONS = {"relu": (1, "relu"), "leaky_relu": (2, "leaky_relu")}
+#: cache); the other algorithms run the kernels of their names after.
+_CONV_ACTIVATIONS = {"relu": 1, "leaky_relu": 2}
 
 
-def _rectifier(activation: str | None, negative_slope: float) -> tuple[int, str | None, tuple]:
-    """``(code, kernel, scalars)`` of `activation` (see _CONV_ACTIVATIONS):
-    ``(0, None, ())`` for None; the kernel's scalar arguments."""
+def _activation_args(activation: str | None, negative_slope: float) -> tuple[int, tuple]:
+    """``(code, scalars)`` of `activation` (see _CONV_ACTIVATIONS; 0 for
+    None): the GEMM driver's code and the scalar arguments of its kernels."""
     if activation is None:
-        return 0, None, ()
-    code, name = _CONV_ACTIVATIONS[activation]
-    return code, name, (() if code == 1 else (negative_slope,))
+        return 0, ()
+    code = _CONV_ACTIVATIONS[activation]
+    return code, (() if code == 1 else (negative_slope,))
 
 
 def _conv2d(x, weight, bias, win: v.Window, groups: int, activation: str | None = None,
@@ -496,10 +495,10 @@ def _conv2d(x, weight, bias, win: v.Window, groups: int, activation: str | None 
     out = empty((n, f, win.oh, win.ow), dtype=x.dtype)
     if not n:  # (an empty batch's output planes may be huge)
         return out
-    code, name, args = _rectifier(activation, negative_slope)
+    code, args = _activation_args(activation, negative_slope)
     if (_winograd_eligible(win, groups, x.shape[1], f, "forward")
             and _winograd(x, weight, bias, win.ph, win.pw, out)):
-        return _in_place(name, out, *args)
+        return _in_place(activation, out, *args)
     kg, length = weight[0].size, win.oh * win.ow
     weight = weight.reshape(f, kg)
     bias = _no_bias(x.dtype) if bias is None else bias
@@ -509,7 +508,7 @@ def _conv2d(x, weight, bias, win: v.Window, groups: int, activation: str | None 
                   lambda i: (x[i], weight, bias, *win, out[i]),
                   macs=macs, taps=x[0].size + f * length,
                   parallel=n * macs >= _backend.PARALLEL_MACS)
-        return _in_place(name, out, *args)
+        return _in_place(activation, out, *args)
     in_pieces("conv2d_forward", (n,), (x, weight, bias, *win, groups, code, negative_slope, out),
               lambda i: (x[i], weight, bias, *win, groups, code, negative_slope, out[i]),
               macs=macs, taps=(x.shape[1] * win.kh * win.kw + f) * length,
@@ -630,12 +629,12 @@ def _conv2d_backward(dout, x, weight, win: v.Window, groups: int, input_grad: bo
     if not n:
         return dx if input_grad else None, np.zeros_like(weight), np.zeros(f, x.dtype)
     c = x.shape[1]
-    code, name, args = _rectifier(input_activation, negative_slope)
+    code, args = _activation_args(input_activation, negative_slope)
     # By Winograd where eligible (see _winograd); what it could not compute, by the others
     dx_done = not input_grad or _winograd_eligible(win, groups, c, f, "input") and _winograd(
         dout, _turned(weight), None, win.kh - 1 - win.ph, win.kw - 1 - win.pw, dx)
-    if input_grad and dx_done and name is not None:
-        _in_place(name + "_backward", dx, x, *args)
+    if input_grad and dx_done and input_activation is not None:
+        _in_place(input_activation + "_backward", dx, x, *args)
     grads = None if weight_grad else (None, None)
     if weight_grad and _winograd_eligible(win, groups, c, f, "weight"):
         grads = _winograd_weight_grads(dout, x, weight, win.ph, win.pw)
